@@ -1,0 +1,42 @@
+"""The Celery application: broker settings and task names, shared by the API (which only sends) and workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from fervid.settings import get_settings
+
+PREPARE_TASK = "fervid.prepare_job"
+SEGMENT_TASK = "fervid.process_segment"
+
+# Longer than any segment can take: Redis redelivers an unacknowledged message only after this.
+VISIBILITY_TIMEOUT_S = 6 * 3600
+
+
+@lru_cache(maxsize=1)
+def celery_app() -> Celery:
+    settings = get_settings()
+    app = Celery("fervid", broker=settings.broker_url)
+    app.conf.update(
+        task_acks_late=True,  # a task is acknowledged after it ran, so a lost worker's task is redelivered
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # long tasks: never hoard messages another worker could run
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_ignore_result=True,  # results live in the database, not the broker
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def send_prepare(job_id: str, queue: str | None = None) -> None:
+    celery_app().send_task(PREPARE_TASK, args=[job_id], queue=queue or get_settings().queue)
+
+
+def send_segment(job_id: str, segment_index: int, queue: str | None = None) -> None:
+    celery_app().send_task(SEGMENT_TASK, args=[job_id, segment_index], queue=queue or get_settings().queue)

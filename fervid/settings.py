@@ -1,0 +1,52 @@
+"""Every setting, read once from FERVID_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path(platformdirs.user_data_dir("fervid"))
+CACHE_DIR = Path(platformdirs.user_cache_dir("fervid"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERVID_", extra="ignore")
+
+    database_url: str = f"sqlite:///{DATA_DIR / 'fervid.db'}"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = f"file://{DATA_DIR / 'media'}"
+    api_keys: str = ""  # "tenant:key,tenant2:key2"
+    max_upload_mb: int = 2048
+    max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
+    max_duration_s: float = 6 * 3600
+    max_download_mb: int = 4096  # for http(s) source URIs
+    segment_seconds: float = 30.0  # long videos split into segments that workers share
+    backend: str = "auto"  # auto | tensorrt | ort-cuda | ort-cpu | torch-cuda
+    model_path: Path | None = None  # default: the ONNX shipped under models/
+    detector_path: Path | None = None  # YuNet ONNX; default: looked up in the model cache, else Haar cascade
+    model_cache_dir: Path = CACHE_DIR / "models"
+    engine_cache_dir: Path = CACHE_DIR / "engines"
+    queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)
+    classify_batch: int = 64  # faces per classifier call, gathered across frames
+    stale_after_s: float = 60.0  # a running segment with no heartbeat for this long is requeued
+    requeue_after_s: float = 300.0  # a queued segment not started for this long is re-sent (lost message)
+    reaper_interval_s: float = 15.0
+    webhook_timeout_s: float = 5.0
+
+    def tenants_by_key(self) -> dict[str, str]:
+        """Maps each API key to its tenant; a malformed entry is a configuration error, not a silent skip."""
+        keys: dict[str, str] = {}
+        for entry in filter(None, (part.strip() for part in self.api_keys.split(","))):
+            tenant, sep, key = entry.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f"FERVID_API_KEYS entry {entry!r} is not tenant:key")
+            keys[key] = tenant
+        return keys
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,134 @@
+"""Where uploaded media lives: a local folder (file:///dir) or any S3-compatible store (s3://bucket/prefix)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlparse
+
+from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
+from fervid.settings import get_settings
+
+CHUNK = 1 << 20
+
+
+class Storage(Protocol):
+    def save(self, key: str, stream: BinaryIO, max_bytes: int) -> str:
+        """Copies `stream` in chunks under `key`; returns the URI workers read. Over `max_bytes`: PayloadTooLarge."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def _copy_limited(stream: BinaryIO, target: BinaryIO, max_bytes: int) -> int:
+    written = 0
+    while chunk := stream.read(CHUNK):
+        written += len(chunk)
+        if written > max_bytes:
+            raise PayloadTooLarge(f"the upload exceeds the {max_bytes // (1 << 20)} MB limit (FERVID_MAX_UPLOAD_MB)")
+        target.write(chunk)
+    return written
+
+
+class FileStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"storage key {key!r} escapes the storage root")
+        return path
+
+    def save(self, key: str, stream: BinaryIO, max_bytes: int) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        try:
+            with partial.open("wb") as target:
+                _copy_limited(stream, target, max_bytes)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path.as_uri()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        if path.parent != self.root.resolve():
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+class S3Storage:
+    """Any S3-compatible store; endpoint and credentials come from the usual AWS_* variables."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        import boto3  # the s3 extra; only loaded when an s3:// storage is configured
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.client = boto3.client("s3")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def save(self, key: str, stream: BinaryIO, max_bytes: int) -> str:
+        with tempfile.TemporaryFile() as spool:  # counted on disk first, so an oversize upload never lands
+            _copy_limited(stream, spool, max_bytes)
+            spool.seek(0)
+            self.client.upload_fileobj(spool, self.bucket, self._key(key))
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def storage_from_url(url: str) -> Storage:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return FileStorage(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path)
+    raise ValueError(f"FERVID_STORAGE_URL must be file:///dir or s3://bucket/prefix, not {url!r}")
+
+
+def get_storage() -> Storage:
+    return storage_from_url(get_settings().storage_url)
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path) if parsed.scheme else uri)
+        if not path.is_file():
+            raise MediaError(SOURCE_UNAVAILABLE, f"the source {uri} does not exist or is not a file")
+        yield path
+        return
+    suffix = Path(parsed.path).suffix[:16]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
+        try:
+            if parsed.scheme == "s3":
+                import boto3
+
+                boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), spool)
+            elif parsed.scheme in ("http", "https"):
+                limit = get_settings().max_download_mb << 20
+                with urllib.request.urlopen(uri, timeout=30) as response:  # noqa: S310 - scheme checked above
+                    _copy_limited(response, spool, limit)
+            else:
+                raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
+                                 "use file://, s3:// or http(s)://")
+        except PayloadTooLarge as error:
+            raise MediaError(MEDIA_TOO_LARGE, error.message) from error
+        except MediaError:
+            raise
+        except Exception as error:  # network and S3 failures all mean the same thing to the user
+            raise MediaError(SOURCE_UNAVAILABLE, f"could not read {uri}: {error}") from error
+        spool.flush()
+        yield Path(spool.name)

@@ -1,0 +1,180 @@
+"""Database tables. Keys are chosen so that writing the same frames twice changes nothing."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from fervid.labels import EMOTIONS
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class SegmentStatus(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
+    source_uri: Mapped[str] = mapped_column(Text)  # where workers read the media (storage URI or user URI)
+    stored_media_key: Mapped[str | None] = mapped_column(Text)  # set for uploads: deleted with the job
+    filename: Mapped[str | None] = mapped_column(String(255))
+    sample_fps: Mapped[float] = mapped_column(Float)
+    client_request_token: Mapped[str | None] = mapped_column(String(128))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+
+    media_kind: Mapped[str | None] = mapped_column(String(8))  # video | image
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    fps: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    frame_count: Mapped[int | None] = mapped_column(Integer)
+    frames_total: Mapped[int | None] = mapped_column(Integer)  # sampled frames the job will produce
+
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    model_backend: Mapped[str | None] = mapped_column(String(32))
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    segments: Mapped[list[Segment]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Segment.index"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("tenant", "client_request_token"),
+        Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+    )
+
+
+class Segment(Base):
+    """A time range of one job, processed by one task; rewriting a segment replaces its frames whole."""
+
+    __tablename__ = "segments"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column("segment_index", Integer, primary_key=True)
+    start_ms: Mapped[float] = mapped_column(Float)
+    end_ms: Mapped[float] = mapped_column(Float)
+    # The frames this segment samples: [[frame_index, timestamp_ms, pts, keyframe_pts], ...] from the probe.
+    plan: Mapped[list[list[Any]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=SegmentStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    frames_done: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    job: Mapped[Job] = relationship(back_populates="segments")
+
+    __table_args__ = (Index("ix_segments_status_heartbeat", "status", "heartbeat_at"),)
+
+
+class Frame(Base):
+    """One sampled frame; it exists (with zero or more faces) for every frame the sampling rule selects."""
+
+    __tablename__ = "frames"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    frame_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    timestamp_ms: Mapped[float] = mapped_column(Float)
+    segment_index: Mapped[int] = mapped_column(Integer)
+
+
+class Face(Base):
+    __tablename__ = "faces"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    frame_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    face_index: Mapped[int] = mapped_column(Integer, primary_key=True)  # order within the frame
+    segment_index: Mapped[int] = mapped_column(Integer)
+    local_track: Mapped[int] = mapped_column(Integer)  # the tracker's id inside its segment
+    track_id: Mapped[int] = mapped_column(Integer)  # stitched across segments when the job finishes
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    angry: Mapped[float] = mapped_column(Float)
+    disgust: Mapped[float] = mapped_column(Float)
+    fear: Mapped[float] = mapped_column(Float)
+    happy: Mapped[float] = mapped_column(Float)
+    sad: Mapped[float] = mapped_column(Float)
+    surprise: Mapped[float] = mapped_column(Float)
+    neutral: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "frame_index"], ["frames.job_id", "frames.frame_index"], ondelete="CASCADE"
+        ),
+        Index("ix_faces_job_track", "job_id", "track_id", "frame_index"),
+    )
+
+
+class Track(Base):
+    """A person followed across the job, written when the job finishes."""
+
+    __tablename__ = "tracks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    track_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_ms: Mapped[float] = mapped_column(Float)
+    last_ms: Mapped[float] = mapped_column(Float)
+    frames: Mapped[int] = mapped_column(Integer)
+
+
+# The per-emotion columns of `faces`, in FER order; the table and the label list must agree.
+EMOTION_COLUMNS = tuple(getattr(Face, name) for name in EMOTIONS)
+assert tuple(column.key for column in EMOTION_COLUMNS) == EMOTIONS

@@ -1,0 +1,282 @@
+"""`fervid train`: fine-tune (or train from scratch) the ResNet50 emotion classifier on FER-2013 train.
+
+Model selection uses PublicTest only; PrivateTest is never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fervid.labels import EMOTIONS
+from models.fer2013 import DEFAULT_DATA_PATH, Split, file_sha256, load_split
+from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
+
+# Grey-level normalisation, written into the exported model's preprocess metadata.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.25
+NATIVE_SIZE = 48  # FER-2013 faces are 48x48
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path
+    data: Path = DEFAULT_DATA_PATH
+    init: str = "scratch"  # scratch | imagenet
+    imagenet_weights: str | None = None  # path or URL of a torchvision ResNet50 state dict
+    input_size: int = 64
+    epochs: int = 30
+    freeze_epochs: int = 3  # imagenet only: epochs with the shallow stages frozen
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 2013
+    threads: int = 0  # 0: torch's default
+    bf16: bool = True
+    limit_train: int = 0  # >0: use only the first N training faces (tests, smoke runs)
+    limit_eval: int = 0
+    resume: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def class_weights(labels: np.ndarray, classes: int) -> Tensor:
+    """Square-root inverse frequency: lifts the rare `disgust` class without letting it dominate."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    weights = np.sqrt(counts.max() / np.maximum(counts, 1.0))
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def augment(batch: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Random resized crop, flip, rotation, brightness/contrast on a (B, 1, 48, 48) batch in [0, 1]."""
+    count = batch.shape[0]
+
+    def uniform(low: float, high: float) -> Tensor:
+        return torch.rand(count, generator=generator) * (high - low) + low
+
+    scale = torch.sqrt(uniform(0.75, 1.0))  # side fraction of the crop (area 75-100 %)
+    aspect = torch.exp(uniform(math.log(0.9), math.log(1.1)))
+    angle = uniform(-12.0, 12.0) * math.pi / 180.0
+    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    shift_x = uniform(-1.0, 1.0) * (1.0 - scale)
+    shift_y = uniform(-1.0, 1.0) * (1.0 - scale)
+    sx, sy = scale * torch.sqrt(aspect) * flip, scale / torch.sqrt(aspect)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([sx * cos, -sy * sin, shift_x], 1), torch.stack([sx * sin, sy * cos, shift_y], 1)], 1
+    )
+    grid = F.affine_grid(theta, [count, 1, size, size], align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = uniform(0.7, 1.3).view(-1, 1, 1, 1)
+    brightness = uniform(-0.15, 0.15).view(-1, 1, 1, 1)
+    mean = out.mean(dim=(2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def to_input(faces: np.ndarray | Tensor, size: int) -> Tensor:
+    """Evaluation preprocessing: the same resize and normalisation the runtime applies."""
+    batch = torch.as_tensor(faces, dtype=torch.float32).unsqueeze(1) / 255.0
+    if batch.shape[-1] != size:
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return normalize(batch)
+
+
+def normalize(batch: Tensor) -> Tensor:
+    return ((batch - PIXEL_MEAN) / PIXEL_STD).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def predict_probs(network: nn.Module, faces: np.ndarray, size: int, tta: bool, bf16: bool,
+                  batch_size: int = 256) -> np.ndarray:
+    network.eval()
+    out = []
+    for start in range(0, len(faces), batch_size):
+        batch = to_input(faces[start : start + batch_size], size)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            probs = F.softmax(network(batch).float(), dim=1)
+            if tta:
+                probs = (probs + F.softmax(network(torch.flip(batch, dims=[3])).float(), dim=1)) / 2
+        out.append(probs.float().numpy())
+    return np.concatenate(out)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
+    total = config.epochs * steps_per_epoch
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in network.named_parameters():
+        # Weight decay on BN scales and biases only hurts; the usual exclusion.
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=0.9, nesterov=True,
+    )
+
+
+def load_imagenet_weights(source: str) -> dict[str, Tensor]:
+    if source.startswith(("http://", "https://")):
+        return torch.hub.load_state_dict_from_url(source, map_location="cpu", progress=True)
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def build_network(config: TrainConfig) -> EmotionResNet50:
+    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
+    if config.init == "imagenet":
+        if not config.imagenet_weights:
+            raise SystemExit("--init imagenet needs --imagenet-weights PATH_OR_URL (a torchvision ResNet50 state dict)")
+        fresh = load_imagenet_state_dict(network, load_imagenet_weights(config.imagenet_weights))
+        print(f"imagenet start: {len(fresh)} tensors keep fresh values ({', '.join(fresh[:4])}...)", flush=True)
+    elif config.init != "scratch":
+        raise SystemExit(f"--init must be scratch or imagenet, not {config.init!r}")
+    return network.to(memory_format=torch.channels_last)
+
+
+def top1(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    epoch: int, step: int, best: float) -> None:
+    payload = {
+        "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+        "best_public": best, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a torn checkpoint
+
+
+def train(config: TrainConfig) -> Path:
+    """Trains, checkpointing every epoch; returns the path of the best (PublicTest) checkpoint."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    train_split: Split = load_split(config.data, "train")
+    public_split: Split = load_split(config.data, "public")
+    if config.limit_train:
+        train_split = train_split.head(config.limit_train)
+    if config.limit_eval:
+        public_split = public_split.head(config.limit_eval)
+
+    torch.manual_seed(config.seed)
+    network = build_network(config)
+    optimizer = build_optimizer(network, config)
+    criterion = nn.CrossEntropyLoss(
+        weight=class_weights(train_split.labels, len(EMOTIONS)), label_smoothing=config.label_smoothing
+    )
+    steps_per_epoch = len(train_split) // config.batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"batch size {config.batch_size} exceeds the {len(train_split)} training faces")
+
+    last_path, best_path = config.out_dir / "last.pt", config.out_dir / "best.pt"
+    start_epoch, step, best = 0, 0, -1.0
+    if config.resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best_public"]
+        config.history = state["config"].get("history", [])
+        print(f"resumed from {last_path} after epoch {state['epoch'] + 1}", flush=True)
+
+    data_sha = file_sha256(config.data)
+    faces = torch.from_numpy(train_split.faces).unsqueeze(1)
+    labels = torch.from_numpy(train_split.labels)
+    for epoch in range(start_epoch, config.epochs):
+        # Per-epoch generators seeded from (seed, epoch): a resumed run draws exactly what an unbroken one would.
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        if config.init == "imagenet":
+            set_shallow_frozen(network, frozen=epoch < config.freeze_epochs)
+        order = torch.randperm(len(labels), generator=generator)
+        network.train()
+        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for batch_index in range(steps_per_epoch):
+            index = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            batch = normalize(augment(faces[index].float() / 255.0, config.input_size, generator))
+            target = labels[index]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, steps_per_epoch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits = network(batch)
+            loss = criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(target)
+            correct += int((logits.argmax(1) == target).sum())
+            seen += len(target)
+        train_seconds = time.perf_counter() - started
+        public_acc = top1(predict_probs(network, public_split.faces, config.input_size, False, config.bf16),
+                          public_split.labels)
+        record = {
+            "epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4), "train_acc": round(correct / seen, 4),
+            "public_acc": round(public_acc, 4), "epoch_seconds": round(train_seconds, 1),
+            "images_per_second": round(seen / train_seconds, 1), "lr": round(optimizer.param_groups[0]["lr"], 6),
+        }
+        config.history.append(record)
+        print(json.dumps(record), flush=True)
+        if public_acc > best:
+            best = public_acc
+            save_checkpoint(best_path, network, optimizer, config, epoch, step, best)
+        save_checkpoint(last_path, network, optimizer, config, epoch, step, best)
+        (config.out_dir / "history.json").write_text(json.dumps(
+            {"data_sha256": data_sha, "best_public": best, "history": config.history}, indent=1))
+    return best_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(out_dir=Path("runs/resnet50"))
+    parser.add_argument("--out", type=Path, default=defaults.out_dir, help="run folder (checkpoints, history)")
+    parser.add_argument("--data", type=Path, default=defaults.data)
+    parser.add_argument("--init", choices=("scratch", "imagenet"), default=defaults.init)
+    parser.add_argument("--imagenet-weights", default=None, help="torchvision ResNet50 state dict: path or URL")
+    parser.add_argument("--input-size", type=int, default=defaults.input_size)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false")
+    parser.add_argument("--limit-train", type=int, default=0)
+    parser.add_argument("--limit-eval", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        out_dir=args.out, data=args.data, init=args.init, imagenet_weights=args.imagenet_weights,
+        input_size=args.input_size, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, seed=args.seed, threads=args.threads, bf16=args.bf16,
+        limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume,
+    )
+    best = train(config)
+    print(f"best PublicTest checkpoint: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="fervid train")
+    add_arguments(cli)
+    raise SystemExit(run(cli.parse_args()))
