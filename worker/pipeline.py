@@ -1,0 +1,179 @@
+"""The pipeline as plain functions: sample frames -> detect faces -> track -> classify -> store.
+
+Celery tasks (worker/tasks.py) and the in-process `fervid analyze` both call these; nothing here needs a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from fervid.db import session_scope
+from fervid.errors import MediaError
+from fervid.settings import Settings, get_settings
+from fervid.storage import local_copy
+from fervid.tables import Job
+from models.backends import select_backend
+from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, crop_face, read_model_spec
+from models.detectors import FaceDetector, load_detector
+from worker import store
+from worker.media import PlannedFrame, decode_planned, probe, split_plan
+from worker.tracking import FaceTracker
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_FRAMES = 8  # progress and liveness are written this often (and at least once per batch)
+
+
+@dataclass
+class Analyzer:
+    """Everything a worker process loads once: the detector, the classifier and its backend."""
+
+    detector: FaceDetector
+    classifier: EmotionClassifier
+    batch_size: int
+
+    @property
+    def model_info(self) -> store.ModelInfo:
+        spec = self.classifier.spec
+        return store.ModelInfo(name=spec.name, version=spec.version, backend=self.classifier.backend.name)
+
+    def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
+                on_progress: Callable[[int], bool] | None = None) -> list[store.FrameRecord]:
+        """Runs detection and tracking frame by frame and classification on batches gathered across frames.
+
+        `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
+        what is returned must not be stored (the job was cancelled or taken over).
+        """
+        tracker = FaceTracker()
+        records: list[store.FrameRecord] = []
+        pending: list[tuple[PlannedFrame, list[tuple[int, tuple[int, int, int, int], float]], list[NDArray[np.uint8]]]] = []
+        pending_faces = 0
+
+        def flush() -> bool:
+            nonlocal pending_faces
+            crops = [crop for _, _, frame_crops in pending for crop in frame_crops]
+            probs = self.classifier.classify(crops)
+            row = 0
+            for planned, faces, _ in pending:
+                face_records = []
+                for face_index, (track, box, score) in enumerate(faces):
+                    face_records.append(store.FaceRecord(face_index=face_index, local_track=track, box=box,
+                                                         score=score, probs=probs[row].tolist()))
+                    row += 1
+                records.append(store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
+            pending.clear()
+            pending_faces = 0
+            return on_progress is None or on_progress(len(records))
+
+        since_heartbeat = 0
+        for planned, image in frames:
+            detections = self.detector.detect(image)
+            boxes = [d.box for d in detections]
+            tracks = tracker.update(planned.timestamp_ms, boxes)
+            faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
+            pending.append((planned, faces, [crop_face(image, d.box) for d in detections]))
+            pending_faces += len(faces)
+            since_heartbeat += 1
+            if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
+                since_heartbeat = 0
+                if not flush():
+                    return records
+        flush()
+        return records
+
+
+def build_analyzer(settings: Settings) -> Analyzer:
+    if settings.inference_threads:
+        cv2.setNumThreads(settings.inference_threads)
+    model_path = settings.model_path or DEFAULT_MODEL_PATH
+    spec = read_model_spec(model_path)
+    backend = select_backend(model_path, settings.backend, max_batch=max(settings.classify_batch, 1))
+    log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
+             settings.classify_batch)
+    return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch)
+
+
+@lru_cache(maxsize=1)
+def get_analyzer() -> Analyzer:
+    """The process's analyzer, built on first use (a worker builds it when its process starts)."""
+    return build_analyzer(get_settings())
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def to_plan_rows(plan: list[PlannedFrame]) -> list[list[float | int]]:
+    return [[f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts] for f in plan]
+
+
+def from_plan_rows(rows: list[list[float | int]]) -> list[PlannedFrame]:
+    return [PlannedFrame(int(r[0]), float(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+
+def load_job(job_id: str) -> Job | None:
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def media_fields(path: Path, job: Job) -> tuple[dict[str, object], list[list[PlannedFrame]]]:
+    settings = get_settings()
+    info, plan = probe(path, job.sample_fps)
+    media = {"kind": info.kind, "width": info.width, "height": info.height, "fps": info.fps,
+             "duration_ms": info.duration_ms, "frame_count": info.frame_count}
+    return media, split_plan(plan, settings.segment_seconds * 1000.0)
+
+
+def prepare_job(job_id: str, model: store.ModelInfo) -> list[int]:
+    """Probes the job's media and creates its segments; returns the segments to process.
+
+    Bad media fails the job with its code; nothing raises for it.
+    """
+    job = load_job(job_id)
+    if job is None:
+        return []
+    try:
+        with local_copy(job.source_uri) as path:
+            media, segments = media_fields(path, job)
+    except MediaError as error:
+        log.info("job %s failed: %s: %s", job_id, error.code, error.message)
+        store.fail_job(job_id, error.code, error.message)
+        return []
+    return store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
+
+
+def process_segment(job_id: str, index: int, analyzer: Analyzer) -> bool:
+    """Analyzes and stores one segment; returns True when this call completed the job."""
+    rows = store.claim_segment(job_id, index, worker_name())
+    if rows is None:
+        return False
+    job = load_job(job_id)
+    if job is None:
+        return False
+    plan = from_plan_rows(rows)
+    warnings: list[str] = []
+
+    def on_progress(frames_done: int) -> bool:
+        return store.heartbeat(job_id, index, frames_done)
+
+    try:
+        with local_copy(job.source_uri) as path:
+            records = analyzer.analyze(decode_planned(path, plan, warnings), on_progress)
+    except MediaError as error:
+        store.fail_job(job_id, error.code, error.message)
+        return False
+    if len(records) < len(plan) and not store.heartbeat(job_id, index, len(records)):
+        return False  # stopped early: cancelled, deleted or taken over
+    if not store.store_segment(job_id, index, records, warnings):
+        return False
+    return store.finish_job_if_complete(job_id)

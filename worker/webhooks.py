@@ -1,0 +1,37 @@
+"""Job-finished webhooks: a small JSON POST, retried a few times, never able to fail the job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+
+from fervid.db import session_scope
+from fervid.settings import get_settings
+from fervid.tables import Job
+
+log = logging.getLogger(__name__)
+ATTEMPTS = 3
+
+
+def notify_finished(job_id: str) -> bool:
+    """POSTs {"job_id", "status", "error"} to the job's webhook_url, if it has one; True when delivered."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or not job.webhook_url:
+            return False
+        url = job.webhook_url
+        payload = {"job_id": job.id, "status": job.status,
+                   "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None}
+    body = json.dumps(payload).encode()
+    for attempt in range(ATTEMPTS):
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=get_settings().webhook_timeout_s) as response:  # noqa: S310
+                if response.status < 300:
+                    return True
+        except OSError as error:
+            log.info("webhook for job %s to %s failed (attempt %d): %s", job_id, url, attempt + 1, error)
+        time.sleep(2**attempt)
+    return False
