@@ -152,8 +152,11 @@ def prepare_job(job_id: str, model: store.ModelInfo) -> list[int]:
     return store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
 
 
-def process_segment(job_id: str, index: int, analyzer: Analyzer) -> bool:
-    """Analyzes and stores one segment; returns True when this call completed the job."""
+def process_segment(job_id: str, index: int, analyzer: Analyzer,
+                    on_frames: Callable[[int], None] | None = None) -> bool:
+    """Analyzes and stores one segment; returns True when this call completed the job.
+
+    `on_frames(frames_done)` reports this segment's progress (the CLI's progress bar)."""
     rows = store.claim_segment(job_id, index, worker_name())
     if rows is None:
         return False
@@ -164,6 +167,8 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer) -> bool:
     warnings: list[str] = []
 
     def on_progress(frames_done: int) -> bool:
+        if on_frames is not None:
+            on_frames(frames_done)
         return store.heartbeat(job_id, index, frames_done)
 
     try:

@@ -1,0 +1,93 @@
+"""Real worker processes for integration tests: `fervid worker` subprocesses on the real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import build_tiny_classifier
+
+
+@dataclass
+class ServiceEnv:
+    """The FERVID_* environment one test's API client and worker processes share."""
+
+    values: dict[str, str]
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start_worker(self, concurrency: int = 1, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log_path = Path(self.values["FERVID_TEST_LOG_DIR"]) / f"worker-{len(self.workers)}.log"
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fervid.cli", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"],
+            env={**os.environ, **self.values, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a test can SIGKILL the worker and its children
+        )
+        self.workers.append(process)
+        self.logs.append(log_path)
+        return process
+
+    def kill_worker(self, process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+    def worker_logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-4000:] for path in self.logs if path.exists())
+
+
+@pytest.fixture
+def service_env(pg_url: str, redis_url: str, yunet_path: Path, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[ServiceEnv]:
+    """Settings for one test (its own queue, storage and tiny model), applied to this process as well."""
+    from fervid.queue import celery_app
+    from fervid.settings import get_settings
+
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    values = {
+        "FERVID_DATABASE_URL": pg_url,
+        "FERVID_BROKER_URL": redis_url,
+        "FERVID_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+        "FERVID_STORAGE_URL": (tmp_path / "storage").as_uri(),
+        "FERVID_API_KEYS": "alice:alice-key,bob:bob-key",
+        "FERVID_DETECTOR_PATH": str(yunet_path),
+        "FERVID_MODEL_PATH": str(build_tiny_classifier(tmp_path / "tiny.onnx", size=24)),
+        "FERVID_MODEL_CACHE_DIR": str(tmp_path / "model-cache"),
+        "FERVID_ENGINE_CACHE_DIR": str(tmp_path / "engine-cache"),
+        "FERVID_REAPER_INTERVAL_S": "1",
+        "FERVID_TEST_LOG_DIR": str(log_dir),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    env = ServiceEnv(values)
+    yield env
+    for process in env.workers:
+        env.kill_worker(process, signal.SIGTERM if process.poll() is None else signal.SIGKILL)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 120.0, interval: float = 0.3,
+             describe: Callable[[], str] = lambda: "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:.0f} s. {describe()}")

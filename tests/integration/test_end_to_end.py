@@ -1,0 +1,163 @@
+"""Submit -> real worker process -> succeeded -> timeline, on real clips, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.integration.conftest import ServiceEnv, wait_for
+
+pytestmark = pytest.mark.integration
+
+ALICE = {"Authorization": "Bearer alice-key"}
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+def client(service_env: ServiceEnv) -> TestClient:
+    from api.app import create_app
+
+    return TestClient(create_app())
+
+
+def submit_file(client: TestClient, path: Path, **fields: Any) -> str:
+    with path.open("rb") as stream:
+        response = client.post("/v1/jobs", headers=ALICE, files={"file": (path.name, stream)},
+                               data={k: str(v) for k, v in fields.items()})
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def wait_finished(client: TestClient, env: ServiceEnv, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/v1/jobs/{job_id}", headers=ALICE).json()
+        return body if body["status"] in TERMINAL else None
+
+    return wait_for(finished, timeout, describe=env.worker_logs)  # type: ignore[return-value]
+
+
+def all_timeline_items(client: TestClient, job_id: str, limit: int = 4) -> list[dict[str, Any]]:
+    items, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get(f"/v1/jobs/{job_id}/timeline", headers=ALICE, params=params).json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items
+
+
+def test_single_face_clip_gives_one_track_on_every_sampled_frame(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path
+) -> None:
+    # given a running worker and a 3 s, 24 fps clip of one face
+    service_env.start_worker()
+    # when it is submitted at 5 fps
+    job_id = submit_file(client, shared_dir / "media" / "single_face.mp4", sample_fps=5)
+    job = wait_finished(client, service_env, job_id)
+    # then the job succeeded with the sampling rule's frames: t = 0, 0.2, ... 2.8 s -> frames 0, 5, 10, ..., 70
+    assert job["status"] == "succeeded", job
+    assert job["media"]["kind"] == "video" and job["media"]["frame_count"] == 72
+    assert (job["media"]["width"], job["media"]["height"]) == (640, 360)
+    assert job["progress"] == {"frames_done": 15, "frames_total": 15}
+    assert job["model"]["name"] == "tiny-test-classifier" and job["model"]["backend"] == "ort-cpu"
+    items = all_timeline_items(client, job_id)
+    assert [item["frame_index"] for item in items] == [math.ceil(k * 24 / 5 - 1e-9) for k in range(15)]
+    assert all(len(item["faces"]) == 1 for item in items)
+    assert len({item["faces"][0]["track_id"] for item in items}) == 1
+    face = items[0]["faces"][0]
+    assert abs(sum(face["emotions"].values()) - 1.0) < 1e-4
+    assert face["dominant"] == max(face["emotions"], key=face["emotions"].get)
+    summary = client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json()
+    assert len(summary["tracks"]) == 1 and summary["tracks"][0]["frames"] == 15
+
+
+def test_segments_shared_by_two_workers_give_the_same_timeline_with_one_track(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path
+) -> None:
+    # given the clip analysed whole, then split into 1 s segments processed by two worker processes
+    clip = shared_dir / "media" / "single_face.mp4"
+    service_env.start_worker()
+    whole = wait_finished(client, service_env, submit_file(client, clip, sample_fps=5))
+    service_env.values["FERVID_SEGMENT_SECONDS"] = "1"
+    for process in list(service_env.workers):
+        service_env.kill_worker(process)
+    service_env.start_worker(extra={"FERVID_SEGMENT_SECONDS": "1"})
+    service_env.start_worker(extra={"FERVID_SEGMENT_SECONDS": "1"})
+    split = wait_finished(client, service_env, submit_file(client, clip, sample_fps=5))
+    # then both succeed with identical frames and faces, and stitching keeps one track across the boundaries
+    assert whole["status"] == split["status"] == "succeeded"
+    whole_items = all_timeline_items(client, whole["job_id"], limit=100)
+    split_items = all_timeline_items(client, split["job_id"], limit=100)
+    assert [i["frame_index"] for i in whole_items] == [i["frame_index"] for i in split_items]
+    assert [len(i["faces"]) for i in whole_items] == [len(i["faces"]) for i in split_items]
+    assert len({f["track_id"] for i in split_items for f in i["faces"]}) == 1
+
+
+def test_a_face_that_appears_is_only_on_the_later_frames(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path
+) -> None:
+    service_env.start_worker()
+    job = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "noface_face.mov",
+                                                         sample_fps=2))
+    assert job["status"] == "succeeded", job
+    items = all_timeline_items(client, job["job_id"], limit=50)
+    with_face = [bool(item["faces"]) for item in items]
+    assert not with_face[0] and with_face[-1]  # no face at first, a face at the end
+
+
+def test_an_image_is_one_frame(service_env: ServiceEnv, client: TestClient, shared_dir: Path) -> None:
+    service_env.start_worker()
+    job = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "astronaut.png"))
+    assert job["status"] == "succeeded" and job["media"]["kind"] == "image" and job["media"]["frame_count"] == 1
+    (item,) = all_timeline_items(client, job["job_id"])
+    assert item["frame_index"] == 0 and item["timestamp_ms"] == 0 and len(item["faces"]) == 1
+
+
+def png_bomb(path: Path, side: int = 100_000) -> Path:
+    """A tiny PNG whose header declares side x side pixels: decoding it would need ~10 GB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit greyscale
+    rows = zlib.compress(b"\0" * (side + 1) * 64)  # a few rows; the rest is never reached
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def test_bad_inputs_fail_cleanly_and_the_worker_keeps_serving(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path, tmp_path: Path
+) -> None:
+    # given a worker and a set of broken files
+    worker = service_env.start_worker()
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    noise = tmp_path / "noise.mov"
+    noise.write_bytes(os.urandom(200_000))
+    clip = (shared_dir / "media" / "single_face.mp4").read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clip[: len(clip) // 3])
+    bomb = png_bomb(tmp_path / "bomb.png")
+    expected = {text: {"unsupported_media"}, noise: {"unsupported_media"}, bomb: {"media_too_large"},
+                truncated: {"decode_error", "empty_media", None}}  # None: succeeded on the frames that decode
+    # when each is submitted
+    jobs = {path: submit_file(client, path) for path in expected}
+    # then each ends with its code and a message a person can read
+    for path, job_id in jobs.items():
+        job = wait_finished(client, service_env, job_id)
+        code = job["error"]["code"] if job["error"] else None
+        assert code in expected[path], (path.name, job)
+        if job["error"]:
+            assert job["status"] == "failed" and len(job["error"]["message"]) > 10
+    # and the same worker process still analyses a good clip
+    good = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "single_face.mp4"))
+    assert good["status"] == "succeeded"
+    assert worker.poll() is None

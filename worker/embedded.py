@@ -1,0 +1,166 @@
+"""`fervid analyze` and `fervid demo`: the same pipeline in process, on the embedded default database, no broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from fervid import results
+from fervid.db import session_scope
+from fervid.errors import FervidError, InvalidRequest
+from fervid.jobs import job_to_dict
+from fervid.labels import EMOTIONS
+from fervid.migrate import upgrade
+from fervid.settings import get_settings
+from fervid.tables import Job, JobStatus
+from worker import pipeline
+
+LOCAL_TENANT = "local"
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> str:
+    """Runs one file through the whole pipeline in this process; returns the job id (succeeded or failed)."""
+    if sample_fps <= 0:
+        raise InvalidRequest(f"--fps must be > 0, not {sample_fps}")
+    if not path.is_file():
+        raise InvalidRequest(f"{path} does not exist or is not a file")
+    settings = get_settings()
+    upgrade(settings.database_url)  # the embedded database creates itself on first use
+    analyzer = pipeline.get_analyzer()
+    job_id = str(uuid.uuid4())
+    with session_scope() as session:
+        session.add(Job(id=job_id, tenant=LOCAL_TENANT, status=JobStatus.queued, source_uri=path.resolve().as_uri(),
+                        filename=path.name, sample_fps=sample_fps, warnings=[], created_at=datetime.now(UTC)))
+    indices = pipeline.prepare_job(job_id, analyzer.model_info)
+    job = pipeline.load_job(job_id)
+    assert job is not None
+    with tqdm(total=job.frames_total or 0, unit="frame", desc=path.name, file=sys.stderr,
+              disable=not show_progress or not indices) as bar:
+        for index in indices:
+            pipeline.process_segment(job_id, index, analyzer, on_frames=lambda done, start=bar.n: bar.update(
+                start + done - bar.n))
+    return job_id
+
+
+def job_failure(job_id: str) -> FervidError | None:
+    job = pipeline.load_job(job_id)
+    if job is None or job.status == JobStatus.succeeded:
+        return None
+    return FervidError(job.error_message or f"the job ended {job.status}", code=job.error_code or "job_failed")
+
+
+def write_output(job_id: str, fmt: str, stream: TextIO) -> None:
+    with session_scope() as session:
+        if fmt == "csv":
+            for line in results.timeline_csv_lines(session, job_id):
+                stream.write(line)
+            return
+        job = session.get(Job, job_id)
+        assert job is not None
+        payload = {"job": job_to_dict(session, job), "summary": results.summary(session, job_id),
+                   "timeline": results.full_timeline(session, job_id)}
+    json.dump(payload, stream, indent=1)
+    stream.write("\n")
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", type=Path, help="a video or image file")
+    parser.add_argument("--fps", type=float, default=5.0, help="frames sampled per second (default 5)")
+    parser.add_argument("--format", choices=("json", "csv"), default="json")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    job_id = analyze_file(args.path, args.fps, show_progress=not args.no_progress)
+    failure = job_failure(job_id)
+    if failure is not None:
+        raise failure
+    if args.out is None:
+        write_output(job_id, args.format, sys.stdout)
+    else:
+        with args.out.open("w", newline="") as stream:
+            write_output(job_id, args.format, stream)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def make_public_domain_clip(target: Path) -> Path:
+    """A 4 s clip panning over Grace Hopper's portrait (US Navy photo, public domain, shipped with matplotlib)."""
+    from matplotlib import cbook
+
+    portrait = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    height, width = portrait.shape[:2]
+    with av.open(str(target), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 480, 360, "yuv420p"
+        for step in range(40):
+            zoom = 1.0 + 0.25 * np.sin(step / 40 * np.pi)
+            crop_w, crop_h = int(width / zoom), int(height / zoom * 0.75)
+            x0 = int((width - crop_w) * (0.5 + 0.3 * np.sin(step / 13)))
+            y0 = (height - crop_h) // 3
+            frame = cv2.resize(portrait[y0 : y0 + crop_h, x0 : x0 + crop_w], (480, 360))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return target
+
+
+def print_summary(job_id: str, stream: TextIO) -> None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        described = job_to_dict(session, job)
+        summary = results.summary(session, job_id)
+        timeline = results.full_timeline(session, job_id)
+    media, model = described["media"], described["model"]
+    print(f"model    {model['name']} {model['version']} on {model['backend']}", file=stream)
+    print(f"media    {job.filename}: {media['kind']} {media['width']}x{media['height']}, "
+          f"{media['duration_ms'] / 1000:.2f} s, {media['frame_count']} frames; sampled {len(timeline)} "
+          f"at {job.sample_fps:g} fps", file=stream)
+    if not summary["tracks"]:
+        print("no faces found", file=stream)
+    for track in summary["tracks"]:
+        means = track["mean_emotions"]
+        print(f"\nface #{track['track_id']}  {track['first_ms'] / 1000:.2f}-{track['last_ms'] / 1000:.2f} s, "
+              f"{track['frames']} frames, mostly {track['dominant']}", file=stream)
+        for label in sorted(EMOTIONS, key=lambda name: -means[name]):
+            print(f"  {label:<9}{means[label]:6.1%}  {'#' * round(40 * means[label])}", file=stream)
+        moments = [(item["timestamp_ms"], face) for item in timeline for face in item["faces"]
+                   if face["track_id"] == track["track_id"]]
+        line = "  ".join(f"{ms / 1000:.1f}s {face['dominant']}" for ms, face in moments[:: max(1, len(moments) // 8)])
+        print(f"  timeline: {line}", file=stream)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fps", type=float, default=5.0)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    shared_clip = SHARED_DIR / "media" / "single_face.mp4"
+    shared_yunet = SHARED_DIR / "models" / "face_detection_yunet_2023mar.onnx"
+    if settings.detector_path is None and shared_yunet.is_file():
+        settings.detector_path = shared_yunet
+    with tempfile.TemporaryDirectory() as scratch:
+        clip = shared_clip if shared_clip.is_file() else make_public_domain_clip(Path(scratch) / "grace_hopper.mp4")
+        print(f"fervid demo: analysing {clip} on {settings.database_url}", file=sys.stderr)
+        job_id = analyze_file(clip, args.fps)
+    failure = job_failure(job_id)
+    if failure is not None:
+        raise failure
+    print_summary(job_id, sys.stdout)
+    return 0
