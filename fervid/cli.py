@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        # add_help=False: `-h` must reach the subcommand's own parser, built lazily in main().
+        sub = commands.add_parser(name, help=help_text, description=help_text, add_help=False)
         sub.set_defaults(module_name=module_name)
         # Arguments are added lazily (in main) so `fervid --help` does not import every module.
     return parser

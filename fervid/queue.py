@@ -34,9 +34,15 @@ def celery_app() -> Celery:
     return app
 
 
+# A sender facing a dead broker gives up fast: the job row is committed and the reaper re-sends it later.
+SEND_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "timeout": 2}
+
+
 def send_prepare(job_id: str, queue: str | None = None) -> None:
-    celery_app().send_task(PREPARE_TASK, args=[job_id], queue=queue or get_settings().queue)
+    celery_app().send_task(PREPARE_TASK, args=[job_id], queue=queue or get_settings().queue,
+                           retry_policy=SEND_RETRY_POLICY)
 
 
 def send_segment(job_id: str, segment_index: int, queue: str | None = None) -> None:
-    celery_app().send_task(SEGMENT_TASK, args=[job_id, segment_index], queue=queue or get_settings().queue)
+    celery_app().send_task(SEGMENT_TASK, args=[job_id, segment_index], queue=queue or get_settings().queue,
+                           retry_policy=SEND_RETRY_POLICY)

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 from urllib.parse import unquote, urlparse
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
@@ -120,7 +120,7 @@ def local_copy(uri: str) -> Iterator[Path]:
             elif parsed.scheme in ("http", "https"):
                 limit = get_settings().max_download_mb << 20
                 with urllib.request.urlopen(uri, timeout=30) as response:  # noqa: S310 - scheme checked above
-                    _copy_limited(response, spool, limit)
+                    _copy_limited(response, cast(BinaryIO, spool), limit)
             else:
                 raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
                                  "use file://, s3:// or http(s)://")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from fervid.errors import FervidError
 
 
 class InferenceBackend(Protocol):
@@ -15,3 +18,22 @@ class InferenceBackend(Protocol):
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(N, C, H, W) preprocessed faces -> (N, classes) model outputs (probs or logits, per the model)."""
         ...
+
+
+BACKEND_UNAVAILABLE = "backend_unavailable"
+
+
+class BackendUnavailable(FervidError):
+    """A backend cannot run here; the message says why and what to install or choose instead."""
+
+    code = BACKEND_UNAVAILABLE
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class BackendProbe:
+    """Whether a backend can run on this machine, found without loading a model."""
+
+    name: str
+    available: bool
+    detail: str  # why it can or cannot run, e.g. "cannot import tensorrt (No module named 'tensorrt')"

@@ -8,16 +8,47 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from fervid.settings import get_settings
+from models.backends.base import BackendProbe, BackendUnavailable
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
 
 class OrtBackend:
-    def __init__(self, model_path: Path, providers: list[str] | None = None, max_batch: int = 256) -> None:
+    def __init__(self, model_path: Path, providers: list[str] | None = None, max_batch: int = 256,
+                 threads: int = 0) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers or [CPU_PROVIDER])
         self.input_name = self.session.get_inputs()[0].name
-        self.name = "ort-cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "ort-cpu"
+        self.name = "ort-cuda" if CUDA_PROVIDER in self.session.get_providers() else "ort-cpu"
         self.max_batch = max_batch
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         return np.asarray(out, dtype=np.float32)
+
+
+def probe(name: str) -> BackendProbe:
+    providers = ort.get_available_providers()
+    if name == "ort-cpu":
+        return BackendProbe(name, True, f"onnxruntime {ort.__version__} on the CPU")
+    if CUDA_PROVIDER in providers:
+        return BackendProbe(name, True, f"onnxruntime {ort.__version__} with {CUDA_PROVIDER}")
+    return BackendProbe(name, False, f"onnxruntime {ort.__version__} has no {CUDA_PROVIDER} "
+                                     f"(providers: {', '.join(providers)}); install onnxruntime-gpu")
+
+
+def create(name: str, model_path: Path, max_batch: int) -> OrtBackend:
+    threads = get_settings().inference_threads
+    if name == "ort-cpu":
+        return OrtBackend(model_path, [CPU_PROVIDER], max_batch, threads)
+    backend = OrtBackend(model_path, [CUDA_PROVIDER, CPU_PROVIDER], max_batch, threads)
+    # onnxruntime-gpu falls back to the CPU silently when CUDA cannot start (no device, driver mismatch).
+    if backend.name != "ort-cuda":
+        raise BackendUnavailable(f"onnxruntime could not start {CUDA_PROVIDER} for {model_path} (no CUDA device or "
+                                 "a CUDA/cuDNN version mismatch; see onnxruntime's warnings above)")
+    return backend

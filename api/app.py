@@ -1,0 +1,38 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health, v1
+from fervid.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Facial-emotion timelines from video. Submit a video or image, follow the job, then read its
+per-frame timeline, per-track summary, CSV export or plot. Every `/v1` route needs `Authorization: Bearer <key>`;
+errors are always `{"error": {"code": ..., "message": ...}}`."""
+
+
+def _version() -> str:
+    try:
+        return version("fervid")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app() -> FastAPI:
+    """A new app on the current settings (FERVID_*); a malformed FERVID_API_KEYS fails here, not per request."""
+    if not get_settings().tenants_by_key():
+        log.warning("FERVID_API_KEYS is empty: every /v1 request will be refused with 401")
+    app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION,
+                  openapi_tags=[{"name": "jobs", "description": "analysis jobs and their results"},
+                                {"name": "health", "description": "liveness and readiness probes (no key)"}])
+    install_error_handlers(app)
+    app.include_router(v1)
+    app.include_router(health)
+    return app

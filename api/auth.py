@@ -1,0 +1,47 @@
+"""Bearer-key authentication: the key names the tenant; the tenant scopes every query."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from fervid.db import session_scope
+from fervid.errors import Unauthorized
+from fervid.settings import get_settings
+
+# auto_error=False: a missing header is answered by Unauthorized below, in the API's error envelope.
+bearer = HTTPBearer(auto_error=False, description="an API key from FERVID_API_KEYS")
+
+
+def tenant_for_key(presented: str, tenants_by_key: dict[str, str]) -> str | None:
+    """The tenant owning `presented`, comparing against every key in constant time (no early exit)."""
+    tenant = None
+    candidate = presented.encode()
+    for key, owner in tenants_by_key.items():
+        if hmac.compare_digest(candidate, key.encode()):
+            tenant = owner
+    return tenant
+
+
+def authenticate(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    if credentials is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    tenant = tenant_for_key(credentials.credentials, get_settings().tenants_by_key())
+    if tenant is None:
+        raise Unauthorized("the API key is not valid; check FERVID_API_KEYS or ask for a key")
+    return tenant
+
+
+def request_session() -> Iterator[Session]:
+    with session_scope() as session:
+        yield session
+
+
+TenantDep = Annotated[str, Depends(authenticate)]
+# scope="function": commit (or roll back) when the route returns, before the response goes out.
+SessionDep = Annotated[Session, Depends(request_session, scope="function")]

@@ -1,0 +1,74 @@
+"""Exception handlers: every error leaves the API as {"error": {"code", "message"}}, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fervid.errors import FervidError
+
+log = logging.getLogger(__name__)
+
+# Starlette's own errors (unknown route, wrong method, malformed multipart...) get codes by status.
+CODES_BY_STATUS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                   413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_request"}
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}, **extra}, status_code=status,
+                        headers=dict(headers) if headers else None)
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> str:
+    """'sample_fps: Input should be less than or equal to 120; ...' from pydantic's error list."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+        parts.append(f"{location}: {error.get('msg', 'invalid')}" if location else str(error.get("msg", "invalid")))
+    return "; ".join(parts) or "the request is not valid"
+
+
+async def _fervid_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, FervidError)
+    headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+    if error.http_status >= 500:
+        log.error("%s: %s", error.code, error.message)
+    return error_response(error.http_status, error.code, error.message, headers)
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return error_response(422, "invalid_request", describe_validation_errors(error.errors()))
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    status = error.status_code
+    default = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+    message = error.detail if isinstance(error.detail, str) and error.detail != default else {
+        404: "no such route; the API is described at /docs",
+        405: "this route does not accept that method; see /docs",
+    }.get(status, str(error.detail))
+    code = CODES_BY_STATUS.get(status, "http_error" if status < 500 else "internal_error")
+    return error_response(status, code, message, error.headers)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_response(500, "internal_error", "the server hit an unexpected error; retry, and report it if it "
+                          "happens again")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(FervidError, _fervid_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

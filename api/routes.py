@@ -1,0 +1,290 @@
+"""The routes: thin, they authenticate, validate and call fervid.jobs / fervid.results."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import PurePath
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import redis
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from api.auth import SessionDep, TenantDep
+from api.errors import error_response
+from api.schemas import (
+    ErrorBody,
+    Health,
+    JobFromUri,
+    JobListCursor,
+    JobOptions,
+    JobOut,
+    JobPage,
+    JobStatusName,
+    Readiness,
+    Summary,
+    TimelineCursor,
+    TimelinePage,
+)
+from api.uploads import read_json, read_multipart
+from fervid import jobs, results
+from fervid.db import get_engine, session_scope
+from fervid.errors import EMPTY_MEDIA, FervidError, InvalidRequest, MediaError
+from fervid.settings import get_settings
+from fervid.storage import get_storage
+from fervid.tables import Job
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
+    404: {"model": ErrorBody, "description": "no such job for this tenant"},
+    422: {"model": ErrorBody, "description": "invalid parameters"},
+}
+
+v1 = APIRouter(prefix="/v1", tags=["jobs"], responses={401: ERRORS[401], 422: ERRORS[422]})
+health = APIRouter(tags=["health"])
+
+
+def _job_out(session: Session, job: Job) -> JobOut:
+    return JobOut.model_validate(jobs.job_to_dict(session, job))
+
+
+def _validated(model: type[ModelT], payload: Any) -> ModelT:
+    """Pydantic validation of a body read by hand, answered like FastAPI's own validation (422 envelope)."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False, include_context=False)) from error
+
+
+def _stored_name(filename: str | None) -> str:
+    # Workers may sniff the format from the suffix; the rest of a user's file name never reaches a path.
+    suffix = PurePath(filename or "").suffix.lower()
+    return "media" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
+
+
+def _submit_upload(session: Session, tenant: str, form: FormData, max_bytes: int) -> tuple[Job, bool]:
+    fields = {name: value for name, value in form.multi_items()
+              if name != "file" and isinstance(value, str) and value.strip()}
+    options = _validated(JobOptions, fields)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("a multipart submission needs the media in a `file` part")
+    if not upload.size:
+        raise MediaError(EMPTY_MEDIA, f"the uploaded file {upload.filename or ''!r} is empty (0 bytes); "
+                         "send the video or image itself")
+    token = options.client_request_token
+    if token is not None and (existing := jobs.job_by_token(session, tenant, token)):
+        return existing, False  # a retried upload is not stored twice
+    job_id = jobs.new_job_id()
+    key = f"{job_id}/{_stored_name(upload.filename)}"
+    storage = get_storage()
+    uri = storage.save(key, upload.file, max_bytes)
+    try:
+        job, created = jobs.create_job(
+            session, tenant=tenant, source_uri=uri, sample_fps=options.sample_fps, client_request_token=token,
+            webhook_url=options.webhook_url, filename=upload.filename[:255] if upload.filename else None,
+            stored_media_key=key, job_id=job_id)
+    except BaseException:
+        storage.delete(key)
+        raise
+    if not created:
+        storage.delete(key)  # a concurrent request with the same token won: keep only its copy
+    return job, created
+
+
+SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary", "description": "a video or image"},
+                               **JobOptions.model_json_schema()["properties"]}}},
+            "application/json": {"schema": JobFromUri.model_json_schema()},
+        },
+    }
+}
+
+
+@v1.post(
+    "/jobs", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
+    summary="Submit a video or image for analysis",
+    description="Multipart upload (`file` plus form fields) or JSON with a `source_uri` (file://, s3://, "
+                "http(s)://). 202 with the queued job; 200 with the existing job when `client_request_token` "
+                "was used before by this tenant.",
+    responses={200: {"model": JobOut, "description": "the job already submitted with this client_request_token"},
+               400: {"model": ErrorBody, "description": "a malformed body"},
+               413: {"model": ErrorBody, "description": "the upload exceeds FERVID_MAX_UPLOAD_MB"},
+               415: {"model": ErrorBody, "description": "neither multipart/form-data nor JSON"}},
+)
+async def submit_job(request: Request, tenant: TenantDep, session: SessionDep) -> JSONResponse:
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        max_bytes = get_settings().max_upload_mb << 20
+        form = await read_multipart(request, max_bytes)
+        try:
+            job, created = await run_in_threadpool(_submit_upload, session, tenant, form, max_bytes)
+        finally:
+            await form.close()
+    elif content_type == "application/json":
+        spec = _validated(JobFromUri, await read_json(request))
+        job, created = await run_in_threadpool(
+            lambda: jobs.create_job(session, tenant=tenant, source_uri=spec.source_uri, sample_fps=spec.sample_fps,
+                                    client_request_token=spec.client_request_token, webhook_url=spec.webhook_url))
+    else:
+        raise FervidError("send multipart/form-data with a `file` part, or application/json with a `source_uri`",
+                          code="unsupported_media_type", http_status=415)
+    body = await run_in_threadpool(_job_out, session, job)
+    return JSONResponse(body.model_dump(mode="json"), status_code=202 if created else 200)
+
+
+@v1.get("/jobs", response_model=JobPage, summary="List your jobs, newest first")
+def list_jobs(tenant: TenantDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+              status: Annotated[JobStatusName | None, Query(description="only jobs in this status")] = None,
+              ) -> JobPage:
+    before = None
+    if cursor:
+        position = JobListCursor.decode(cursor)
+        before = (position.created_at, position.job_id)
+    page, next_key = jobs.list_jobs(session, tenant, limit=limit, status=status, before=before)
+    done = jobs.frames_done_by_job(session, [job.id for job in page])
+    items = [JobOut.model_validate(jobs.job_to_dict(session, job, done.get(job.id, 0))) for job in page]
+    next_cursor = JobListCursor(created_at=next_key[0], job_id=next_key[1]).encode() if next_key else None
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+@v1.get("/jobs/{job_id}", response_model=JobOut, summary="A job's status, progress, media and error",
+        responses={404: ERRORS[404]})
+def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobOut:
+    return _job_out(session, jobs.get_job(session, tenant, job_id))
+
+
+@v1.get("/jobs/{job_id}/timeline", response_model=TimelinePage, responses={404: ERRORS[404]},
+        summary="Per-frame faces and emotions, in time order (keyset-paginated)")
+def get_timeline(
+    job_id: str, tenant: TenantDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="frames per page")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    from_ms: Annotated[float | None, Query(ge=0, description="only frames at or after this time")] = None,
+    to_ms: Annotated[float | None, Query(ge=0, description="only frames at or before this time")] = None,
+    track_id: Annotated[int | None, Query(description="only frames where this track appears, with just it")] = None,
+) -> TimelinePage:
+    jobs.get_job(session, tenant, job_id)
+    after = TimelineCursor.decode(cursor).frame_index if cursor else None
+    items, last = results.timeline_page(session, job_id, limit=limit, after_frame=after, from_ms=from_ms,
+                                        to_ms=to_ms, track_id=track_id)
+    next_cursor = TimelineCursor(frame_index=last).encode() if last is not None else None
+    return TimelinePage.model_validate({"job_id": job_id, "items": items, "next_cursor": next_cursor})
+
+
+def _csv_chunks(job_id: str) -> Iterator[str]:
+    # Its own session: the response streams after the request's session has closed.
+    with session_scope() as session:
+        yield from results.timeline_csv_lines(session, job_id)
+
+
+@v1.get("/jobs/{job_id}/timeline.csv", response_class=StreamingResponse, summary="The timeline as CSV",
+        responses={200: {"content": {"text/csv": {}}, "description": "one row per face; a frame without faces "
+                         "is one row with empty face fields"}, 404: ERRORS[404]})
+def get_timeline_csv(job_id: str, tenant: TenantDep, session: SessionDep) -> StreamingResponse:
+    jobs.get_job(session, tenant, job_id)
+    return StreamingResponse(_csv_chunks(job_id), media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+
+
+@v1.get("/jobs/{job_id}/summary", response_model=Summary, responses={404: ERRORS[404]},
+        summary="Mean emotions per track and over the whole job")
+def get_summary(job_id: str, tenant: TenantDep, session: SessionDep) -> Summary:
+    jobs.get_job(session, tenant, job_id)
+    return Summary.model_validate(results.summary(session, job_id))
+
+
+@v1.get("/jobs/{job_id}/plot.png", response_class=Response, summary="A chart of each track's emotions over time",
+        responses={200: {"content": {"image/png": {}}, "description": "one subplot per track (at most 8)"},
+                   404: ERRORS[404]})
+def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    # A plain `def` route: FastAPI runs it in a worker thread, so rendering never blocks the event loop.
+    job = jobs.get_job(session, tenant, job_id)
+    series = results.plot_series(session, job_id)
+    title = f"{job.filename or job.id} ({job.status}, {job.sample_fps:g} fps sampled)"
+    return Response(results.render_plot_png(series, title), media_type="image/png")
+
+
+@v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
+         responses={404: ERRORS[404], 409: {"model": ErrorBody, "description": "the job already finished"}})
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobOut:
+    job = jobs.cancel_job(session, jobs.get_job(session, tenant, job_id))
+    return _job_out(session, job)
+
+
+@v1.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={404: ERRORS[404]},
+           summary="Delete a job, its results and its uploaded media")
+def delete_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    jobs.delete_job(session, jobs.get_job(session, tenant, job_id))
+    return Response(status_code=204)
+
+
+@health.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+def _ping_database() -> None:
+    with get_engine().connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _ping_broker() -> None:
+    client = redis.Redis.from_url(get_settings().broker_url, socket_connect_timeout=READY_TIMEOUT_S,
+                                  socket_timeout=READY_TIMEOUT_S)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+async def _check(ping: Callable[[], None]) -> str:
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
+    except TimeoutError:
+        return f"no answer within {READY_TIMEOUT_S:g} s"
+    except Exception as error:  # any failure means not ready; the reason goes to the caller and the log
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreachable'}"[:300]
+    return "ok"
+
+
+@health.get("/readyz", response_model=Readiness, summary="Readiness: the database and the broker answer",
+            responses={503: {"model": ErrorBody, "description": "the database or the broker does not answer"}})
+async def readyz() -> Any:
+    checks: dict[str, str] = {}
+
+    async def run(name: str, ping: Callable[[], None]) -> None:
+        checks[name] = await _check(ping)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, "database", _ping_database)
+        group.start_soon(run, "broker", _ping_broker)
+    checks = {name: checks[name] for name in ("database", "broker")}
+    failed = [name for name, outcome in checks.items() if outcome != "ok"]
+    if not failed:
+        return Readiness(status="ok", checks=checks)
+    log.warning("not ready: %s", checks)
+    return error_response(503, "not_ready", "; ".join(f"{name}: {checks[name]}" for name in failed), checks=checks)

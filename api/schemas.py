@@ -1,0 +1,201 @@
+"""Request and response bodies of the HTTP API, and the opaque pagination cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Literal, Self
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fervid.errors import InvalidRequest
+from fervid.labels import EMOTIONS
+from fervid.tables import JobStatus
+
+SOURCE_SCHEMES = ("file", "s3", "http", "https")
+WEBHOOK_SCHEMES = ("http", "https")
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+assert set(JobStatusName.__args__) == {status.value for status in JobStatus}  # type: ignore[attr-defined]
+EmotionName = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+assert EmotionName.__args__ == EMOTIONS  # type: ignore[attr-defined]
+
+
+def _check_uri(value: str, schemes: tuple[str, ...], what: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme.lower() not in schemes:
+        raise ValueError(f"{what} must use one of {', '.join(f'{s}://' for s in schemes)}, not {value!r}")
+    if parsed.scheme.lower() == "file" and not parsed.path:
+        raise ValueError(f"{what} {value!r} names no file path")
+    if parsed.scheme.lower() != "file" and not parsed.netloc:
+        raise ValueError(f"{what} {value!r} names no host or bucket")
+    return value
+
+
+class JobOptions(BaseModel):
+    """The options of a submission, as form fields next to an uploaded `file`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    sample_fps: float = Field(5.0, gt=0, le=120, allow_inf_nan=False,
+                              description="frames sampled per second of video (0 < fps <= 120)")
+    client_request_token: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="idempotency key: the same tenant and token always get the same job back")
+    webhook_url: str | None = Field(None, max_length=2048, description="POSTed to when the job finishes")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, WEBHOOK_SCHEMES, "webhook_url")
+
+
+class JobFromUri(JobOptions):
+    """A submission of media the workers read themselves."""
+
+    source_uri: str = Field(..., min_length=1, max_length=4096,
+                            description="file://, s3:// or http(s):// URI of a video or image")
+
+    @field_validator("source_uri")
+    @classmethod
+    def _source_scheme(cls, value: str) -> str:
+        return _check_uri(value, SOURCE_SCHEMES, "source_uri")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable")
+    message: str = Field(description="what happened and what to do next")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Progress(BaseModel):
+    frames_done: int
+    frames_total: int | None
+
+
+class Media(BaseModel):
+    kind: Literal["video", "image"] | None
+    duration_ms: float | None
+    fps: float | None
+    width: int | None
+    height: int | None
+    frame_count: int | None
+
+
+class ModelUsed(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str | None
+    version: str | None
+    backend: str | None
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    job_id: str
+    status: JobStatusName
+    progress: Progress
+    media: Media
+    error: ErrorDetail | None
+    warnings: list[str]
+    model: ModelUsed
+    sample_fps: float
+    filename: str | None = Field(description="the uploaded file's name; null for source_uri submissions")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class Box(BaseModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class FaceOut(BaseModel):
+    track_id: int
+    box: Box
+    score: float
+    emotions: dict[EmotionName, float] = Field(description="probabilities of the 7 FER-2013 emotions, in order")
+    dominant: EmotionName
+
+
+class TimelineItem(BaseModel):
+    frame_index: int
+    timestamp_ms: float
+    faces: list[FaceOut]
+
+
+class TimelinePage(BaseModel):
+    job_id: str
+    items: list[TimelineItem]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class TrackSummary(BaseModel):
+    track_id: int
+    first_ms: float
+    last_ms: float
+    frames: int
+    mean_emotions: dict[EmotionName, float]
+    dominant: EmotionName
+
+
+class OverallSummary(BaseModel):
+    mean_emotions: dict[EmotionName, float] | None = Field(description="over every face; null without faces")
+    dominant: EmotionName | None
+
+
+class Summary(BaseModel):
+    tracks: list[TrackSummary]
+    overall: OverallSummary
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok"]
+    checks: dict[str, str]
+
+
+class Cursor(BaseModel):
+    """An opaque position for keyset pagination: URL-safe base64 of compact JSON, validated on the way back."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def encode(self) -> str:
+        raw = self.model_dump_json().encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def decode(cls, cursor: str) -> Self:
+        """The cursor's position, or InvalidRequest for a cursor this API did not hand out."""
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            return cls.model_validate(json.loads(raw))
+        except (binascii.Error, ValueError, ValidationError, UnicodeDecodeError) as error:
+            raise InvalidRequest("the cursor is not one this API returned; start again without it") from error
+
+
+class TimelineCursor(Cursor):
+    frame_index: int
+
+
+class JobListCursor(Cursor):
+    created_at: datetime
+    job_id: str

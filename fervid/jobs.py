@@ -1,0 +1,181 @@
+"""The job lifecycle seen from outside the worker: create (and enqueue), describe, list, cancel, delete."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fervid.errors import Conflict, NotFound
+from fervid.queue import send_prepare
+from fervid.storage import get_storage
+from fervid.tables import TERMINAL_STATUSES, Job, JobStatus, Segment, SegmentStatus
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything fervid writes is UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    return None if moment is None else as_utc(moment).isoformat().replace("+00:00", "Z")
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def get_job(session: Session, tenant: str, job_id: str) -> Job:
+    """The tenant's job, or NotFound: another tenant's job is indistinguishable from a missing one."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+    if job is None:
+        raise NotFound(f"no job {job_id!r}; list your jobs with GET /v1/jobs")
+    return job
+
+
+def job_by_token(session: Session, tenant: str, client_request_token: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.tenant == tenant, Job.client_request_token == client_request_token)
+    )
+
+
+def create_job(session: Session, *, tenant: str, source_uri: str, sample_fps: float,
+               client_request_token: str | None = None, webhook_url: str | None = None,
+               filename: str | None = None, stored_media_key: str | None = None,
+               job_id: str | None = None) -> tuple[Job, bool]:
+    """Inserts and commits a queued job, then enqueues it; returns (job, created).
+
+    A repeated `client_request_token` returns the tenant's existing job with created=False, also when two
+    requests race (the unique constraint decides). A broker that is down leaves the job queued with
+    enqueued_at NULL, for the reaper to send again; it is logged, not raised.
+    """
+    if client_request_token is not None and (existing := job_by_token(session, tenant, client_request_token)):
+        return existing, False
+    job = Job(id=job_id or new_job_id(), tenant=tenant, status=JobStatus.queued, source_uri=source_uri,
+              stored_media_key=stored_media_key, filename=filename, sample_fps=sample_fps,
+              client_request_token=client_request_token, webhook_url=webhook_url, warnings=[],
+              created_at=utc_now())
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = job_by_token(session, tenant, client_request_token) if client_request_token else None
+        if existing is None:
+            raise
+        return existing, False
+    enqueue_job(session, job)
+    return job, True
+
+
+def enqueue_job(session: Session, job: Job) -> bool:
+    """Sends the job's prepare task (only ever after its row committed) and records when; False if the broker
+    is unreachable."""
+    try:
+        send_prepare(job.id)
+    except Exception:  # any broker failure: the reaper re-sends jobs whose enqueued_at is NULL
+        log.exception("job %s: could not enqueue; it stays queued for the reaper to send", job.id)
+        return False
+    job.enqueued_at = utc_now()
+    session.commit()
+    return True
+
+
+def frames_done_by_job(session: Session, job_ids: Sequence[str]) -> dict[str, int]:
+    """SUM(segments.frames_done) per job, in one query for a whole page of jobs."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Segment.job_id, func.coalesce(func.sum(Segment.frames_done), 0))
+        .where(Segment.job_id.in_(job_ids))
+        .group_by(Segment.job_id)
+    )
+    return {job_id: int(done) for job_id, done in rows}
+
+
+def job_to_dict(session: Session, job: Job, frames_done: int | None = None) -> dict[str, Any]:
+    """The job as the API shows it (JSON-ready: ISO 8601 UTC times). Pass `frames_done` when it is known."""
+    if frames_done is None:
+        frames_done = frames_done_by_job(session, [job.id]).get(job.id, 0)
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "progress": {"frames_done": frames_done, "frames_total": job.frames_total},
+        "media": {"kind": job.media_kind, "duration_ms": job.duration_ms, "fps": job.fps, "width": job.width,
+                  "height": job.height, "frame_count": job.frame_count},
+        "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
+        "warnings": list(job.warnings or []),
+        "model": {"name": job.model_name, "version": job.model_version, "backend": job.model_backend},
+        "sample_fps": job.sample_fps,
+        "filename": job.filename,
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
+    }
+
+
+def list_jobs(session: Session, tenant: str, *, limit: int, status: str | None = None,
+              before: tuple[datetime, str] | None = None) -> tuple[list[Job], tuple[datetime, str] | None]:
+    """The tenant's jobs, newest first, keyset-paginated on (created_at, id); returns (jobs, next key)."""
+    query = select(Job).where(Job.tenant == tenant)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if before is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(as_utc(before[0]), before[1]))
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    return jobs[:limit], (as_utc(last.created_at), last.id)
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    """queued/running -> cancelled and its pending segments with it; a finished job is a Conflict.
+
+    The status change is one conditional UPDATE, so a worker finishing the job at the same moment wins or loses
+    cleanly instead of being overwritten."""
+    cancellable = [status.value for status in JobStatus if status not in TERMINAL_STATUSES]
+    changed = session.scalar(
+        update(Job).where(Job.id == job.id, Job.status.in_(cancellable))
+        .values(status=JobStatus.cancelled, finished_at=utc_now())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    if changed is None:
+        session.rollback()
+        session.refresh(job)
+        raise Conflict(f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled")
+    session.execute(
+        update(Segment).where(Segment.job_id == job.id, Segment.status == SegmentStatus.pending)
+        .values(status=SegmentStatus.cancelled)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload."""
+    key = job.stored_media_key
+    session.execute(delete(Job).where(Job.id == job.id).execution_options(synchronize_session=False))
+    session.commit()
+    session.expunge(job)
+    if key is None:
+        return
+    try:
+        get_storage().delete(key)
+    except Exception:  # the rows are gone either way; an orphaned file must not turn the delete into an error
+        log.exception("job %s: deleted, but its stored media %r could not be removed", job.id, key)

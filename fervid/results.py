@@ -1,0 +1,206 @@
+"""A job's results read back: timeline pages, CSV lines, per-track summaries and a plot, all from SQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from fervid.labels import EMOTIONS
+from fervid.tables import EMOTION_COLUMNS, Face, Frame
+
+MAX_PLOT_TRACKS = 8
+CSV_HEADER = ("frame_index", "timestamp_ms", "track_id", "x", "y", "w", "h", "score", *EMOTIONS, "dominant")
+CSV_BATCH_FRAMES = 1000
+
+
+def dominant(probabilities: Mapping[str, float]) -> str:
+    """The argmax label; a tie goes to the label earlier in FER order."""
+    return max(EMOTIONS, key=lambda label: probabilities[label])
+
+
+def _face_dict(face: Face) -> dict[str, Any]:
+    emotions = {label: float(getattr(face, label)) for label in EMOTIONS}
+    return {"track_id": face.track_id, "box": {"x": face.x, "y": face.y, "w": face.w, "h": face.h},
+            "score": face.score, "emotions": emotions, "dominant": dominant(emotions)}
+
+
+def timeline_page(session: Session, job_id: str, *, limit: int = 100, after_frame: int | None = None,
+                  from_ms: float | None = None, to_ms: float | None = None,
+                  track_id: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of sampled frames in time order, each with its faces; returns (items, frame_index to continue
+    after, or None on the last page).
+
+    Every frame appears, with or without faces; with `track_id`, only the frames where that track appears,
+    with just that face. `from_ms`/`to_ms` bound timestamp_ms inclusively. Two queries: frames, then faces.
+    """
+    frames_query = select(Frame.frame_index, Frame.timestamp_ms).where(Frame.job_id == job_id)
+    if after_frame is not None:
+        frames_query = frames_query.where(Frame.frame_index > after_frame)
+    if from_ms is not None:
+        frames_query = frames_query.where(Frame.timestamp_ms >= from_ms)
+    if to_ms is not None:
+        frames_query = frames_query.where(Frame.timestamp_ms <= to_ms)
+    if track_id is not None:
+        frames_query = frames_query.where(exists().where(
+            Face.job_id == Frame.job_id, Face.frame_index == Frame.frame_index, Face.track_id == track_id))
+    frames = session.execute(frames_query.order_by(Frame.frame_index).limit(limit + 1)).all()
+    has_more = len(frames) > limit
+    frames = frames[:limit]
+    if not frames:
+        return [], None
+    faces_query = select(Face).where(
+        Face.job_id == job_id, Face.frame_index.between(frames[0].frame_index, frames[-1].frame_index))
+    if track_id is not None:
+        faces_query = faces_query.where(Face.track_id == track_id)
+    faces_by_frame: dict[int, list[dict[str, Any]]] = {}
+    for face in session.scalars(faces_query.order_by(Face.frame_index, Face.face_index)):
+        faces_by_frame.setdefault(face.frame_index, []).append(_face_dict(face))
+    items = [{"frame_index": index, "timestamp_ms": timestamp, "faces": faces_by_frame.get(index, [])}
+             for index, timestamp in frames]
+    return items, (frames[-1].frame_index if has_more else None)
+
+
+def iter_timeline(session: Session, job_id: str, batch: int = CSV_BATCH_FRAMES) -> Iterator[dict[str, Any]]:
+    """Every timeline item of the job, read in keyset batches so memory stays flat."""
+    after: int | None = None
+    while True:
+        items, after = timeline_page(session, job_id, limit=batch, after_frame=after)
+        yield from items
+        if after is None:
+            return
+
+
+def full_timeline(session: Session, job_id: str) -> list[dict[str, Any]]:
+    return list(iter_timeline(session, job_id))
+
+
+def _csv_row(item: Mapping[str, Any], face: Mapping[str, Any] | None) -> list[Any]:
+    head = [item["frame_index"], _number(item["timestamp_ms"])]
+    if face is None:
+        return head + [""] * (len(CSV_HEADER) - len(head))
+    box, emotions = face["box"], face["emotions"]
+    return [*head, face["track_id"], box["x"], box["y"], box["w"], box["h"], f"{face['score']:.4f}",
+            *(f"{emotions[label]:.6f}" for label in EMOTIONS), face["dominant"]]
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def timeline_csv_lines(session: Session, job_id: str, batch: int = CSV_BATCH_FRAMES) -> Iterator[str]:
+    """The CSV export, line by line (header first): one row per face, one row with empty face fields for a
+    frame without faces. Yields one chunk per batch of frames so it can be streamed."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for written, item in enumerate(iter_timeline(session, job_id, batch), start=1):
+        for face in item["faces"] or [None]:
+            writer.writerow(_csv_row(item, face))
+        if written % batch == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def _emotion_means(row: Any) -> dict[str, float]:
+    return {label: float(getattr(row, label) or 0.0) for label in EMOTIONS}
+
+
+def _means_query(job_id: str) -> Select[Any]:
+    return select(*(func.avg(column).label(column.key) for column in EMOTION_COLUMNS)).where(Face.job_id == job_id)
+
+
+def summary(session: Session, job_id: str) -> dict[str, Any]:
+    """Per-track and overall mean emotions with SQL aggregates; a job without faces has no tracks and an
+    overall of nulls."""
+    per_track = session.execute(
+        _means_query(job_id)
+        .add_columns(Face.track_id, func.min(Frame.timestamp_ms).label("first_ms"),
+                     func.max(Frame.timestamp_ms).label("last_ms"),
+                     func.count(func.distinct(Face.frame_index)).label("frames"))
+        .join(Frame, and_(Frame.job_id == Face.job_id, Frame.frame_index == Face.frame_index))
+        .group_by(Face.track_id)
+        .order_by(Face.track_id)
+    ).all()
+    tracks = []
+    for row in per_track:
+        means = _emotion_means(row)
+        tracks.append({"track_id": row.track_id, "first_ms": row.first_ms, "last_ms": row.last_ms,
+                       "frames": row.frames, "mean_emotions": means, "dominant": dominant(means)})
+    if not tracks:
+        return {"tracks": [], "overall": {"mean_emotions": None, "dominant": None}}
+    overall = _emotion_means(session.execute(_means_query(job_id)).one())
+    return {"tracks": tracks, "overall": {"mean_emotions": overall, "dominant": dominant(overall)}}
+
+
+@dataclass(frozen=True)
+class TrackSeries:
+    """One track's emotion probabilities over time, for plotting."""
+
+    track_id: int
+    timestamps_ms: list[float]
+    probabilities: dict[str, list[float]]  # label -> one value per timestamp
+
+
+def plot_series(session: Session, job_id: str, max_tracks: int = MAX_PLOT_TRACKS) -> list[TrackSeries]:
+    """The `max_tracks` tracks seen on the most frames (by track id), each with its probabilities over time."""
+    top_tracks = session.scalars(
+        select(Face.track_id).where(Face.job_id == job_id).group_by(Face.track_id)
+        .order_by(func.count().desc(), Face.track_id).limit(max_tracks)
+    ).all()
+    if not top_tracks:
+        return []
+    rows = session.execute(
+        select(Face.track_id, Frame.timestamp_ms, *EMOTION_COLUMNS)
+        .join(Frame, and_(Frame.job_id == Face.job_id, Frame.frame_index == Face.frame_index))
+        .where(Face.job_id == job_id, Face.track_id.in_(top_tracks))
+        .order_by(Face.track_id, Face.frame_index, Face.face_index)
+    )
+    series: dict[int, TrackSeries] = {}
+    for row in rows:
+        track = series.get(row.track_id)
+        if track is None:
+            track = series[row.track_id] = TrackSeries(row.track_id, [], {label: [] for label in EMOTIONS})
+        track.timestamps_ms.append(row.timestamp_ms)
+        for label in EMOTIONS:
+            track.probabilities[label].append(getattr(row, label))
+    return [series[track_id] for track_id in sorted(series)]
+
+
+def render_plot_png(series: Sequence[TrackSeries], title: str) -> bytes:
+    """A PNG with one subplot per track and one line per emotion. Uses matplotlib's object API (no pyplot
+    global state), so it is safe to call from a worker thread."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = max(1, len(series))
+    figure = Figure(figsize=(10, 2.6 * rows + 0.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, 1, squeeze=False, sharex=True)[:, 0]
+    figure.suptitle(title)
+    if not series:
+        axes[0].text(0.5, 0.5, "no faces found", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+    for ax, track in zip(axes, series, strict=False):
+        seconds = [ms / 1000.0 for ms in track.timestamps_ms]
+        for label in EMOTIONS:
+            ax.plot(seconds, track.probabilities[label], label=label, linewidth=1.2, marker="." if
+                    len(seconds) < 3 else None)
+        means = {label: sum(values) / len(values) for label, values in track.probabilities.items()}
+        ax.set_title(f"track {track.track_id}: mostly {dominant(means)}", fontsize=10)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel("probability")
+        ax.legend(loc="upper right", fontsize=7, ncols=len(EMOTIONS))
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (s)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,49 @@
+"""`fervid doctor`: for each inference backend, whether it can run on this machine, which one would be used, and
+why. Probes only: no model is loaded and no engine is built. Exits 1 when the configured backend cannot run."""
+
+from __future__ import annotations
+
+import argparse
+
+from fervid.settings import get_settings
+from models.backends import AUTO_ORDER, BACKEND_MODULES, check_preference, probe_backend
+from models.backends.base import BackendProbe
+from models.classifier import DEFAULT_MODEL_PATH
+from models.engine_cache import default_cache
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default=None,
+                        help="the preference to explain (default: FERVID_BACKEND, which defaults to auto)")
+
+
+def would_use(preference: str, probes: dict[str, BackendProbe]) -> str | None:
+    """The backend `preference` resolves to given the probes, or None when it cannot run."""
+    if preference == "auto":
+        return next((name for name in AUTO_ORDER if probes[name].available), None)
+    return preference if probes[preference].available else None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    preference = args.backend or settings.backend
+    check_preference(preference)  # an unknown name is refused before any output
+    probes = {name: probe_backend(name) for name in BACKEND_MODULES}
+    chosen = would_use(preference, probes)
+    print(f"{'backend':<11} {'can run':<8} {'used':<5} why")
+    for name, found in probes.items():
+        print(f"{name:<11} {'yes' if found.available else 'no':<8} {'<--' if name == chosen else '':<5} {found.detail}")
+    print()
+    if chosen is None:
+        print(f"FERVID_BACKEND={preference}: cannot run here ({probes[preference].detail}); unset it to fall back "
+              "automatically")
+    else:
+        fallback = "" if preference != "auto" or chosen == AUTO_ORDER[0] else " (auto's earlier choices cannot run)"
+        print(f"FERVID_BACKEND={preference}: the classifier would run on {chosen}{fallback}")
+    model_path = settings.model_path or DEFAULT_MODEL_PATH
+    missing = "" if model_path.is_file() else " (missing: set FERVID_MODEL_PATH or run `fervid export`)"
+    print(f"model: {model_path}{missing}")
+    cache = default_cache()
+    engines = len(cache.manifests()) if cache.directory.is_dir() else 0
+    print(f"engine cache: {cache.directory} ({engines} engine(s); `fervid engines list`)")
+    return 0 if chosen else 1

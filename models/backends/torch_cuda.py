@@ -1,0 +1,97 @@
+"""PyTorch on CUDA: the exported classifier rebuilt as EmotionResNet50 from the ONNX's own weights.
+
+For verification where TensorRT is absent (fp16 parity, GPU throughput); `auto` never chooses it. The exporter
+names each ONNX initializer after its torch state_dict key, so the weights load by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.backends.base import BackendProbe, BackendUnavailable
+from models.classifier import read_model_spec
+
+
+def probe(name: str) -> BackendProbe:
+    try:
+        import torch
+    except ImportError as error:
+        return BackendProbe(name, False, f"cannot import torch ({error})")
+    if not torch.cuda.is_available():
+        return BackendProbe(name, False, f"torch {torch.__version__} sees no CUDA device")
+    return BackendProbe(name, True, f"torch {torch.__version__} on {torch.cuda.get_device_name()} "
+                                    "(verification only; auto never picks it)")
+
+
+def onnx_weights(model: Any) -> dict[str, NDArray[Any]]:
+    """Initializers by name, plus the names the exporter turned into Identity aliases of an equal initializer."""
+    from onnx import numpy_helper
+
+    weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
+    return weights
+
+
+def load_onnx_weights(network: Any, model: Any, source: str) -> None:
+    """Loads every parameter and running statistic of `network` from the ONNX model's weights, cast to float32."""
+    import torch
+
+    weights = onnx_weights(model)
+    state = network.state_dict()
+    # BatchNorm's step counter only matters in training and is not exported.
+    wanted = [key for key in state if not key.endswith("num_batches_tracked")]
+    missing = [key for key in wanted if key not in weights]
+    if missing:
+        raise BackendUnavailable(f"{source} lacks {len(missing)} weights EmotionResNet50 needs (first: "
+                                 f"{', '.join(missing[:3])}); torch-cuda loads only models exported by `fervid export`")
+    loaded = {}
+    for key in wanted:
+        value = weights[key].astype(np.float32)
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise BackendUnavailable(f"{source}: weight {key} has shape {value.shape}, EmotionResNet50 expects "
+                                     f"{tuple(state[key].shape)}")
+        loaded[key] = torch.from_numpy(value)
+    network.load_state_dict(loaded, strict=False)
+
+
+class TorchCudaBackend:
+    name = "torch-cuda"
+
+    def __init__(self, model_path: Path, max_batch: int = 256, device: str = "cuda", fp16: bool = False) -> None:
+        import onnx
+        import torch
+
+        from models.network import EmotionResNet50
+
+        spec = read_model_spec(model_path)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.fp16 = fp16
+        self.classes = len(spec.labels)
+        self.softmax = spec.output == "probs"  # the exported graph ends in softmax; the torch network in logits
+        network = EmotionResNet50(num_classes=len(spec.labels), in_channels=spec.preprocess.channels)
+        load_onnx_weights(network, onnx.load(str(model_path)), str(model_path))
+        self.network = network.eval().to(self.device)
+
+    def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        torch = self.torch
+        outputs = [np.zeros((0, self.classes), np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.max_batch):
+                chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + self.max_batch], np.float32))
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+                    logits = self.network(chunk.to(self.device, non_blocking=True))
+                raw = logits.float()
+                outputs.append((torch.softmax(raw, dim=1) if self.softmax else raw).cpu().numpy())
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def create(name: str, model_path: Path, max_batch: int) -> TorchCudaBackend:
+    return TorchCudaBackend(model_path, max_batch)

@@ -1,0 +1,233 @@
+"""`fervid eval`: top-1, macro-F1, per-class scores and confusion matrices on PublicTest / PrivateTest.
+
+ONNX models run through the runtime path jobs use (read_model_spec -> preprocess_faces -> OrtBackend);
+checkpoints through training's own evaluation (models.train.predict_probs, fp32). `--int8` also quantizes
+(calibrated on `train` faces only) and reports the accuracy change and the CPU speed-up measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fervid.errors import FervidError
+from models.backends.ort import OrtBackend
+from models.classifier import EmotionClassifier, preprocess_faces, read_model_spec
+from models.fer2013 import DEFAULT_DATA_PATH, Split, file_sha256, load_split
+from models.metrics import ClassificationMetrics, classification_metrics, plot_confusion
+
+EVAL_SPLITS = ("public", "private")  # `train` is for fitting and calibration only
+TTA_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
+DEFAULT_BATCH = 64
+DEFAULT_CALIBRATION_SIZE = 512
+CALIBRATION_SEED = 2013
+SPEED_WARMUP = 3
+SPEED_ROUNDS = 20
+INT8_FILE = "fervid-emotion-int8.onnx"
+# Not computed here: the `fer` library's bundled mini-Xception, measured on this same file (../shared/README.md).
+REFERENCE = {
+    "model": "fer library mini-Xception (bundled)", "public": 0.654, "private": 0.658,
+    "note": "reference figure measured on this fer2013.npz per ../shared/README.md, not computed by this run",
+}
+
+# (N, 48, 48) grey faces, hflip TTA on or off -> (N, 7) probabilities
+Predict = Callable[[NDArray[np.uint8], bool], NDArray[np.float32]]
+
+
+def onnx_predictor(model: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predict, dict[str, Any]]:
+    """Predictions exactly as a job makes them; TTA is forced on or off whatever the model's metadata says."""
+    try:
+        spec = read_model_spec(model)
+    except (FileNotFoundError, ValueError) as error:
+        raise FervidError(str(error), code="invalid_model") from error
+    backend = OrtBackend(model, max_batch=batch_size)
+
+    def predict(faces: NDArray[np.uint8], tta: bool) -> NDArray[np.float32]:
+        classifier = EmotionClassifier(dataclasses.replace(spec, tta="hflip" if tta else ""), backend)
+        return classifier.classify(list(faces))
+
+    info = {"kind": "onnx", "path": str(model), "name": spec.name, "version": spec.version, "sha256": spec.sha256,
+            "metadata_tta": spec.tta or "off", "backend": backend.name}
+    return predict, info
+
+
+def checkpoint_predictor(checkpoint: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predict, dict[str, Any]]:
+    from models.export import build_network, load_checkpoint
+    from models.train import predict_probs
+
+    loaded = load_checkpoint(checkpoint)
+    network = build_network(loaded)
+
+    def predict(faces: NDArray[np.uint8], tta: bool) -> NDArray[np.float32]:
+        return predict_probs(network, faces, loaded.input_size, tta, bf16=False, batch_size=batch_size)
+
+    info = {"kind": "checkpoint", "path": str(checkpoint), "epochs_trained": loaded.epoch + 1,
+            "input_size": loaded.input_size, "init": loaded.config.get("init", "unknown"),
+            "best_public_recorded": loaded.best_public}
+    return predict, info
+
+
+def evaluate_splits(predict: Predict, splits: Sequence[Split], tta_modes: Sequence[bool], out_dir: Path,
+                    suffix: str = "") -> dict[str, dict[str, ClassificationMetrics]]:
+    """Metrics per split and TTA mode ("off" / "on"); writes DIR/confusion_<split>[_tta]<suffix>.png for each."""
+    results: dict[str, dict[str, ClassificationMetrics]] = {}
+    for split in splits:
+        results[split.name] = {}
+        for tta in tta_modes:
+            metrics = classification_metrics(split.labels, predict(split.faces, tta))
+            mode = "on" if tta else "off"
+            results[split.name][mode] = metrics
+            name = f"confusion_{split.name}{'_tta' if tta else ''}{suffix}.png"
+            title = f"{split.name} ({len(split)} faces), TTA {mode}{suffix.replace('_', ' ')}: " \
+                    f"top-1 {metrics.accuracy:.1%}, macro-F1 {metrics.macro_f1:.3f}"
+            plot_confusion(metrics.confusion, out_dir / name, title)
+    return results
+
+
+def measure_throughput(models: dict[str, Path], batch: NDArray[np.float32], rounds: int = SPEED_ROUNDS,
+                       warmup: int = SPEED_WARMUP) -> dict[str, float]:
+    """Faces per second of each model on the same batch, CPU; rounds interleave models so load drifts hit all alike."""
+    backends = {name: OrtBackend(path, max_batch=len(batch)) for name, path in models.items()}
+    for backend in backends.values():
+        for _ in range(warmup):
+            backend.run(batch)
+    seconds: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(rounds):
+        for name, backend in backends.items():
+            started = time.perf_counter()
+            backend.run(batch)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: len(batch) / statistics.median(times) for name, times in seconds.items()}
+
+
+def _metrics_json(results: dict[str, dict[str, ClassificationMetrics]]) -> dict[str, dict[str, Any]]:
+    return {split: {mode: metrics.to_dict() for mode, metrics in modes.items()} for split, modes in results.items()}
+
+
+def _int8_section(fp32_onnx: Path, baseline: dict[str, dict[str, ClassificationMetrics]], splits: Sequence[Split],
+                  tta_modes: Sequence[bool], train_faces: NDArray[np.uint8], out_dir: Path,
+                  batch_size: int) -> tuple[dict[str, Any], dict[str, dict[str, ClassificationMetrics]]]:
+    from models.quantize import quantize_int8
+
+    spec = read_model_spec(fp32_onnx)
+    int8_path = quantize_int8(fp32_onnx, out_dir / INT8_FILE, train_faces, spec.preprocess)
+    predict, info = onnx_predictor(int8_path, batch_size)
+    results = evaluate_splits(predict, splits, tta_modes, out_dir, suffix="_int8")
+    change = {split: {mode: {"accuracy": metrics.accuracy - baseline[split][mode].accuracy,
+                             "macro_f1": metrics.macro_f1 - baseline[split][mode].macro_f1}
+                      for mode, metrics in modes.items()} for split, modes in results.items()}
+    # The given ONNX is the fp32 side even when it stores fp16 weights: ORT computes it in fp32 after load.
+    faces = splits[0].faces[:batch_size]
+    speed_batch = preprocess_faces(list(faces), spec.preprocess)
+    speed = measure_throughput({"fp32": fp32_onnx, "int8": int8_path}, speed_batch)
+    section = {
+        "model": info, "calibration_faces": len(train_faces), "calibration_split": "train",
+        "splits": _metrics_json(results), "change_vs_baseline": change,
+        "speed": {"batch_size": len(speed_batch), "warmup_batches": SPEED_WARMUP, "timed_batches": SPEED_ROUNDS,
+                  "fp32_onnx": str(fp32_onnx), "fp32_faces_per_s": speed["fp32"], "int8_faces_per_s": speed["int8"],
+                  "speedup": speed["int8"] / speed["fp32"], "statistic": "batch size / median batch seconds"},
+    }
+    return section, results
+
+
+def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = None,
+                   data_path: Path = DEFAULT_DATA_PATH, splits: Sequence[str] = EVAL_SPLITS, tta: str = "both",
+                   out_dir: Path = Path("runs/eval"), limit: int = 0, int8: bool = False,
+                   calibration_size: int = DEFAULT_CALIBRATION_SIZE, batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
+    """Evaluates one checkpoint or ONNX model; writes DIR/metrics.json and the confusion PNGs; returns the report."""
+    if (checkpoint is None) == (onnx_model is None):
+        raise FervidError("give exactly one of --checkpoint or --onnx", code="invalid_request")
+    if tta not in TTA_CHOICES:
+        raise FervidError(f"--tta must be one of {tuple(TTA_CHOICES)}, not {tta!r}", code="invalid_request")
+    unknown = [name for name in splits if name not in EVAL_SPLITS]
+    if unknown or not splits:
+        raise FervidError(f"--splits must name some of {EVAL_SPLITS}, not {list(splits)}", code="invalid_request")
+    if not data_path.is_file():
+        raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code="data_not_found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = [load_split(data_path, name) for name in splits]
+    if limit:
+        loaded = [split.head(limit) for split in loaded]
+    tta_modes = TTA_CHOICES[tta]
+
+    if onnx_model is not None:
+        predict, info = onnx_predictor(onnx_model, batch_size)
+    else:
+        assert checkpoint is not None
+        predict, info = checkpoint_predictor(checkpoint, batch_size)
+    results = evaluate_splits(predict, loaded, tta_modes, out_dir)
+    report: dict[str, Any] = {
+        "model": info, "data": {"path": str(data_path), "sha256": file_sha256(data_path)},
+        "limit": limit or None, "splits": _metrics_json(results), "reference": REFERENCE,
+    }
+    table = {"model": results}
+    if int8:
+        if calibration_size <= 0:
+            raise FervidError("--calibration-size must be positive", code="invalid_request")
+        train_faces = load_split(data_path, "train").faces
+        chosen = np.random.default_rng(CALIBRATION_SEED).choice(
+            len(train_faces), min(calibration_size, len(train_faces)), replace=False)
+        with tempfile.TemporaryDirectory(prefix="fervid-eval-") as work:
+            if onnx_model is not None:
+                fp32_onnx = onnx_model
+            else:
+                from models.export import export_onnx
+
+                assert checkpoint is not None
+                fp32_onnx = export_onnx(checkpoint, Path(work) / "fp32.onnx", tta=False, weights="fp32",
+                                        data_path=data_path)
+            report["int8"], table["int8"] = _int8_section(
+                fp32_onnx, results, loaded, tta_modes, train_faces[np.sort(chosen)], out_dir, batch_size)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    print(format_table(table, report))
+    return report
+
+
+def format_table(table: dict[str, dict[str, dict[str, ClassificationMetrics]]], report: dict[str, Any]) -> str:
+    lines = [f"{'model':<7} {'split':<8} {'tta':<4} {'top-1':>7} {'macro-F1':>9} {'faces':>6}"]
+    for model, results in table.items():
+        for split, modes in results.items():
+            for mode, metrics in modes.items():
+                lines.append(f"{model:<7} {split:<8} {mode:<4} {metrics.accuracy:>7.2%} {metrics.macro_f1:>9.4f} "
+                             f"{metrics.count:>6}")
+    if "int8" in report:
+        speed = report["int8"]["speed"]
+        lines.append(f"CPU speed, batch {speed['batch_size']}: fp32 ONNX {speed['fp32_faces_per_s']:.0f} faces/s, "
+                     f"INT8 {speed['int8_faces_per_s']:.0f} faces/s, x{speed['speedup']:.2f}")
+    lines.append(f"reference (not computed here): {REFERENCE['model']}: public {REFERENCE['public']:.1%}, "
+                 f"private {REFERENCE['private']:.1%}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a `fervid train` checkpoint")
+    source.add_argument("--onnx", type=Path, help="an exported model, run exactly as jobs run it")
+    parser.add_argument("--splits", default=",".join(EVAL_SPLITS), help="comma list of public, private")
+    parser.add_argument("--tta", choices=tuple(TTA_CHOICES), default="both", help="horizontal-flip averaging")
+    parser.add_argument("--int8", action="store_true", help="also quantize to INT8 and compare accuracy and speed")
+    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
+                        help="train faces used to calibrate INT8")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each split")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_evaluation(
+        checkpoint=args.checkpoint, onnx_model=args.onnx, data_path=args.data,
+        splits=[name.strip() for name in args.splits.split(",") if name.strip()], tta=args.tta, out_dir=args.out,
+        limit=args.limit, int8=args.int8, calibration_size=args.calibration_size, batch_size=args.batch_size,
+    )
+    return 0

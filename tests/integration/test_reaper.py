@@ -1,0 +1,187 @@
+"""The reaper on the real Redis and databases: what it re-sends, what it leaves alone, many reapers at once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from fervid.db import session_scope
+from fervid.queue import PREPARE_TASK, SEGMENT_TASK
+from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+from tests.integration.conftest import wait_for
+from tests.integration.test_store import load_job, make_job, process, started_job
+from worker import store
+from worker.reaper import ReapReport, reap_once, start_reaper_thread
+
+pytestmark = pytest.mark.integration
+
+LONG_AGO = timedelta(hours=1)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, fervid_env: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated database of this test's own: the reaper looks at every job, so none may be left from others."""
+    from fervid.db import engine_for
+    from fervid.migrate import upgrade
+    from fervid.settings import get_settings
+
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("empty_pg_url"))
+        upgrade(url)
+    else:
+        url = str(request.getfixturevalue("sqlite_url"))
+    fervid_env.setenv("FERVID_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    engine_for(url).dispose()
+
+
+@pytest.fixture
+def queue(database: str, redis_url: str, fervid_env: pytest.MonkeyPatch) -> Iterator[str]:
+    """A queue of this test's own on the real Redis; the reaper's messages land in its list."""
+    from fervid.queue import celery_app
+    from fervid.settings import get_settings
+
+    name = f"test-reaper-{uuid.uuid4().hex[:8]}"
+    fervid_env.setenv("FERVID_BROKER_URL", redis_url)
+    fervid_env.setenv("FERVID_QUEUE", name)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    client.delete(name, *client.scan_iter(f"*{name}*"))  # the list and kombu's bindings for it
+    celery_app.cache_clear()
+
+
+def sent(redis_url: str, queue: str) -> list[tuple[str, list[Any]]]:
+    """The (task name, args) of every message waiting in the queue's Redis list, oldest first."""
+    messages = []
+    for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        messages.append((message["headers"]["task"], args))
+    return messages
+
+
+def set_segment(job_id: str, index: int, **values: Any) -> None:
+    with session_scope() as session:
+        session.execute(update(Segment).where(Segment.job_id == job_id, Segment.index == index).values(**values))
+
+
+def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: str, redis_url: str) -> None:
+    # given a running job with a segment of each kind, a cancelled job with a stale segment, and queued jobs
+    now = datetime.now(UTC)
+    job_id, _ = started_job(segments=5)
+    set_segment(job_id, 0, status=SegmentStatus.running, heartbeat_at=now - LONG_AGO, worker="dead:1")
+    set_segment(job_id, 1, status=SegmentStatus.running, heartbeat_at=now, worker="alive:1")
+    set_segment(job_id, 2, enqueued_at=now - LONG_AGO)
+    set_segment(job_id, 3, enqueued_at=now)
+    set_segment(job_id, 4, status=SegmentStatus.done, heartbeat_at=now - LONG_AGO)
+    cancelled, _ = started_job(segments=1)
+    set_segment(cancelled, 0, status=SegmentStatus.running, heartbeat_at=now - LONG_AGO)
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == cancelled).values(status=JobStatus.cancelled))
+    lost_job = make_job(enqueued_at=now - LONG_AGO)
+    never_sent = make_job(created_at=now - LONG_AGO)
+    make_job(enqueued_at=now)
+    make_job()  # created just now, not sent yet: the API is about to send it
+    # when the reaper runs, and runs again right away
+    first = reap_once(now)
+    second = reap_once(now)
+    # then the stale and the lost segments and the two lost jobs were re-sent, once
+    assert first == ReapReport(stale_segments=1, lost_segments=1, queued_jobs=2, finished_jobs=0)
+    assert second == ReapReport()
+    messages = sent(redis_url, queue)
+    assert sorted(m for m in messages if m[0] == SEGMENT_TASK) == sorted([(SEGMENT_TASK, [job_id, 0]),
+                                                                          (SEGMENT_TASK, [job_id, 2])])
+    assert sorted(m for m in messages if m[0] == PREPARE_TASK) == sorted([(PREPARE_TASK, [lost_job]),
+                                                                          (PREPARE_TASK, [never_sent])])
+    # and the stale segment is pending again, so its old worker's next heartbeat tells it to stop
+    assert store.heartbeat(job_id, 0, 3) is False
+    assert store.heartbeat(job_id, 1, 3) is True
+    assert store.claim_segment(job_id, 0, "alive:2") is not None
+
+
+def test_a_segment_never_sent_is_resent_once_its_job_has_waited_long_enough(queue: str, redis_url: str) -> None:
+    # given a job whose prepare created segments but died before sending them
+    job_id, _ = started_job(segments=2)
+    # when the reaper runs now, and later than FERVID_REQUEUE_AFTER_S
+    now_report = reap_once()
+    later = reap_once(datetime.now(UTC) + LONG_AGO)
+    # then only the later pass re-sends them
+    assert now_report == ReapReport()
+    assert later.lost_segments == 2
+    assert sorted(sent(redis_url, queue)) == [(SEGMENT_TASK, [job_id, 0]), (SEGMENT_TASK, [job_id, 1])]
+
+
+def test_reaper_finishes_a_job_whose_last_worker_stored_but_did_not_finish(queue: str, redis_url: str) -> None:
+    # given a running job whose segments are all stored (its finisher was lost)
+    job_id, plans = started_job(segments=2)
+    assert process(job_id, 0, plans[0]) and process(job_id, 1, plans[1])
+    # when the reaper runs
+    report = reap_once()
+    # then it finished the job, and nothing was re-sent
+    assert report == ReapReport(finished_jobs=1)
+    assert load_job(job_id).status == JobStatus.succeeded
+    assert sent(redis_url, queue) == []
+
+
+def test_many_reapers_at_once_send_each_stale_segment_once(queue: str, redis_url: str, database: str) -> None:
+    # given a running job with many stale segments
+    if database.startswith("sqlite"):
+        pytest.skip("SQLite serialises writers; the concurrent case is PostgreSQL's")
+    job_id, _ = started_job(segments=30)
+    for index in range(30):
+        set_segment(job_id, index, status=SegmentStatus.running, heartbeat_at=datetime.now(UTC) - LONG_AGO)
+    barrier = threading.Barrier(4)
+    reports: list[ReapReport] = []
+
+    def reap() -> None:
+        barrier.wait(timeout=30)
+        reports.append(reap_once())
+
+    # when four reapers run at the same moment
+    threads = [threading.Thread(target=reap) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # then every stale segment was re-sent exactly once, by one of them
+    assert sum(report.stale_segments for report in reports) == 30 and len(reports) == 4
+    segment_messages = [args for task, args in sent(redis_url, queue) if task == SEGMENT_TASK]
+    assert sorted(index for _, index in segment_messages) == list(range(30))
+
+
+def test_reaper_thread_survives_a_database_outage(queue: str, redis_url: str, database: str,
+                                                   fervid_env: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from fervid.settings import get_settings
+
+    # given a stale segment, and the database unreachable when the reaper thread starts
+    job_id, _ = started_job(segments=1)
+    set_segment(job_id, 0, status=SegmentStatus.running, heartbeat_at=datetime.now(UTC) - LONG_AGO)
+    fervid_env.setenv("FERVID_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
+    get_settings.cache_clear()
+    caplog.set_level(logging.INFO, logger="worker.reaper")
+    stop = start_reaper_thread(0.2)
+    try:
+        # when the pass fails, and then the database is back
+        wait_for(lambda: "reaper pass failed" in caplog.text, timeout=60)
+        fervid_env.setenv("FERVID_DATABASE_URL", database)
+        get_settings.cache_clear()
+        # then the thread carries on and re-sends the stale segment
+        wait_for(lambda: sent(redis_url, queue), timeout=60)
+    finally:
+        stop.set()
+    assert sent(redis_url, queue) == [(SEGMENT_TASK, [job_id, 0])]
+    wait_for(lambda: "re-sent 1 stale" in caplog.text, timeout=30)

@@ -1,0 +1,376 @@
+"""The job's database writes on the real PostgreSQL and on SQLite: idempotent storage, completion, stitching."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from fervid.db import session_scope
+from fervid.tables import Face, Frame, Job, JobStatus, Segment, SegmentStatus, Track
+from worker import store
+from worker.store import FaceRecord, FrameRecord, ModelInfo
+
+pytestmark = pytest.mark.integration
+
+MODEL = ModelInfo(name="tiny-test-classifier", version="tiny-0", backend="ort-cpu")
+MEDIA = {"kind": "video", "width": 640, "height": 360, "fps": 25.0, "duration_ms": 6000.0, "frame_count": 150}
+FRAME_MS = 200.0  # 5 fps sampling of a 25 fps clip: every fifth frame
+LEFT, RIGHT = (100, 100, 80, 80), (450, 120, 70, 70)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, fervid_env: pytest.MonkeyPatch) -> str:
+    """FERVID_DATABASE_URL at a migrated database of each kind."""
+    from fervid.settings import get_settings
+
+    url = str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url"))
+    fervid_env.setenv("FERVID_DATABASE_URL", url)
+    get_settings.cache_clear()
+    return url
+
+
+def make_job(status: JobStatus = JobStatus.queued, **fields: Any) -> str:
+    job_id = str(uuid.uuid4())
+    fields.setdefault("created_at", datetime.now(UTC))
+    with session_scope() as session:
+        session.add(Job(id=job_id, tenant="alice", status=status, source_uri="file:///clip.mp4", sample_fps=5.0,
+                        warnings=[], **fields))
+    return job_id
+
+
+def make_plans(segments: int, frames_per_segment: int) -> list[list[list[Any]]]:
+    """[frame_index, timestamp_ms, pts, keyframe_pts] rows, segment after segment."""
+    plans = []
+    for segment in range(segments):
+        rows = []
+        for step in range(frames_per_segment):
+            sample = segment * frames_per_segment + step
+            rows.append([sample * 5, sample * FRAME_MS, sample * 5 * 512, (sample * 5 // 50) * 50 * 512])
+        plans.append(rows)
+    return plans
+
+
+def probs(seed: int) -> list[float]:
+    raw = [1.0 + (seed * 7 + k * 3) % 11 for k in range(7)]
+    return [value / sum(raw) for value in raw]
+
+
+def records(plan: list[list[Any]], boxes: Callable[[int], list[tuple[int, tuple[int, int, int, int]]]]
+            ) -> list[FrameRecord]:
+    """A FrameRecord per planned frame; `boxes(frame_index)` gives that frame's (local_track, box) faces."""
+    return [FrameRecord(frame_index=row[0], timestamp_ms=row[1],
+                        faces=[FaceRecord(face_index=i, local_track=track, box=box, score=0.9, probs=probs(row[0] + i))
+                               for i, (track, box) in enumerate(boxes(row[0]))])
+            for row in plan]
+
+
+def one_face(frame_index: int) -> list[tuple[int, tuple[int, int, int, int]]]:
+    return [(0, LEFT)]
+
+
+def started_job(segments: int = 3, frames_per_segment: int = 10) -> tuple[str, list[list[list[Any]]]]:
+    job_id = make_job()
+    plans = make_plans(segments, frames_per_segment)
+    assert store.start_job(job_id, MEDIA, plans, MODEL) == list(range(segments))
+    return job_id, plans
+
+
+def result_rows(job_id: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    with session_scope() as session:
+        frames = session.execute(select(Frame.frame_index, Frame.timestamp_ms, Frame.segment_index)
+                                 .where(Frame.job_id == job_id).order_by(Frame.frame_index)).all()
+        faces = session.execute(select(*Face.__table__.columns).where(Face.job_id == job_id)
+                                .order_by(Face.frame_index, Face.face_index)).all()
+    return [tuple(row) for row in frames], [tuple(row) for row in faces]
+
+
+def segment_states(job_id: str) -> list[tuple[int, str, int]]:
+    with session_scope() as session:
+        return [tuple(row) for row in session.execute(  # type: ignore[misc]
+            select(Segment.index, Segment.status, Segment.attempts).where(Segment.job_id == job_id)
+            .order_by(Segment.index))]
+
+
+def load_job(job_id: str) -> Job:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def cancel(job_id: str) -> None:
+    """What the API does on DELETE/cancel: the job and its open segments are cancelled."""
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.cancelled))
+        session.execute(update(Segment).where(Segment.job_id == job_id, Segment.status != SegmentStatus.done)
+                        .values(status=SegmentStatus.cancelled))
+
+
+def process(job_id: str, index: int, plan: list[list[Any]], boxes: Callable[[int], Any] = one_face,
+            warnings: list[str] | None = None) -> bool:
+    assert store.claim_segment(job_id, index, "test-worker") == plan
+    return store.store_segment(job_id, index, records(plan, boxes), warnings or [])
+
+
+def test_start_job_creates_the_segments_once(database: str) -> None:
+    # given a queued job
+    job_id = make_job()
+    plans = make_plans(3, 4)
+    # when prepare runs, and is delivered again (the second time with a different segmentation)
+    first = store.start_job(job_id, MEDIA, plans, MODEL)
+    started_at = load_job(job_id).started_at
+    again = store.start_job(job_id, MEDIA, make_plans(2, 6), MODEL)
+    # then the segments and frames_total are those of the first prepare, and the job started once
+    assert first == again == [0, 1, 2]
+    job = load_job(job_id)
+    assert job.status == JobStatus.running and job.started_at == started_at
+    assert (job.media_kind, job.width, job.height, job.frame_count, job.frames_total) == ("video", 640, 360, 150, 12)
+    assert (job.model_name, job.model_version, job.model_backend) == ("tiny-test-classifier", "tiny-0", "ort-cpu")
+    with session_scope() as session:
+        segments = session.scalars(select(Segment).where(Segment.job_id == job_id).order_by(Segment.index)).all()
+    assert [s.plan for s in segments] == plans
+    assert [(s.start_ms, s.end_ms) for s in segments] == [(0, 600), (800, 1400), (1600, 2200)]
+
+
+def test_start_job_returns_nothing_for_a_cancelled_job_and_finishes_an_empty_one(database: str) -> None:
+    # given a cancelled job and a job whose media samples no frame
+    cancelled, empty = make_job(JobStatus.cancelled), make_job()
+    # when prepare runs on each
+    # then the cancelled job stays cancelled with no segments, the empty one succeeds with nothing to send
+    assert store.start_job(cancelled, MEDIA, make_plans(2, 3), MODEL) == []
+    assert load_job(cancelled).status == JobStatus.cancelled and segment_states(cancelled) == []
+    assert store.start_job(empty, MEDIA, [], MODEL) == []
+    assert load_job(empty).status == JobStatus.succeeded and store.job_progress(empty) == (0, 0)
+
+
+def test_storing_a_segment_twice_leaves_identical_rows(database: str) -> None:
+    # given a segment claimed by two workers (a redelivered message) and stored by one of them
+    job_id, plans = started_job()
+    results = records(plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
+    assert store.claim_segment(job_id, 1, "host:1") == store.claim_segment(job_id, 1, "host:2") == plans[1]
+    assert store.store_segment(job_id, 1, results, [])
+    first = result_rows(job_id)
+    # when the other worker stores the same results
+    assert store.store_segment(job_id, 1, results, [])
+    # then the rows are exactly the same, with no duplicates
+    assert result_rows(job_id) == first
+    assert len(first[0]) == 10 and len(first[1]) == 20
+    assert segment_states(job_id)[1] == (1, SegmentStatus.done, 2)
+
+
+def test_storing_again_replaces_the_segment_whole(database: str) -> None:
+    # given a segment, claimed twice, stored with two faces per frame next to a stored neighbour
+    job_id, plans = started_job()
+    assert process(job_id, 0, plans[0])
+    store.claim_segment(job_id, 1, "host:1")
+    assert process(job_id, 1, plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
+    neighbour = [row for row in result_rows(job_id)[1] if row[3] == 0]
+    # when the other claimant stores it with one face per frame
+    assert store.store_segment(job_id, 1, records(plans[1], one_face), [])
+    # then no face of the first write is left and the neighbour is untouched
+    frames, faces = result_rows(job_id)
+    assert len(frames) == 20
+    assert [row for row in faces if row[3] == 0] == neighbour
+    assert len([row for row in faces if row[3] == 1]) == 10
+
+
+def test_store_after_cancel_returns_false_and_writes_nothing(database: str) -> None:
+    # given a claimed segment whose job is then cancelled
+    job_id, plans = started_job()
+    assert store.claim_segment(job_id, 0, "test-worker") == plans[0]
+    cancel(job_id)
+    # when the worker stores its results
+    stored = store.store_segment(job_id, 0, records(plans[0], one_face), [])
+    # then nothing is written and the worker is told to stop
+    assert stored is False
+    assert result_rows(job_id) == ([], [])
+    assert segment_states(job_id)[0][1] == SegmentStatus.cancelled
+    assert store.heartbeat(job_id, 0, 5) is False
+    assert store.claim_segment(job_id, 1, "test-worker") is None
+
+
+def test_store_for_a_deleted_or_failed_job_returns_false(database: str) -> None:
+    # given a failed job and a job id that does not exist
+    job_id, plans = started_job()
+    store.fail_job(job_id, "decode_error", "the frames cannot be decoded")
+    # when results arrive for them / then nothing is stored
+    assert store.store_segment(job_id, 0, records(plans[0], one_face), []) is False
+    assert store.store_segment(str(uuid.uuid4()), 0, records(plans[0], one_face), []) is False
+    assert result_rows(job_id) == ([], [])
+
+
+def test_frames_outside_the_plan_are_refused_and_nothing_is_written(database: str) -> None:
+    # given a claimed segment
+    job_id, plans = started_job()
+    store.claim_segment(job_id, 0, "test-worker")
+    # when the results carry a frame of another segment
+    with pytest.raises(ValueError, match="not in the plan"):
+        store.store_segment(job_id, 0, records(plans[0] + plans[1][:1], one_face), [])
+    # then the transaction left nothing behind
+    assert result_rows(job_id) == ([], [])
+    assert segment_states(job_id)[0][1] == SegmentStatus.running
+
+
+def test_claim_and_heartbeat_follow_the_segment(database: str) -> None:
+    # given a running job
+    job_id, plans = started_job(segments=2)
+    # when a segment is claimed, beats, and is stored
+    assert store.claim_segment(job_id, 0, "host:1") == plans[0]
+    assert store.heartbeat(job_id, 0, 4) is True
+    with session_scope() as session:
+        segment = session.get(Segment, (job_id, 0))
+        assert segment is not None
+        assert (segment.status, segment.worker, segment.attempts, segment.frames_done) == ("running", "host:1", 1, 4)
+    assert store.store_segment(job_id, 0, records(plans[0], one_face), [])
+    # then a done segment is not claimed again and its heartbeat says stop; an unknown one neither
+    assert store.claim_segment(job_id, 0, "host:2") is None
+    assert store.heartbeat(job_id, 0, 10) is False
+    assert store.claim_segment(job_id, 7, "host:2") is None
+
+
+def test_fail_job_is_terminal_and_only_from_active_states(database: str) -> None:
+    # given a running job with a claimed segment
+    job_id, plans = started_job(segments=2)
+    store.claim_segment(job_id, 0, "host:1")
+    # when it fails, and a late second failure arrives
+    store.fail_job(job_id, "decode_error", "the frames of this video cannot be decoded")
+    store.fail_job(job_id, "internal_error", "late")
+    # then the first failure stands, with its time, and no segment is left open
+    job = load_job(job_id)
+    assert (job.status, job.error_code) == (JobStatus.failed, "decode_error") and job.finished_at is not None
+    assert {state for _, state, _ in segment_states(job_id)} == {SegmentStatus.cancelled}
+    assert store.finish_job_if_complete(job_id) is False
+
+
+def test_progress_sums_the_segments(database: str) -> None:
+    # given a job before and after planning
+    job_id = make_job()
+    assert store.job_progress(job_id) == (0, None)
+    plans = make_plans(3, 10)
+    store.start_job(job_id, MEDIA, plans, MODEL)
+    # when one segment is stored and another reports progress
+    assert process(job_id, 0, plans[0])
+    store.claim_segment(job_id, 1, "host:1")
+    store.heartbeat(job_id, 1, 4)
+    # then progress is their sum out of every planned frame
+    assert store.job_progress(job_id) == (14, 30)
+    assert store.job_progress(str(uuid.uuid4())) == (0, None)
+
+
+def test_the_job_finishes_only_when_every_segment_is_stored(database: str) -> None:
+    # given a job with two of three segments stored
+    job_id, plans = started_job()
+    assert process(job_id, 0, plans[0]) and process(job_id, 2, plans[2])
+    # when completion is checked, then the last segment is stored and it is checked again (twice)
+    early = store.finish_job_if_complete(job_id)
+    assert process(job_id, 1, plans[1])
+    results = [store.finish_job_if_complete(job_id), store.finish_job_if_complete(job_id)]
+    # then only the check after the last segment succeeds the job, once
+    assert early is False and results == [True, False]
+    job = load_job(job_id)
+    assert job.status == JobStatus.succeeded and job.finished_at is not None
+    assert store.job_progress(job_id) == (30, 30)
+    # and a late duplicate of a segment cannot rewrite a finished job
+    before = result_rows(job_id)
+    assert store.store_segment(job_id, 1, records(plans[1], lambda frame: []), []) is False
+    assert result_rows(job_id) == before
+
+
+def test_two_workers_finishing_the_last_two_segments_at_once_succeed_the_job_once(database: str) -> None:
+    for _ in range(4):  # a few rounds, so the two orders of arrival both get a chance
+        # given a job with two claimed segments
+        job_id, plans = started_job(segments=2, frames_per_segment=20)
+        for index in (0, 1):
+            store.claim_segment(job_id, index, f"host:{index}")
+        barrier = threading.Barrier(2)
+        outcomes: dict[int, bool | BaseException] = {}
+
+        def finish_segment(index: int, job_id: str = job_id, plans: list[list[list[Any]]] = plans,
+                           barrier: threading.Barrier = barrier, outcomes: dict[int, Any] = outcomes) -> None:
+            try:
+                barrier.wait(timeout=30)
+                assert store.store_segment(job_id, index, records(plans[index], one_face), [])
+                outcomes[index] = store.finish_job_if_complete(job_id)
+            except BaseException as error:  # reported by the main thread
+                outcomes[index] = error
+
+        # when two threads store the last two segments and each tries to finish the job
+        threads = [threading.Thread(target=finish_segment, args=(index,)) for index in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        # then exactly one of them finished it, and the job has its stitched track once
+        assert sorted(outcomes.values(), key=repr) == [False, True], outcomes
+        assert load_job(job_id).status == JobStatus.succeeded
+        with session_scope() as session:
+            tracks = session.execute(select(Track.track_id, Track.frames).where(Track.job_id == job_id)).all()
+        assert [tuple(track) for track in tracks] == [(1, 40)]
+
+
+def test_finishing_stitches_tracks_across_segments(database: str) -> None:
+    # given a person on the left through three segments (local id 0, then 1 after someone else took 0),
+    # and a second person on the right only in the middle segment
+    job_id, plans = started_job(segments=3, frames_per_segment=10)
+    assert process(job_id, 0, plans[0])
+    assert process(job_id, 1, plans[1], lambda frame: [(1, LEFT), (0, RIGHT)])
+    assert process(job_id, 2, plans[2])
+    # when the job finishes
+    assert store.finish_job_if_complete(job_id)
+    # then faces carry the global ids (left person 1, right person 2) and the tracks table describes them
+    _, faces = result_rows(job_id)
+    columns = [column.key for column in Face.__table__.columns]
+    by_box = {(row[columns.index("x")], row[columns.index("track_id")]) for row in faces}
+    assert by_box == {(LEFT[0], 1), (RIGHT[0], 2)}
+    with session_scope() as session:
+        tracks = session.execute(select(Track.track_id, Track.first_ms, Track.last_ms, Track.frames)
+                                 .where(Track.job_id == job_id).order_by(Track.track_id)).all()
+        negative = session.scalar(select(func.count()).where(Face.job_id == job_id, Face.track_id < 1))
+    assert [tuple(track) for track in tracks] == [(1, 0.0, 29 * FRAME_MS, 30), (2, 10 * FRAME_MS, 19 * FRAME_MS, 10)]
+    assert negative == 0
+
+
+def test_stored_faces_carry_provisional_ids_unique_per_segment_track(database: str) -> None:
+    # given two segments whose trackers both numbered their face 0
+    job_id, plans = started_job(segments=2)
+    # when they are stored (the job is not finished yet)
+    assert process(job_id, 0, plans[0]) and process(job_id, 1, plans[1])
+    # then their faces are told apart until stitching
+    with session_scope() as session:
+        ids = session.execute(select(Face.segment_index, Face.track_id).where(Face.job_id == job_id)
+                              .distinct().order_by(Face.segment_index)).all()
+    assert [tuple(row) for row in ids] == [(0, store.provisional_track_id(0, 0)), (1, store.provisional_track_id(1, 0))]
+    assert ids[0][1] != ids[1][1]
+
+
+def test_finishing_merges_segment_warnings_into_the_job(database: str) -> None:
+    # given segments that stored warnings (one repeated), on a job that already had one
+    job_id, plans = started_job(segments=3)
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(warnings=["rotation metadata ignored"]))
+    assert process(job_id, 0, plans[0], warnings=["frame 5 could not be decoded"])
+    assert process(job_id, 1, plans[1])
+    assert process(job_id, 2, plans[2], warnings=["frame 5 could not be decoded", "frame 140 was empty"])
+    # when the job finishes
+    assert store.finish_job_if_complete(job_id)
+    # then the job lists every warning once, in segment order
+    assert load_job(job_id).warnings == ["rotation metadata ignored", "frame 5 could not be decoded",
+                                         "frame 140 was empty"]
+
+
+def test_mark_enqueued_records_when_segments_were_sent(database: str) -> None:
+    # given a started job
+    job_id, _ = started_job(segments=3)
+    # when two of its segments are sent
+    store.mark_enqueued(job_id, [0, 2])
+    # then those two carry their send time
+    with session_scope() as session:
+        sent = session.execute(select(Segment.index, Segment.enqueued_at.is_not(None)).where(Segment.job_id == job_id)
+                               .order_by(Segment.index)).all()
+    assert [tuple(row) for row in sent] == [(0, True), (1, False), (2, True)]

@@ -1,0 +1,115 @@
+"""Test media made at test time (never committed): clips whose frames carry their own index in pixels."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+WIDTH, HEIGHT = 160, 96  # not square, so a missed rotation changes the shape
+INDEX_BITS = 10
+BLOCK = WIDTH // INDEX_BITS  # 16x16 blocks along the top edge, one bit each: survives lossy compression
+CV2_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def indexed_frame(index: int) -> NDArray[np.uint8]:
+    """An upright BGR frame with `index` written in binary along its top edge (white = 1)."""
+    frame = np.full((HEIGHT, WIDTH, 3), 96, np.uint8)
+    frame[HEIGHT // 2:, :, 1] = 160  # a green lower half: upside down is visible too
+    for bit in range(INDEX_BITS):
+        frame[:BLOCK, bit * BLOCK:(bit + 1) * BLOCK] = 255 if index >> bit & 1 else 0
+    return frame
+
+
+def read_index(image: NDArray[np.uint8]) -> int:
+    """The index written by `indexed_frame`, read from an upright image."""
+    means = [image[2:BLOCK - 2, bit * BLOCK + 2:(bit + 1) * BLOCK - 2].mean() for bit in range(INDEX_BITS)]
+    return sum(1 << bit for bit, mean in enumerate(means) if mean > 128)
+
+
+def write_video(path: Path, *, frame_count: int = 72, fps: int = 24, gop: int = 12, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None, rotation_cw: int = 0,
+                faststart: bool = False) -> Path:
+    """A clip of indexed frames. `gop`: frames between keyframes; `pts_ms`: explicit (variable) timestamps in ms;
+    `rotation_cw`: the clockwise turn a viewer applies (display matrix), frames stored turned the other way."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        codec_options = {"g": str(gop), "sc_threshold": "0"} if codec == "libx264" else {"g": str(gop)}
+        stream = container.add_stream(codec, rate=fps, options=codec_options)
+        stored_width, stored_height = (HEIGHT, WIDTH) if rotation_cw in (90, 270) else (WIDTH, HEIGHT)
+        stream.width, stream.height, stream.pix_fmt = stored_width, stored_height, pix_fmt
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+            stream.time_base = Fraction(1, 1000)
+        if rotation_cw:
+            stream.set_display_rotation(-rotation_cw)  # PyAV takes the counter-clockwise angle
+        for index in range(frame_count if pts_ms is None else len(pts_ms)):
+            image = indexed_frame(index)
+            if rotation_cw:
+                image = cv2.rotate(image, CV2_ROTATE[(360 - rotation_cw) % 360])
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[index], Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_audio(path: Path, seconds: float = 1.0) -> Path:
+    """An audio-only file (AAC in an MP4/M4A container)."""
+    rate = 16_000
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        samples = np.sin(np.linspace(0, 440 * 2 * np.pi * seconds, int(rate * seconds))).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            chunk = samples[start:start + 1024][None, :]
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_still(path: Path, exif_orientation: int = 1) -> Path:
+    """Frame 7 as a still; with an EXIF orientation the pixels are stored turned so a viewer sees it upright."""
+    image = indexed_frame(7)
+    stored_turn = {1: 0, 3: 180, 6: 270, 8: 90}[exif_orientation]  # clockwise, undoing the viewer's turn
+    if stored_turn:
+        image = cv2.rotate(image, CV2_ROTATE[stored_turn])
+    still = Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    exif = Image.Exif()
+    if exif_orientation != 1:
+        exif[0x0112] = exif_orientation
+    still.save(path, exif=exif, quality=95) if path.suffix in (".jpg", ".jpeg") else still.save(path)
+    return path
+
+
+def write_png_bomb(path: Path, side: int = 100_000) -> Path:
+    """A PNG of a few hundred bytes whose header declares side x side pixels (8-bit grey)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (side + 1) * 4)  # a few rows; a decoder would need the rest
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def mdat_range(path: Path) -> tuple[int, int]:
+    """Byte range of the payload of the MP4's media data box (where the coded frames are)."""
+    data = path.read_bytes()
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        if kind == b"mdat":
+            return offset + 8, offset + size
+        offset += size
+    raise ValueError(f"{path} has no mdat box")

@@ -1,0 +1,309 @@
+"""Probing and decoding real files: containers, seeking, rotation, and every kind of bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
+from tests.media_factory import (
+    HEIGHT,
+    WIDTH,
+    mdat_range,
+    read_index,
+    write_audio,
+    write_png_bomb,
+    write_still,
+    write_video,
+)
+from worker.media import PlannedFrame, decode_planned, probe, split_plan
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(fervid_env: pytest.MonkeyPatch) -> None:
+    """Limits come from a clean environment, not the developer's."""
+
+
+def decode_all(path: Path, plan: list[PlannedFrame]) -> tuple[list[tuple[PlannedFrame, np.ndarray]], list[str]]:
+    warnings: list[str] = []
+    return list(decode_planned(path, plan, warnings)), warnings
+
+
+def seeks_logged(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(record.name == "worker.media" and "seek" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(("name", "codec", "pix_fmt"), [
+    ("clip.mp4", "libx264", "yuv420p"),
+    ("clip.mkv", "libx264", "yuv420p"),
+    ("clip.webm", "libvpx-vp9", "yuv420p"),
+    ("clip.avi", "mpeg4", "yuv420p"),
+    ("clip.mov", "mjpeg", "yuvj420p"),
+    ("clip.ts", "libx264", "yuv420p"),
+    ("clip.gif", "gif", "rgb8"),
+])
+def test_every_planned_frame_decodes_to_its_own_pixels(tmp_path: Path, name: str, codec: str, pix_fmt: str) -> None:
+    # given a 2 s clip whose frames show their index, in one of several containers and codecs
+    clip = write_video(tmp_path / name, frame_count=48, codec=codec, pix_fmt=pix_fmt)
+    info, plan = probe(clip, 5)
+    # when the plan is decoded
+    frames, warnings = decode_all(clip, plan)
+    # then each planned frame comes once, in order, upright BGR, and shows the index it was planned as
+    assert info.kind == "video" and info.frame_count == 48 and len(plan) == 10
+    assert [planned for planned, _ in frames] == plan
+    assert all(image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.uint8 for _, image in frames)
+    assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
+    assert warnings == []
+
+
+def test_a_raw_stream_without_timestamps_is_planned_by_its_frame_rate(tmp_path: Path) -> None:
+    # given a raw H.264 elementary stream (no container, no timestamps; FFmpeg assumes 25 fps)
+    clip = write_video(tmp_path / "clip.h264", frame_count=50)
+    # when probed at 5 fps and decoded
+    info, plan = probe(clip, 5)
+    frames, warnings = decode_all(clip, plan)
+    # then every fifth frame is taken and decoded in order
+    assert info.frame_count == 50 and info.fps == 25.0
+    assert [f.frame_index for f in plan] == list(range(0, 50, 5))
+    assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
+    assert warnings == []
+
+
+@pytest.mark.parametrize(("name", "gop", "seeks"), [("clip.mp4", 6, True), ("clip.mp4", 250, False),
+                                                    ("clip.ts", 6, True)])
+def test_segments_decode_the_same_frames_as_the_whole_plan(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, gop: int, seeks: bool
+) -> None:
+    # given 10 s at 24 fps sampled once a second; keyframes every 6 frames (gaps seek) or only the first;
+    # MPEG-TS has no keyframe index, so its seeks land by timestamp search
+    clip = write_video(tmp_path / name, frame_count=240, gop=gop)
+    _, plan = probe(clip, 1)
+    # when decoded whole, and segment by segment
+    with caplog.at_level(logging.DEBUG, logger="worker.media"):
+        whole, _ = decode_all(clip, plan)
+        segments = split_plan(plan, 3000.0)
+        parts = [frame for segment in segments for frame in decode_all(clip, segment)[0]]
+    # then both give the same planned frames with the same pixels, and those are the planned frames
+    assert len(segments) == 4
+    assert [p for p, _ in parts] == [p for p, _ in whole] == plan
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts, strict=True))
+    assert [read_index(image) for _, image in parts] == list(range(0, 240, 24))
+    # and short groups of pictures are skipped by seeking, a single long one is decoded through
+    assert (seeks_logged(caplog) > 0) is seeks
+
+
+def test_shared_clip_segments_match_the_whole_decode(shared_dir: Path) -> None:
+    # given a real HEVC clip from a phone, with B-frames and several keyframes
+    clip = shared_dir / "media" / "face_noface.mov"
+    info, plan = probe(clip, 10)
+    # when decoded whole and in 1 s segments
+    whole, warnings = decode_all(clip, plan)
+    parts = [frame for segment in split_plan(plan, 1000.0) for frame in decode_all(clip, segment)[0]]
+    # then the same frames come out with the same pixels
+    assert (info.width, info.height) == (960, 540) and warnings == []
+    assert [p for p, _ in parts] == [p for p, _ in whole] == plan
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts, strict=True))
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_video_comes_out_upright(tmp_path: Path, rotation: int) -> None:
+    # given frames stored turned, with a display matrix telling viewers to turn them back `rotation` clockwise
+    clip = write_video(tmp_path / "rotated.mp4", frame_count=24, rotation_cw=rotation)
+    # when probed and decoded
+    info, plan = probe(clip, 5)
+    frames, _ = decode_all(clip, plan)
+    # then the reported size and the pixels are what a viewer sees
+    assert (info.width, info.height, info.rotation) == (WIDTH, HEIGHT, rotation)
+    assert [image.shape for _, image in frames] == [(HEIGHT, WIDTH, 3)] * len(plan)
+    assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
+
+
+@pytest.mark.parametrize(("orientation", "rotation"), [(3, 180), (6, 90), (8, 270)])
+def test_jpeg_exif_orientation_is_applied(tmp_path: Path, orientation: int, rotation: int) -> None:
+    # given a JPEG stored turned, with the EXIF orientation that turns it upright
+    still = write_still(tmp_path / "photo.jpg", exif_orientation=orientation)
+    # when probed and decoded
+    info, plan = probe(still, 1)
+    frames, _ = decode_all(still, plan)
+    # then it is upright
+    assert (info.kind, info.width, info.height, info.rotation) == ("image", WIDTH, HEIGHT, rotation)
+    assert frames[0][1].shape == (HEIGHT, WIDTH, 3) and read_index(frames[0][1]) == 7
+
+
+def test_shared_still_decodes_as_one_bgr_frame(shared_dir: Path) -> None:
+    # given a real JPEG
+    still = shared_dir / "media" / "messi5.jpg"
+    # when probed and decoded
+    info, plan = probe(still, 5)
+    frames, _ = decode_all(still, plan)
+    # then one frame of its size comes out, in BGR order (the same pixels as OpenCV reads)
+    import cv2
+
+    assert (info.kind, info.width, info.height, info.frame_count) == ("image", 548, 342, 1)
+    assert len(frames) == 1 and np.array_equal(frames[0][1], cv2.imread(str(still)))
+
+
+def expect_media_error(path: Path, code: str) -> MediaError:
+    with pytest.raises(MediaError) as caught:
+        probe(path, 5)
+    assert caught.value.code == code, caught.value.message
+    assert len(caught.value.message) > 10
+    return caught.value
+
+
+def test_a_zero_byte_file_is_empty(tmp_path: Path) -> None:
+    # given / when / then
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert "0 bytes" in expect_media_error(empty, EMPTY_MEDIA).message
+
+
+def test_random_bytes_are_unsupported(tmp_path: Path) -> None:
+    # given noise named like a video
+    noise = tmp_path / "noise.mov"
+    noise.write_bytes(np.random.default_rng(7).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    # when / then
+    expect_media_error(noise, UNSUPPORTED_MEDIA)
+
+
+def test_a_text_file_is_unsupported(tmp_path: Path) -> None:
+    # given text named like a video
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    # when / then
+    expect_media_error(text, UNSUPPORTED_MEDIA)
+
+
+def test_an_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
+    # given an AAC track in an MP4 container
+    audio = write_audio(tmp_path / "voice.m4a")
+    # when / then
+    assert "no video stream" in expect_media_error(audio, UNSUPPORTED_MEDIA).message
+
+
+def test_an_mp4_cut_before_its_index_is_a_decode_error(tmp_path: Path) -> None:
+    # given an MP4 whose index (moov, written last) is lost by cutting the file in the middle
+    clip = write_video(tmp_path / "clip.mp4")
+    data = clip.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    # when / then
+    expect_media_error(truncated, DECODE_ERROR)
+
+
+def test_an_mp4_cut_after_its_index_keeps_the_frames_that_are_there(tmp_path: Path) -> None:
+    # given an MP4 with its index first (faststart), cut at two thirds
+    clip = write_video(tmp_path / "clip.mp4", faststart=True)
+    data = clip.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    # when every frame is planned and decoded
+    _, plan = probe(truncated, 24)
+    frames, warnings = decode_all(truncated, plan)
+    # then the frames present come out right, at most one warning names what was lost, and nothing raises
+    assert 0 < len(frames) < 72 and len(warnings) <= 1
+    assert [read_index(image) for _, image in frames] == [p.frame_index for p, _ in frames]
+    assert [p.frame_index for p, _ in frames] == list(range(len(frames)))
+
+
+@pytest.mark.parametrize("gop", [12, 250])
+def test_damage_in_the_middle_keeps_the_frames_around_it_with_one_warning(tmp_path: Path, gop: int) -> None:
+    # given a clip whose coded frames are overwritten with noise over the middle fifth of the media data
+    # (with one keyframe only, the damaged decoder emits frames out of order: the intact ones must still come)
+    clip = write_video(tmp_path / "clip.mp4", frame_count=72, gop=gop)
+    start, end = mdat_range(clip)
+    damage_start, damage_end = start + (end - start) * 2 // 5, start + (end - start) * 3 // 5
+    with av.open(str(clip)) as container:
+        packets = [(p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size]
+    order = {pts: index for index, pts in enumerate(sorted(pts for pts, _, _ in packets))}
+    intact_before = sorted(order[pts] for pts, pos, size in packets if pos + size <= damage_start)
+    data = bytearray(clip.read_bytes())
+    data[damage_start:damage_end] = np.random.default_rng(3).integers(0, 256, damage_end - damage_start,
+                                                                      dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    # when every frame is planned and decoded
+    info, plan = probe(damaged, 24)
+    frames, warnings = decode_all(damaged, plan)
+    # then the frames before the damage come out intact, decoding recovers at the next keyframe after it, and
+    # one warning counts the lost frames
+    decoded = {p.frame_index: read_index(image) for p, image in frames}
+    assert info.frame_count == 72 and intact_before
+    assert all(decoded.get(index) == index for index in intact_before)
+    assert gop == 250 or decoded.get(71) == 71
+    assert len(frames) < len(plan) and len(warnings) == 1
+    assert warnings[0].startswith(f"{len(plan) - len(frames)} of {len(plan)} ")
+
+
+def test_a_video_none_of_whose_frames_decode_is_a_decode_error(tmp_path: Path) -> None:
+    # given an MP4 whose container is intact but all coded frames are noise
+    clip = write_video(tmp_path / "clip.mp4")
+    start, end = mdat_range(clip)
+    data = bytearray(clip.read_bytes())
+    data[start:end] = np.random.default_rng(5).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    clip.write_bytes(bytes(data))
+    # when / then
+    expect_media_error(clip, DECODE_ERROR)
+
+
+def test_a_png_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    # given a PNG of a few hundred bytes declaring 100000x100000 pixels
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    # when / then
+    assert bomb.stat().st_size < 1000
+    expect_media_error(bomb, MEDIA_TOO_LARGE)
+
+
+def test_an_image_over_the_pixel_limit_is_refused(tmp_path: Path, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a 160x96 still (15360 pixels) and a 10000-pixel limit
+    fervid_env.setenv("FERVID_MAX_PIXELS", "10000")
+    still = write_still(tmp_path / "still.png")
+    # when / then
+    assert "160x96" in expect_media_error(still, MEDIA_TOO_LARGE).message
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path,
+                                                                 fervid_env: pytest.MonkeyPatch) -> None:
+    # given a 160x96 clip and a 10000-pixel limit (the decoder itself would refuse such frames: a decode error)
+    fervid_env.setenv("FERVID_MAX_PIXELS", "10000")
+    clip = write_video(tmp_path / "clip.mp4", frame_count=12)
+    # when / then the header check answers first
+    error = expect_media_error(clip, MEDIA_TOO_LARGE)
+    assert "160x96" in error.message and "FERVID_MAX_PIXELS" in error.message
+
+
+def test_a_video_over_the_duration_limit_is_refused(tmp_path: Path, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a 3 s clip and a 2 s limit
+    fervid_env.setenv("FERVID_MAX_DURATION_S", "2")
+    clip = write_video(tmp_path / "clip.mkv", frame_count=72)
+    # when / then
+    assert "FERVID_MAX_DURATION_S" in expect_media_error(clip, MEDIA_TOO_LARGE).message
+
+
+def test_decoding_bad_input_raises_only_media_errors(tmp_path: Path) -> None:
+    # given noise, and a PNG whose pixel data is cut off after a valid header
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(11).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    png = write_still(tmp_path / "still.png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png.read_bytes()[:60])
+    frame = PlannedFrame(0, 0.0, 0, 0)
+    # when / then the noise is unsupported, and the cut image probes but cannot be decoded
+    with pytest.raises(MediaError) as caught:
+        decode_all(noise, [frame])
+    assert caught.value.code == UNSUPPORTED_MEDIA
+    _, plan = probe(cut, 1)
+    with pytest.raises(MediaError) as caught:
+        decode_all(cut, plan)
+    assert caught.value.code == DECODE_ERROR
+
+
+def test_an_empty_plan_decodes_nothing(tmp_path: Path) -> None:
+    # given a valid clip and no planned frames
+    clip = write_video(tmp_path / "clip.mp4", frame_count=5)
+    # when / then
+    assert decode_all(clip, []) == ([], [])

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from fervid.errors import FervidError
+from models.backends.ort import OrtBackend
+from models.classifier import preprocess_faces, read_model_spec
+from models.export import export_onnx
+from models.quantize import CALIBRATION_KEY, quantize_int8
+from tests.unit.test_export import write_checkpoint
+
+
+def random_faces(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 48, 48), dtype=np.uint8)
+
+
+def run_model(path: Path, faces: np.ndarray) -> np.ndarray:
+    return OrtBackend(path).run(preprocess_faces(list(faces), read_model_spec(path).preprocess))
+
+
+def metadata(path: Path) -> dict[str, str]:
+    return {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+
+
+def test_int8_model_stays_close_to_fp32_and_keeps_its_metadata(tiny_model_path: Path, tmp_path: Path) -> None:
+    # given a small fp32 classifier and calibration faces
+    spec = read_model_spec(tiny_model_path)
+
+    # when it is quantized
+    out = quantize_int8(tiny_model_path, tmp_path / "int8.onnx", random_faces(64, seed=1), spec.preprocess)
+
+    # then on other faces its probabilities stay close to fp32 and still sum to one (softmax left in float)
+    faces = random_faces(32, seed=2)
+    fp32, int8 = run_model(tiny_model_path, faces), run_model(out, faces)
+    assert np.abs(int8 - fp32).max() < 0.03
+    np.testing.assert_allclose(int8.sum(axis=1), 1.0, atol=1e-5)
+    # and it is really quantized: int8 weights behind DequantizeLinear
+    graph = onnx.load(str(out)).graph
+    assert any(node.op_type == "DequantizeLinear" for node in graph.node)
+    assert any(init.data_type == TensorProto.INT8 for init in graph.initializer)
+    assert not any(node.op_type == "QuantizeLinear" and node.input[0] == "probs" for node in graph.node)
+    # and the runtime reads it like the original, under a suffixed name
+    before, after = metadata(tiny_model_path), metadata(out)
+    assert after["fervid.name"] == "tiny-test-classifier-int8"
+    assert {key: after[key] for key in before if key != "fervid.name"} == {
+        key: value for key, value in before.items() if key != "fervid.name"}
+    assert after["fervid.weights"] == "int8" and after[CALIBRATION_KEY].startswith("64 train faces")
+    assert read_model_spec(out).preprocess == spec.preprocess
+
+
+def test_an_fp16_stored_export_is_quantized_from_its_exact_fp32_weights(tmp_path: Path) -> None:
+    # given a ResNet50 export whose weights are stored as fp16 behind Casts
+    checkpoint = write_checkpoint(tmp_path / "best.pt", input_size=32)
+    fp16 = export_onnx(checkpoint, tmp_path / "fp16.onnx", tta=True, weights="fp16")
+    spec = read_model_spec(fp16)
+
+    # when it is quantized
+    out = quantize_int8(fp16, tmp_path / "int8.onnx", random_faces(32, seed=3), spec.preprocess)
+
+    # then every convolution's weight is int8, no fp16 Cast is left, and the output tracks the fp16 model
+    graph = onnx.load(str(out)).graph
+    int8_weights = {init.name for init in graph.initializer if init.data_type == TensorProto.INT8}
+    producers = {output: node for node in graph.node for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert len(convolutions) == 53  # ResNet50
+    for conv in convolutions:
+        dequantize = producers[conv.input[1]]
+        assert dequantize.op_type == "DequantizeLinear" and dequantize.input[0] in int8_weights
+    assert not any(node.op_type == "Cast" for node in graph.node)
+    faces = random_faces(16, seed=4)
+    assert np.abs(run_model(out, faces) - run_model(fp16, faces)).max() < 0.1
+    assert metadata(out)["fervid.tta"] == "hflip"
+
+
+def test_calibration_needs_faces(tiny_model_path: Path, tmp_path: Path) -> None:
+    spec = read_model_spec(tiny_model_path)
+    with pytest.raises(FervidError):
+        quantize_int8(tiny_model_path, tmp_path / "int8.onnx", np.zeros((0, 48, 48), np.uint8), spec.preprocess)
+    assert not (tmp_path / "int8.onnx").exists()

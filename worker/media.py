@@ -1,0 +1,461 @@
+"""Media probing, frame sampling and decoding: which frames a job analyses, and their upright BGR pixels.
+
+`probe` demuxes packets (no decoding beyond one frame) to plan the sampled frames with exact indices and
+container timestamps; `split_plan` cuts that plan into segments workers share; `decode_planned` decodes only
+what a plan (or one segment of it) needs, seeking to keyframes across long gaps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import logging
+import math
+import warnings as py_warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from fervid.errors import (
+    DECODE_ERROR,
+    EMPTY_MEDIA,
+    MEDIA_TOO_LARGE,
+    SOURCE_UNAVAILABLE,
+    UNSUPPORTED_MEDIA,
+    MediaError,
+)
+from fervid.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Errors Pillow raises for a damaged image, besides OSError.
+PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+# Clockwise degrees that EXIF orientations 1-8 rotate by (2, 4, 5 and 7 also mirror; exif_transpose does both).
+EXIF_ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 90, 6: 90, 7: 270, 8: 270}
+CV2_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+# Leading bytes of containers FFmpeg reads: a file that starts like one but won't open is damaged, not foreign.
+CONTAINER_SIGNATURES = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba",
+                        b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", b"\x89PNG", b"\xff\xd8\xff", b"GIF8")
+ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+TS_PACKET = 188
+# Decoded frames held back so that a damaged stream's out-of-order output is put back in pts order.
+REORDER_DEPTH = 8
+SEEK_RETRIES = 3  # earlier and earlier seeks (1 s, 2 s, 4 s before the keyframe) when one lands too late
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    kind: str  # "video" | "image"
+    width: int  # after rotation (what a viewer sees)
+    height: int
+    fps: float | None  # average frame rate of the video stream; None for images
+    duration_ms: float  # 0.0 for images
+    frame_count: int  # 1 for images
+    rotation: int  # degrees clockwise applied to decoded frames: 0, 90, 180, 270
+
+
+@dataclass(frozen=True)
+class PlannedFrame:
+    frame_index: int  # index of the frame in presentation order (0-based), counted over the whole stream
+    timestamp_ms: float  # container timestamp relative to the first frame
+    pts: int  # the stream pts (in stream time_base) used to seek/match while decoding; 0 for images
+    keyframe_pts: int  # pts of the last keyframe at or before this frame (for the seek decision)
+
+
+@dataclass(frozen=True)
+class StreamIndex:
+    """What demuxing the video stream's packets tells, in presentation order."""
+
+    frame_pts: list[int]
+    keyframe_pts: list[int]  # sorted; discarded keyframes (before an edit list's start) included: seeks use them
+    first_pts: int
+    end_pts: Fraction  # the last frame's pts plus its duration, in stream time_base units
+    time_base: Fraction
+
+
+def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
+    """Identify the media, check limits, and plan which frames the sampling rule selects, in time order."""
+    if not (sample_fps > 0 and math.isfinite(sample_fps)):
+        raise ValueError(f"sample_fps must be a positive number, not {sample_fps}")
+    size = _file_size(path)
+    if size == 0:
+        raise MediaError(EMPTY_MEDIA, "the file is 0 bytes")
+    still = _open_still(path)
+    if still is not None:
+        with still:
+            width, height = still.size
+            rotation = EXIF_ROTATION.get(_exif_orientation(still), 0)
+        if rotation in (90, 270):
+            width, height = height, width
+        return MediaInfo("image", width, height, None, 0.0, 1, rotation), [PlannedFrame(0, 0.0, 0, 0)]
+    with _open_container(path) as container:
+        stream = _video_stream(container)
+        _check_duration(_header_duration_s(container, stream))
+        _check_pixels(stream.codec_context.width, stream.codec_context.height)
+        index, first_frame = _index_stream(container, stream)
+        fps = float(stream.average_rate) if stream.average_rate else None
+    if not index.frame_pts:
+        raise MediaError(EMPTY_MEDIA, "the video stream has no frames")
+    if first_frame is None:
+        raise MediaError(DECODE_ERROR, f"none of the {len(index.frame_pts)} frames of the video stream could be "
+                                       "decoded; the file is damaged or its codec is not supported")
+    duration_s = (index.end_pts - index.first_pts) * index.time_base
+    _check_duration(float(duration_s))
+    rotation = _clockwise_rotation(first_frame)
+    width, height = first_frame.width, first_frame.height
+    _check_pixels(width, height)
+    if rotation in (90, 270):
+        width, height = height, width
+    info = MediaInfo("video", width, height, fps, float(duration_s * 1000), len(index.frame_pts), rotation)
+    return info, _plan(index, duration_s, Fraction(repr(float(sample_fps))))
+
+
+def split_plan(plan: list[PlannedFrame], segment_ms: float) -> list[list[PlannedFrame]]:
+    """Consecutive time ranges of about segment_ms each (by timestamp_ms); never an empty segment; one segment
+    for short media. Every planned frame is in exactly one segment, order kept."""
+    if not segment_ms > 0:
+        raise ValueError(f"segment_ms must be > 0, not {segment_ms}")
+    segments: list[list[PlannedFrame]] = []
+    current_slot = None
+    for frame in plan:
+        slot = math.floor((frame.timestamp_ms - plan[0].timestamp_ms) / segment_ms)
+        if slot != current_slot:
+            segments.append([])
+            current_slot = slot
+        segments[-1].append(frame)
+    return segments
+
+
+def decode_planned(path: Path, plan: list[PlannedFrame],
+                   warnings: list[str]) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+    """Decode only what the plan needs and yield (planned frame, upright BGR image) in plan order.
+    Frames that cannot be decoded are skipped and described once in `warnings` (appended, human-readable)."""
+    if not plan:
+        return
+    _file_size(path)
+    still = _open_still(path)
+    if still is not None:
+        with still:
+            yield plan[0], _decode_still(still)
+        return
+    yield from _decode_video(path, plan, warnings)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        raise MediaError(SOURCE_UNAVAILABLE, f"cannot read {path.name}: {error.strerror or error}") from error
+
+
+def _pixel_limit_error(width: int, height: int, limit: int) -> MediaError:
+    return MediaError(MEDIA_TOO_LARGE, f"frames of {width}x{height} pixels exceed the {limit}-pixel limit "
+                                       "(FERVID_MAX_PIXELS)")
+
+
+def _check_pixels(width: int, height: int) -> None:
+    limit = get_settings().max_pixels
+    if width * height > limit:
+        raise _pixel_limit_error(width, height, limit)
+
+
+def _check_duration(duration_s: float | None) -> None:
+    limit = get_settings().max_duration_s
+    if duration_s is not None and duration_s > limit:
+        raise MediaError(MEDIA_TOO_LARGE, f"the video lasts {duration_s:.1f} s, over the {limit:g}-second limit "
+                                          "(FERVID_MAX_DURATION_S)")
+
+
+# --- stills (Pillow) -------------------------------------------------------------------------------------------
+
+def _open_still(path: Path) -> Image.Image | None:
+    """The file opened lazily as a single still image (header read, no pixels), or None when it is not one.
+
+    Animated and multi-frame images, and MPEG streams Pillow can only identify, go to PyAV as video."""
+    limit = get_settings().max_pixels
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses past twice this; our own check below covers the rest
+    try:
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise MediaError(MEDIA_TOO_LARGE, f"the image declares a size far over the {limit}-pixel limit "
+                                          "(FERVID_MAX_PIXELS); it was refused before decoding") from error
+    except UnidentifiedImageError:
+        return None
+    except PIL_ERRORS:
+        return None  # not readable as an image: PyAV gets its turn and names the problem
+    if getattr(image, "is_animated", False) or image.format == "MPEG":
+        image.close()
+        return None
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise _pixel_limit_error(width, height, limit)
+    return image
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except PIL_ERRORS:
+        return 1  # unreadable EXIF: show the pixels as stored
+
+
+def _decode_still(image: Image.Image) -> NDArray[np.uint8]:
+    try:
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+    except PIL_ERRORS as error:
+        raise MediaError(DECODE_ERROR, f"the image could not be decoded ({error}); the file is damaged or "
+                                       "truncated") from error
+    return cv2.cvtColor(np.asarray(upright), cv2.COLOR_RGB2BGR)
+
+
+# --- video (PyAV) ----------------------------------------------------------------------------------------------
+
+def _looks_like_container(head: bytes) -> bool:
+    if head.startswith(CONTAINER_SIGNATURES) or head[4:8] in ISO_BOX_TYPES:
+        return True
+    return len(head) > 2 * TS_PACKET and all(head[i] == 0x47 for i in (0, TS_PACKET, 2 * TS_PACKET))
+
+
+def _open_container(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
+        with path.open("rb") as file:
+            head = file.read(3 * TS_PACKET + 1)
+        if _looks_like_container(head):
+            raise MediaError(DECODE_ERROR, "the file looks like a video container but cannot be read; it is "
+                                           "probably truncated or damaged") from error
+        raise MediaError(UNSUPPORTED_MEDIA, "the file is not a video or image format that can be read") from error
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    # Cover art in audio files is a one-picture "video" stream; it is not a video.
+    videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not videos:
+        raise MediaError(UNSUPPORTED_MEDIA, "the file has no video stream (audio only, or another kind of data)")
+    stream = max(videos, key=lambda s: bool(s.disposition & av.stream.Disposition.default))
+    if stream.codec_context is None:
+        raise MediaError(UNSUPPORTED_MEDIA, "the video codec of this file has no decoder available")
+    # The decoder refuses frames past the limit even where the container header understates them.
+    stream.codec_context.options = {"max_pixels": str(get_settings().max_pixels)}
+    return stream
+
+
+def _header_duration_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+    """The stream's packets; a damaged or truncated tail ends the iteration instead of raising."""
+    demuxer = container.demux(stream)
+    while True:
+        try:
+            packet = next(demuxer)
+        except StopIteration:
+            return
+        except (av.error.FFmpegError, OSError):
+            yield from _flush_packet()
+            return
+        yield packet
+
+
+def _flush_packet() -> Iterator[av.Packet]:
+    yield av.Packet()  # empty: drains the frames the decoder still holds
+
+
+def _decoded(packet: av.Packet, stream: av.video.stream.VideoStream) -> list[av.VideoFrame]:
+    try:
+        return stream.decode(packet)
+    except (av.error.FFmpegError, OSError):
+        return []  # a damaged packet: its frames are missing, the caller counts them
+
+
+def _index_stream(container: av.container.InputContainer,
+                  stream: av.video.stream.VideoStream) -> tuple[StreamIndex, av.VideoFrame | None]:
+    """Demuxes every packet of the stream (decoding only until the first frame comes out)."""
+    durations: dict[int, int] = {}
+    keyframes: list[int] = []
+    untimed = 0
+    first_frame: av.VideoFrame | None = None
+    for packet in _packets(container, stream):
+        if False:
+            frames = _decoded(packet, stream)
+            first_frame = frames[0] if frames else None
+        timestamp = packet.pts if packet.pts is not None else packet.dts
+        if not packet.size:
+            continue
+        if timestamp is None:
+            untimed += 1
+            continue
+        if packet.is_keyframe:
+            keyframes.append(timestamp)
+        if not packet.is_discard:
+            durations[timestamp] = packet.duration or 0
+    time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
+    frame_interval = 1 / (Fraction(stream.average_rate) * time_base) if stream.average_rate else Fraction(0)
+    if not durations and untimed:
+        return _untimed_index(untimed, stream), first_frame
+    frame_pts = sorted(durations)
+    if not frame_pts:
+        return StreamIndex([], [], 0, Fraction(0), time_base), first_frame
+    keyframes.sort()
+    last = frame_pts[-1]
+    end = last + (durations[last] or frame_interval)
+    return StreamIndex(frame_pts, keyframes, frame_pts[0], Fraction(end), time_base), first_frame
+
+
+def _untimed_index(frame_count: int, stream: av.video.stream.VideoStream) -> StreamIndex:
+    """Raw streams carry no timestamps: frames are counted, timed by the frame rate, and decoded in order."""
+    if not stream.average_rate:
+        raise MediaError(DECODE_ERROR, "the video stream has neither timestamps nor a frame rate")
+    time_base = 1 / Fraction(stream.average_rate)
+    return StreamIndex(list(range(frame_count)), [0], 0, Fraction(frame_count), time_base)
+
+
+def _plan(index: StreamIndex, duration_s: Fraction, sample_fps: Fraction) -> list[PlannedFrame]:
+    """For k = 0, 1, ... while k/F < duration: the first frame at or after k/F seconds, each frame once."""
+    plan: list[PlannedFrame] = []
+    k = 0
+    while k == 0 or k / sample_fps < duration_s:
+        # Exact in integers: time >= k/F  <=>  pts >= first_pts + k/F / time_base.
+        position = bisect.bisect_left(index.frame_pts, math.ceil(index.first_pts + k / sample_fps / index.time_base))
+        if position == len(index.frame_pts):
+            break
+        pts = index.frame_pts[position]
+        time_s = (pts - index.first_pts) * index.time_base
+        plan.append(PlannedFrame(position, float(time_s * 1000), pts, _keyframe_before(index, pts)))
+        # Every k up to the selected frame's time selects it again: jump to the first k past it.
+        k = math.floor(time_s * sample_fps) + 1
+    return plan
+
+
+def _keyframe_before(index: StreamIndex, pts: int) -> int:
+    position = bisect.bisect_right(index.keyframe_pts, pts)
+    return index.keyframe_pts[position - 1] if position else index.first_pts  # no keyframe flags: from the start
+
+
+def _clockwise_rotation(frame: av.VideoFrame) -> int:
+    # PyAV reports the display matrix's counter-clockwise angle; viewers turn the frame by it.
+    return (-round(frame.rotation / 90) * 90) % 360
+
+
+def _upright_bgr(frame: av.VideoFrame) -> NDArray[np.uint8]:
+    image = frame.to_ndarray(format="bgr24")
+    rotation = _clockwise_rotation(frame)
+    return cv2.rotate(image, CV2_ROTATE[rotation]) if rotation else image
+
+
+class _PlanCursor:
+    """Walks the plan: each planned frame takes the first decoded frame at or after its pts and before the next
+    planned one; a planned frame passed over without one is lost."""
+
+    def __init__(self, plan: list[PlannedFrame]) -> None:
+        self.plan = plan
+        self.position = 0
+        self.matched = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.plan)
+
+    @property
+    def current(self) -> PlannedFrame:
+        return self.plan[self.position]
+
+    def match(self, pts: int) -> PlannedFrame | None:
+        while self.position + 1 < len(self.plan) and self.plan[self.position + 1].pts <= pts:
+            self.position += 1
+        if self.done or self.current.pts > pts:
+            return None
+        self.position += 1
+        self.matched += 1
+        return self.plan[self.position - 1]
+
+
+def _decode_video(path: Path, plan: list[PlannedFrame],
+                  warnings: list[str]) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+    """Decodes sequentially, seeking to a planned frame's keyframe only when it lies past what was decoded;
+    converts only the frames the plan takes."""
+    cursor = _PlanCursor(plan)
+    held: list[tuple[int, int, av.VideoFrame]] = []  # a heap by pts: (pts, arrival, frame)
+
+    def release(keep: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+        while len(held) > keep:
+            pts, _, frame = heapq.heappop(held)
+            planned = cursor.match(pts)
+            if planned is not None:
+                yield planned, _upright_bgr(frame)
+
+    with _open_container(path) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        _check_pixels(stream.codec_context.width, stream.codec_context.height)
+        reached = stream.start_time if stream.start_time is not None else plan[0].keyframe_pts
+        one_second = max(1, round(1 / stream.time_base)) if stream.time_base else 1
+        last_pts = -1
+        arrivals = 0
+        can_seek = True
+        seek_to: int | None = None
+        retries = 0
+        awaiting_first = False
+        packets = _packets(container, stream)
+        while not cursor.done:
+            if seek_to is None and can_seek and cursor.current.keyframe_pts > reached:
+                yield from release(0)
+                if cursor.done:
+                    break
+                if cursor.current.keyframe_pts > reached:
+                    seek_to, retries = cursor.current.keyframe_pts, 0
+            if seek_to is not None:
+                can_seek = awaiting_first = _seek(container, stream, seek_to)
+                reached, seek_to = max(reached, cursor.current.keyframe_pts), None
+                packets = _packets(container, stream)
+            packet = next(packets, None)
+            # Containers without a keyframe index (MPEG-TS, ...) can land past the keyframe: seek earlier.
+            if packet is None and awaiting_first and retries < SEEK_RETRIES:
+                seek_to, retries = cursor.current.keyframe_pts - one_second * 2 ** retries, retries + 1
+                continue
+            if packet is None:
+                break
+            for frame in _decoded(packet, stream):
+                last_pts = frame.pts if frame.pts is not None else last_pts + 1  # raw streams: counted in order
+                if awaiting_first and last_pts > cursor.current.pts and retries < SEEK_RETRIES:
+                    seek_to, retries = cursor.current.keyframe_pts - one_second * 2 ** retries, retries + 1
+                    break
+                awaiting_first = False
+                reached = max(reached, last_pts)
+                if last_pts >= cursor.current.pts:
+                    heapq.heappush(held, (last_pts, arrivals, frame))
+                    arrivals += 1
+            yield from release(REORDER_DEPTH)
+        yield from release(0)
+    if cursor.matched < len(plan):
+        warnings.append(f"{len(plan) - cursor.matched} of {len(plan)} sampled frames could not be decoded (damaged "
+                        "or truncated data) and were skipped")
+
+
+def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: int) -> bool:
+    """Seeks to the keyframe at or before pts; False when the container cannot seek."""
+    log.debug("seek to pts %d", pts)
+    try:
+        container.seek(pts, stream=stream, backward=True)
+    except (av.error.FFmpegError, OSError):
+        return False
+    return True

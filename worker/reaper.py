@@ -1,0 +1,110 @@
+"""The reaper: re-sends work whose message or worker was lost, and finishes jobs whose finisher was lost.
+
+Every step claims its rows with one atomic UPDATE ... RETURNING, so many reapers (one per worker process) can run
+at once and each stale row is re-sent by one of them; a duplicate message is harmless anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+
+from fervid.db import session_scope
+from fervid.queue import send_prepare, send_segment
+from fervid.settings import get_settings
+from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+from worker.store import finish_job_if_complete
+from worker.webhooks import notify_finished
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    stale_segments: int = 0  # running, but their worker stopped heartbeating: back to pending and re-sent
+    lost_segments: int = 0  # pending for too long (message lost): re-sent
+    queued_jobs: int = 0  # queued for too long (message lost, or never sent): prepare re-sent
+    finished_jobs: int = 0  # running with every segment done (the finisher was lost): finished here
+
+    @property
+    def total(self) -> int:
+        return self.stale_segments + self.lost_segments + self.queued_jobs + self.finished_jobs
+
+
+def reap_once(now: datetime | None = None) -> ReapReport:
+    """One pass; the re-sends happen after the claiming transaction commits."""
+    settings = get_settings()
+    now = now or datetime.now(UTC)
+    stale_before = now - timedelta(seconds=settings.stale_after_s)
+    lost_before = now - timedelta(seconds=settings.requeue_after_s)
+    running_jobs = select(Job.id).where(Job.status == JobStatus.running)
+    with session_scope() as session:
+        stale = session.execute(
+            update(Segment).where(
+                Segment.status == SegmentStatus.running, Segment.job_id.in_(running_jobs),
+                or_(Segment.heartbeat_at < stale_before, Segment.heartbeat_at.is_(None)))
+            .values(status=SegmentStatus.pending, worker=None, enqueued_at=now)
+            .returning(Segment.job_id, Segment.index).execution_options(synchronize_session=False)
+        ).all()
+    with session_scope() as session:
+        # Never sent (enqueued_at NULL) counts from when the job started: the sender may have died before sending.
+        lost = session.execute(
+            update(Segment).where(
+                Segment.status == SegmentStatus.pending,
+                or_(and_(Segment.enqueued_at < lost_before, Segment.job_id.in_(running_jobs)),
+                    and_(Segment.enqueued_at.is_(None),
+                         Segment.job_id.in_(running_jobs.where(Job.started_at < lost_before)))))
+            .values(enqueued_at=now)
+            .returning(Segment.job_id, Segment.index).execution_options(synchronize_session=False)
+        ).all()
+    with session_scope() as session:
+        # Never sent counts from creation: the API may have died between committing the job and sending it.
+        queued = session.scalars(
+            update(Job).where(
+                Job.status == JobStatus.queued,
+                or_(Job.enqueued_at < lost_before, and_(Job.enqueued_at.is_(None), Job.created_at < lost_before)))
+            .values(enqueued_at=now)
+            .returning(Job.id).execution_options(synchronize_session=False)
+        ).all()
+    for job_id, index in [*stale, *lost]:
+        send_segment(job_id, index)
+    for job_id in queued:
+        send_prepare(job_id)
+    finished = 0
+    for job_id in _complete_running_jobs():
+        if finish_job_if_complete(job_id):
+            finished += 1
+            notify_finished(job_id)
+    return ReapReport(len(stale), len(lost), len(queued), finished)
+
+
+def _complete_running_jobs() -> list[str]:
+    """Running jobs whose segments exist and are all done: their last worker stored but did not finish."""
+    with session_scope() as session:
+        has_segments = select(Segment.job_id).where(Segment.job_id == Job.id).exists()
+        unfinished = select(Segment.job_id).where(Segment.job_id == Job.id, Segment.status != SegmentStatus.done)
+        return list(session.scalars(select(Job.id).where(Job.status == JobStatus.running, has_segments,
+                                                         ~unfinished.exists())))
+
+
+def start_reaper_thread(interval_s: float) -> threading.Event:
+    """Runs reap_once every `interval_s` in a daemon thread until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                report = reap_once()
+            except Exception:  # a database or broker outage: logged, and the next pass tries again
+                log.exception("reaper pass failed; retrying in %.0f s", interval_s)
+                continue
+            if report.total:
+                log.info("reaper: re-sent %d stale and %d lost segments and %d queued jobs; finished %d jobs",
+                         report.stale_segments, report.lost_segments, report.queued_jobs, report.finished_jobs)
+
+    threading.Thread(target=loop, name="fervid-reaper", daemon=True).start()
+    return stop

@@ -1,0 +1,307 @@
+"""The job's database writes: segments, idempotent bulk storage of results, completion with track stitching.
+
+Delivery is at-least-once, so every function here is one transaction whose effect is the same however often it
+runs; guards live inside the UPDATE statements themselves, so they hold on PostgreSQL and on SQLite alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Executable,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+
+from fervid.db import session_scope
+from fervid.labels import EMOTIONS
+from fervid.tables import Face, Frame, Job, JobStatus, Segment, SegmentStatus, Track
+from worker import stitch
+
+ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
+OPEN_SEGMENT_STATUSES = (SegmentStatus.pending, SegmentStatus.running)
+# Provisional faces.track_id: -(segment_index * this + local_track + 1), negative so it never equals a global id.
+PROVISIONAL_TRACKS_PER_SEGMENT = 100_000
+FRAME_COLUMNS = ("job_id", "frame_index", "timestamp_ms", "segment_index")
+FACE_COLUMNS = ("job_id", "frame_index", "face_index", "segment_index", "local_track", "track_id", "x", "y", "w", "h",
+                "score", *EMOTIONS)
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    face_index: int
+    local_track: int
+    box: tuple[int, int, int, int]  # x, y, w, h
+    score: float
+    probs: Sequence[float]  # 7 values in FER order (fervid.labels.EMOTIONS)
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    frame_index: int
+    timestamp_ms: float
+    faces: list[FaceRecord]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    backend: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _update(entity: type[Job] | type[Segment]) -> Update:
+    # Sessions here never hold loaded records, so there is nothing to synchronise.
+    return update(entity).execution_options(synchronize_session=False)
+
+
+def _rowcount(session: Session, statement: Executable) -> int:
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def _job_is_running(job_id: str) -> ColumnElement[bool]:
+    return select(Job.id).where(Job.id == job_id, Job.status == JobStatus.running).exists()
+
+
+def provisional_track_id(segment_index: int, local_track: int) -> int:
+    """The track id a face carries from storage until the job is stitched: unique per (segment, local track)."""
+    if not 0 <= local_track < PROVISIONAL_TRACKS_PER_SEGMENT:
+        raise ValueError(f"local track {local_track} is outside 0..{PROVISIONAL_TRACKS_PER_SEGMENT - 1}")
+    return -(segment_index * PROVISIONAL_TRACKS_PER_SEGMENT + local_track + 1)
+
+
+def _segment_rows(job_id: str, segment_plans: list[list[list[Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for index, plan in enumerate(segment_plans):
+        # The range of sampled timestamps the segment covers (0..0 for an empty plan).
+        start_ms, end_ms = (float(plan[0][1]), float(plan[-1][1])) if plan else (0.0, 0.0)
+        rows.append({"job_id": job_id, "index": index, "start_ms": start_ms, "end_ms": end_ms, "plan": plan,
+                     "status": SegmentStatus.pending, "attempts": 0, "frames_done": 0, "warnings": []})
+    return rows
+
+
+def start_job(job_id: str, media: dict[str, Any], segment_plans: list[list[list[Any]]], model: ModelInfo) -> list[int]:
+    """Marks the job running with its media and model and creates its segments once; returns the segments to send.
+
+    A redelivered prepare creates nothing twice: segments that exist are kept as they are. [] when the job is
+    cancelled, finished or gone; a job with nothing left to analyse is finished here.
+    """
+    now = _now()
+    with session_scope() as session:
+        # Locks the job row (PostgreSQL), so two prepares of one job run one after the other.
+        started = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
+            status=JobStatus.running, started_at=func.coalesce(Job.started_at, now),
+            media_kind=media["kind"], width=media["width"], height=media["height"], fps=media["fps"],
+            duration_ms=media["duration_ms"], frame_count=media["frame_count"],
+            frames_total=sum(len(plan) for plan in segment_plans),
+            model_name=model.name, model_version=model.version, model_backend=model.backend))
+        if not started:
+            return []
+        existing_plans = session.scalars(select(Segment.plan).where(Segment.job_id == job_id)).all()
+        if existing_plans:
+            # A redelivered prepare that planned differently (other settings) must not mix two segmentations.
+            session.execute(_update(Job).where(Job.id == job_id).values(
+                frames_total=sum(len(plan) for plan in existing_plans)))
+        elif segment_plans:
+            session.execute(insert(Segment), _segment_rows(job_id, segment_plans))
+        open_indices = list(session.scalars(
+            select(Segment.index).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
+            .order_by(Segment.index)))
+        if not open_indices:
+            _finish(session, job_id, now)
+        return open_indices
+
+
+def fail_job(job_id: str, code: str, message: str) -> None:
+    """Ends a queued or running job as failed with an error code; its unfinished segments are cancelled."""
+    with session_scope() as session:
+        failed = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
+            status=JobStatus.failed, error_code=code, error_message=message, finished_at=_now()))
+        if failed:
+            session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
+                            .values(status=SegmentStatus.cancelled))
+
+
+def claim_segment(job_id: str, index: int, worker: str) -> list[list[Any]] | None:
+    """Takes a segment of a running job for `worker` and returns its plan; None when there is nothing to do."""
+    with session_scope() as session:
+        return session.execute(
+            _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
+                                   Segment.status.in_(OPEN_SEGMENT_STATUSES), _job_is_running(job_id))
+            .values(status=SegmentStatus.running, attempts=Segment.attempts + 1, heartbeat_at=_now(), worker=worker,
+                    frames_done=0)
+            .returning(Segment.plan)
+        ).scalar_one_or_none()
+
+
+def heartbeat(job_id: str, index: int, frames_done: int) -> bool:
+    """Records liveness and progress; False when the caller should stop (job not running, segment not running)."""
+    with session_scope() as session:
+        return _rowcount(session, _update(Segment).where(
+            Segment.job_id == job_id, Segment.index == index, Segment.status == SegmentStatus.running,
+            _job_is_running(job_id)).values(heartbeat_at=_now(), frames_done=frames_done)) == 1
+
+
+def _result_rows(job_id: str, index: int, plan: list[list[Any]],
+                 frames: list[FrameRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Rows in FRAME_COLUMNS / FACE_COLUMNS order, with plain Python numbers (results may carry numpy scalars)."""
+    planned = {int(row[0]) for row in plan}
+    frame_rows: list[tuple[Any, ...]] = []
+    face_rows: list[tuple[Any, ...]] = []
+    for frame in frames:
+        frame_index = int(frame.frame_index)
+        if frame_index not in planned:
+            raise ValueError(f"frame {frame_index} is not in the plan of segment {index} of job {job_id}")
+        frame_rows.append((job_id, frame_index, float(frame.timestamp_ms), index))
+        for face in frame.faces:
+            if len(face.probs) != len(EMOTIONS):
+                raise ValueError(f"a face needs {len(EMOTIONS)} emotion probabilities, not {len(face.probs)}")
+            x, y, w, h = (int(value) for value in face.box)
+            face_rows.append((job_id, frame_index, int(face.face_index), index, int(face.local_track),
+                              provisional_track_id(index, int(face.local_track)), x, y, w, h, float(face.score),
+                              *(float(p) for p in face.probs)))
+    return frame_rows, face_rows
+
+
+def _bulk_insert(session: Session, frame_rows: list[tuple[Any, ...]], face_rows: list[tuple[Any, ...]]) -> None:
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # COPY inside the session's transaction: the fastest path into PostgreSQL.
+        driver_connection = connection.connection.driver_connection
+        with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            for name, columns, rows in (("frames", FRAME_COLUMNS, frame_rows), ("faces", FACE_COLUMNS, face_rows)):
+                if rows:
+                    with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+        return
+    for table, columns, rows in ((Frame.__table__, FRAME_COLUMNS, frame_rows),
+                                 (Face.__table__, FACE_COLUMNS, face_rows)):
+        if rows:
+            session.execute(insert(cast(Table, table)), [dict(zip(columns, row, strict=True)) for row in rows])
+
+
+def store_segment(job_id: str, index: int, frames: list[FrameRecord], warnings: list[str]) -> bool:
+    """Replaces the segment's frames and faces with `frames` and marks it done, in one transaction.
+
+    Storing the same results twice leaves the same rows. False, with nothing written, when the job is not running
+    (gone, cancelled, failed or already finished) or the segment was cancelled.
+    """
+    with session_scope() as session:
+        # A share lock on the job row (PostgreSQL): the job cannot be finished, and its faces stitched, meanwhile.
+        session.execute(select(Job.id).where(Job.id == job_id).with_for_update(read=True))
+        plan = session.execute(
+            _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
+                                   Segment.status != SegmentStatus.cancelled, _job_is_running(job_id))
+            .values(status=SegmentStatus.done, frames_done=len(frames), warnings=list(warnings), heartbeat_at=_now())
+            .returning(Segment.plan)
+        ).scalar_one_or_none()
+        if plan is None:
+            return False
+        frame_rows, face_rows = _result_rows(job_id, index, plan, frames)
+        if plan:
+            planned = [int(row[0]) for row in plan]
+            # By primary-key range; faces go with their frames (ON DELETE CASCADE).
+            session.execute(delete(Frame).where(Frame.job_id == job_id, Frame.segment_index == index,
+                                                Frame.frame_index.between(min(planned), max(planned)))
+                            .execution_options(synchronize_session=False))
+        _bulk_insert(session, frame_rows, face_rows)
+    return True
+
+
+def _track_spans(session: Session, job_id: str) -> list[stitch.TrackSpan]:
+    """Each segment-local track's first and last observation, in one aggregate query."""
+    ends = (select(Face.segment_index, Face.local_track, func.min(Face.frame_index).label("first_frame"),
+                   func.max(Face.frame_index).label("last_frame"), func.count().label("frames"))
+            .where(Face.job_id == job_id).group_by(Face.segment_index, Face.local_track).subquery())
+    first_face, last_face = aliased(Face), aliased(Face)
+    first_frame, last_frame = aliased(Frame), aliased(Frame)
+
+    def observed(face: type[Face], frame: type[Frame], frame_index: Any) -> list[tuple[Any, ColumnElement[bool]]]:
+        return [(face, and_(face.job_id == job_id, face.frame_index == frame_index,
+                            face.segment_index == ends.c.segment_index, face.local_track == ends.c.local_track)),
+                (frame, and_(frame.job_id == job_id, frame.frame_index == frame_index))]
+
+    query = select(ends.c.segment_index, ends.c.local_track, ends.c.frames,
+                   first_frame.timestamp_ms, first_face.x, first_face.y, first_face.w, first_face.h,
+                   last_frame.timestamp_ms, last_face.x, last_face.y, last_face.w, last_face.h).select_from(ends)
+    for target, condition in (observed(first_face, first_frame, ends.c.first_frame)
+                              + observed(last_face, last_frame, ends.c.last_frame)):
+        query = query.join(target, condition)
+    return [stitch.TrackSpan(segment_index=row[0], local_track=row[1], frames=row[2],
+                             first_ms=row[3], first_box=(row[4], row[5], row[6], row[7]),
+                             last_ms=row[8], last_box=(row[9], row[10], row[11], row[12]))
+            for row in session.execute(query)]
+
+
+def _finish(session: Session, job_id: str, now: datetime) -> bool:
+    """The guarded completion: succeeds the running job whose segments are all done, then stitches its tracks."""
+    unfinished = select(Segment.job_id).where(Segment.job_id == job_id, Segment.status != SegmentStatus.done).exists()
+    won = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status == JobStatus.running, ~unfinished)
+                    .values(status=JobStatus.succeeded, finished_at=now))
+    if not won:
+        return False
+    stitching = stitch.stitch(_track_spans(session, job_id))
+    if stitching.global_ids:
+        faces = cast(Table, Face.__table__)
+        session.execute(
+            update(faces).where(faces.c.job_id == job_id, faces.c.track_id == bindparam("provisional"))
+            .values(track_id=bindparam("global_id")),
+            [{"provisional": provisional_track_id(*key), "global_id": global_id}
+             for key, global_id in stitching.global_ids.items()])
+    session.execute(delete(Track).where(Track.job_id == job_id).execution_options(synchronize_session=False))
+    if stitching.tracks:
+        session.execute(insert(Track), [{"job_id": job_id, "track_id": t.track_id, "first_ms": t.first_ms,
+                                         "last_ms": t.last_ms, "frames": t.frames} for t in stitching.tracks])
+    merged = list(session.scalar(select(Job.warnings).where(Job.id == job_id)) or [])
+    for segment_warnings in session.scalars(select(Segment.warnings).where(Segment.job_id == job_id)
+                                            .order_by(Segment.index)):
+        merged += [warning for warning in segment_warnings or [] if warning not in merged]
+    session.execute(_update(Job).where(Job.id == job_id).values(warnings=merged))
+    return True
+
+
+def finish_job_if_complete(job_id: str) -> bool:
+    """Succeeds the job when all its segments are stored, stitching its tracks in the same transaction.
+
+    Exactly one of several concurrent callers gets True; the others, and any call on an unfinished or already
+    finished job, get False.
+    """
+    with session_scope() as session:
+        return _finish(session, job_id, _now())
+
+
+def job_progress(job_id: str) -> tuple[int, int | None]:
+    """(frames analysed, summed over the segments; frames the job will produce, None until it is planned)."""
+    frames_done = (select(func.coalesce(func.sum(Segment.frames_done), 0)).where(Segment.job_id == job_id)
+                   .scalar_subquery())
+    with session_scope() as session:
+        row = session.execute(select(frames_done, Job.frames_total).where(Job.id == job_id)).first()
+    return (0, None) if row is None else (int(row[0]), row[1])
+
+
+def mark_enqueued(job_id: str, indices: Sequence[int]) -> None:
+    """Records when segments were sent, so the reaper can tell a lost message from a queued one."""
+    if not indices:
+        return
+    with session_scope() as session:
+        session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.index.in_(list(indices)))
+                        .values(enqueued_at=_now()))
