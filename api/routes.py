@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote, urlparse
 
 import anyio
 import redis
@@ -122,6 +123,18 @@ SUBMIT_BODY = {
 }
 
 
+def check_file_uri_allowed(uri: str, roots_setting: str) -> None:
+    """file:// sources must lie under a folder the operator opened (FERVID_FILE_URI_ROOTS); others pass."""
+    parsed = urlparse(uri)
+    if parsed.scheme.lower() != "file":
+        return
+    path = Path(unquote(parsed.path)).resolve()
+    roots = [Path(root.strip()).resolve() for root in roots_setting.split(",") if root.strip()]
+    if not any(path == root or root in path.parents for root in roots):
+        raise FervidError(f"file:// sources are only accepted under FERVID_FILE_URI_ROOTS ({roots_setting or 'unset'});"
+                          " upload the file or use s3:// or http(s)://", code="source_not_allowed", http_status=422)
+
+
 @v1.post(
     "/jobs", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
     summary="Submit a video or image for analysis",
@@ -144,6 +157,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep) -
             await form.close()
     elif content_type == "application/json":
         spec = _validated(JobFromUri, await read_json(request))
+        check_file_uri_allowed(spec.source_uri, get_settings().file_uri_roots)
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, source_uri=spec.source_uri, sample_fps=spec.sample_fps,
                                     client_request_token=spec.client_request_token, webhook_url=spec.webhook_url))

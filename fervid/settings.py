@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
     max_duration_s: float = 6 * 3600
     max_download_mb: int = 4096  # for http(s) source URIs
+    # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
+    # Empty: file:// is refused, so no tenant can make a worker read its local files.
+    file_uri_roots: str = ""
     segment_seconds: float = 30.0  # long videos split into segments that workers share
     backend: str = "auto"  # auto | tensorrt | ort-cuda | ort-cpu | torch-cuda
     model_path: Path | None = None  # default: the ONNX shipped under models/

@@ -29,6 +29,7 @@ from models.backends.cuda_memory import DeviceInfo
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
+DEFAULT_OPT_BATCH = 32  # what TensorRT tunes kernels for: a typical gathered batch of faces
 LOCK_TIMEOUT_S = 3600.0  # a ResNet50 build takes minutes; an hour means the builder is stuck, not slow
 
 
@@ -46,14 +47,13 @@ class BatchProfile:
                               code="invalid_batch_profile")
 
     @classmethod
-    def up_to(cls, max_batch: int, opt: int = 32) -> BatchProfile:
-        return cls(1, min(opt, max_batch), max_batch)
+    def up_to(cls, max_batch: int) -> BatchProfile:
+        return cls(1, min(DEFAULT_OPT_BATCH, max_batch), max_batch)
 
     def label(self) -> str:
         return f"{self.min}/{self.opt}/{self.max}"
 
 
-DEFAULT_PROFILE = BatchProfile(1, 32, 256)
 
 
 @dataclass(frozen=True)
@@ -208,9 +208,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--model", type=Path, default=None, help="ONNX classifier (default: FERVID_MODEL_PATH or "
                                                                 "the shipped model)")
     build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
-    build.add_argument("--min-batch", type=int, default=DEFAULT_PROFILE.min)
-    build.add_argument("--opt-batch", type=int, default=DEFAULT_PROFILE.opt)
-    build.add_argument("--max-batch", type=int, default=DEFAULT_PROFILE.max)
+    # Defaults match the profile workers ask for, so an engine built ahead is the one they load.
+    build.add_argument("--min-batch", type=int, default=1)
+    build.add_argument("--opt-batch", type=int, default=None, help="default: min(32, max batch)")
+    build.add_argument("--max-batch", type=int, default=None, help="default: FERVID_CLASSIFY_BATCH")
     actions.add_parser("list", help="the cached engines and what each is valid for")
     clear = actions.add_parser("clear", help="remove cached engines")
     clear.add_argument("--model", type=Path, default=None, help="only this model's engines")
@@ -228,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
         if not found.available:
             raise BackendUnavailable(f"cannot build TensorRT engines here: {found.detail}")
         model_path = args.model or get_settings().model_path or DEFAULT_MODEL_PATH
-        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+        max_batch = args.max_batch or max(get_settings().classify_batch, 1)
+        profile = BatchProfile(args.min_batch, args.opt_batch or min(DEFAULT_OPT_BATCH, max_batch), max_batch)
         _, key = cached_engine(model_path, args.precision, profile, cache)
         print(cache.manifest_path(key).read_text())
         return 0

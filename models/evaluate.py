@@ -170,7 +170,7 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
         "model": info, "data": {"path": str(data_path), "sha256": file_sha256(data_path)},
         "limit": limit or None, "splits": _metrics_json(results), "reference": REFERENCE,
     }
-    table = {"model": results}
+    table = {"torch" if checkpoint is not None else "onnx": results}
     if int8:
         if calibration_size <= 0:
             raise FervidError("--calibration-size must be positive", code="invalid_request")

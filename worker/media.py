@@ -295,7 +295,7 @@ def _index_stream(container: av.container.InputContainer,
     untimed = 0
     first_frame: av.VideoFrame | None = None
     for packet in _packets(container, stream):
-        if False:
+        if first_frame is None:
             frames = _decoded(packet, stream)
             first_frame = frames[0] if frames else None
         timestamp = packet.pts if packet.pts is not None else packet.dts

@@ -96,6 +96,16 @@ def test_segments_decode_the_same_frames_as_the_whole_plan(
     assert (seeks_logged(caplog) > 0) is seeks
 
 
+def test_the_last_frame_of_an_unindexed_stream_is_found_by_seeking_earlier(tmp_path: Path) -> None:
+    # given an MPEG-TS clip (no keyframe index) and a segment holding only its last sampled frame
+    clip = write_video(tmp_path / "clip.ts", frame_count=48, gop=12)
+    _, plan = probe(clip, 5)
+    # when only that segment is decoded (a seek to its keyframe lands past every keyframe)
+    frames, warnings = decode_all(clip, plan[-1:])
+    # then the frame is still found
+    assert [(p.frame_index, read_index(image)) for p, image in frames] == [(44, 44)] and warnings == []
+
+
 def test_shared_clip_segments_match_the_whole_decode(shared_dir: Path) -> None:
     # given a real HEVC clip from a phone, with B-frames and several keyframes
     clip = shared_dir / "media" / "face_noface.mov"

@@ -203,3 +203,28 @@ def test_int8_refuses_asymmetric_uint8_qdq_as_onnxruntime_cpu_quantization_write
     with pytest.raises(BackendUnavailable, match="uint8 zero point; TensorRT takes only symmetric int8"):
         TrtBackend(quantized, "int8", BatchProfile(1, 8, 16), EngineCache(tmp_path), FakeAllocator(fake))
     assert fake.calls.builds == 0
+
+
+def test_an_engine_built_ahead_by_the_cli_is_the_one_workers_load(
+        monkeypatch: pytest.MonkeyPatch, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # given TensorRT and CUDA faked for the whole process, as the registry and the CLI would find them
+    import models.backends.tensorrt as trt_backend
+    from fervid.cli import main
+    from models.backends import select_backend
+
+    fake = install_fake(monkeypatch, "10.3.0")
+    allocator = FakeAllocator(fake)
+    monkeypatch.setattr(trt_backend, "process_allocator", lambda: allocator)
+    fervid_env.setenv("FERVID_CLASSIFY_BATCH", "48")
+
+    # when the engine is built ahead with the CLI's defaults, then a worker selects TensorRT with its batch
+    built = main(["engines", "build", "--model", str(tiny_model_path)])
+    backend = select_backend(tiny_model_path, "tensorrt", max_batch=48)
+
+    # then the worker loaded the CLI's engine instead of building another, and it runs
+    assert built == 0 and '"precision": "fp16"' in capsys.readouterr().out
+    assert fake.calls.builds == 1
+    assert fake.calls.profile_shapes == [("faces", (1, 1, 16, 16), (32, 1, 16, 16), (48, 1, 16, 16))]
+    assert backend.name == "tensorrt"
+    np.testing.assert_allclose(backend.run(faces(5)), ort_outputs(tiny_model_path, faces(5)), atol=2e-3)
