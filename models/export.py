@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import io
 import json
 import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,12 +129,12 @@ def _training_data_sha(checkpoint: Checkpoint, data_path: Path | None) -> str:
 
 
 def _to_onnx(network: EmotionResNet50, input_size: int) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="fervid-export-") as work, warnings.catch_warnings():
+        traced = Path(work) / "traced.onnx"
         # The TorchScript exporter is deprecated upstream but the dynamo one needs onnxscript, absent here.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            network, (torch.zeros(1, 1, input_size, input_size),), buffer, dynamo=False, opset_version=OPSET,
+            network, (torch.zeros(1, 1, input_size, input_size),), traced, dynamo=False, opset_version=OPSET,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             # No folding: BatchNorm stays separate, so every state-dict tensor survives under its own name.
@@ -144,7 +144,7 @@ def _to_onnx(network: EmotionResNet50, input_size: int) -> onnx.ModelProto:
             keep_initializers_as_inputs=True,
             training=torch.onnx.TrainingMode.EVAL,
         )
-    model = onnx.load_from_string(buffer.getvalue())
+        model = onnx.load(str(traced))
     weights = {init.name for init in model.graph.initializer}
     real_inputs = [value for value in model.graph.input if value.name not in weights]
     del model.graph.input[:]

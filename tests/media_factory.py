@@ -11,7 +11,7 @@ import av
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import ExifTags, Image
 
 WIDTH, HEIGHT = 160, 96  # not square, so a missed rotation changes the shape
 INDEX_BITS = 10
@@ -78,16 +78,18 @@ def write_audio(path: Path, seconds: float = 1.0) -> Path:
 
 
 def write_still(path: Path, exif_orientation: int = 1) -> Path:
-    """Frame 7 as a still; with an EXIF orientation the pixels are stored turned so a viewer sees it upright."""
+    """Frame 7 as a still; in a JPEG with an EXIF orientation, stored turned so that a viewer sees it upright."""
     image = indexed_frame(7)
     stored_turn = {1: 0, 3: 180, 6: 270, 8: 90}[exif_orientation]  # clockwise, undoing the viewer's turn
     if stored_turn:
         image = cv2.rotate(image, CV2_ROTATE[stored_turn])
     still = Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    exif = Image.Exif()
-    if exif_orientation != 1:
-        exif[0x0112] = exif_orientation
-    still.save(path, exif=exif, quality=95) if path.suffix in (".jpg", ".jpeg") else still.save(path)
+    if path.suffix in (".jpg", ".jpeg"):
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = exif_orientation
+        still.save(path, exif=exif, quality=95)
+    else:
+        still.save(path)
     return path
 
 

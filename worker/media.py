@@ -115,6 +115,7 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
     if rotation in (90, 270):
         width, height = height, width
     info = MediaInfo("video", width, height, fps, float(duration_s * 1000), len(index.frame_pts), rotation)
+    # The decimal the caller wrote (29.97, not its binary neighbour), so ticks on frame times are exact.
     return info, _plan(index, duration_s, Fraction(repr(float(sample_fps))))
 
 
@@ -218,7 +219,7 @@ def _decode_still(image: Image.Image) -> NDArray[np.uint8]:
     except PIL_ERRORS as error:
         raise MediaError(DECODE_ERROR, f"the image could not be decoded ({error}); the file is damaged or "
                                        "truncated") from error
-    return cv2.cvtColor(np.asarray(upright), cv2.COLOR_RGB2BGR)
+    return np.ascontiguousarray(np.asarray(upright, dtype=np.uint8)[:, :, ::-1])  # RGB -> BGR
 
 
 # --- video (PyAV) ----------------------------------------------------------------------------------------------
@@ -271,13 +272,9 @@ def _packets(container: av.container.InputContainer, stream: av.video.stream.Vid
         except StopIteration:
             return
         except (av.error.FFmpegError, OSError):
-            yield from _flush_packet()
+            yield av.Packet()  # empty: drains the frames the decoder still holds
             return
         yield packet
-
-
-def _flush_packet() -> Iterator[av.Packet]:
-    yield av.Packet()  # empty: drains the frames the decoder still holds
 
 
 def _decoded(packet: av.Packet, stream: av.video.stream.VideoStream) -> list[av.VideoFrame]:
@@ -357,9 +354,9 @@ def _clockwise_rotation(frame: av.VideoFrame) -> int:
 
 
 def _upright_bgr(frame: av.VideoFrame) -> NDArray[np.uint8]:
-    image = frame.to_ndarray(format="bgr24")
+    image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
     rotation = _clockwise_rotation(frame)
-    return cv2.rotate(image, CV2_ROTATE[rotation]) if rotation else image
+    return np.asarray(cv2.rotate(image, CV2_ROTATE[rotation]), dtype=np.uint8) if rotation else image
 
 
 class _PlanCursor:

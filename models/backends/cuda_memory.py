@@ -91,7 +91,8 @@ class CudaPythonAllocator:
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         (host_ptr,) = self._call(self.cudart.cudaMallocHost(nbytes))
         (device_ptr,) = self._call(self.cudart.cudaMalloc(nbytes))
-        host = np.frombuffer((ctypes.c_byte * nbytes).from_address(int(host_ptr)), dtype=dtype).reshape(shape)
+        pinned = memoryview((ctypes.c_byte * nbytes).from_address(int(host_ptr))).cast("B")
+        host = np.frombuffer(pinned, dtype=np.dtype(dtype)).reshape(shape)
         buffer = PinnedBuffer(host, int(device_ptr), owner=None)
         weakref.finalize(buffer, self._free, int(host_ptr), int(device_ptr))
         return buffer
@@ -133,17 +134,22 @@ class TorchAllocator:
         return PinnedBuffer(host.numpy().view(dtype).reshape(shape), device.data_ptr(), owner=(host, device))
 
     def upload(self, buffer: PinnedBuffer, rows: int) -> None:
-        host, device = buffer.owner  # type: ignore[misc]
+        host, device = self._tensors(buffer)
         with self.torch.cuda.stream(self._stream):
             device[: buffer.nbytes(rows)].copy_(host[: buffer.nbytes(rows)], non_blocking=True)
 
     def download(self, buffer: PinnedBuffer, rows: int) -> None:
-        host, device = buffer.owner  # type: ignore[misc]
+        host, device = self._tensors(buffer)
         with self.torch.cuda.stream(self._stream):
             host[: buffer.nbytes(rows)].copy_(device[: buffer.nbytes(rows)], non_blocking=True)
 
     def synchronize(self) -> None:
         self._stream.synchronize()
+
+    @staticmethod
+    def _tensors(buffer: PinnedBuffer) -> tuple[Any, Any]:
+        tensors: tuple[Any, Any] = buffer.owner  # type: ignore[assignment]
+        return tensors
 
 
 @cache
