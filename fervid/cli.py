@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if known.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not known.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # every embedded run checks the schema
     try:
         return int(run(args))
     except FervidError as error:

@@ -25,6 +25,7 @@ def celery_app() -> Celery:
         worker_prefetch_multiplier=1,  # long tasks: never hoard messages another worker could run
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2.0,
         task_default_queue=settings.queue,
         task_ignore_result=True,  # results live in the database, not the broker
         worker_hijack_root_logger=False,
@@ -35,7 +36,7 @@ def celery_app() -> Celery:
 
 
 # A sender facing a dead broker gives up fast: the job row is committed and the reaper re-sends it later.
-SEND_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "timeout": 2}
+SEND_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 def send_prepare(job_id: str, queue: str | None = None) -> None:

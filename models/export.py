@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -45,7 +45,8 @@ OPSET = 17
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probs"
 FP32_SUFFIX = "__fp32"  # the Cast output that feeds consumers of an fp16-stored initializer
-WEIGHT_FORMATS = ("fp16", "fp32")
+WeightFormat = Literal["fp16", "fp32"]
+WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp16", "fp32")
 # Max |p_onnx - p_torch| accepted when verifying an export; fp16 storage rounds every weight.
 TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3}
 VERIFY_FACES = 64
@@ -214,7 +215,7 @@ def _verification_faces(data_path: Path | None, count: int) -> tuple[NDArray[np.
     return np.random.default_rng(0).integers(0, 256, (count, NATIVE_SIZE, NATIVE_SIZE), dtype=np.uint8), "random faces"
 
 
-def export_onnx(checkpoint: Path, out: Path, *, tta: bool, weights: str = "fp16",
+def export_onnx(checkpoint: Path, out: Path, *, tta: bool, weights: WeightFormat = "fp16",
                 data_path: Path | None = None) -> Path:
     """Exports `checkpoint` to `out`, verified against PyTorch on real faces (random ones when `data_path` is None).
 

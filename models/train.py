@@ -121,8 +121,9 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 
 
 def build_optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, parameter in network.named_parameters():
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for parameter in network.parameters():
         # Weight decay on BN scales and biases only hurts; the usual exclusion.
         (no_decay if parameter.ndim <= 1 else decay).append(parameter)
     return torch.optim.SGD(
@@ -146,7 +147,7 @@ def build_network(config: TrainConfig) -> EmotionResNet50:
         print(f"imagenet start: {len(fresh)} tensors keep fresh values ({', '.join(fresh[:4])}...)", flush=True)
     elif config.init != "scratch":
         raise SystemExit(f"--init must be scratch or imagenet, not {config.init!r}")
-    return network.to(memory_format=torch.channels_last)
+    return network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def top1(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -200,8 +201,10 @@ def train(config: TrainConfig) -> Path:
     faces = torch.from_numpy(train_split.faces).unsqueeze(1)
     labels = torch.from_numpy(train_split.labels)
     for epoch in range(start_epoch, config.epochs):
-        # Per-epoch generators seeded from (seed, epoch): a resumed run draws exactly what an unbroken one would.
+        # Per-epoch seeds from (seed, epoch) for the data order, augmentation and dropout (the global RNG): a resumed
+        # run draws exactly what an unbroken one would.
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        torch.manual_seed(config.seed * 1000 + epoch + 1)
         if config.init == "imagenet":
             set_shallow_frozen(network, frozen=epoch < config.freeze_epochs)
         order = torch.randperm(len(labels), generator=generator)

@@ -172,6 +172,24 @@ def test_checkpoint_evaluation_runs_the_pytorch_model(constructed_fer_file: Path
             assert 0.0 <= report["splits"][split][mode]["accuracy"] <= 1.0
 
 
+def test_int8_evaluation_of_a_checkpoint_quantizes_its_fp32_export(constructed_fer_file: Path,
+                                                                    tmp_path: Path) -> None:
+    # given a training checkpoint
+    checkpoint = write_checkpoint(tmp_path / "best.pt", input_size=32)
+
+    # when evaluated with --int8
+    report = run_evaluation(checkpoint=checkpoint, data_path=constructed_fer_file, out_dir=tmp_path / "eval",
+                            splits=["public"], tta="off", int8=True, calibration_size=16)
+
+    # then an INT8 model of the checkpoint was built and compared with the PyTorch figures
+    int8 = report["int8"]
+    assert int8["model"]["name"] == "fervid-resnet50-fer2013-int8"
+    assert (tmp_path / "eval" / "fervid-emotion-int8.onnx").is_file()
+    change = int8["change_vs_baseline"]["public"]["off"]["accuracy"]
+    assert change == pytest.approx(int8["splits"]["public"]["off"]["accuracy"]
+                                   - report["splits"]["public"]["off"]["accuracy"])
+
+
 def test_the_training_split_is_never_an_evaluation_split(band_model: Path, constructed_fer_file: Path,
                                                          tmp_path: Path) -> None:
     with pytest.raises(FervidError) as raised:

@@ -71,8 +71,6 @@ def assert_identical(expected: Weights, actual: Weights) -> None:
     assert different == []
 
 
-@pytest.mark.xfail(strict=True, reason="models/train.py: nn.Dropout draws from the global torch RNG, which is seeded "
-                                       "once per process and not restored on resume (fix: seed it per epoch)")
 def test_resumed_training_ends_with_the_same_weights_as_an_unbroken_run(
     tmp_path: Path, small_fer_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
