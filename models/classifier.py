@@ -111,7 +111,7 @@ def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], margin: 
     frame_h, frame_w = frame.shape[:2]
     pad = max(0, -x0, -y0, x1 - frame_w, y1 - frame_h)
     if pad:
-        frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        frame = np.asarray(cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE), dtype=np.uint8)
         x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
     return frame[y0:y1, x0:x1]
 

@@ -55,8 +55,8 @@ def _downscale(image: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], float]:
     height, width = image.shape[:2]
     scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
     if scale < 1.0:
-        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
+        image = np.asarray(cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                                      interpolation=cv2.INTER_AREA), dtype=np.uint8)
     return image, scale
 
 
@@ -100,7 +100,7 @@ class HaarDetector:
     name = "haar"
 
     def __init__(self) -> None:
-        path = Path(cv2.data.haarcascades) / HAAR_CASCADE
+        path = Path(cv2.data.haarcascades) / HAAR_CASCADE  # type: ignore[attr-defined]
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise FervidError(f"OpenCV's Haar cascade {path} is missing; install opencv-python-headless<5",

@@ -49,8 +49,12 @@ def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> s
     with tqdm(total=job.frames_total or 0, unit="frame", desc=path.name, file=sys.stderr,
               disable=not show_progress or not indices) as bar:
         for index in indices:
-            pipeline.process_segment(job_id, index, analyzer, on_frames=lambda done, start=bar.n: bar.update(
-                start + done - bar.n))
+            segment_start = bar.n
+
+            def advance(done: int, start: int = segment_start) -> None:
+                bar.update(start + done - bar.n)
+
+            pipeline.process_segment(job_id, index, analyzer, on_frames=advance)
     return job_id
 
 
@@ -102,6 +106,9 @@ def make_public_domain_clip(target: Path) -> Path:
     from matplotlib import cbook
 
     portrait = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    if portrait is None:
+        raise FervidError("matplotlib's sample portrait is missing; pass a clip to `fervid analyze` instead",
+                          code="demo_media_missing")
     height, width = portrait.shape[:2]
     with av.open(str(target), "w") as container:
         stream = container.add_stream("mpeg4", rate=10)
@@ -111,7 +118,7 @@ def make_public_domain_clip(target: Path) -> Path:
             crop_w, crop_h = int(width / zoom), int(height / zoom * 0.75)
             x0 = int((width - crop_w) * (0.5 + 0.3 * np.sin(step / 13)))
             y0 = (height - crop_h) // 3
-            frame = cv2.resize(portrait[y0 : y0 + crop_h, x0 : x0 + crop_w], (480, 360))
+            frame = np.asarray(cv2.resize(portrait[y0 : y0 + crop_h, x0 : x0 + crop_w], (480, 360)), dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():

@@ -31,6 +31,7 @@ from worker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
+FaceFound = tuple[int, tuple[int, int, int, int], float]  # local track, box, detector score
 HEARTBEAT_EVERY_FRAMES = 8  # progress and liveness are written this often (and at least once per batch)
 
 
@@ -56,7 +57,7 @@ class Analyzer:
         """
         tracker = FaceTracker()
         records: list[store.FrameRecord] = []
-        pending: list[tuple[PlannedFrame, list[tuple[int, tuple[int, int, int, int], float]], list[NDArray[np.uint8]]]] = []
+        pending: list[tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]] = []
         pending_faces = 0
 
         def flush() -> bool:
