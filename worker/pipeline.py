@@ -160,7 +160,8 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
     `on_frames(frames_done)` reports this segment's progress (the CLI's progress bar)."""
     rows = store.claim_segment(job_id, index, worker_name())
     if rows is None:
-        return False
+        # Already done (a redelivery): finish the job here in case the worker that stored it died before finishing.
+        return store.finish_job_if_complete(job_id)
     job = load_job(job_id)
     if job is None:
         return False
