@@ -19,8 +19,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -rs tests
 
+# Each benchmark prints ratios against a baseline measured in the same run; see README "Where figures come from".
 bench: install
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/scale_bench.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -115,3 +115,20 @@ def mdat_range(path: Path) -> tuple[int, int]:
             return offset + 8, offset + size
         offset += size
     raise ValueError(f"{path} has no mdat box")
+
+
+def write_looped_clip(source: Path, target: Path, loops: int, fps: int = 30, gop: int = 30) -> Path:
+    """A long real clip: every frame of `source` played `loops` times (H.264, a keyframe every `gop` frames)."""
+    with av.open(str(source)) as container:
+        frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+    with av.open(str(target), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.options = {"g": str(gop), "preset": "ultrafast"}
+        for _ in range(loops):
+            for image in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return target

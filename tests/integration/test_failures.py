@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
 from tests.integration.conftest import ServiceEnv, wait_for
+from tests.media_factory import write_looped_clip
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +33,8 @@ FAST_RECOVERY = {"FERVID_SEGMENT_SECONDS": "4", "FERVID_STALE_AFTER_S": "3", "FE
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
     """48 s of a real face: single_face.mp4's 72 frames played 20 times (30 fps, a keyframe every second)."""
-    frames = []
-    with av.open(str(shared_dir / "media" / "single_face.mp4")) as source:
-        frames = [frame.to_ndarray(format="bgr24") for frame in source.decode(video=0)]
-    target = tmp_path_factory.mktemp("clips") / "long_face.mp4"
-    with av.open(str(target), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        stream.options = {"g": "30", "preset": "ultrafast"}
-        for _ in range(20):
-            for image in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return target
+    return write_looped_clip(shared_dir / "media" / "single_face.mp4",
+                             tmp_path_factory.mktemp("clips") / "long_face.mp4", loops=20)
 
 
 @pytest.fixture
