@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.backends.base import InferenceBackend
 
@@ -72,14 +72,6 @@ class ModelSpec:
     sha256: str
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_model_spec(path: Path) -> ModelSpec:
     """Reads and checks the artifact's metadata; a model that does not describe itself is refused."""
     if not path.is_file():
@@ -94,7 +86,7 @@ def read_model_spec(path: Path) -> ModelSpec:
     output = meta[OUTPUT_KEY]
     if output not in ("probs", "logits"):
         raise ValueError(f"{path}: {OUTPUT_KEY} must be probs or logits, not {output!r}")
-    sha = file_digest(path)
+    sha = sha256_file(path)
     return ModelSpec(
         path=path, name=meta.get(NAME_KEY, path.stem), version=meta.get(VERSION_KEY, sha[:12]), labels=labels,
         preprocess=Preprocess.from_json(meta[PREPROCESS_KEY]), output=output, tta=meta.get(TTA_KEY, ""), sha256=sha,

@@ -246,10 +246,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{manifest.engine_bytes / 2**20:>7.1f}  {manifest.gpu_name}, {manifest.built_at} "
                   f"in {manifest.build_seconds:.0f} s")
         return 0
-    from models.classifier import file_digest
+    from fervid.files import sha256_file
 
     if args.model and not args.model.is_file():
         raise FervidError(f"model {args.model} not found", code="not_found")
-    removed = cache.clear(file_digest(args.model) if args.model else None)
+    removed = cache.clear(sha256_file(args.model) if args.model else None)
     print(f"removed {removed} engine(s) from {cache.directory}")
     return 0

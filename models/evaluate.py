@@ -21,9 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fervid.errors import FervidError
+from fervid.files import sha256_file
 from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier, preprocess_faces, read_model_spec
-from models.fer2013 import DEFAULT_DATA_PATH, Split, file_sha256, load_split
+from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
 from models.metrics import ClassificationMetrics, classification_metrics, plot_confusion
 
 EVAL_SPLITS = ("public", "private")  # `train` is for fitting and calibration only
@@ -170,7 +171,7 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
         predict, info = checkpoint_predictor(checkpoint, batch_size)
     results = evaluate_splits(predict, loaded, tta_modes, out_dir)
     report: dict[str, Any] = {
-        "model": info, "data": {"path": str(data_path), "sha256": file_sha256(data_path)},
+        "model": info, "data": {"path": str(data_path), "sha256": sha256_file(data_path)},
         "limit": limit or None, "splits": _metrics_json(results), "reference": REFERENCE,
     }
     table = {"torch" if checkpoint is not None else "onnx": results}

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor
 
 from fervid.errors import FervidError
+from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.classifier import (
     LABELS_KEY,
@@ -36,7 +37,7 @@ from models.classifier import (
     VERSION_KEY,
     Preprocess,
 )
-from models.fer2013 import DEFAULT_DATA_PATH, file_sha256, load_split
+from models.fer2013 import DEFAULT_DATA_PATH, load_split
 from models.network import EmotionResNet50
 from models.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
 
@@ -126,7 +127,7 @@ def _training_data_sha(checkpoint: Checkpoint, data_path: Path | None) -> str:
         recorded = json.loads(history.read_text()).get("data_sha256")
         if recorded:
             return str(recorded)
-    return file_sha256(data_path) if data_path is not None else "unknown"
+    return sha256_file(data_path) if data_path is not None else "unknown"
 
 
 def _to_onnx(network: EmotionResNet50, input_size: int) -> onnx.ModelProto:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +36,3 @@ def load_split(path: Path, name: str) -> Split:
     if faces.ndim != 3 or labels.min() < 0 or labels.max() >= len(EMOTIONS):
         raise ValueError(f"{path}: split {name!r} is not (N, H, W) faces with labels 0..{len(EMOTIONS) - 1}")
     return Split(name, faces, labels)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

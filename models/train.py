@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
-from models.fer2013 import DEFAULT_DATA_PATH, Split, file_sha256, load_split
+from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
 from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
 
 # Grey-level normalisation, written into the exported model's preprocess metadata.
@@ -197,7 +198,7 @@ def train(config: TrainConfig) -> Path:
         config.history = state["config"].get("history", [])
         print(f"resumed from {last_path} after epoch {state['epoch'] + 1}", flush=True)
 
-    data_sha = file_sha256(config.data)
+    data_sha = sha256_file(config.data)
     faces = torch.from_numpy(train_split.faces).unsqueeze(1)
     labels = torch.from_numpy(train_split.labels)
     for epoch in range(start_epoch, config.epochs):

@@ -200,11 +200,11 @@ def build_engine(model_path: Path, precision: str, profile: BatchProfile) -> byt
 def cached_engine(model_path: Path, precision: str, profile: BatchProfile, cache: EngineCache | None = None,
                   allocator: CudaAllocator | None = None) -> tuple[bytes, EngineKey]:
     """The engine for this model on this GPU: loaded from the cache, or built once and cached."""
-    from models.classifier import file_digest
+    from fervid.files import sha256_file
 
     trt = import_tensorrt()
     device = (allocator or process_allocator()).device_info()
-    key = EngineKey(file_digest(model_path), str(trt.__version__), device.compute_capability, precision, profile)
+    key = EngineKey(sha256_file(model_path), str(trt.__version__), device.compute_capability, precision, profile)
     cache = cache or default_cache()
     engine = cache.get_or_build(key, device, lambda: build_engine(model_path, precision, profile), model_path)
     return engine, key

@@ -132,11 +132,11 @@ def test_engines_list_and_clear(fervid_env: pytest.MonkeyPatch, tmp_path: Path, 
                                 capsys: pytest.CaptureFixture[str]) -> None:
     # given two cached engines of two models in the configured cache
     from fervid.cli import main
+    from fervid.files import sha256_file
     from fervid.settings import get_settings
-    from models.classifier import file_digest
 
     cache = EngineCache(get_settings().engine_cache_dir)
-    tiny_key = dataclasses.replace(KEY, model_sha256=file_digest(tiny_model_path))
+    tiny_key = dataclasses.replace(KEY, model_sha256=sha256_file(tiny_model_path))
     for key in (KEY, tiny_key):
         cache.get_or_build(key, DEVICE, counting_build(tmp_path / "log"))
 

@@ -12,6 +12,7 @@ from onnx import TensorProto
 
 import models.export
 from fervid.cli import main as fervid_main
+from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.classifier import read_model_spec
 from models.export import (
@@ -162,7 +163,7 @@ def test_export_verifies_on_real_faces_and_records_the_data_hash(
     # then the check ran on PublicTest faces and the file's hash is recorded
     assert "PublicTest faces" in capsys.readouterr().out
     meta = {prop.key: prop.value for prop in onnx.load(str(out)).metadata_props}
-    assert meta["fervid.data_sha256"] == models.fer2013.file_sha256(data)
+    assert meta["fervid.data_sha256"] == sha256_file(data)
 
 
 def test_an_export_that_drifts_from_pytorch_is_refused_and_not_written(
