@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.conftest import ServiceEnv, wait_for
+from tests.media_factory import mdat_range, write_audio, write_png_bomb, write_video
 
 pytestmark = pytest.mark.integration
 
@@ -121,17 +121,6 @@ def test_an_image_is_one_frame(service_env: ServiceEnv, client: TestClient, shar
     assert item["frame_index"] == 0 and item["timestamp_ms"] == 0 and len(item["faces"]) == 1
 
 
-def png_bomb(path: Path, side: int = 100_000) -> Path:
-    """A tiny PNG whose header declares side x side pixels: decoding it would need ~10 GB."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit greyscale
-    rows = zlib.compress(b"\0" * (side + 1) * 64)  # a few rows; the rest is never reached
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-    return path
-
-
 def test_bad_inputs_fail_cleanly_and_the_worker_keeps_serving(
     service_env: ServiceEnv, client: TestClient, shared_dir: Path, tmp_path: Path
 ) -> None:
@@ -144,9 +133,16 @@ def test_bad_inputs_fail_cleanly_and_the_worker_keeps_serving(
     clip = (shared_dir / "media" / "single_face.mp4").read_bytes()
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(clip[: len(clip) // 3])
-    bomb = png_bomb(tmp_path / "bomb.png")
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    audio = write_audio(tmp_path / "voice.m4a")
+    damaged = write_video(tmp_path / "damaged.mp4", frame_count=72, gop=12)
+    start, end = mdat_range(damaged)
+    data = bytearray(damaged.read_bytes())
+    data[start + (end - start) * 2 // 5 : start + (end - start) * 3 // 5] = os.urandom((end - start) // 5)
+    damaged.write_bytes(bytes(data))
     expected = {text: {"unsupported_media"}, noise: {"unsupported_media"}, bomb: {"media_too_large"},
-                truncated: {"decode_error", "empty_media", None}}  # None: succeeded on the frames that decode
+                audio: {"unsupported_media"}, truncated: {"decode_error"},
+                damaged: {None}}  # None: succeeded on the frames that decode, with a warning
     # when each is submitted
     jobs = {path: submit_file(client, path) for path in expected}
     # then each ends with its code and a message a person can read
@@ -156,6 +152,9 @@ def test_bad_inputs_fail_cleanly_and_the_worker_keeps_serving(
         assert code in expected[path], (path.name, job)
         if job["error"]:
             assert job["status"] == "failed" and len(job["error"]["message"]) > 10
+        else:
+            assert job["status"] == "succeeded" and len(job["warnings"]) == 1, job
+            assert 0 < job["progress"]["frames_done"] < job["progress"]["frames_total"]
     # and the same worker process still analyses a good clip
     good = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "single_face.mp4"))
     assert good["status"] == "succeeded"
