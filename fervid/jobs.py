@@ -84,7 +84,7 @@ def enqueue_job(session: Session, job: Job) -> bool:
     """Sends the job's prepare task (only ever after its row committed) and records when; False if the broker
     is unreachable."""
     try:
-        send_prepare(job.id)
+        send_prepare(job.id, job.queue)
     except Exception:  # any broker failure: the reaper re-sends jobs whose enqueued_at is NULL
         log.exception("job %s: could not enqueue; it stays queued for the reaper to send", job.id)
         return False

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fervid.labels import EMOTIONS
+from fervid.settings import get_settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -66,6 +67,8 @@ class Job(Base):
     sample_fps: Mapped[float] = mapped_column(Float)
     client_request_token: Mapped[str | None] = mapped_column(String(128))
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # The Celery queue its tasks go to: the submitting process's FERVID_QUEUE.
+    queue: Mapped[str] = mapped_column(String(64), default=lambda: get_settings().queue, server_default="cpu")
 
     media_kind: Mapped[str | None] = mapped_column(String(8))  # video | image
     duration_ms: Mapped[float | None] = mapped_column(Float)

@@ -70,16 +70,26 @@ def reap_once(now: datetime | None = None) -> ReapReport:
             .values(enqueued_at=now)
             .returning(Job.id).execution_options(synchronize_session=False)
         ).all()
+    queues = _queues({job_id for job_id, _ in [*stale, *lost]} | set(queued))
     for job_id, index in [*stale, *lost]:
-        send_segment(job_id, index)
+        send_segment(job_id, index, queues.get(job_id))
     for job_id in queued:
-        send_prepare(job_id)
+        send_prepare(job_id, queues.get(job_id))
     finished = 0
     for job_id in _complete_running_jobs():
         if finish_job_if_complete(job_id):
             finished += 1
             notify_finished(job_id)
     return ReapReport(len(stale), len(lost), len(queued), finished)
+
+
+def _queues(job_ids: set[str]) -> dict[str, str]:
+    """Each job's own queue, so a GPU job's work is re-sent to the GPU queue whichever worker reaps it."""
+    if not job_ids:
+        return {}
+    with session_scope() as session:
+        return {job_id: queue for job_id, queue in session.execute(select(Job.id, Job.queue)
+                                                                   .where(Job.id.in_(job_ids)))}
 
 
 def _complete_running_jobs() -> list[str]:

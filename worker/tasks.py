@@ -57,8 +57,9 @@ def prepare_job(self: Task, job_id: str) -> None:
         notify_finished(job_id)  # only a failed (or vanished) job gets here without segments
         return
     store.mark_enqueued(job_id, indices)
+    job = pipeline.load_job(job_id)
     for index in indices:
-        send_segment(job_id, index)
+        send_segment(job_id, index, job.queue if job else None)
 
 
 @app.task(name=SEGMENT_TASK, bind=True, **RETRY)

@@ -185,3 +185,20 @@ def test_reaper_thread_survives_a_database_outage(queue: str, redis_url: str, da
         stop.set()
     assert sent(redis_url, queue) == [(SEGMENT_TASK, [job_id, 0])]
     wait_for(lambda: "re-sent 1 stale" in caplog.text, timeout=30)
+
+
+def test_reaper_resends_to_the_queue_of_each_job(queue: str, redis_url: str) -> None:
+    # given a stale segment of a job that was submitted to another queue (e.g. the gpu one)
+    other_queue = f"{queue}-gpu"
+    job_id, _ = started_job(segments=1)
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(queue=other_queue))
+    set_segment(job_id, 0, status=SegmentStatus.running, heartbeat_at=datetime.now(UTC) - LONG_AGO)
+    try:
+        # when the reaper (whose own queue is `queue`) runs
+        reap_once()
+        # then the segment went to the job's queue, not the reaper's
+        assert sent(redis_url, other_queue) == [(SEGMENT_TASK, [job_id, 0])]
+        assert sent(redis_url, queue) == []
+    finally:
+        redis.Redis.from_url(redis_url).delete(other_queue)
