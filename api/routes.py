@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import anyio
 import redis
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -43,6 +43,7 @@ from fervid.errors import EMPTY_MEDIA, FervidError, InvalidRequest, MediaError
 from fervid.settings import get_settings
 from fervid.storage import get_storage
 from fervid.tables import Job
+from fervid.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,9 @@ def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
 
 @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
          responses={404: ERRORS[404], 409: {"model": ErrorBody, "description": "the job already finished"}})
-def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, background: BackgroundTasks) -> JobOut:
     job = jobs.cancel_job(session, jobs.get_job(session, tenant, job_id))
+    background.add_task(notify_finished, job.id)  # runs after the response, so after the commit
     return _job_out(session, job)
 
 

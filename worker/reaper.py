@@ -17,8 +17,8 @@ from fervid.db import session_scope
 from fervid.queue import send_prepare, send_segment
 from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+from fervid.webhooks import notify_finished
 from worker.store import finish_job_if_complete
-from worker.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
 from fervid.settings import get_settings
+from fervid.webhooks import notify_finished
 from worker import pipeline, store
 from worker.reaper import start_reaper_thread
-from worker.webhooks import notify_finished
 
 log = logging.getLogger(__name__)
 app = celery_app()

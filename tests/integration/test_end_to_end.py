@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +162,44 @@ def test_bad_inputs_fail_cleanly_and_the_worker_keeps_serving(
     good = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "single_face.mp4"))
     assert good["status"] == "succeeded"
     assert worker.poll() is None
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+def test_webhooks_announce_success_and_cancellation(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path
+) -> None:
+    # given a receiver, and a job submitted with it while no worker runs yet
+    receiver = WebhookReceiver()
+    try:
+        cancelled = submit_file(client, shared_dir / "media" / "single_face.jpg", webhook_url=receiver.url)
+        # when that job is cancelled, and another one runs to completion
+        assert client.post(f"/v1/jobs/{cancelled}/cancel", headers=ALICE).json()["status"] == "cancelled"
+        service_env.start_worker()
+        done = submit_file(client, shared_dir / "media" / "single_face.jpg", webhook_url=receiver.url)
+        wait_finished(client, service_env, done)
+        # then the receiver heard about both, with their final status
+        wait_for(lambda: len(receiver.received) >= 2, 30, describe=service_env.worker_logs)
+        assert {(body["job_id"], body["status"]) for body in receiver.received} == {
+            (cancelled, "cancelled"), (done, "succeeded")}
+    finally:
+        receiver.server.shutdown()
