@@ -32,6 +32,12 @@ def _check_uri(value: str, schemes: tuple[str, ...], what: str) -> str:
         raise ValueError(f"{what} {value!r} names no file path")
     if parsed.scheme.lower() != "file" and not parsed.netloc:
         raise ValueError(f"{what} {value!r} names no host or bucket")
+    try:
+        parsed.port  # noqa: B018 - raises for a port that is not a number in 0..65535
+    except ValueError as error:
+        raise ValueError(f"{what} {value!r} has an invalid port") from error
+    if any(char.isspace() or not char.isprintable() for char in parsed.netloc):
+        raise ValueError(f"{what} {value!r} has spaces or control characters in its host")
     return value
 
 

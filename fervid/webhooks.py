@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import time
@@ -31,7 +32,10 @@ def notify_finished(job_id: str) -> bool:
             with urllib.request.urlopen(request, timeout=get_settings().webhook_timeout_s) as response:  # noqa: S310
                 if response.status < 300:
                     return True
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:  # refused, timed out, 4xx/5xx, garbled reply
             log.info("webhook for job %s to %s failed (attempt %d): %s", job_id, url, attempt + 1, error)
+        except ValueError as error:  # a URL urllib cannot send to (e.g. a non-numeric port): retrying cannot help
+            log.warning("webhook for job %s not sent: %s is not a usable URL (%s)", job_id, url, error)
+            return False
         time.sleep(2**attempt)
     return False

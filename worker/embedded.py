@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import uuid
@@ -32,8 +33,8 @@ SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> str:
     """Runs one file through the whole pipeline in this process; returns the job id (succeeded or failed)."""
-    if sample_fps <= 0:
-        raise InvalidRequest(f"--fps must be > 0, not {sample_fps}")
+    if not (sample_fps > 0 and math.isfinite(sample_fps)):  # nan and inf too: `float` parses both
+        raise InvalidRequest(f"--fps must be a number > 0, not {sample_fps}")
     if not path.is_file():
         raise InvalidRequest(f"{path} does not exist or is not a file")
     settings = get_settings()

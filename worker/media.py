@@ -194,7 +194,8 @@ def _open_still(path: Path) -> Image.Image | None:
         return None
     except PIL_ERRORS:
         return None  # not readable as an image: PyAV gets its turn and names the problem
-    if getattr(image, "is_animated", False) or image.format == "MPEG":
+    # MPO (phone JPEGs carrying a gain map or depth image) is a photo: Pillow reads its primary image.
+    if (getattr(image, "is_animated", False) and image.format != "MPO") or image.format == "MPEG":
         image.close()
         return None
     width, height = image.size
@@ -215,7 +216,11 @@ def _decode_still(image: Image.Image) -> NDArray[np.uint8]:
     try:
         with py_warnings.catch_warnings():
             py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            upright = ImageOps.exif_transpose(image).convert("RGB")
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode.startswith("I;16"):
+                # Pillow's convert() clips 16-bit grey at 255 (a white frame); keep the high byte instead.
+                upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
+            upright = upright.convert("RGB")
     except PIL_ERRORS as error:
         raise MediaError(DECODE_ERROR, f"the image could not be decoded ({error}); the file is damaged or "
                                        "truncated") from error

@@ -155,7 +155,8 @@ def prepare_job(job_id: str, model: store.ModelInfo) -> list[int]:
 
 def process_segment(job_id: str, index: int, analyzer: Analyzer,
                     on_frames: Callable[[int], None] | None = None) -> bool:
-    """Analyzes and stores one segment; returns True when this call completed the job.
+    """Analyzes and stores one segment; returns True when this call ended the job (completed it, or failed it for
+    bad media), so the caller sends its webhook.
 
     `on_frames(frames_done)` reports this segment's progress (the CLI's progress bar)."""
     rows = store.claim_segment(job_id, index, worker_name())
@@ -177,8 +178,7 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
         with local_copy(job.source_uri) as path:
             records = analyzer.analyze(decode_planned(path, plan, warnings), on_progress)
     except MediaError as error:
-        store.fail_job(job_id, error.code, error.message)
-        return False
+        return store.fail_job(job_id, error.code, error.message)
     if len(records) < len(plan) and not store.heartbeat(job_id, index, len(records)):
         return False  # stopped early: cancelled, deleted or taken over
     if not store.store_segment(job_id, index, records, warnings):

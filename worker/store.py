@@ -130,14 +130,17 @@ def start_job(job_id: str, media: dict[str, Any], segment_plans: list[list[list[
         return open_indices
 
 
-def fail_job(job_id: str, code: str, message: str) -> None:
-    """Ends a queued or running job as failed with an error code; its unfinished segments are cancelled."""
+def fail_job(job_id: str, code: str, message: str) -> bool:
+    """Ends a queued or running job as failed with an error code; its unfinished segments are cancelled.
+
+    True when this call ended the job (False: it had already ended, or is gone)."""
     with session_scope() as session:
         failed = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
             status=JobStatus.failed, error_code=code, error_message=message, finished_at=_now()))
         if failed:
             session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
                             .values(status=SegmentStatus.cancelled))
+        return failed == 1
 
 
 def claim_segment(job_id: str, index: int, worker: str) -> list[list[Any]] | None:

@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -374,3 +375,21 @@ def test_mark_enqueued_records_when_segments_were_sent(database: str) -> None:
         sent = session.execute(select(Segment.index, Segment.enqueued_at.is_not(None)).where(Segment.job_id == job_id)
                                .order_by(Segment.index)).all()
     assert [tuple(row) for row in sent] == [(0, True), (1, False), (2, True)]
+
+
+def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
+    database: str, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path
+) -> None:
+    # given a running job whose media vanished after it was planned
+    from fervid.settings import get_settings
+    from worker import pipeline
+
+    fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
+    get_settings.cache_clear()
+    job_id, _ = started_job(segments=2)
+    # when a worker processes one of its segments
+    ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()))
+    # then that call ended the job (so the task sends the job's webhook), failed with the reason
+    job = load_job(job_id)
+    assert ended is True and (job.status, job.error_code) == (JobStatus.failed, "source_unavailable")
+    assert store.fail_job(job_id, "internal_error", "late") is False

@@ -144,6 +144,38 @@ def test_jpeg_exif_orientation_is_applied(tmp_path: Path, orientation: int, rota
     assert frames[0][1].shape == (HEIGHT, WIDTH, 3) and read_index(frames[0][1]) == 7
 
 
+def test_a_multi_picture_jpeg_is_a_photo_not_a_video(tmp_path: Path) -> None:
+    # given a phone-style MPO JPEG (a primary image plus a second picture) with an EXIF turn
+    from PIL import ExifTags, Image
+
+    still = write_still(tmp_path / "plain.jpg", exif_orientation=6)
+    with Image.open(still) as plain:
+        primary, exif = plain.copy(), plain.getexif()
+    mpo = tmp_path / "photo.jpg"
+    primary.save(mpo, format="MPO", save_all=True, append_images=[primary], exif=exif, quality=95)
+    assert exif[ExifTags.Base.Orientation] == 6
+    # when probed and decoded
+    info, plan = probe(mpo, 5)
+    frames, _ = decode_all(mpo, plan)
+    # then it is one upright image, as for a plain JPEG
+    assert (info.kind, info.fps, info.duration_ms, info.width, info.height) == ("image", None, 0.0, WIDTH, HEIGHT)
+    assert len(frames) == 1 and read_index(frames[0][1]) == 7
+
+
+def test_a_16_bit_grey_png_keeps_its_tones(tmp_path: Path) -> None:
+    # given a 16-bit greyscale PNG at 30000 / 65535 (about 46 % grey)
+    from PIL import Image
+
+    still = tmp_path / "grey16.png"
+    Image.fromarray(np.full((HEIGHT, WIDTH), 30000, dtype=np.uint16)).save(still)
+    # when probed and decoded
+    info, plan = probe(still, 5)
+    frames, _ = decode_all(still, plan)
+    # then the frame is that grey, not clipped to white
+    assert info.kind == "image" and frames[0][1].shape == (HEIGHT, WIDTH, 3)
+    assert np.all(frames[0][1] == 30000 >> 8)
+
+
 def test_shared_still_decodes_as_one_bgr_frame(shared_dir: Path) -> None:
     # given a real JPEG
     still = shared_dir / "media" / "messi5.jpg"

@@ -94,6 +94,16 @@ def test_a_webhook_must_be_http() -> None:
     assert JobOptions(webhook_url="https://hooks.example/x").webhook_url == "https://hooks.example/x"
 
 
+@pytest.mark.parametrize("url", ["http://hooks.example:abc/x", "https://hooks.example:99999/x",
+                                 "http://hooks example/x"])
+def test_a_webhook_urllib_cannot_send_to_is_refused_at_submission(url: str) -> None:
+    # given a webhook URL that parses but that no request can be sent to
+    # when / then it is refused now, not silently dropped when the job finishes
+    with pytest.raises(ValidationError, match="webhook_url"):
+        JobOptions(webhook_url=url)
+    assert JobOptions(webhook_url="http://hooks.example:8080/x").webhook_url == "http://hooks.example:8080/x"
+
+
 def test_an_unknown_option_is_refused_rather_than_ignored() -> None:
     # given a typo for sample_fps
     # when / then
