@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
     max_duration_s: float = 6 * 3600
     max_download_mb: int = 4096  # for http(s) source URIs
+    download_cache_dir: Path = CACHE_DIR / "downloads"  # remote media kept while a worker processes its segments
+    download_cache_mb: int = 20480
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
     # Empty: file:// is refused, so no tenant can make a worker read its local files.
     file_uri_roots: str = ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import tempfile
 import urllib.request
@@ -10,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 from urllib.parse import unquote, urlparse
+
+from filelock import FileLock
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
 from fervid.settings import get_settings
@@ -100,9 +104,47 @@ def get_storage() -> Storage:
     return storage_from_url(get_settings().storage_url)
 
 
+def _download(uri: str, target: BinaryIO) -> None:
+    parsed = urlparse(uri)
+    try:
+        if parsed.scheme == "s3":
+            import boto3
+
+            boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), target)
+        elif parsed.scheme in ("http", "https"):
+            limit = get_settings().max_download_mb << 20
+            with urllib.request.urlopen(uri, timeout=30) as response:  # noqa: S310 - scheme checked above
+                _copy_limited(response, target, limit)
+        else:
+            raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
+                             "use file://, s3:// or http(s)://")
+    except PayloadTooLarge as error:
+        raise MediaError(MEDIA_TOO_LARGE, error.message) from error
+    except MediaError:
+        raise
+    except Exception as error:  # network and S3 failures all mean the same thing to the user
+        raise MediaError(SOURCE_UNAVAILABLE, f"could not read {uri}: {error}") from error
+
+
+def _prune_downloads(directory: Path, max_bytes: int, keep: Path) -> None:
+    """Drops the least recently used downloads until the cache fits its budget."""
+    entries = sorted((p for p in directory.iterdir() if p.suffix not in (".lock", ".part") and p != keep),
+                     key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in entries) + (keep.stat().st_size if keep.exists() else 0)
+    for entry in entries:
+        if total <= max_bytes:
+            return
+        total -= entry.stat().st_size
+        entry.unlink(missing_ok=True)
+
+
 @contextmanager
-def local_copy(uri: str) -> Iterator[Path]:
-    """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://."""
+def local_copy(uri: str, cache_key: str | None = None) -> Iterator[Path]:
+    """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://.
+
+    Remote sources are downloaded; with a `cache_key` (the job id) the download is kept in this machine's
+    download cache, so the segments of one job that land on one worker fetch the media once.
+    """
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
@@ -111,24 +153,26 @@ def local_copy(uri: str) -> Iterator[Path]:
         yield path
         return
     suffix = Path(parsed.path).suffix[:16]
-    with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
-        try:
-            if parsed.scheme == "s3":
-                import boto3
-
-                boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), spool)
-            elif parsed.scheme in ("http", "https"):
-                limit = get_settings().max_download_mb << 20
-                with urllib.request.urlopen(uri, timeout=30) as response:  # noqa: S310 - scheme checked above
-                    _copy_limited(response, cast(BinaryIO, spool), limit)
-            else:
-                raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
-                                 "use file://, s3:// or http(s)://")
-        except PayloadTooLarge as error:
-            raise MediaError(MEDIA_TOO_LARGE, error.message) from error
-        except MediaError:
-            raise
-        except Exception as error:  # network and S3 failures all mean the same thing to the user
-            raise MediaError(SOURCE_UNAVAILABLE, f"could not read {uri}: {error}") from error
-        spool.flush()
-        yield Path(spool.name)
+    if cache_key is None:
+        with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
+            _download(uri, cast(BinaryIO, spool))
+            spool.flush()
+            yield Path(spool.name)
+        return
+    settings = get_settings()
+    directory = settings.download_cache_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(f"{cache_key}\n{uri}".encode()).hexdigest()[:32] + suffix
+    target = directory / name
+    with FileLock(str(directory / f"{name}.lock")):  # workers on one machine download a job's media once
+        if not target.exists():
+            partial = directory / f"{name}.part"
+            try:
+                with partial.open("wb") as stream:
+                    _download(uri, stream)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+        os.utime(target)  # recently used: pruned last
+    _prune_downloads(directory, settings.download_cache_mb << 20, keep=target)
+    yield target

@@ -37,5 +37,6 @@ def notify_finished(job_id: str) -> bool:
         except ValueError as error:  # a URL urllib cannot send to (e.g. a non-numeric port): retrying cannot help
             log.warning("webhook for job %s not sent: %s is not a usable URL (%s)", job_id, url, error)
             return False
-        time.sleep(2**attempt)
+        if attempt + 1 < ATTEMPTS:
+            time.sleep(2**attempt)
     return False

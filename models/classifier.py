@@ -101,11 +101,12 @@ def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], margin: 
     x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     x1, y1 = x0 + max(1, int(round(side))), y0 + max(1, int(round(side)))
     frame_h, frame_w = frame.shape[:2]
-    pad = max(0, -x0, -y0, x1 - frame_w, y1 - frame_h)
-    if pad:
-        frame = np.asarray(cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE), dtype=np.uint8)
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    return frame[y0:y1, x0:x1]
+    inside = frame[max(0, y0) : min(frame_h, y1), max(0, x0) : min(frame_w, x1)]
+    top, left, bottom, right = max(0, -y0), max(0, -x0), max(0, y1 - frame_h), max(0, x1 - frame_w)
+    if top or left or bottom or right:
+        # Only the crop is padded, and it is a copy: pending crops never keep whole frames alive.
+        return np.asarray(cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_REPLICATE), dtype=np.uint8)
+    return inside.copy()
 
 
 def preprocess_faces(crops: list[NDArray[np.uint8]], spec: Preprocess) -> NDArray[np.float32]:

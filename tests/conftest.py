@@ -105,6 +105,7 @@ def fervid_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pyte
     monkeypatch.setenv("FERVID_STORAGE_URL", (tmp_path / "storage").as_uri())
     monkeypatch.setenv("FERVID_MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
     monkeypatch.setenv("FERVID_ENGINE_CACHE_DIR", str(tmp_path / "engine-cache"))
+    monkeypatch.setenv("FERVID_DOWNLOAD_CACHE_DIR", str(tmp_path / "download-cache"))
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()

@@ -21,7 +21,7 @@ from fervid.db import session_scope
 from fervid.errors import MediaError
 from fervid.settings import Settings, get_settings
 from fervid.storage import local_copy
-from fervid.tables import Job
+from fervid.tables import Job, JobStatus
 from models.backends import select_backend
 from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, crop_face, read_model_spec
 from models.detectors import FaceDetector, load_detector
@@ -144,7 +144,7 @@ def prepare_job(job_id: str, model: store.ModelInfo) -> list[int]:
     if job is None:
         return []
     try:
-        with local_copy(job.source_uri) as path:
+        with local_copy(job.source_uri, cache_key=job_id) as path:
             media, segments = media_fields(path, job)
     except MediaError as error:
         log.info("job %s failed: %s: %s", job_id, error.code, error.message)
@@ -159,14 +159,9 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
     bad media), so the caller sends its webhook.
 
     `on_frames(frames_done)` reports this segment's progress (the CLI's progress bar)."""
-    rows = store.claim_segment(job_id, index, worker_name())
-    if rows is None:
-        # Already done (a redelivery): finish the job here in case the worker that stored it died before finishing.
-        return store.finish_job_if_complete(job_id)
     job = load_job(job_id)
-    if job is None:
+    if job is None or job.status != JobStatus.running:
         return False
-    plan = from_plan_rows(rows)
     warnings: list[str] = []
 
     def on_progress(frames_done: int) -> bool:
@@ -175,7 +170,13 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
         return store.heartbeat(job_id, index, frames_done)
 
     try:
-        with local_copy(job.source_uri) as path:
+        # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
+        with local_copy(job.source_uri, cache_key=job_id) as path:
+            rows = store.claim_segment(job_id, index, worker_name())
+            if rows is None:
+                # Done already (a redelivery): finish the job in case the worker that stored it died first.
+                return store.finish_job_if_complete(job_id)
+            plan = from_plan_rows(rows)
             records = analyzer.analyze(decode_planned(path, plan, warnings), on_progress)
     except MediaError as error:
         return store.fail_job(job_id, error.code, error.message)

@@ -66,6 +66,7 @@ def service_env(pg_url: str, redis_url: str, yunet_path: Path, tmp_path: Path,
         "FERVID_MODEL_PATH": str(build_tiny_classifier(tmp_path / "tiny.onnx", size=24)),
         "FERVID_MODEL_CACHE_DIR": str(tmp_path / "model-cache"),
         "FERVID_ENGINE_CACHE_DIR": str(tmp_path / "engine-cache"),
+        "FERVID_DOWNLOAD_CACHE_DIR": str(tmp_path / "download-cache"),
         "FERVID_REAPER_INTERVAL_S": "1",
         "FERVID_TEST_LOG_DIR": str(log_dir),
     }

@@ -77,3 +77,17 @@ def test_exported_model_through_the_runtime_matches_training_evaluation(shared_d
 
         # then the probabilities agree
         assert np.abs(runtime - training).max() < 1e-3
+
+
+def test_face_crops_are_copies_and_edge_crops_are_padded_not_shifted() -> None:
+    from models.classifier import crop_face
+
+    # given a frame whose pixels encode their column, and a face touching its left edge
+    frame = np.tile(np.arange(100, dtype=np.uint8), (80, 1))[..., None].repeat(3, axis=2)
+    # when the face is cropped with a margin
+    crop = crop_face(frame, (0, 20, 40, 40), margin=0.25)
+    inner = crop_face(frame, (40, 20, 20, 20), margin=0.0)
+    # then the crop is square, owns its memory, and the missing left part replicates column 0
+    assert crop.shape[:2] == (60, 60) and crop.base is None and inner.base is None
+    assert (crop[:, :10, 0] == 0).all() and crop[0, 10, 0] == 0 and crop[0, 30, 0] == 20
+    assert inner[0, 0, 0] == 40 and inner[0, -1, 0] == 59

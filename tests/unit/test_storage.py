@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fervid.errors import MediaError
+from fervid.settings import get_settings
+from fervid.storage import local_copy
+
+
+class CountingServer:
+    """A real HTTP server on loopback that serves one payload and counts the downloads."""
+
+    def __init__(self, payload: bytes) -> None:
+        hits = self.hits = [0]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+                if not self.path.endswith(".mp4"):
+                    self.send_error(404)
+                    return
+                hits[0] += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def server() -> Iterator[CountingServer]:
+    running = CountingServer(b"x" * 4096)
+    yield running
+    running.server.shutdown()
+
+
+def test_a_job_downloads_its_media_once_per_machine(fervid_env: pytest.MonkeyPatch, server: CountingServer) -> None:
+    # given a remote source
+    uri = f"{server.base}/clip.mp4"
+    # when segments of one job read it three times, and another job once
+    for _ in range(3):
+        with local_copy(uri, cache_key="job-1") as path:
+            assert path.read_bytes() == b"x" * 4096
+    with local_copy(uri, cache_key="job-2") as path:
+        assert path.stat().st_size == 4096
+    # then job-1 fetched it once, job-2 once more
+    assert server.hits[0] == 2
+
+
+def test_the_download_cache_keeps_within_its_budget(fervid_env: pytest.MonkeyPatch, server: CountingServer) -> None:
+    # given a cache with room for about two downloads
+    fervid_env.setenv("FERVID_DOWNLOAD_CACHE_MB", "0")
+    get_settings.cache_clear()
+    # when several jobs download
+    for job in range(4):
+        with local_copy(f"{server.base}/clip.mp4", cache_key=f"job-{job}") as path:
+            assert path.exists()  # the file in use is never pruned
+    # then only the most recent download is kept
+    kept = [p for p in get_settings().download_cache_dir.iterdir() if p.suffix == ".mp4"]
+    assert len(kept) == 1
+
+
+def test_unreadable_sources_are_media_errors(fervid_env: pytest.MonkeyPatch, server: CountingServer,
+                                             tmp_path: Path) -> None:
+    for uri in (f"{server.base}/missing.txt", (tmp_path / "absent.mp4").as_uri(), "ftp://host/clip.mp4"):
+        with pytest.raises(MediaError) as failed, local_copy(uri, cache_key="job"):
+            pass
+        assert failed.value.code == "source_unavailable"
