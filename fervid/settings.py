@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path(platformdirs.user_data_dir("fervid"))
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
     # Empty: file:// is refused, so no tenant can make a worker read its local files.
     file_uri_roots: str = ""
-    segment_seconds: float = 30.0  # long videos split into segments that workers share
+    segment_seconds: float = Field(30.0, ge=1.0)  # long videos split into segments that workers share
     backend: str = "auto"  # auto | tensorrt | ort-cuda | ort-cpu | torch-cuda
     model_path: Path | None = None  # default: the ONNX shipped under models/
     detector_path: Path | None = None  # YuNet ONNX; default: looked up in the model cache, else Haar cascade

@@ -35,7 +35,8 @@ from worker import stitch
 ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
 OPEN_SEGMENT_STATUSES = (SegmentStatus.pending, SegmentStatus.running)
 # Provisional faces.track_id: -(segment_index * this + local_track + 1), negative so it never equals a global id.
-PROVISIONAL_TRACKS_PER_SEGMENT = 100_000
+# 10,000 fits the 32-bit column for 214,748 segments: more than a FERVID_MAX_DURATION_S of 6 h at 1 s segments.
+PROVISIONAL_TRACKS_PER_SEGMENT = 10_000
 FRAME_COLUMNS = ("job_id", "frame_index", "timestamp_ms", "segment_index")
 FACE_COLUMNS = ("job_id", "frame_index", "face_index", "segment_index", "local_track", "track_id", "x", "y", "w", "h",
                 "score", *EMOTIONS)
