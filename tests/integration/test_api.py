@@ -518,6 +518,7 @@ def test_readyz_names_what_is_down(api: Api, fervid_env: pytest.MonkeyPatch, dow
     assert error["message"].startswith(f"{down}:")
     checks = ready.json()["checks"]
     assert checks[down] != "ok" and [name for name, state in checks.items() if state == "ok"] != [down]
+    assert str(port) not in ready.text  # where the services live is not told to callers without a key
     assert health.status_code == 200
 
 
