@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     add(sub_parser)
     rest = argv[argv.index(name) + 1 :]
     args = sub_parser.parse_args(rest)
+    # One-shot file commands keep stderr for the progress bar and a one-line error; services log what they do.
+    quiet = name in ("analyze", "demo")
     logging.basicConfig(
-        level=logging.DEBUG if known.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if known.verbose else logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not known.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # every embedded run checks the schema

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,3 +27,33 @@ def test_a_sampling_rate_that_is_not_a_positive_number_exits_2(
     # then the command refuses it with one line naming --fps
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("fervid analyze: invalid_request: --fps") and "\n" not in err
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fervid.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_analyze_prints_the_timeline_and_exits_0_then_2_with_one_line_on_bad_input(
+    tmp_path: Path, tiny_model_path: Path, shared_dir: Path, yunet_path: Path
+) -> None:
+    # given the embedded defaults pointed at a scratch database, a tiny model and YuNet
+    env = {"FERVID_DATABASE_URL": f"sqlite:///{tmp_path / 'embedded.db'}", "FERVID_MODEL_PATH": str(tiny_model_path),
+           "FERVID_DETECTOR_PATH": str(yunet_path)}
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(bytes(range(256)) * 400)
+    # when a real clip and then a non-video are analysed
+    good = run_cli(["analyze", str(shared_dir / "media" / "single_face.mp4"), "--fps", "5"], env)
+    bad = run_cli(["analyze", str(noise)], env)
+    csv_out = tmp_path / "timeline.csv"
+    as_csv = run_cli(["analyze", str(shared_dir / "media" / "single_face.mp4"), "--format", "csv",
+                      "--out", str(csv_out), "--no-progress"], env)
+    # then the clip's JSON has every sampled frame with its face, and the non-video gets one line and exit 2
+    assert good.returncode == 0, good.stderr
+    report = json.loads(good.stdout)
+    assert report["job"]["status"] == "succeeded" and len(report["timeline"]) == 12
+    assert all(len(item["faces"]) == 1 for item in report["timeline"])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["fervid analyze: unsupported_media: the file is not a video or image "
+                                               "format that can be read"]
+    assert as_csv.returncode == 0 and len(csv_out.read_text().splitlines()) == 13  # header + 12 faces
