@@ -1,0 +1,88 @@
+"""The pipeline in process on real faces (YuNet, a tiny real ONNX classifier): rotation and many faces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from fervid.settings import get_settings
+from worker.media import decode_planned, probe
+from worker.pipeline import Analyzer, build_analyzer
+
+
+@pytest.fixture
+def analyzer(fervid_env: pytest.MonkeyPatch, tiny_model_path: Path, yunet_path: Path) -> Analyzer:
+    fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
+    fervid_env.setenv("FERVID_DETECTOR_PATH", str(yunet_path))
+    get_settings.cache_clear()
+    return build_analyzer(get_settings())
+
+
+def write_clip(path: Path, frames: list[np.ndarray], rotation_cw: int = 0) -> Path:
+    """H.264 clip of `frames`; with `rotation_cw`, frames are stored turned and a display matrix turns them back."""
+    turn = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
+    stored = [cv2.rotate(f, turn[rotation_cw]) if rotation_cw else f for f in frames]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = stored[0].shape[1], stored[0].shape[0], "yuv420p"
+        if rotation_cw:
+            stream.set_display_rotation(-rotation_cw)  # PyAV takes the counter-clockwise angle
+        for image in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+Face = tuple[int, tuple[int, int, int, int]]  # track id, box
+
+
+def analyze(analyzer: Analyzer, clip: Path, fps: float = 10) -> list[list[Face]]:
+    """(track id, box) of the faces of every sampled frame."""
+    _, plan = probe(clip, fps)
+    return [[(face.local_track, face.box) for face in record.faces]
+            for record in analyzer.analyze(decode_planned(clip, plan, []))]
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_a_phone_clip_stored_sideways_is_analysed_upright(
+    analyzer: Analyzer, shared_dir: Path, tmp_path: Path, rotation: int
+) -> None:
+    # given a real face stored sideways with a display matrix, as phones record portrait video
+    face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
+    frames = [np.roll(face, shift, axis=1) for shift in range(0, 40, 4)]
+    clip = write_clip(tmp_path / "portrait.mp4", frames, rotation_cw=rotation)
+    (upright,) = analyzer.detector.detect(frames[0])
+    # when it is analysed
+    info, _ = probe(clip, 10)
+    faces = analyze(analyzer, clip)
+    # then the frames are the upright ones: the same size, and the face where it is in the upright first frame
+    assert (info.width, info.height) == (face.shape[1], face.shape[0])
+    assert len(faces) == 10 and all([track for track, _ in frame] == [0] for frame in faces)
+    track, box = faces[0][0]
+    assert all(abs(a - b) <= 12 for a, b in zip(box, upright.box, strict=True)), (box, upright.box)
+
+
+def test_many_faces_each_keep_their_own_track(analyzer: Analyzer, shared_dir: Path, tmp_path: Path) -> None:
+    # given a crowd: the real face six times in a 3 x 2 grid, drifting right frame after frame
+    face = cv2.resize(cv2.imread(str(shared_dir / "media" / "single_face.jpg")), (180, 180))
+    grid = np.vstack([np.hstack([face] * 3)] * 2)
+    canvas = np.full((400, 640, 3), 90, np.uint8)
+    frames = []
+    for step in range(10):
+        frame = canvas.copy()
+        frame[20:380, 40 + 3 * step : 580 + 3 * step] = grid
+        frames.append(frame)
+    clip = write_clip(tmp_path / "crowd.mp4", frames)
+    # when it is analysed
+    faces = analyze(analyzer, clip)
+    # then every frame has the six faces, and each grid cell keeps its track id throughout
+    cells = [{(round((box[0] - 40 - 3 * step) / 180), round((box[1] - 20) / 180)): track for track, box in frame}
+             for step, frame in enumerate(faces)]
+    assert len(cells) == 10 and all(len(frame) == 6 for frame in faces)
+    assert all(cell == cells[0] for cell in cells) and sorted(cells[0].values()) == [0, 1, 2, 3, 4, 5]
