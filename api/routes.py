@@ -39,7 +39,7 @@ from api.schemas import (
 from api.uploads import read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
-from fervid.errors import EMPTY_MEDIA, FervidError, InvalidRequest, MediaError
+from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidRequest, MediaError
 from fervid.settings import get_settings
 from fervid.storage import get_storage
 from fervid.tables import Job
@@ -133,7 +133,7 @@ def check_file_uri_allowed(uri: str, roots_setting: str) -> None:
     roots = [Path(root.strip()).resolve() for root in roots_setting.split(",") if root.strip()]
     if not any(path == root or root in path.parents for root in roots):
         raise FervidError(f"file:// sources are only accepted under FERVID_FILE_URI_ROOTS ({roots_setting or 'unset'});"
-                          " upload the file or use s3:// or http(s)://", code="source_not_allowed", http_status=422)
+                          " upload the file or use s3:// or http(s)://", code=SOURCE_NOT_ALLOWED, http_status=422)
 
 
 @v1.post(

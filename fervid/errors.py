@@ -58,3 +58,4 @@ EMPTY_MEDIA = "empty_media"  # zero bytes, or a container with no frames
 MEDIA_TOO_LARGE = "media_too_large"  # frame pixels or duration past the limits (decompression bombs)
 DECODE_ERROR = "decode_error"  # a recognised container whose frames cannot be decoded
 SOURCE_UNAVAILABLE = "source_unavailable"  # the source URI cannot be read by the worker
+SOURCE_NOT_ALLOWED = "source_not_allowed"  # the source names a place workers may not read for tenants

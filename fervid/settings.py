@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 import platformdirs
 from pydantic import Field
@@ -29,7 +30,9 @@ class Settings(BaseSettings):
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
     # Empty: file:// is refused, so no tenant can make a worker read its local files.
     file_uri_roots: str = ""
-    segment_seconds: float = Field(30.0, ge=1.0)  # long videos split into segments that workers share
+    # http(s) sources and webhooks may reach loopback/private addresses only when this is set (development).
+    allow_private_urls: bool = False
+    segment_seconds: Annotated[float, Field(ge=1.0)] = 30.0  # long videos split into segments that workers share
     backend: str = "auto"  # auto | tensorrt | ort-cuda | ort-cpu | torch-cuda
     model_path: Path | None = None  # default: the ONNX shipped under models/
     detector_path: Path | None = None  # YuNet ONNX; default: looked up in the model cache, else Haar cascade

@@ -15,7 +15,8 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 
-from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
+from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
+from fervid.netpolicy import non_public_address
 from fervid.settings import get_settings
 
 CHUNK = 1 << 20
@@ -112,6 +113,9 @@ def _download(uri: str, target: BinaryIO) -> None:
 
             boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), target)
         elif parsed.scheme in ("http", "https"):
+            if (address := non_public_address(uri)) is not None:
+                raise MediaError(SOURCE_NOT_ALLOWED, f"{parsed.hostname} resolves to {address}, not a public address; "
+                                 "set FERVID_ALLOW_PRIVATE_URLS=true where workers may read the private network")
             limit = get_settings().max_download_mb << 20
             with urllib.request.urlopen(uri, timeout=30) as response:  # noqa: S310 - scheme checked above
                 _copy_limited(response, target, limit)

@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 from fervid.db import session_scope
+from fervid.netpolicy import non_public_address
 from fervid.settings import get_settings
 from fervid.tables import Job
 
@@ -25,6 +26,10 @@ def notify_finished(job_id: str) -> bool:
         url = job.webhook_url
         payload = {"job_id": job.id, "status": job.status,
                    "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None}
+    if (address := non_public_address(url)) is not None:
+        log.warning("webhook for job %s not sent: %s resolves to %s, not a public address "
+                    "(FERVID_ALLOW_PRIVATE_URLS)", job_id, url, address)
+        return False
     body = json.dumps(payload).encode()
     for attempt in range(ATTEMPTS):
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")

@@ -67,6 +67,7 @@ def service_env(pg_url: str, redis_url: str, yunet_path: Path, tmp_path: Path,
         "FERVID_MODEL_CACHE_DIR": str(tmp_path / "model-cache"),
         "FERVID_ENGINE_CACHE_DIR": str(tmp_path / "engine-cache"),
         "FERVID_DOWNLOAD_CACHE_DIR": str(tmp_path / "download-cache"),
+        "FERVID_ALLOW_PRIVATE_URLS": "true",  # the webhook receiver listens on loopback
         "FERVID_REAPER_INTERVAL_S": "1",
         "FERVID_TEST_LOG_DIR": str(log_dir),
     }
