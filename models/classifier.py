@@ -24,6 +24,7 @@ OUTPUT_KEY = "fervid.output"
 NAME_KEY = "fervid.name"
 VERSION_KEY = "fervid.version"
 TTA_KEY = "fervid.tta"  # "hflip": average with the mirrored face, as evaluated
+MEMBERS_KEY = "fervid.members"  # networks whose probabilities the graph averages (absent: 1)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ModelSpec:
     output: str  # probs | logits
     tta: str  # "" | "hflip"
     sha256: str
+    members: int = 1  # networks averaged inside the graph
 
 
 def read_model_spec(path: Path) -> ModelSpec:
@@ -94,6 +96,7 @@ def read_model_spec(path: Path) -> ModelSpec:
     return ModelSpec(
         path=path, name=meta.get(NAME_KEY, path.stem), version=meta.get(VERSION_KEY, sha[:12]), labels=labels,
         preprocess=Preprocess.from_json(meta[PREPROCESS_KEY]), output=output, tta=meta.get(TTA_KEY, ""), sha256=sha,
+        members=int(meta.get(MEMBERS_KEY, "1")),
     )
 
 

@@ -58,7 +58,7 @@ def onnx_predictor(model: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predic
         return classifier.classify(list(faces))
 
     info = {"kind": "onnx", "path": str(model), "name": spec.name, "version": spec.version, "sha256": spec.sha256,
-            "metadata_tta": spec.tta or "off", "backend": backend.name}
+            "metadata_tta": spec.tta or "off", "members": spec.members, "backend": backend.name}
     return predict, info
 
 

@@ -1,7 +1,10 @@
-"""`fervid export`: a training checkpoint -> the self-describing ONNX artifact the runtime loads.
+"""`fervid export`: training checkpoints -> the self-describing ONNX artifact the runtime loads.
 
 The graph takes preprocessed faces (batch, 1, S, S) named `faces` and returns softmax probabilities named `probs`.
-Initializer names equal the PyTorch state-dict keys (the torch-cuda backend loads weights by those names).
+Initializer names equal the PyTorch state-dict keys (the torch-cuda backend loads weights by those names). Given
+several checkpoints it exports their ensemble: one graph averaging the members' probabilities, member i's weights
+named `members.i.<key>`. A member may also be an earlier `fervid export` (single network), so a shipped model can
+join an ensemble after its training run is gone.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 from torch import Tensor
 
 from fervid.errors import FervidError
@@ -30,6 +33,7 @@ from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.classifier import (
     LABELS_KEY,
+    MEMBERS_KEY,
     NAME_KEY,
     OUTPUT_KEY,
     PREPROCESS_KEY,
@@ -40,16 +44,21 @@ from models.classifier import (
 from models.fer2013 import DEFAULT_DATA_PATH, load_split
 from models.network import EmotionResNet50
 from models.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
+from models.weight_storage import (
+    WEIGHT_FORMATS,
+    WEIGHTS_KEY,
+    WeightFormat,
+    WeightStorageError,
+    restore_fp32_weights,
+    store_weights,
+)
 
 MODEL_NAME = "fervid-resnet50-fer2013"
 OPSET = 17
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probs"
-FP32_SUFFIX = "__fp32"  # the Cast output that feeds consumers of an fp16-stored initializer
-WeightFormat = Literal["fp16", "fp32"]
-WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp16", "fp32")
-# Max |p_onnx - p_torch| accepted when verifying an export; fp16 storage rounds every weight.
-TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3}
+# Max |p_onnx - p_torch| accepted when verifying an export; fp16 and int8 storage round every weight.
+TOLERANCE: dict[WeightFormat, float] = {"fp32": 1e-3, "fp16": 5e-3, "int8-scaled": 5e-2}
 VERIFY_FACES = 64
 
 # Provenance written beside the runtime keys of models.classifier.
@@ -59,7 +68,7 @@ INPUT_SIZE_KEY = "fervid.input_size"
 DATA_SHA_KEY = "fervid.data_sha256"
 GIT_COMMIT_KEY = "fervid.git_commit"
 PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
-WEIGHTS_KEY = "fervid.weights"  # fp16 | fp32: how the initializers are stored (compute is fp32 either way)
+# An ensemble's provenance keys (init, epochs, public_acc) hold one comma-separated value per member.
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class Checkpoint:
     config: dict[str, Any]
     epoch: int  # zero-based epoch the checkpoint was saved after
     best_public: float
+    data_sha256: str | None = None  # known when the member is an earlier export, which records it
 
     @property
     def input_size(self) -> int:
@@ -76,9 +86,11 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Reads a `fervid train` checkpoint (best.pt / last.pt)."""
+    """Reads a `fervid train` checkpoint (best.pt / last.pt) or a single-network `fervid export` (.onnx)."""
     if not path.is_file():
         raise FervidError(f"checkpoint {path} not found; train one with `fervid train`", code="checkpoint_not_found")
+    if path.suffix == ".onnx":
+        return _load_exported(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for a torn or foreign file
@@ -88,6 +100,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
                           code="invalid_checkpoint")
     return Checkpoint(path=path, state_dict=state["network"], config=dict(state.get("config", {})),
                       epoch=int(state.get("epoch", -1)), best_public=float(state.get("best_public", float("nan"))))
+
+
+def _load_exported(path: Path) -> Checkpoint:
+    try:
+        model = restore_fp32_weights(onnx.load(str(path)))
+    except Exception as error:  # onnx raises protobuf's DecodeError and others for a foreign file
+        raise FervidError(f"{path} is not a readable ONNX model ({error})", code="invalid_checkpoint") from error
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if int(meta.get(MEMBERS_KEY, "1")) != 1 or meta.get(WEIGHTS_KEY) not in WEIGHT_FORMATS:
+        raise FervidError(f"{path} is not a single network exported by `fervid export` (an ensemble or a quantized "
+                          "model cannot be a member)", code="invalid_checkpoint")
+    weights = {init.name: init for init in model.graph.initializer}
+    state = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1).state_dict()
+    # BatchNorm's step counter is not exported and matters only in training: it keeps its fresh value.
+    missing = [key for key in state if key not in weights and not key.endswith("num_batches_tracked")]
+    if missing:
+        raise FervidError(f"{path} lacks {len(missing)} EmotionResNet50 weights (first: {', '.join(missing[:3])})",
+                          code="invalid_checkpoint")
+    for key in state:
+        if key in weights:
+            state[key] = torch.from_numpy(numpy_helper.to_array(weights[key]).copy())
+    config = {"init": meta.get(INIT_KEY, "unknown"), "input_size": int(meta.get(INPUT_SIZE_KEY, "64"))}
+    return Checkpoint(path=path, state_dict=state, config=config, epoch=int(meta.get(EPOCHS_KEY, "0")) - 1,
+                      best_public=float(meta.get(PUBLIC_ACC_KEY, "nan")), data_sha256=meta.get(DATA_SHA_KEY))
 
 
 def build_network(checkpoint: Checkpoint, network_type: type[EmotionResNet50] = EmotionResNet50) -> EmotionResNet50:
@@ -101,6 +137,17 @@ class _ProbabilityNetwork(EmotionResNet50):
     # A subclass rather than a wrapper module, so parameter names (and ONNX initializer names) stay unprefixed.
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(super().forward(x), dim=1)
+
+
+class _Ensemble(torch.nn.Module):
+    """The mean of the members' probabilities; parameters are named members.<i>.<key>."""
+
+    def __init__(self, members: list[EmotionResNet50]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
 def weights_digest(state_dict: dict[str, Tensor]) -> str:
@@ -122,6 +169,8 @@ def git_commit() -> str:
 
 def _training_data_sha(checkpoint: Checkpoint, data_path: Path | None) -> str:
     # history.json beside the checkpoint records the file training actually read; hashing --data is the fallback.
+    if checkpoint.data_sha256:
+        return checkpoint.data_sha256
     history = checkpoint.path.with_name("history.json")
     if history.is_file():
         recorded = json.loads(history.read_text()).get("data_sha256")
@@ -130,7 +179,7 @@ def _training_data_sha(checkpoint: Checkpoint, data_path: Path | None) -> str:
     return sha256_file(data_path) if data_path is not None else "unknown"
 
 
-def _to_onnx(network: EmotionResNet50, input_size: int) -> onnx.ModelProto:
+def _to_onnx(network: torch.nn.Module, input_size: int) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="fervid-export-") as work, warnings.catch_warnings():
         traced = Path(work) / "traced.onnx"
         # The TorchScript exporter is deprecated upstream but the dynamo one needs onnxscript, absent here.
@@ -154,61 +203,6 @@ def _to_onnx(network: EmotionResNet50, input_size: int) -> onnx.ModelProto:
     return model
 
 
-def store_weights_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Stores every float32 initializer as float16 (same name) followed by a Cast back to float32.
-
-    The file halves in size; ONNX Runtime folds the Casts at load time, so compute stays fp32.
-    """
-    graph = model.graph
-    casts = []
-    renamed: dict[str, str] = {}
-    for index, init in enumerate(graph.initializer):
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        values = numpy_helper.to_array(init)
-        half = values.astype(np.float16)
-        if not np.all(np.isfinite(half)):
-            raise FervidError(f"initializer {init.name} overflows float16; export with --weights fp32",
-                              code="export_failed")
-        graph.initializer[index].CopyFrom(numpy_helper.from_array(half, init.name))
-        renamed[init.name] = init.name + FP32_SUFFIX
-        casts.append(helper.make_node("Cast", [init.name], [renamed[init.name]], to=TensorProto.FLOAT,
-                                      name=f"{init.name}{FP32_SUFFIX}_cast"))
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            if name in renamed:
-                node.input[position] = renamed[name]
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
-
-
-def restore_fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Undoes `store_weights_fp16` (exactly: every fp16 value is representable in fp32); other models pass as is."""
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    restored: dict[str, str] = {}
-    kept = []
-    for node in graph.node:
-        source = node.input[0] if node.op_type == "Cast" and node.input else ""
-        if (source in initializers and initializers[source].data_type == TensorProto.FLOAT16
-                and node.output[0] == source + FP32_SUFFIX):
-            restored[node.output[0]] = source
-            continue
-        kept.append(node)
-    for source in restored.values():
-        initializers[source].CopyFrom(
-            numpy_helper.from_array(numpy_helper.to_array(initializers[source]).astype(np.float32), source))
-    for node in kept:
-        for position, name in enumerate(node.input):
-            if name in restored:
-                node.input[position] = restored[name]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return model
-
-
 def _verification_faces(data_path: Path | None, count: int) -> tuple[NDArray[np.uint8], str]:
     if data_path is not None:
         # PublicTest, never PrivateTest: the reported split stays untouched until evaluation.
@@ -216,32 +210,53 @@ def _verification_faces(data_path: Path | None, count: int) -> tuple[NDArray[np.
     return np.random.default_rng(0).integers(0, 256, (count, NATIVE_SIZE, NATIVE_SIZE), dtype=np.uint8), "random faces"
 
 
-def export_onnx(checkpoint: Path, out: Path, *, tta: bool, weights: WeightFormat = "fp16",
+def _member_values(members: list[Checkpoint], value: Any) -> str:
+    """One provenance value per member, comma-separated (a single network's value is written as is)."""
+    return ",".join(str(value(member)) for member in members)
+
+
+def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights: WeightFormat = "fp16",
                 data_path: Path | None = None) -> Path:
-    """Exports `checkpoint` to `out`, verified against PyTorch on real faces (random ones when `data_path` is None).
+    """Exports `checkpoints` (one network, or the ensemble of several) to `out`, verified against PyTorch on real
+    faces (random ones when `data_path` is None).
 
     Raises FervidError (code export_mismatch) and writes nothing when the ONNX probabilities drift past tolerance.
     """
+    paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
+    if not paths:
+        raise FervidError("export needs at least one checkpoint", code="invalid_request")
     if weights not in WEIGHT_FORMATS:
         raise FervidError(f"--weights must be one of {WEIGHT_FORMATS}, not {weights!r}", code="invalid_request")
     if data_path is not None and not data_path.is_file():
         raise FervidError(f"data file {data_path} not found", code="data_not_found")
-    loaded = load_checkpoint(checkpoint)
-    size = loaded.input_size
-    network = build_network(loaded, _ProbabilityNetwork)
+    members = [load_checkpoint(path) for path in paths]
+    size = members[0].input_size
+    if any(member.input_size != size for member in members):
+        raise FervidError(f"ensemble members take different input sizes "
+                          f"({_member_values(members, lambda m: m.input_size)}); they must share one",
+                          code="invalid_request")
+    data_shas = {_training_data_sha(member, data_path) for member in members}
+    if len(data_shas) > 1:
+        raise FervidError(f"ensemble members were trained on different data files ({', '.join(sorted(data_shas))})",
+                          code="invalid_request")
+    networks = [build_network(member, _ProbabilityNetwork) for member in members]
+    network: torch.nn.Module = networks[0] if len(networks) == 1 else _Ensemble(networks).eval()
     model = _to_onnx(network, size)
-    if weights == "fp16":
-        model = store_weights_fp16(model)
+    try:
+        store_weights(model, weights)
+    except WeightStorageError as error:
+        raise FervidError(str(error), code="export_failed") from error
 
-    digest = weights_digest(loaded.state_dict)
+    digest = weights_digest(network.state_dict())
     preprocess = Preprocess(size=(size, size), channels=1, scale=1 / 255, mean=(PIXEL_MEAN,), std=(PIXEL_STD,),
                             native_size=(NATIVE_SIZE, NATIVE_SIZE))
     metadata = {
         LABELS_KEY: ",".join(EMOTIONS), PREPROCESS_KEY: preprocess.to_json(), OUTPUT_KEY: OUTPUT_NAME,
         NAME_KEY: MODEL_NAME, VERSION_KEY: f"{dt.datetime.now(dt.UTC):%Y%m%d}-{digest[:8]}",
-        INIT_KEY: str(loaded.config.get("init", "unknown")), EPOCHS_KEY: str(loaded.epoch + 1),
-        INPUT_SIZE_KEY: str(size), DATA_SHA_KEY: _training_data_sha(loaded, data_path), GIT_COMMIT_KEY: git_commit(),
-        PUBLIC_ACC_KEY: f"{loaded.best_public:.4f}", WEIGHTS_KEY: weights,
+        MEMBERS_KEY: str(len(members)), INIT_KEY: _member_values(members, lambda m: m.config.get("init", "unknown")),
+        EPOCHS_KEY: _member_values(members, lambda m: m.epoch + 1), INPUT_SIZE_KEY: str(size),
+        DATA_SHA_KEY: data_shas.pop(), GIT_COMMIT_KEY: git_commit(),
+        PUBLIC_ACC_KEY: _member_values(members, lambda m: f"{m.best_public:.4f}"), WEIGHTS_KEY: weights,
     }
     if tta:
         metadata[TTA_KEY] = "hflip"
@@ -268,16 +283,20 @@ def export_onnx(checkpoint: Path, out: Path, *, tta: bool, weights: WeightFormat
         pending.replace(out)
     finally:
         pending.unlink(missing_ok=True)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {metadata[NAME_KEY]} {metadata[VERSION_KEY]})", flush=True)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {metadata[NAME_KEY]} {metadata[VERSION_KEY]}, "
+          f"{len(members)} network{'s' if len(members) > 1 else ''})", flush=True)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a `fervid train` checkpoint (best.pt)")
+    parser.add_argument("--checkpoint", type=Path, required=True, action="append",
+                        help="a `fervid train` checkpoint (best.pt) or an earlier single-network export (.onnx); "
+                             "repeat to export the ensemble that averages their probabilities")
     parser.add_argument("--out", type=Path, default=Path("models/fervid-emotion.onnx"))
     parser.add_argument("--tta", action="store_true", help="tell the runtime to average with the mirrored face")
     parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="fp16",
-                        help="how weights are stored in the file (compute is fp32 either way)")
+                        help="how weights are stored in the file (compute is fp32 either way); int8-scaled keeps a "
+                             "two-network ensemble under 50 MB")
     parser.add_argument("--data", type=Path, default=None,
                         help=f"FER-2013 .npz for verification (default {DEFAULT_DATA_PATH} when present, "
                              "else random faces)")

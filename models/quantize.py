@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fervid.errors import FervidError
 from models.classifier import NAME_KEY, Preprocess, preprocess_faces
-from models.export import WEIGHTS_KEY, restore_fp32_weights
+from models.weight_storage import WEIGHTS_KEY, restore_fp32_weights
 
 INT8_SUFFIX = "-int8"
 CALIBRATION_KEY = "fervid.calibration"

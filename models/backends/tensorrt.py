@@ -144,9 +144,12 @@ def network_onnx(model_path: Path, precision: str, major: int) -> bytes:
     """The ONNX bytes TensorRT parses for `precision` on TensorRT `major`."""
     import onnx
 
+    from models.weight_storage import restore_fp32_weights  # imports onnx, which only the gpu extra brings
+
     if precision not in PRECISIONS:
         raise BackendUnavailable(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    model = onnx.load(str(model_path))
+    # Plain fp32 initializers: the parser then sees constants, however the file stores them (fp16, int8-scaled).
+    model = restore_fp32_weights(onnx.load(str(model_path)))
     if precision == "int8" and not has_qdq(model):
         # TensorRT 11 has no calibrators and this project ships none for 10: INT8 needs explicit quantization.
         raise BackendUnavailable(f"int8 is unavailable for {model_path}: it has no QuantizeLinear/DequantizeLinear "

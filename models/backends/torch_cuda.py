@@ -1,7 +1,8 @@
 """PyTorch on CUDA: the exported classifier rebuilt as EmotionResNet50 from the ONNX's own weights.
 
 For verification where TensorRT is absent (fp16 parity, GPU throughput); `auto` never chooses it. The exporter
-names each ONNX initializer after its torch state_dict key, so the weights load by name.
+names each ONNX initializer after its torch state_dict key (members.<i>.<key> in an ensemble), so the weights load
+by name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from numpy.typing import NDArray
 
 from models.backends.base import BackendProbe, BackendUnavailable
 from models.classifier import read_model_spec
+from models.weight_storage import restore_fp32_weights
 
 
 def probe(name: str) -> BackendProbe:
@@ -28,9 +30,11 @@ def probe(name: str) -> BackendProbe:
 
 
 def onnx_weights(model: Any) -> dict[str, NDArray[Any]]:
-    """Initializers by name, plus the names the exporter turned into Identity aliases of an equal initializer."""
+    """Float32 initializers by name (however the file stores them), plus the names the exporter turned into Identity
+    aliases of an equal initializer."""
     from onnx import numpy_helper
 
+    model = restore_fp32_weights(model)
     weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Identity" and node.input[0] in weights:
@@ -38,23 +42,22 @@ def onnx_weights(model: Any) -> dict[str, NDArray[Any]]:
     return weights
 
 
-def load_onnx_weights(network: Any, model: Any, source: str) -> None:
-    """Loads every parameter and running statistic of `network` from the ONNX model's weights, cast to float32."""
+def load_onnx_weights(network: Any, weights: dict[str, NDArray[Any]], source: str, prefix: str = "") -> None:
+    """Loads every parameter and running statistic of `network` from the ONNX weights named `prefix + key`."""
     import torch
 
-    weights = onnx_weights(model)
     state = network.state_dict()
     # BatchNorm's step counter only matters in training and is not exported.
     wanted = [key for key in state if not key.endswith("num_batches_tracked")]
-    missing = [key for key in wanted if key not in weights]
+    missing = [prefix + key for key in wanted if prefix + key not in weights]
     if missing:
         raise BackendUnavailable(f"{source} lacks {len(missing)} weights EmotionResNet50 needs (first: "
                                  f"{', '.join(missing[:3])}); torch-cuda loads only models exported by `fervid export`")
     loaded = {}
     for key in wanted:
-        value = weights[key].astype(np.float32)
+        value = weights[prefix + key].astype(np.float32)
         if tuple(value.shape) != tuple(state[key].shape):
-            raise BackendUnavailable(f"{source}: weight {key} has shape {value.shape}, EmotionResNet50 expects "
+            raise BackendUnavailable(f"{source}: weight {prefix}{key} has shape {value.shape}, EmotionResNet50 expects "
                                      f"{tuple(state[key].shape)}")
         loaded[key] = torch.from_numpy(value)
     network.load_state_dict(loaded, strict=False)
@@ -70,15 +73,21 @@ class TorchCudaBackend:
         from models.network import EmotionResNet50
 
         spec = read_model_spec(model_path)
+        members = spec.members
         self.torch = torch
         self.device = torch.device(device)
         self.max_batch = max_batch
         self.fp16 = fp16
         self.classes = len(spec.labels)
         self.softmax = spec.output == "probs"  # the exported graph ends in softmax; the torch network in logits
-        network = EmotionResNet50(num_classes=len(spec.labels), in_channels=spec.preprocess.channels)
-        load_onnx_weights(network, onnx.load(str(model_path)), str(model_path))
-        self.network = network.eval().to(self.device)
+        if members > 1 and not self.softmax:
+            raise BackendUnavailable(f"{model_path}: an ensemble must output probabilities")
+        weights = onnx_weights(onnx.load(str(model_path)))
+        self.networks = []
+        for member in range(members):
+            network = EmotionResNet50(num_classes=len(spec.labels), in_channels=spec.preprocess.channels)
+            load_onnx_weights(network, weights, str(model_path), f"members.{member}." if members > 1 else "")
+            self.networks.append(network.eval().to(self.device))
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         torch = self.torch
@@ -86,10 +95,13 @@ class TorchCudaBackend:
         with torch.inference_mode():
             for start in range(0, len(batch), self.max_batch):
                 chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + self.max_batch], np.float32))
+                chunk = chunk.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-                    logits = self.network(chunk.to(self.device, non_blocking=True))
-                raw = logits.float()
-                outputs.append((torch.softmax(raw, dim=1) if self.softmax else raw).cpu().numpy())
+                    raw = [network(chunk).float() for network in self.networks]
+                if self.softmax:  # as the exported graph does: each member's softmax, then their mean
+                    outputs.append(torch.stack([torch.softmax(logits, dim=1) for logits in raw]).mean(0).cpu().numpy())
+                else:
+                    outputs.append(raw[0].cpu().numpy())
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
 

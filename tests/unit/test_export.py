@@ -15,15 +15,9 @@ from fervid.cli import main as fervid_main
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.classifier import read_model_spec
-from models.export import (
-    FP32_SUFFIX,
-    build_network,
-    export_onnx,
-    load_checkpoint,
-    restore_fp32_weights,
-    store_weights_fp16,
-)
+from models.export import build_network, export_onnx, load_checkpoint
 from models.train import TrainConfig, build_optimizer, save_checkpoint
+from models.weight_storage import FP32_SUFFIX, restore_fp32_weights, store_weights
 
 INPUT_SIZE = 32
 
@@ -115,7 +109,7 @@ def test_fp16_storage_halves_the_file_and_feeds_consumers_through_casts(exported
 def test_restoring_fp32_weights_undoes_fp16_storage_exactly(exported: dict[str, Path]) -> None:
     # given an fp32 export and its fp16-stored copy
     fp32 = onnx.load(str(exported["fp32"]))
-    half = store_weights_fp16(onnx.load(str(exported["fp32"])))
+    half = store_weights(onnx.load(str(exported["fp32"])), "fp16")
 
     # when the fp16 storage is undone
     restored = restore_fp32_weights(half)
@@ -201,3 +195,118 @@ def test_equal_valued_tensors_keep_their_own_names(tmp_path: Path) -> None:
     # then the exporter did not merge equal tensors under one name
     keys = {key for key in load_checkpoint(checkpoint).state_dict if not key.endswith("num_batches_tracked")}
     assert {init.name for init in onnx.load(str(out)).graph.initializer} == keys
+
+
+def test_int8_scaled_storage_quarters_the_file_and_restores_within_half_a_step(
+    checkpoint_path: Path, exported: dict[str, Path], tmp_path: Path
+) -> None:
+    # given an fp32 export and an int8-scaled export of the same checkpoint
+    out = export_onnx(checkpoint_path, tmp_path / "int8.onnx", tta=False, weights="int8-scaled")
+    stored = onnx.load(str(out))
+
+    # then convolution and linear weights are int8 with per-output-channel scales, vectors fp16
+    kinds = {init.name: init.data_type for init in stored.graph.initializer}
+    assert kinds["conv1.weight"] == TensorProto.INT8 and kinds["fc.weight"] == TensorProto.INT8
+    assert kinds["bn1.running_var"] == TensorProto.FLOAT16 and kinds["conv1.weight__scale"] == TensorProto.FLOAT
+    assert 0.2 < out.stat().st_size / exported["fp32"].stat().st_size < 0.3
+
+    # and restoring gives back every weight within half a quantization step, the scales gone
+    fp32_graph = onnx.load(str(exported["fp32"])).graph
+    originals = {init.name: onnx.numpy_helper.to_array(init) for init in fp32_graph.initializer}
+    restored = restore_fp32_weights(stored)
+    assert {init.name for init in restored.graph.initializer} == set(originals)
+    for init in restored.graph.initializer:
+        values, original = onnx.numpy_helper.to_array(init), originals[init.name]
+        assert values.dtype == np.float32
+        if original.ndim >= 2:
+            step = np.abs(original.reshape(len(original), -1)).max(axis=1) / 127
+            assert (np.abs(values - original).reshape(len(original), -1).max(axis=1) <= step / 2 + 1e-7).all()
+    assert not [node for node in restored.graph.node if node.op_type in ("Cast", "Mul")]
+    onnx.checker.check_model(restored)
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_checkpoint(tmp_path_factory.mktemp("second") / "best.pt")
+    state = torch.load(path, weights_only=True)
+    generator = torch.Generator().manual_seed(7)
+    # A different network: perturb every weight so the two members disagree.
+    state["network"] = {key: value + 0.05 * torch.randn(value.shape, generator=generator)
+                        if value.is_floating_point() else value for key, value in state["network"].items()}
+    state["best_public"] = 0.5
+    torch.save(state, path)
+    return path
+
+
+def test_an_ensemble_export_averages_its_members_probabilities(
+    checkpoint_path: Path, second_checkpoint: Path, tmp_path: Path
+) -> None:
+    # given two different checkpoints and preprocessed faces
+    batch = np.random.default_rng(3).normal(0, 1, (5, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
+    first, second = torch_probs(checkpoint_path, batch), torch_probs(second_checkpoint, batch)
+    assert np.abs(first - second).max() > 1e-2
+
+    # when both are exported as one model
+    out = export_onnx([checkpoint_path, second_checkpoint], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
+    (probs,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["probs"], {"faces": batch})
+
+    # then it returns the mean of their probabilities, and says what it is made of
+    np.testing.assert_allclose(probs, (first + second) / 2, atol=1e-4)
+    meta = {prop.key: prop.value for prop in onnx.load(str(out)).metadata_props}
+    assert meta["fervid.members"] == "2" and read_model_spec(out).members == 2
+    assert meta["fervid.public_acc"] == "0.2500,0.5000" and meta["fervid.epochs"] == "1,1"
+    names = {init.name for init in onnx.load(str(out)).graph.initializer}
+    assert {"members.0.conv1.weight", "members.1.fc.bias"} <= names
+
+
+def test_torch_backend_rebuilds_an_int8_scaled_ensemble_and_matches_onnxruntime(
+    checkpoint_path: Path, second_checkpoint: Path, tmp_path: Path
+) -> None:
+    # given the ensemble stored as int8-scaled (ONNX Runtime folds its Cast/Mul at load as the reference)
+    from models.backends.torch_cuda import TorchCudaBackend
+
+    out = export_onnx([checkpoint_path, second_checkpoint], tmp_path / "ensemble.onnx", tta=False,
+                      weights="int8-scaled")
+    batch = np.random.default_rng(4).normal(0, 1, (3, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
+    (reference,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["probs"], {"faces": batch})
+
+    # when the torch backend loads it (on the CPU here: there is no GPU)
+    probs = TorchCudaBackend(out, device="cpu").run(batch)
+
+    # then both members load by their prefixed names and the average matches
+    np.testing.assert_allclose(probs, reference, atol=1e-4)
+
+
+def test_an_earlier_export_can_be_a_member(
+    checkpoint_path: Path, exported: dict[str, Path], second_checkpoint: Path, tmp_path: Path
+) -> None:
+    # given the fp16 export of the first checkpoint (its training run gone) and the second checkpoint
+    batch = np.random.default_rng(5).normal(0, 1, (4, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
+    (shipped,) = ort.InferenceSession(str(exported["fp16"]), providers=["CPUExecutionProvider"]).run(
+        ["probs"], {"faces": batch})
+
+    # when the export is read back as a member and joined with the checkpoint
+    member = load_checkpoint(exported["fp16"])
+    out = export_onnx([exported["fp16"], second_checkpoint], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
+    (probs,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["probs"], {"faces": batch})
+
+    # then the member keeps the export's weights and provenance, and the ensemble averages what each computes
+    assert member.input_size == INPUT_SIZE and member.epoch == 0 and member.best_public == 0.25
+    np.testing.assert_allclose(probs, (shipped + torch_probs(second_checkpoint, batch)) / 2, atol=1e-4)
+
+
+def test_an_ensemble_cannot_be_a_member_and_members_must_share_an_input_size(
+    checkpoint_path: Path, second_checkpoint: Path, tmp_path: Path
+) -> None:
+    # given an ensemble export and a checkpoint trained at another input size
+    ensemble = export_onnx([checkpoint_path, second_checkpoint], tmp_path / "ensemble.onnx", tta=False,
+                           weights="fp16")
+    larger = write_checkpoint(tmp_path / "larger.pt", input_size=INPUT_SIZE * 2)
+
+    # when / then each is refused with a code
+    with pytest.raises(models.export.FervidError) as nested:
+        export_onnx([ensemble, checkpoint_path], tmp_path / "nested.onnx", tta=False)
+    with pytest.raises(models.export.FervidError) as mixed:
+        export_onnx([checkpoint_path, larger], tmp_path / "mixed.onnx", tta=False)
+    assert nested.value.code == "invalid_checkpoint"
+    assert mixed.value.code == "invalid_request" and "input sizes" in str(mixed.value)

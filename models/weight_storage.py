@@ -1,0 +1,137 @@
+"""How an exported model stores its weights on disk; compute is float32 whichever way they are stored.
+
+- fp32: as computed.
+- fp16: every float initializer stored as float16, then a Cast back to float32 (half the file).
+- int8-scaled: every weight of two or more dimensions stored as int8 with one float32 scale per output channel
+  (symmetric, |w| max -> 127), then Cast and Mul back to float32; vectors (BatchNorm, biases) as fp16. A quarter
+  of the file: what lets an ensemble of two ResNet50s ship in one ~48 MB artifact.
+
+ONNX Runtime folds the Casts and Muls of constants when it builds a session. Readers that want the plain weights
+(the INT8 quantizer, TensorRT's parser, the torch backend) call `restore_fp32_weights`. No torch here: the runtime
+backends import this module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper
+
+WEIGHTS_KEY = "fervid.weights"  # metadata: the WeightFormat the initializers are stored in
+FP32_SUFFIX = "__fp32"  # the float32 value that feeds consumers of a stored initializer
+CAST_SUFFIX = "__cast"  # int8-scaled: the int8 values cast to float32, before scaling
+SCALE_SUFFIX = "__scale"  # int8-scaled: per-output-channel scales
+
+WeightFormat = Literal["fp32", "fp16", "int8-scaled"]
+WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp16", "int8-scaled", "fp32")
+
+
+class WeightStorageError(ValueError):
+    pass
+
+
+def _float_initializers(model: onnx.ModelProto) -> list[tuple[int, onnx.TensorProto]]:
+    return [(index, init) for index, init in enumerate(model.graph.initializer) if init.data_type == TensorProto.FLOAT]
+
+
+def _feed_consumers_through(model: onnx.ModelProto, renamed: dict[str, str], decoders: list[onnx.NodeProto]) -> None:
+    graph = model.graph
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            if name in renamed:
+                node.input[position] = renamed[name]
+    nodes = decoders + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _store_half(model: onnx.ModelProto, index: int, init: onnx.TensorProto) -> list[onnx.NodeProto]:
+    half = numpy_helper.to_array(init).astype(np.float16)
+    if not np.all(np.isfinite(half)):
+        raise WeightStorageError(f"initializer {init.name} overflows float16; store the weights as fp32")
+    model.graph.initializer[index].CopyFrom(numpy_helper.from_array(half, init.name))
+    return [helper.make_node("Cast", [init.name], [init.name + FP32_SUFFIX], to=TensorProto.FLOAT,
+                             name=f"{init.name}{FP32_SUFFIX}_cast")]
+
+
+def _store_int8(model: onnx.ModelProto, index: int, init: onnx.TensorProto) -> list[onnx.NodeProto]:
+    values = numpy_helper.to_array(init).astype(np.float32)
+    channel_max = np.abs(values.reshape(values.shape[0], -1)).max(axis=1)
+    # An all-zero channel keeps scale 1 (its values quantize to 0 either way) rather than dividing by zero.
+    scale = np.where(channel_max > 0, channel_max / 127.0, 1.0).astype(np.float32)
+    scale = scale.reshape((-1,) + (1,) * (values.ndim - 1))
+    quantized = np.clip(np.rint(values / scale), -127, 127).astype(np.int8)
+    model.graph.initializer[index].CopyFrom(numpy_helper.from_array(quantized, init.name))
+    model.graph.initializer.append(numpy_helper.from_array(scale, init.name + SCALE_SUFFIX))
+    return [
+        helper.make_node("Cast", [init.name], [init.name + CAST_SUFFIX], to=TensorProto.FLOAT,
+                         name=f"{init.name}{CAST_SUFFIX}"),
+        helper.make_node("Mul", [init.name + CAST_SUFFIX, init.name + SCALE_SUFFIX], [init.name + FP32_SUFFIX],
+                         name=f"{init.name}{FP32_SUFFIX}_scale"),
+    ]
+
+
+def store_weights(model: onnx.ModelProto, weights: WeightFormat) -> onnx.ModelProto:
+    """Rewrites `model` in place to store its float32 initializers as `weights`; every name stays the same."""
+    if weights not in WEIGHT_FORMATS:
+        raise WeightStorageError(f"weights must be one of {WEIGHT_FORMATS}, not {weights!r}")
+    if weights == "fp32":
+        return model
+    renamed: dict[str, str] = {}
+    decoders: list[onnx.NodeProto] = []
+    for index, init in _float_initializers(model):
+        matrix = weights == "int8-scaled" and len(init.dims) >= 2
+        decoders += _store_int8(model, index, init) if matrix else _store_half(model, index, init)
+        renamed[init.name] = init.name + FP32_SUFFIX
+    _feed_consumers_through(model, renamed, decoders)
+    return model
+
+
+def restore_fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Undoes `store_weights` in place: plain float32 initializers under their own names; other models pass as is.
+
+    Exact for fp16 (every float16 is a float32); for int8-scaled it yields the values the stored graph computes.
+    """
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {output: index for index, node in enumerate(graph.node) for output in node.output}
+    restored: dict[str, NDArray[np.float32]] = {}
+    dropped_nodes: set[int] = set()  # positions in graph.node
+    dropped_initializers: set[str] = set()
+    for position, node in enumerate(graph.node):
+        if not node.output or not node.output[0].endswith(FP32_SUFFIX):
+            continue
+        source = node.output[0][: -len(FP32_SUFFIX)]
+        stored = initializers.get(source)
+        if stored is None:
+            continue
+        if node.op_type == "Cast" and list(node.input) == [source] and stored.data_type == TensorProto.FLOAT16:
+            restored[source] = numpy_helper.to_array(stored).astype(np.float32)
+            dropped_nodes.add(position)
+        elif (node.op_type == "Mul" and list(node.input) == [source + CAST_SUFFIX, source + SCALE_SUFFIX]
+              and stored.data_type == TensorProto.INT8 and source + SCALE_SUFFIX in initializers
+              and source + CAST_SUFFIX in producers):
+            scale = numpy_helper.to_array(initializers[source + SCALE_SUFFIX])
+            restored[source] = (numpy_helper.to_array(stored).astype(np.float32) * scale).astype(np.float32)
+            dropped_nodes.update({position, producers[source + CAST_SUFFIX]})
+            dropped_initializers.add(source + SCALE_SUFFIX)
+    if not restored:
+        return model
+    kept_initializers = [init for init in graph.initializer if init.name not in dropped_initializers]
+    for init in kept_initializers:
+        if init.name in restored:
+            init.CopyFrom(numpy_helper.from_array(restored[init.name], init.name))
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers)
+    kept_nodes = [node for position, node in enumerate(graph.node) if position not in dropped_nodes]
+    for node in kept_nodes:
+        for slot, name in enumerate(node.input):
+            if name.endswith(FP32_SUFFIX) and name[: -len(FP32_SUFFIX)] in restored:
+                node.input[slot] = name[: -len(FP32_SUFFIX)]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    return model
+
