@@ -1,9 +1,17 @@
-"""Where the service may connect on a tenant's behalf (http(s) sources, webhooks)."""
+"""Where the service may connect on a tenant's behalf (http(s) sources, webhooks).
+
+Two checks: `non_public_address` refuses a URL whose host resolves to a non-public address before anything is
+sent, and `open_public` checks the address every connection actually reached (each redirect hop included), so
+neither a redirect nor a DNS answer that changes between check and use (rebinding) reaches the internal network.
+"""
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
+import urllib.request
+from typing import Any
 from urllib.parse import urlparse
 
 from fervid.settings import get_settings
@@ -30,3 +38,60 @@ def non_public_address(url: str) -> str | None:
         if not address.is_global:
             return str(address)
     return None
+
+
+class NonPublicAddress(Exception):
+    """A connection reached a non-public address. Deliberately not an OSError: urllib would wrap that in URLError
+    and callers would mistake it for a network failure worth retrying."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(f"{host} resolves to {address}, not a public address; set FERVID_ALLOW_PRIVATE_URLS=true "
+                         "where workers may reach the private network")
+        self.host = host
+        self.address = address
+
+
+def is_public_peer(peer: tuple[Any, ...]) -> bool:
+    """Whether a connected socket's peer (address, port, ...) is a public address."""
+    return ipaddress.ip_address(str(peer[0]).split("%")[0]).is_global
+
+
+def _refuse_non_public_peer(connection: http.client.HTTPConnection) -> None:
+    if get_settings().allow_private_urls or connection.sock is None:
+        return
+    peer = connection.sock.getpeername()
+    if not is_public_peer(peer):
+        connection.close()  # before a single byte of the request is sent
+        raise NonPublicAddress(connection.host, str(peer[0]))
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_non_public_peer(self)
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_non_public_peer(self)
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_PublicHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+_opener = urllib.request.build_opener(_PublicHTTPHandler, _PublicHTTPSHandler)
+
+
+def open_public(request: str | urllib.request.Request, timeout: float) -> http.client.HTTPResponse:
+    """urllib's urlopen, except that every connection, redirects included, must reach a public address unless
+    FERVID_ALLOW_PRIVATE_URLS is set; raises NonPublicAddress otherwise. Behind an HTTP proxy the proxy is the
+    peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS."""
+    return _opener.open(request, timeout=timeout)  # type: ignore[no-any-return]

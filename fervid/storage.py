@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from urllib.parse import unquote, urlparse
 from filelock import FileLock
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
-from fervid.netpolicy import non_public_address
+from fervid.netpolicy import NonPublicAddress, non_public_address, open_public
 from fervid.settings import get_settings
 
 CHUNK = 1 << 20
@@ -117,13 +116,15 @@ def _download(uri: str, target: BinaryIO) -> None:
                 raise MediaError(SOURCE_NOT_ALLOWED, f"{parsed.hostname} resolves to {address}, not a public address; "
                                  "set FERVID_ALLOW_PRIVATE_URLS=true where workers may read the private network")
             limit = get_settings().max_download_mb << 20
-            with urllib.request.urlopen(uri, timeout=30) as response:  # noqa: S310 - scheme checked above
+            with open_public(uri, timeout=30) as response:
                 _copy_limited(response, target, limit)
         else:
             raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
                              "use file://, s3:// or http(s)://")
     except PayloadTooLarge as error:
         raise MediaError(MEDIA_TOO_LARGE, error.message) from error
+    except NonPublicAddress as error:  # a redirect, or a DNS answer that changed since the check above
+        raise MediaError(SOURCE_NOT_ALLOWED, str(error)) from error
     except MediaError:
         raise
     except Exception as error:  # network and S3 failures all mean the same thing to the user

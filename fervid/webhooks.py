@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 from fervid.db import session_scope
-from fervid.netpolicy import non_public_address
+from fervid.netpolicy import NonPublicAddress, non_public_address, open_public
 from fervid.settings import get_settings
 from fervid.tables import Job
 
@@ -34,9 +34,12 @@ def notify_finished(job_id: str) -> bool:
     for attempt in range(ATTEMPTS):
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=get_settings().webhook_timeout_s) as response:  # noqa: S310
+            with open_public(request, timeout=get_settings().webhook_timeout_s) as response:
                 if response.status < 300:
                     return True
+        except NonPublicAddress as error:  # redirected there, or the name now resolves there: never retried
+            log.warning("webhook for job %s not sent: %s", job_id, error)
+            return False
         except (OSError, http.client.HTTPException) as error:  # refused, timed out, 4xx/5xx, garbled reply
             log.info("webhook for job %s to %s failed (attempt %d): %s", job_id, url, attempt + 1, error)
         except ValueError as error:  # a URL urllib cannot send to (e.g. a non-numeric port): retrying cannot help

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fervid import netpolicy, storage
 from fervid.errors import MediaError
 from fervid.netpolicy import non_public_address
 from fervid.settings import get_settings
@@ -44,3 +49,77 @@ def test_a_loopback_source_is_refused_before_any_request(strict: pytest.MonkeyPa
         assert refused.value.code == "source_not_allowed" and server.hits[0] == 0
     finally:
         server.server.shutdown()
+
+
+class RedirectingServer:
+    """A real HTTP server on loopback that answers every GET with a 302 to `target`."""
+
+    def __init__(self, target: str) -> None:
+        hits = self.hits = [0]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+                hits[0] += 1
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def internal() -> Iterator[CountingServer]:
+    running = CountingServer(b"secret" * 10)
+    yield running
+    running.server.shutdown()
+
+
+def test_a_redirect_into_the_internal_network_is_refused(
+    strict: pytest.MonkeyPatch, internal: CountingServer
+) -> None:
+    # given a server that redirects to an internal one; no public server exists here, so the test declares the
+    # redirecting server's address public (only its port differs from the internal server's)
+    redirector = RedirectingServer(f"{internal.base}/clip.mp4")
+    strict.setattr(netpolicy, "is_public_peer", lambda peer: peer[1] == redirector.port)
+    try:
+        # when a download follows the redirect
+        with pytest.raises(netpolicy.NonPublicAddress) as refused:
+            netpolicy.open_public(f"{redirector.base}/clip.mp4", timeout=5)
+
+        # then the first hop was made, the internal server never saw a request, and the error names the address
+        assert redirector.hits[0] == 1 and internal.hits[0] == 0
+        assert refused.value.address == "127.0.0.1"
+    finally:
+        redirector.server.shutdown()
+
+
+def test_a_name_that_resolves_differently_at_connect_time_is_refused(
+    strict: pytest.MonkeyPatch, internal: CountingServer
+) -> None:
+    # given a host whose check passed (as when DNS answers a public address first, then an internal one)
+    strict.setattr(storage, "non_public_address", lambda url: None)
+
+    # when a job's source connects to what turns out to be loopback
+    with pytest.raises(MediaError) as refused, local_copy(f"{internal.base}/clip.mp4", cache_key="job"):
+        pass
+
+    # then the connection is dropped before any request, with the same code as the up-front check
+    assert refused.value.code == "source_not_allowed" and internal.hits[0] == 0
+
+
+def test_the_development_switch_lets_connections_reach_loopback(
+    fervid_env: pytest.MonkeyPatch, internal: CountingServer
+) -> None:
+    # given FERVID_ALLOW_PRIVATE_URLS (the test environment's default)
+    assert get_settings().allow_private_urls
+
+    # when / then the same internal server is read
+    with netpolicy.open_public(f"{internal.base}/clip.mp4", timeout=5) as response:
+        assert response.read() == b"secret" * 10
