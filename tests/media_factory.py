@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from fractions import Fraction
@@ -36,30 +37,51 @@ def read_index(image: NDArray[np.uint8]) -> int:
 
 def write_video(path: Path, *, frame_count: int = 72, fps: int = 24, gop: int = 12, codec: str = "libx264",
                 pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None, rotation_cw: int = 0,
-                faststart: bool = False) -> Path:
+                mirrored: bool = False, pixel_aspect: Fraction = Fraction(1), faststart: bool = False) -> Path:
     """A clip of indexed frames. `gop`: frames between keyframes; `pts_ms`: explicit (variable) timestamps in ms;
-    `rotation_cw`: the clockwise turn a viewer applies (display matrix), frames stored turned the other way."""
+    `rotation_cw`: the clockwise turn a viewer applies (display matrix), frames stored turned the other way;
+    `mirrored`: the viewer also mirrors left-right before turning; `pixel_aspect`: frames stored with non-square
+    pixels of this width/height (anamorphic), so squeezed horizontally."""
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         codec_options = {"g": str(gop), "sc_threshold": "0"} if codec == "libx264" else {"g": str(gop)}
         stream = container.add_stream(codec, rate=fps, options=codec_options)
         stored_width, stored_height = (HEIGHT, WIDTH) if rotation_cw in (90, 270) else (WIDTH, HEIGHT)
+        stored_width = round(stored_width / pixel_aspect)
         stream.width, stream.height, stream.pix_fmt = stored_width, stored_height, pix_fmt
+        if pixel_aspect != 1:
+            stream.codec_context.sample_aspect_ratio = pixel_aspect
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
             stream.time_base = Fraction(1, 1000)
-        if rotation_cw:
-            stream.set_display_rotation(-rotation_cw)  # PyAV takes the counter-clockwise angle
+        if rotation_cw or mirrored:
+            stream.set_display_matrix(display_matrix(rotation_cw, mirrored))
         for index in range(frame_count if pts_ms is None else len(pts_ms)):
             image = indexed_frame(index)
             if rotation_cw:
                 image = cv2.rotate(image, CV2_ROTATE[(360 - rotation_cw) % 360])
+            if mirrored:
+                image = cv2.flip(image, 1)
+            if pixel_aspect != 1:
+                image = cv2.resize(image, (stored_width, stored_height), interpolation=cv2.INTER_AREA)
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             if pts_ms is not None:
                 frame.pts, frame.time_base = pts_ms[index], Fraction(1, 1000)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+def display_matrix(rotation_cw: int, mirrored: bool) -> list[int]:
+    """FFmpeg's display matrix (16.16 fixed point, row-vector convention) for "mirror left-right if `mirrored`,
+    then turn `rotation_cw` degrees clockwise"; the translation is left at zero, as players ignore it."""
+    turn = math.radians(rotation_cw)
+    cos, sin = round(math.cos(turn)), round(math.sin(turn))
+    a, b, c, d = cos, sin, -sin, cos  # a clockwise turn with rows growing downwards: p' = a*p + c*q, q' = b*p + d*q
+    if mirrored:
+        a, b = -a, -b  # the mirror acts first: p -> -p
+    one = 1 << 16
+    return [a * one, b * one, 0, c * one, d * one, 0, 0, 0, 1 << 30]
 
 
 def write_audio(path: Path, seconds: float = 1.0) -> Path:

@@ -11,16 +11,20 @@ import bisect
 import heapq
 import logging
 import math
+import struct
 import warnings as py_warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import av.error
 import cv2
 import numpy as np
+from av.sidedata.sidedata import SideDataContainer
+from av.sidedata.sidedata import Type as SideDataType
 from numpy.typing import NDArray
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
@@ -38,9 +42,12 @@ log = logging.getLogger(__name__)
 
 # Errors Pillow raises for a damaged image, besides OSError.
 PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
-# Clockwise degrees that EXIF orientations 1-8 rotate by (2, 4, 5 and 7 also mirror; exif_transpose does both).
-EXIF_ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 90, 6: 90, 7: 270, 8: 270}
-CV2_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+# Clockwise degrees that EXIF orientations 1-8 rotate by, after a left-right mirror for 2, 4, 5 and 7
+# (exif_transpose does both).
+EXIF_ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 270, 6: 90, 7: 90, 8: 270}
+EXIF_MIRRORED = {2, 4, 5, 7}
+# Non-square pixels past these ratios are treated as a damaged header, not as anamorphic video.
+PIXEL_ASPECT_RANGE = (Fraction(1, 8), Fraction(8))
 # Leading bytes of containers FFmpeg reads: a file that starts like one but won't open is damaged, not foreign.
 CONTAINER_SIGNATURES = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba",
                         b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", b"\x89PNG", b"\xff\xd8\xff", b"GIF8")
@@ -60,7 +67,7 @@ class MediaInfo:
     duration_ms: float  # 0.0 for images
     frame_count: int  # 1 for images
     rotation: int  # degrees clockwise applied to decoded frames: 0, 90, 180, 270
-
+    mirrored: bool = False  # frames are mirrored left-right before the rotation
 
 @dataclass(frozen=True)
 class PlannedFrame:
@@ -92,16 +99,19 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
     if still is not None:
         with still:
             width, height = still.size
-            rotation = EXIF_ROTATION.get(_exif_orientation(still), 0)
+            orientation = _exif_orientation(still)
+        rotation = EXIF_ROTATION.get(orientation, 0)
         if rotation in (90, 270):
             width, height = height, width
-        return MediaInfo("image", width, height, None, 0.0, 1, rotation), [PlannedFrame(0, 0.0, 0, 0)]
+        info = MediaInfo("image", width, height, None, 0.0, 1, rotation, orientation in EXIF_MIRRORED)
+        return info, [PlannedFrame(0, 0.0, 0, 0)]
     with _open_container(path) as container:
         stream = _video_stream(container)
         _check_duration(_header_duration_s(container, stream))
         _check_pixels(stream.codec_context.width, stream.codec_context.height)
         index, first_frame = _index_stream(container, stream)
         fps = float(stream.average_rate) if stream.average_rate else None
+        pixel_aspect = _pixel_aspect(stream)
     if not index.frame_pts:
         raise MediaError(EMPTY_MEDIA, "the video stream has no frames")
     if first_frame is None:
@@ -109,12 +119,11 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
                                        "decoded; the file is damaged or its codec is not supported")
     duration_s = (index.end_pts - index.first_pts) * index.time_base
     _check_duration(float(duration_s))
-    rotation = _clockwise_rotation(first_frame)
-    width, height = first_frame.width, first_frame.height
-    _check_pixels(width, height)
-    if rotation in (90, 270):
-        width, height = height, width
-    info = MediaInfo("video", width, height, fps, float(duration_s * 1000), len(index.frame_pts), rotation)
+    _check_pixels(first_frame.width, first_frame.height)
+    display = _Display.of(first_frame, pixel_aspect)
+    width, height = display.size(first_frame.width, first_frame.height)
+    info = MediaInfo("video", width, height, fps, float(duration_s * 1000), len(index.frame_pts),
+                     display.clockwise_rotation, display.mirrored)
     # The decimal the caller wrote (29.97, not its binary neighbour), so ticks on frame times are exact.
     return info, _plan(index, duration_s, Fraction(repr(float(sample_fps))))
 
@@ -353,15 +362,74 @@ def _keyframe_before(index: StreamIndex, pts: int) -> int:
     return index.keyframe_pts[position - 1] if position else index.first_pts  # no keyframe flags: from the start
 
 
-def _clockwise_rotation(frame: av.VideoFrame) -> int:
-    # PyAV reports the display matrix's counter-clockwise angle; viewers turn the frame by it.
-    return (-round(frame.rotation / 90) * 90) % 360
+def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """Width of one coded pixel over its height as displayed (the container's value first, as players do)."""
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio and PIXEL_ASPECT_RANGE[0] <= ratio <= PIXEL_ASPECT_RANGE[1]:
+            return Fraction(ratio)
+    return Fraction(1)
 
 
-def _upright_bgr(frame: av.VideoFrame) -> NDArray[np.uint8]:
-    image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
-    rotation = _clockwise_rotation(frame)
-    return np.asarray(cv2.rotate(image, CV2_ROTATE[rotation]), dtype=np.uint8) if rotation else image
+@dataclass(frozen=True)
+class _Display:
+    """How a decoded frame becomes what a viewer sees: non-square pixels made square, then the display matrix
+    applied as an exact quarter-turn and/or mirror (phones store frames sideways; some cameras store them
+    mirrored). Other angles are rounded to the nearest quarter-turn."""
+
+    pixel_aspect: Fraction
+    swap_axes: bool  # displayed rows are coded columns
+    flip_rows: bool  # then top and bottom exchanged
+    flip_cols: bool  # then left and right exchanged
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame, pixel_aspect: Fraction) -> _Display:
+        side_data = cast(SideDataContainer, frame.side_data)  # PyAV's stub types it as a dict
+        matrix = next((bytes(item) for item in side_data if item.type == SideDataType.DISPLAYMATRIX), None)
+        if matrix is None:
+            return cls(pixel_aspect, False, False, False)
+        # FFmpeg's 3x3 matrix maps a coded point (p, q) to the displayed p' = a*p + c*q, q' = b*p + d*q (rows
+        # grow downwards); only the signs of the linear part matter for a quarter-turn or a mirror.
+        a, b, _, c, d = struct.unpack("=9i", matrix)[:5]
+        if abs(a) + abs(d) >= abs(b) + abs(c):
+            return cls(pixel_aspect, False, d < 0, a < 0)
+        return cls(pixel_aspect, True, b < 0, c < 0)
+
+    @property
+    def mirrored(self) -> bool:
+        # A swap of axes mirrors; each flip mirrors again.
+        return (self.swap_axes + self.flip_rows + self.flip_cols) % 2 == 1
+
+    @property
+    def clockwise_rotation(self) -> int:
+        """Degrees clockwise the viewer turns the frame, after mirroring it left-right when `mirrored`."""
+        if not self.swap_axes:
+            return 180 if self.flip_rows else 0
+        return 90 if self.flip_cols else 270
+
+    def size(self, coded_width: int, coded_height: int) -> tuple[int, int]:
+        width, height = self._square_size(coded_width, coded_height)
+        return (height, width) if self.swap_axes else (width, height)
+
+    def _square_size(self, width: int, height: int) -> tuple[int, int]:
+        # Stretch the short side of a pixel rather than squeeze the long one: no detail is thrown away.
+        if self.pixel_aspect > 1:
+            return round(width * self.pixel_aspect), height
+        if self.pixel_aspect < 1:
+            return width, round(height / self.pixel_aspect)
+        return width, height
+
+    def image(self, frame: av.VideoFrame) -> NDArray[np.uint8]:
+        image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+        if self.pixel_aspect != 1:
+            size = self._square_size(frame.width, frame.height)
+            image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
+        if self.swap_axes:
+            image = image.transpose(1, 0, 2)
+        if self.flip_rows:
+            image = image[::-1]
+        if self.flip_cols:
+            image = image[:, ::-1]
+        return np.ascontiguousarray(image)
 
 
 class _PlanCursor:
@@ -403,12 +471,13 @@ def _decode_video(path: Path, plan: list[PlannedFrame],
             pts, _, frame = heapq.heappop(held)
             planned = cursor.match(pts)
             if planned is not None:
-                yield planned, _upright_bgr(frame)
+                yield planned, _Display.of(frame, pixel_aspect).image(frame)
 
     with _open_container(path) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
         _check_pixels(stream.codec_context.width, stream.codec_context.height)
+        pixel_aspect = _pixel_aspect(stream)
         reached = stream.start_time if stream.start_time is not None else plan[0].keyframe_pts
         one_second = max(1, round(1 / stream.time_base)) if stream.time_base else 1
         last_pts = -1

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -130,6 +132,37 @@ def test_rotated_video_comes_out_upright(tmp_path: Path, rotation: int) -> None:
     assert (info.width, info.height, info.rotation) == (WIDTH, HEIGHT, rotation)
     assert [image.shape for _, image in frames] == [(HEIGHT, WIDTH, 3)] * len(plan)
     assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_mirrored_video_comes_out_as_a_viewer_sees_it(tmp_path: Path, rotation: int) -> None:
+    # given frames stored mirrored (and turned), with a display matrix that mirrors them back (and turns them)
+    clip = write_video(tmp_path / "mirrored.mp4", frame_count=24, rotation_cw=rotation, mirrored=True)
+    # when probed and decoded
+    info, plan = probe(clip, 5)
+    frames, _ = decode_all(clip, plan)
+    # then the pixels read the right way round (a mirrored or upside-down index reads as another number)
+    assert (info.width, info.height, info.rotation, info.mirrored) == (WIDTH, HEIGHT, rotation, True)
+    assert [image.shape for _, image in frames] == [(HEIGHT, WIDTH, 3)] * len(plan)
+    assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
+
+
+@pytest.mark.parametrize(("name", "pixel_aspect", "display_size"), [
+    ("wide.mp4", Fraction(2), (WIDTH, HEIGHT)),  # stored 80 wide: the width is stretched
+    ("tall.mkv", Fraction(2, 3), (240, 144)),  # stored 240 wide: the height is stretched, no detail lost
+])
+def test_anamorphic_video_is_decoded_to_square_pixels(tmp_path: Path, name: str, pixel_aspect: Fraction,
+                                                      display_size: tuple[int, int]) -> None:
+    # given frames stored squeezed, with pixels that a player stretches back by `pixel_aspect` (DV, HDV, DVD)
+    clip = write_video(tmp_path / name, frame_count=24, pixel_aspect=pixel_aspect)
+    # when probed and decoded
+    info, plan = probe(clip, 5)
+    frames, _ = decode_all(clip, plan)
+    # then sizes and pixels are those of the picture as displayed (faces keep their proportions)
+    assert (info.width, info.height) == display_size
+    assert [image.shape[1::-1] for _, image in frames] == [display_size] * len(plan)
+    resized = [cv2.resize(image, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA) for _, image in frames]
+    assert [read_index(image) for image in resized] == [f.frame_index for f in plan]
 
 
 @pytest.mark.parametrize(("orientation", "rotation"), [(3, 180), (6, 90), (8, 270)])
