@@ -100,16 +100,21 @@ def write_audio(path: Path, seconds: float = 1.0) -> Path:
 
 
 def write_still(path: Path, exif_orientation: int = 1) -> Path:
-    """Frame 7 as a still; in a JPEG with an EXIF orientation, stored turned so that a viewer sees it upright."""
+    """Frame 7 as a still; in a JPEG or HEIC with an EXIF orientation, stored turned so that a viewer sees it
+    upright (HEIC: the encoder turns the orientation into the container's own rotation property)."""
     image = indexed_frame(7)
     stored_turn = {1: 0, 3: 180, 6: 270, 8: 90}[exif_orientation]  # clockwise, undoing the viewer's turn
     if stored_turn:
         image = cv2.rotate(image, CV2_ROTATE[stored_turn])
     still = Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = exif_orientation
     if path.suffix in (".jpg", ".jpeg"):
-        exif = Image.Exif()
-        exif[ExifTags.Base.Orientation] = exif_orientation
         still.save(path, exif=exif, quality=95)
+    elif path.suffix in (".heic", ".heif"):
+        import pillow_heif  # the encoder, a test dependency; the runtime reads HEIF with the decode-only pi-heif
+
+        pillow_heif.from_pillow(still).save(path, quality=95, exif=exif.tobytes())
     else:
         still.save(path)
     return path

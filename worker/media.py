@@ -26,6 +26,7 @@ import numpy as np
 from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
 from numpy.typing import NDArray
+from pi_heif import register_heif_opener
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from fervid.errors import (
@@ -39,6 +40,10 @@ from fervid.errors import (
 from fervid.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+# HEIC/HEIF photos (phones' default) open as stills: libheif assembles the tile grid phones write and applies
+# the rotation and mirror properties; FFmpeg would see one tile as a one-frame video.
+register_heif_opener()
 
 # Errors Pillow raises for a damaged image, besides OSError.
 PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
@@ -383,13 +388,9 @@ class _Display:
 
     @classmethod
     def of(cls, frame: av.VideoFrame, pixel_aspect: Fraction) -> _Display:
-        side_data = cast(SideDataContainer, frame.side_data)  # PyAV's stub types it as a dict
-        matrix = next((bytes(item) for item in side_data if item.type == SideDataType.DISPLAYMATRIX), None)
-        if matrix is None:
-            return cls(pixel_aspect, False, False, False)
         # FFmpeg's 3x3 matrix maps a coded point (p, q) to the displayed p' = a*p + c*q, q' = b*p + d*q (rows
         # grow downwards); only the signs of the linear part matter for a quarter-turn or a mirror.
-        a, b, _, c, d = struct.unpack("=9i", matrix)[:5]
+        a, b, c, d = _display_matrix(frame)
         if abs(a) + abs(d) >= abs(b) + abs(c):
             return cls(pixel_aspect, False, d < 0, a < 0)
         return cls(pixel_aspect, True, b < 0, c < 0)
@@ -430,6 +431,22 @@ class _Display:
         if self.flip_cols:
             image = image[:, ::-1]
         return np.ascontiguousarray(image)
+
+
+def _display_matrix(frame: av.VideoFrame) -> tuple[float, float, float, float]:
+    """The linear part (a, b, c, d) of the frame's display matrix; the identity when it has none."""
+    try:
+        side_data = cast(SideDataContainer, frame.side_data)  # PyAV's stub types it as a dict
+        matrix = next((bytes(item) for item in side_data if item.type == SideDataType.DISPLAYMATRIX), None)
+    except ValueError:
+        # Side data of a kind newer than this PyAV (HEIF item properties, ...) makes the list unreadable; the
+        # angle still is, only a mirror is lost. PyAV's angle is counter-clockwise, as FFmpeg builds it.
+        angle = math.radians(frame.rotation)
+        return math.cos(angle), -math.sin(angle), math.sin(angle), math.cos(angle)
+    if matrix is None:
+        return 1.0, 0.0, 0.0, 1.0
+    a, b, _, c, d = struct.unpack("=9i", matrix)[:5]
+    return a, b, c, d
 
 
 class _PlanCursor:

@@ -177,6 +177,18 @@ def test_jpeg_exif_orientation_is_applied(tmp_path: Path, orientation: int, rota
     assert frames[0][1].shape == (HEIGHT, WIDTH, 3) and read_index(frames[0][1]) == 7
 
 
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_an_iphone_style_heic_photo_is_one_upright_image(tmp_path: Path, orientation: int) -> None:
+    # given a HEIC photo (HEVC in a HEIF container, phones' default) stored turned, with the turn as a property
+    still = write_still(tmp_path / "photo.heic", exif_orientation=orientation)
+    # when probed and decoded
+    info, plan = probe(still, 5)
+    frames, _ = decode_all(still, plan)
+    # then it is a photo, not a one-frame video, and it comes out upright
+    assert (info.kind, info.fps, info.width, info.height) == ("image", None, WIDTH, HEIGHT)
+    assert frames[0][1].shape == (HEIGHT, WIDTH, 3) and read_index(frames[0][1]) == 7
+
+
 def test_a_multi_picture_jpeg_is_a_photo_not_a_video(tmp_path: Path) -> None:
     # given a phone-style MPO JPEG (a primary image plus a second picture) with an EXIF turn
     from PIL import ExifTags, Image
