@@ -37,14 +37,18 @@ def read_index(image: NDArray[np.uint8]) -> int:
 
 def write_video(path: Path, *, frame_count: int = 72, fps: int = 24, gop: int = 12, codec: str = "libx264",
                 pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None, rotation_cw: int = 0,
-                mirrored: bool = False, pixel_aspect: Fraction = Fraction(1), faststart: bool = False) -> Path:
+                mirrored: bool = False, pixel_aspect: Fraction = Fraction(1), interlaced: bool = False,
+                faststart: bool = False) -> Path:
     """A clip of indexed frames. `gop`: frames between keyframes; `pts_ms`: explicit (variable) timestamps in ms;
     `rotation_cw`: the clockwise turn a viewer applies (display matrix), frames stored turned the other way;
     `mirrored`: the viewer also mirrors left-right before turning; `pixel_aspect`: frames stored with non-square
-    pixels of this width/height (anamorphic), so squeezed horizontally."""
+    pixels of this width/height (anamorphic), so squeezed horizontally; `interlaced`: coded as fields (H.264),
+    the bottom field showing another moment (here the negative of the frame)."""
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         codec_options = {"g": str(gop), "sc_threshold": "0"} if codec == "libx264" else {"g": str(gop)}
+        if interlaced:
+            codec_options |= {"x264-params": "interlaced=1:tff=1", "crf": "12"}
         stream = container.add_stream(codec, rate=fps, options=codec_options)
         stored_width, stored_height = (HEIGHT, WIDTH) if rotation_cw in (90, 270) else (WIDTH, HEIGHT)
         stored_width = round(stored_width / pixel_aspect)
@@ -62,6 +66,8 @@ def write_video(path: Path, *, frame_count: int = 72, fps: int = 24, gop: int = 
                 image = cv2.rotate(image, CV2_ROTATE[(360 - rotation_cw) % 360])
             if mirrored:
                 image = cv2.flip(image, 1)
+            if interlaced:
+                image[1::2] = 255 - image[1::2]
             if pixel_aspect != 1:
                 image = cv2.resize(image, (stored_width, stored_height), interpolation=cv2.INTER_AREA)
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")

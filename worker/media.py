@@ -377,7 +377,8 @@ def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
 
 @dataclass(frozen=True)
 class _Display:
-    """How a decoded frame becomes what a viewer sees: non-square pixels made square, then the display matrix
+    """How a decoded frame becomes what a viewer sees: one field of an interlaced frame, non-square pixels made
+    square, then the display matrix
     applied as an exact quarter-turn and/or mirror (phones store frames sideways; some cameras store them
     mirrored). Other angles are rounded to the nearest quarter-turn."""
 
@@ -421,8 +422,11 @@ class _Display:
 
     def image(self, frame: av.VideoFrame) -> NDArray[np.uint8]:
         image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
-        if self.pixel_aspect != 1:
-            size = self._square_size(frame.width, frame.height)
+        if frame.interlaced_frame:
+            # The two fields are two moments: every moving edge is combed. One field, stretched back, is one.
+            image = image[0::2]
+        size = self._square_size(frame.width, frame.height)
+        if image.shape[1::-1] != size:
             image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
         if self.swap_axes:
             image = image.transpose(1, 0, 2)

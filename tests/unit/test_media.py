@@ -165,6 +165,17 @@ def test_anamorphic_video_is_decoded_to_square_pixels(tmp_path: Path, name: str,
     assert [read_index(image) for image in resized] == [f.frame_index for f in plan]
 
 
+def test_interlaced_video_is_analysed_one_field_at_a_time(tmp_path: Path) -> None:
+    # given interlaced frames whose two fields show different moments (a moving scene, combed when woven)
+    clip = write_video(tmp_path / "interlaced.mkv", frame_count=24, interlaced=True)
+    # when probed and decoded
+    info, plan = probe(clip, 5)
+    frames, _ = decode_all(clip, plan)
+    # then each image is one moment at full size: the top field, which carries the index
+    assert [image.shape for _, image in frames] == [(HEIGHT, WIDTH, 3)] * len(plan)
+    assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
+
+
 @pytest.mark.parametrize(("orientation", "rotation"), [(3, 180), (6, 90), (8, 270)])
 def test_jpeg_exif_orientation_is_applied(tmp_path: Path, orientation: int, rotation: int) -> None:
     # given a JPEG stored turned, with the EXIF orientation that turns it upright
