@@ -40,7 +40,7 @@ from api.uploads import read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
 from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidRequest, MediaError
-from fervid.settings import get_settings
+from fervid.settings import Settings, get_settings
 from fervid.storage import get_storage
 from fervid.tables import Job
 from fervid.webhooks import notify_finished
@@ -124,16 +124,41 @@ SUBMIT_BODY = {
 }
 
 
-def check_file_uri_allowed(uri: str, roots_setting: str) -> None:
-    """file:// sources must lie under a folder the operator opened (FERVID_FILE_URI_ROOTS); others pass."""
-    parsed = urlparse(uri)
-    if parsed.scheme.lower() != "file":
+def check_source_allowed(uri: str, settings: Settings) -> None:
+    """file:// and s3:// sources read what the workers can read, so each must lie under a location the operator
+    opened (FERVID_FILE_URI_ROOTS, FERVID_S3_SOURCE_PREFIXES), and never in the upload store, which holds every
+    tenant's uploads. http(s) sources are fenced where they are fetched (public addresses only)."""
+    scheme = urlparse(uri).scheme.lower()
+    if scheme == "file":
+        setting, opened = "FERVID_FILE_URI_ROOTS", settings.file_uri_roots
+        hint = "upload the file or use s3:// or http(s)://"
+    elif scheme == "s3":
+        setting, opened = "FERVID_S3_SOURCE_PREFIXES", settings.s3_source_prefixes
+        hint = "upload the file or use http(s)://"
+    else:
         return
-    path = Path(unquote(parsed.path)).resolve()
-    roots = [Path(root.strip()).resolve() for root in roots_setting.split(",") if root.strip()]
-    if not any(path == root or root in path.parents for root in roots):
-        raise FervidError(f"file:// sources are only accepted under FERVID_FILE_URI_ROOTS ({roots_setting or 'unset'});"
-                          " upload the file or use s3:// or http(s)://", code=SOURCE_NOT_ALLOWED, http_status=422)
+    locations = [location.strip() for location in opened.split(",") if location.strip()]
+    if not any(_location_holds(location, uri) for location in locations):
+        raise FervidError(f"{scheme}:// sources are only accepted under {setting} ({opened or 'unset'}); {hint}",
+                          code=SOURCE_NOT_ALLOWED, http_status=422)
+    if _location_holds(settings.storage_url, uri):
+        raise FervidError("the upload store is not a source; upload the file again", code=SOURCE_NOT_ALLOWED,
+                          http_status=422)
+
+
+def _location_holds(location: str, uri: str) -> bool:
+    """Whether `uri` names something inside `location`: a folder (a bare path or file://) or s3://bucket[/prefix],
+    compared a whole path segment at a time after resolving `..`."""
+    target, place = urlparse(uri), urlparse(location if "://" in location else Path(location).as_uri())
+    if target.scheme.lower() != place.scheme.lower():
+        return False
+    if place.scheme.lower() == "file":
+        path, root = Path(unquote(target.path)).resolve(), Path(unquote(place.path)).resolve()
+        return path == root or root in path.parents
+    if target.netloc != place.netloc:  # the bucket
+        return False
+    prefix = place.path.strip("/")
+    return not prefix or target.path.lstrip("/") == prefix or target.path.lstrip("/").startswith(prefix + "/")
 
 
 @v1.post(
@@ -158,7 +183,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep) -
             await form.close()
     elif content_type == "application/json":
         spec = _validated(JobFromUri, await read_json(request))
-        check_file_uri_allowed(spec.source_uri, get_settings().file_uri_roots)
+        check_source_allowed(spec.source_uri, get_settings())
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, source_uri=spec.source_uri, sample_fps=spec.sample_fps,
                                     client_request_token=spec.client_request_token, webhook_url=spec.webhook_url))

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
     # Empty: file:// is refused, so no tenant can make a worker read its local files.
     file_uri_roots: str = ""
+    # Where s3:// source URIs submitted through the API may point (s3://bucket or s3://bucket/prefix, comma-
+    # separated); workers read them with their own credentials. Empty: s3:// sources are refused.
+    s3_source_prefixes: str = ""
     # http(s) sources and webhooks may reach loopback/private addresses only when this is set (development).
     allow_private_urls: bool = False
     segment_seconds: Annotated[float, Field(ge=1.0)] = 30.0  # long videos split into segments that workers share

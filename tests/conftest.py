@@ -106,6 +106,7 @@ def fervid_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pyte
     monkeypatch.setenv("FERVID_MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
     monkeypatch.setenv("FERVID_ENGINE_CACHE_DIR", str(tmp_path / "engine-cache"))
     monkeypatch.setenv("FERVID_DOWNLOAD_CACHE_DIR", str(tmp_path / "download-cache"))
+    monkeypatch.setenv("FERVID_S3_SOURCE_PREFIXES", "s3://videos,s3://b")  # the buckets API tests name
     monkeypatch.setenv("FERVID_ALLOW_PRIVATE_URLS", "true")  # tests serve http on loopback; test_netpolicy unsets it
     get_settings.cache_clear()
     yield monkeypatch
