@@ -135,3 +135,63 @@ def restore_fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(kept_nodes)
     return model
 
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the graph is explicitly quantized (QuantizeLinear/DequantizeLinear nodes, as `fervid eval --int8`
+    writes for ONNX Runtime on the CPU)."""
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrites a QDQ-quantized graph in place as a float32 one, for runtimes that compute in float (TensorRT fp16,
+    ONNX Runtime on CUDA): each DequantizeLinear of a constant becomes the float32 constant it yields (the int8
+    weights times their scales: what the INT8 model computes with), and each activation QuantizeLinear ->
+    DequantizeLinear pair is bypassed. Other models pass as is."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {output.name for output in graph.output}
+    constants: list[onnx.TensorProto] = []
+    renamed: dict[str, str] = {}  # a DequantizeLinear output -> the float tensor it stood for
+    dropped: set[int] = set()  # id() of removed nodes
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and all(not name or name in initializers for name in node.input):
+            constants.append(numpy_helper.from_array(_dequantized(node, initializers), node.output[0]))
+            dropped.add(id(node))
+        elif node.op_type == "QuantizeLinear":
+            readers = consumers.get(node.output[0], [])
+            if readers and all(reader.op_type == "DequantizeLinear" for reader in readers) and not any(
+                    reader.output[0] in graph_outputs for reader in readers):
+                for reader in readers:
+                    renamed[reader.output[0]] = node.input[0]
+                    dropped.update({id(node), id(reader)})
+    if not dropped:
+        return model
+    kept_nodes = [node for node in graph.node if id(node) not in dropped]
+    for node in kept_nodes:
+        for slot, name in enumerate(node.input):
+            node.input[slot] = renamed.get(name, name)
+    used = {name for node in kept_nodes for name in node.input} | graph_outputs
+    kept_initializers = [init for init in graph.initializer if init.name in used]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers + [constant for constant in constants if constant.name in used])
+    return model
+
+
+def _dequantized(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> NDArray[np.float32]:
+    values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+    zero_point = (numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32)
+                  if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+    if scale.ndim == 1 and scale.size > 1:  # per-channel along `axis` (default 1)
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 1) % values.ndim
+        shape = [1] * values.ndim
+        shape[axis] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return np.asarray((values - zero_point) * scale, dtype=np.float32)

@@ -40,6 +40,7 @@ class Calls:
     memory_pool_limits: dict[str, int] = field(default_factory=dict)
     profile_shapes: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     parsed_initializer_types: set[int] = field(default_factory=set)  # ONNX elem types of the parsed weights
+    parsed_op_types: set[str] = field(default_factory=set)  # ONNX operators of the parsed graph
     serialized: list[bytes] = field(default_factory=list)
     builds: int = 0
     input_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
@@ -188,6 +189,7 @@ class FakeTensorRT(types.ModuleType):
                 module.calls.builds += 1
                 model = onnx.load_from_string(network.onnx_bytes)
                 module.calls.parsed_initializer_types |= {tensor.data_type for tensor in model.graph.initializer}
+                module.calls.parsed_op_types |= {node.op_type for node in model.graph.node}
                 (name, (min_shape, opt_shape, max_shape)), = config.profiles[0].shapes.items()
                 header = {"version": module.__version__, "input": name, "max_batch": max_shape[0],
                           "flags": network.flags}

@@ -51,10 +51,6 @@ def probe(name: str) -> BackendProbe:
                                     f"(compute {device.compute_capability}, CUDA {device.cuda_version})")
 
 
-def has_qdq(model: Any) -> bool:
-    return any(node.op_type in QDQ_OPS for node in model.graph.node)
-
-
 def qdq_incompatibility(model: Any) -> str | None:
     """Why TensorRT cannot take this model's Q/DQ nodes, or None: it accepts only symmetric int8 (zero point 0)."""
     from onnx import TensorProto, numpy_helper
@@ -144,7 +140,8 @@ def network_onnx(model_path: Path, precision: str, major: int) -> bytes:
     """The ONNX bytes TensorRT parses for `precision` on TensorRT `major`."""
     import onnx
 
-    from models.weight_storage import restore_fp32_weights  # imports onnx, which only the gpu extra brings
+    # imports onnx, which only the gpu extra brings
+    from models.weight_storage import dequantize_qdq, has_qdq, restore_fp32_weights
 
     if precision not in PRECISIONS:
         raise BackendUnavailable(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -157,6 +154,9 @@ def network_onnx(model_path: Path, precision: str, major: int) -> bytes:
     problem = qdq_incompatibility(model) if precision == "int8" else None
     if problem:
         raise BackendUnavailable(f"int8 is unavailable for {model_path}: {problem}; use fp16")
+    if precision != "int8":
+        # A model quantized for the CPU computes here in float with the weights it was quantized to.
+        model = dequantize_qdq(model)
     if major >= 11 and precision == "fp16":
         model = convert_to_fp16(model)
     return model.SerializeToString()  # type: ignore[no-any-return]

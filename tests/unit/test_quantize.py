@@ -12,6 +12,7 @@ from models.backends.ort import OrtBackend
 from models.classifier import preprocess_faces, read_model_spec
 from models.export import export_onnx
 from models.quantize import CALIBRATION_KEY, quantize_int8
+from models.weight_storage import dequantize_qdq, has_qdq
 from tests.unit.test_export import write_checkpoint
 
 
@@ -51,6 +52,29 @@ def test_int8_model_stays_close_to_fp32_and_keeps_its_metadata(tiny_model_path: 
         key: value for key, value in before.items() if key != "fervid.name"}
     assert after["fervid.weights"] == "int8" and after[CALIBRATION_KEY].startswith("64 train faces")
     assert read_model_spec(out).preprocess == spec.preprocess
+
+
+def test_an_int8_model_turns_back_into_a_float_graph_with_its_quantized_weights(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    # given the INT8 model the CPU runs (QDQ: int8 weights, uint8 activations)
+    spec = read_model_spec(tiny_model_path)
+    quantized = quantize_int8(tiny_model_path, tmp_path / "int8.onnx", random_faces(64, seed=1), spec.preprocess)
+
+    # when it is dequantized for a runtime that computes in float (TensorRT fp16, ONNX Runtime on CUDA)
+    model = dequantize_qdq(onnx.load(str(quantized)))
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "float.onnx")
+
+    # then no Q/DQ node and no integer weight is left, and it computes what the INT8 model and the original do
+    assert not has_qdq(model)
+    assert not {TensorProto.INT8, TensorProto.UINT8} & {init.data_type for init in model.graph.initializer}
+    faces = random_faces(32, seed=2)
+    restored = run_model(tmp_path / "float.onnx", faces)
+    assert np.abs(restored - run_model(quantized, faces)).max() < 0.03
+    assert np.abs(restored - run_model(tiny_model_path, faces)).max() < 0.03
+    # and a float model passes through unchanged
+    plain = onnx.load(str(tiny_model_path))
+    assert dequantize_qdq(onnx.load(str(tiny_model_path))) == plain
 
 
 def test_an_fp16_stored_export_is_quantized_from_its_exact_fp32_weights(tmp_path: Path) -> None:

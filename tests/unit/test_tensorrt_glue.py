@@ -205,6 +205,29 @@ def test_int8_refuses_asymmetric_uint8_qdq_as_onnxruntime_cpu_quantization_write
     assert fake.calls.builds == 0
 
 
+def test_fp16_from_a_model_quantized_for_the_cpu_builds_from_its_float_equivalent(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path) -> None:
+    # given the model as `fervid eval --int8` writes it for ONNX Runtime on the CPU (uint8 activations)
+    from models.classifier import preprocess_faces, read_model_spec
+    from models.quantize import quantize_int8
+
+    fake = install_fake(monkeypatch, "10.3.0")
+    spec = read_model_spec(tiny_model_path)
+    calibration = np.random.default_rng(3).integers(0, 256, (32, 48, 48), dtype=np.uint8)
+    quantized = quantize_int8(tiny_model_path, tmp_path / "int8.onnx", calibration, spec.preprocess)
+
+    # when TensorRT builds it for fp16
+    backend = TrtBackend(quantized, "fp16", BatchProfile(1, 8, 16), EngineCache(tmp_path / "engines"),
+                         FakeAllocator(fake))
+
+    # then it parsed a float graph (no Q/DQ for its asymmetric activations) whose outputs match the INT8 model's
+    assert fake.calls.builds == 1
+    assert not fake.calls.parsed_op_types & {"QuantizeLinear", "DequantizeLinear"}
+    # (on faces like those it was calibrated on: outside the calibrated ranges INT8 clips and float does not)
+    batch = preprocess_faces(list(calibration[:16]), spec.preprocess)
+    np.testing.assert_allclose(backend.run(batch), ort_outputs(quantized, batch), atol=0.03)
+
+
 def test_an_engine_built_ahead_by_the_cli_is_the_one_workers_load(
         monkeypatch: pytest.MonkeyPatch, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
