@@ -35,6 +35,7 @@ from api.schemas import (
     Summary,
     TimelineCursor,
     TimelinePage,
+    WebhookSigningKey,
 )
 from api.uploads import read_json, read_multipart
 from fervid import jobs, results
@@ -43,7 +44,7 @@ from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidR
 from fervid.settings import Settings, get_settings
 from fervid.storage import get_storage
 from fervid.tables import Job
-from fervid.webhooks import notify_finished
+from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, notify_finished, tenant_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,19 @@ def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, background: 
 def delete_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     jobs.delete_job(session, jobs.get_job(session, tenant, job_id))
     return Response(status_code=204)
+
+
+@v1.get("/webhook-signing-key", response_model=WebhookSigningKey,
+        responses={404: {"model": ErrorBody, "description": "webhooks are not signed (no FERVID_WEBHOOK_SECRET)"}},
+        summary="The key your job webhooks are signed with")
+def get_webhook_signing_key(tenant: TenantDep) -> WebhookSigningKey:
+    secret = get_settings().webhook_secret
+    if not secret:
+        raise FervidError("webhooks are not signed on this service (the operator has not set FERVID_WEBHOOK_SECRET)",
+                          code="not_configured", http_status=404)
+    scheme = (f'"t=<unix seconds>,v1=<hex>": v1 is HMAC-SHA256 under this key of "<t>." followed by the raw body; '
+              f"refuse a mismatch or a t more than {SIGNATURE_TOLERANCE_S} s from now")
+    return WebhookSigningKey(header=SIGNATURE_HEADER, scheme=scheme, key=tenant_signing_key(secret, tenant).hex())
 
 
 @health.get("/healthz", response_model=Health, summary="Liveness: the process answers")

@@ -170,6 +170,12 @@ class Summary(BaseModel):
     overall: OverallSummary
 
 
+class WebhookSigningKey(BaseModel):
+    header: str = Field(description="the request header carrying the signature")
+    scheme: str = Field(description="how to check it")
+    key: str = Field(description="your HMAC-SHA256 key, hex")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

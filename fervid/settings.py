@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     requeue_after_s: float = 300.0  # a queued segment not started for this long is re-sent (lost message)
     reaper_interval_s: float = 15.0
     webhook_timeout_s: float = 5.0
+    # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
+    webhook_secret: str = ""
 
     def tenants_by_key(self) -> dict[str, str]:
         """Maps each API key to its tenant; a malformed entry is a configuration error, not a silent skip."""

@@ -1,7 +1,15 @@
-"""Job-finished webhooks: a small JSON POST, retried a few times, never able to fail the job."""
+"""Job-finished webhooks: a small JSON POST, retried a few times, never able to fail the job.
+
+With FERVID_WEBHOOK_SECRET set, every POST is signed for its tenant: `X-Fervid-Signature: t=<unix seconds>,
+v1=<hex HMAC-SHA256 of "<t>.<body>">` under the tenant's own key (HMAC-SHA256 of the tenant name under the secret,
+which the tenant reads from GET /v1/webhook-signing-key). A receiver checks the MAC and that t is recent, so a
+forged or replayed notification is refused; one tenant's key cannot sign for another.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import logging
@@ -15,6 +23,32 @@ from fervid.tables import Job
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
+SIGNATURE_HEADER = "X-Fervid-Signature"
+SIGNATURE_TOLERANCE_S = 300  # how old a signed timestamp a receiver should accept
+
+
+def tenant_signing_key(secret: str, tenant: str) -> bytes:
+    """The key a tenant's webhooks are signed with: derived, so the operator keeps one secret for all tenants."""
+    return hmac.new(secret.encode(), f"fervid-webhook:{tenant}".encode(), hashlib.sha256).digest()
+
+
+def sign(key: bytes, body: bytes, timestamp: int) -> str:
+    """The X-Fervid-Signature value for `body` sent at `timestamp` (unix seconds)."""
+    mac = hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(key: bytes, header: str, body: bytes, now: float,
+           tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
+    """What a receiver runs: True when `header` signs `body` under `key` within `tolerance_s` of `now`."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields.get("t", ""))
+    except ValueError:
+        return False
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(key, body, timestamp), f"t={timestamp},v1={fields.get('v1', '')}")
 
 
 def notify_finished(job_id: str) -> bool:
@@ -23,7 +57,7 @@ def notify_finished(job_id: str) -> bool:
         job = session.get(Job, job_id)
         if job is None or not job.webhook_url:
             return False
-        url = job.webhook_url
+        url, tenant = job.webhook_url, job.tenant
         payload = {"job_id": job.id, "status": job.status,
                    "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None}
     if (address := non_public_address(url)) is not None:
@@ -31,8 +65,12 @@ def notify_finished(job_id: str) -> bool:
                     "(FERVID_ALLOW_PRIVATE_URLS)", job_id, url, address)
         return False
     body = json.dumps(payload).encode()
+    secret = get_settings().webhook_secret
     for attempt in range(ATTEMPTS):
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        headers = {"Content-Type": "application/json"}
+        if secret:  # signed at each attempt: a retry carries a fresh timestamp
+            headers[SIGNATURE_HEADER] = sign(tenant_signing_key(secret, tenant), body, int(time.time()))
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with open_public(request, timeout=get_settings().webhook_timeout_s) as response:
                 if response.status < 300:

@@ -591,3 +591,25 @@ def test_fervid_api_serves_over_http(fervid_env: pytest.MonkeyPatch, pg_url: str
         process.terminate()
         process.wait(timeout=30)
         redis.Redis.from_url(redis_url).delete(env["FERVID_QUEUE"])
+
+
+def test_each_tenant_reads_its_own_webhook_signing_key(
+        fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str) -> None:
+    from fervid.webhooks import SIGNATURE_HEADER, tenant_signing_key
+
+    # given an operator secret
+    fervid_env.setenv("FERVID_WEBHOOK_SECRET", "operator-secret")
+    with running_api(pg_url, redis_url, fervid_env) as api:
+        # when each tenant asks for its key
+        alice = api.client.get("/v1/webhook-signing-key", headers=ALICE)
+        bob = api.client.get("/v1/webhook-signing-key", headers=BOB)
+    # then each gets the key its webhooks are signed with, and they differ
+    assert alice.status_code == bob.status_code == 200
+    assert alice.json()["header"] == SIGNATURE_HEADER
+    assert alice.json()["key"] == tenant_signing_key("operator-secret", api.alice).hex()
+    assert bob.json()["key"] == tenant_signing_key("operator-secret", api.bob).hex() != alice.json()["key"]
+
+
+def test_without_a_secret_there_is_no_signing_key(api: Api) -> None:
+    # when / then: webhooks are unsigned, and the API says so
+    assert_error(api.client.get("/v1/webhook-signing-key", headers=ALICE), 404, "not_configured")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,3 +66,67 @@ def test_a_url_urllib_cannot_send_to_is_a_failed_delivery(finished_job: str) -> 
     _set_webhook(finished_job, "http://127.0.0.1:abc/hook")
     # when / then the job's webhook reports no delivery instead of raising
     assert webhooks.notify_finished(finished_job) is False
+
+
+class RecordingReceiver:
+    """A loopback HTTP server that answers 204 and keeps each POST's headers and body."""
+
+    def __init__(self) -> None:
+        received: list[tuple[dict[str, str], bytes]] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers.items()), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhooks_are_signed_per_tenant_and_a_receiver_can_tell_forgeries(
+        finished_job: str, fervid_env: pytest.MonkeyPatch) -> None:
+    # given an operator secret and a receiver for alice's job
+    fervid_env.setenv("FERVID_WEBHOOK_SECRET", "operator-secret")
+    get_settings.cache_clear()
+    receiver = RecordingReceiver()
+    _set_webhook(finished_job, receiver.url)
+    try:
+        # when the webhook is sent
+        assert webhooks.notify_finished(finished_job) is True
+    finally:
+        receiver.close()
+    ((headers, body),) = receiver.received
+    signature = headers[webhooks.SIGNATURE_HEADER]
+    alice = webhooks.tenant_signing_key("operator-secret", "alice")
+    now = time.time()
+    # then alice's key verifies it, and nothing else does: another tenant's key, a changed body, a late replay
+    assert webhooks.verify(alice, signature, body, now)
+    assert not webhooks.verify(webhooks.tenant_signing_key("operator-secret", "bob"), signature, body, now)
+    assert not webhooks.verify(alice, signature, body.replace(b"succeeded", b"failed"), now)
+    assert not webhooks.verify(alice, signature, body, now + webhooks.SIGNATURE_TOLERANCE_S + 60)
+    assert not webhooks.verify(alice, "t=abc,v1=00", body, now)
+
+
+def test_webhooks_are_unsigned_without_a_secret(finished_job: str) -> None:
+    # given no FERVID_WEBHOOK_SECRET
+    receiver = RecordingReceiver()
+    _set_webhook(finished_job, receiver.url)
+    try:
+        # when the webhook is sent
+        assert webhooks.notify_finished(finished_job) is True
+    finally:
+        receiver.close()
+    # then it carries no signature header
+    ((headers, _),) = receiver.received
+    assert webhooks.SIGNATURE_HEADER not in headers
