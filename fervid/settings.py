@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = 2048
     max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
     max_duration_s: float = 6 * 3600
+    max_frames: int = 2_000_000  # video frames (packets) in one file: 6 h at 90 fps
     max_download_mb: int = 4096  # for http(s) source URIs
     download_cache_dir: Path = CACHE_DIR / "downloads"  # remote media kept while a worker processes its segments
     download_cache_mb: int = 20480

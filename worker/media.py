@@ -310,7 +310,10 @@ def _index_stream(container: av.container.InputContainer,
     keyframes: list[int] = []
     untimed = 0
     first_frame: av.VideoFrame | None = None
-    for packet in _packets(container, stream):
+    max_frames = get_settings().max_frames
+    for count, packet in enumerate(_packets(container, stream), start=1):
+        if count > max_frames:  # the header can understate: counted before the index outgrows memory
+            raise MediaError(MEDIA_TOO_LARGE, f"the video has over {max_frames} frames (FERVID_MAX_FRAMES)")
         if first_frame is None:
             frames = _decoded(packet, stream)
             first_frame = frames[0] if frames else None

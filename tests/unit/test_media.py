@@ -382,6 +382,14 @@ def test_a_video_over_the_duration_limit_is_refused(tmp_path: Path, fervid_env: 
     assert "FERVID_MAX_DURATION_S" in expect_media_error(clip, MEDIA_TOO_LARGE).message
 
 
+def test_a_video_with_more_frames_than_the_limit_is_refused(tmp_path: Path, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a 72-frame clip and a 50-frame limit
+    fervid_env.setenv("FERVID_MAX_FRAMES", "50")
+    clip = write_video(tmp_path / "clip.mp4", frame_count=72)
+    # when / then
+    assert "FERVID_MAX_FRAMES" in expect_media_error(clip, MEDIA_TOO_LARGE).message
+
+
 def test_decoding_bad_input_raises_only_media_errors(tmp_path: Path) -> None:
     # given noise, and a PNG whose pixel data is cut off after a valid header
     noise = tmp_path / "noise.mp4"
