@@ -10,7 +10,6 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import anyio
-import redis
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -41,6 +40,7 @@ from api.uploads import read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
 from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidRequest, MediaError
+from fervid.queue import celery_app
 from fervid.settings import Settings, get_settings
 from fervid.storage import get_storage
 from fervid.tables import Job
@@ -307,12 +307,9 @@ def _ping_database() -> None:
 
 
 def _ping_broker() -> None:
-    client = redis.Redis.from_url(get_settings().broker_url, socket_connect_timeout=READY_TIMEOUT_S,
-                                  socket_timeout=READY_TIMEOUT_S)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    # A real connection through Celery's own transport, so any broker it speaks (Redis, RabbitMQ, ...) is checked.
+    with celery_app().connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=READY_TIMEOUT_S)
 
 
 async def _check(ping: Callable[[], None]) -> str:

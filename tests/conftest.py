@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PG_ADMIN_URL = os.environ.get("FERVID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FERVID_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("FERVID_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +95,19 @@ def redis_url() -> str:
     except redis.ConnectionError as error:
         pytest.skip(f"Redis not reachable at {REDIS_URL} ({error}); .ci/run starts it")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """RabbitMQ, for the tests that show Celery's other common broker works too."""
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+    except Exception as error:  # kombu raises its own and the transport's errors
+        pytest.skip(f"RabbitMQ not reachable at {AMQP_URL} ({error})")
+    return AMQP_URL
 
 
 @pytest.fixture

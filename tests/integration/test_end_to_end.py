@@ -82,6 +82,35 @@ def test_single_face_clip_gives_one_track_on_every_sampled_frame(
     assert len(summary["tracks"]) == 1 and summary["tracks"][0]["frames"] == 12
 
 
+def test_rabbitmq_works_as_the_broker_for_jobs_split_across_two_workers(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu import Connection
+
+    from fervid.queue import celery_app
+    from fervid.settings import get_settings
+
+    # given the API and two worker processes on RabbitMQ instead of Redis, with 1 s segments
+    for name, value in {"FERVID_BROKER_URL": amqp_url, "FERVID_SEGMENT_SECONDS": "1"}.items():
+        monkeypatch.setenv(name, value)
+        service_env.values[name] = value
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    service_env.start_worker()
+    service_env.start_worker()
+    try:
+        # when a clip is submitted
+        job = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "single_face.mp4"))
+        ready = client.get("/readyz")
+    finally:
+        with Connection(amqp_url) as connection:  # the test's queue, so RabbitMQ keeps nothing of it
+            connection.default_channel.queue_delete(service_env.values["FERVID_QUEUE"])
+    # then every sampled frame was analysed, and readiness checked the broker actually in use
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == {"frames_done": 12, "frames_total": 12}
+    assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
+
+
 def test_segments_shared_by_two_workers_give_the_same_timeline_with_one_track(
     service_env: ServiceEnv, client: TestClient, shared_dir: Path
 ) -> None:
