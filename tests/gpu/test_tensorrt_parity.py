@@ -44,7 +44,14 @@ def public_faces(shared_dir: Path) -> np.ndarray:
 
 
 def reference(model: Path, batch: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    """ONNX Runtime CPU on the graph the GPU runs: for a model quantized for the CPU, its float equivalent (the
+    GPU computes with the quantized weights in float, without the CPU's 8-bit activations)."""
+    import onnx
+
+    from models.weight_storage import dequantize_qdq, restore_fp32_weights
+
+    graph = dequantize_qdq(restore_fp32_weights(onnx.load(str(model)))).SerializeToString()
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
 
@@ -102,7 +109,14 @@ def shipped_model() -> Path:
 def test_torch_cuda_fp32_and_fp16_match_onnxruntime_on_real_faces(cuda_device: str, shipped_model: Path,
                                                                  public_faces: np.ndarray) -> None:
     # given real PublicTest faces, preprocessed as at run time
+    import onnx
+
     from models.backends.torch_cuda import TorchCudaBackend
+    from models.weight_storage import has_qdq
+
+    if has_qdq(onnx.load(str(shipped_model))):
+        pytest.skip("the shipped model is quantized (BatchNorm folded into int8 weights); torch-cuda rebuilds the "
+                    "network from a float export's named weights")
 
     batch = preprocess_faces(list(public_faces), read_model_spec(shipped_model).preprocess)
     expected = reference(shipped_model, batch)
