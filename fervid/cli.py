@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.train", "train the emotion classifier on FER-2013 train"),
     "eval": ("models.evaluate", "evaluate a checkpoint or ONNX model on PublicTest / PrivateTest"),
     "export": ("models.export", "export a checkpoint to the ONNX artifact the runtime loads"),
+    "quantize": ("models.quantize", "INT8 copy of a model for ONNX Runtime on the CPU or for TensorRT"),
     "engines": ("models.engine_cache", "TensorRT engines: build / list / clear"),
     "doctor": ("models.backends.doctor", "which inference backend each option would be here, and why"),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field
@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False
     segment_seconds: Annotated[float, Field(ge=1.0)] = 30.0  # long videos split into segments that workers share
     backend: str = "auto"  # auto | tensorrt | ort-cuda | ort-cpu | torch-cuda
+    # TensorRT engines' precision; int8 needs a model from `fervid quantize --target tensorrt`.
+    tensorrt_precision: Literal["fp16", "fp32", "int8"] = "fp16"
     model_path: Path | None = None  # default: the ONNX shipped under models/
     detector_path: Path | None = None  # YuNet ONNX; default: looked up in the model cache, else Haar cascade
     model_cache_dir: Path = CACHE_DIR / "models"

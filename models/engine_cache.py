@@ -207,7 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = actions.add_parser("build", help="build (or load) the engine for a model on this GPU")
     build.add_argument("--model", type=Path, default=None, help="ONNX classifier (default: FERVID_MODEL_PATH or "
                                                                 "the shipped model)")
-    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                       help="default: FERVID_TENSORRT_PRECISION (fp16)")
     # Defaults match the profile workers ask for, so an engine built ahead is the one they load.
     build.add_argument("--min-batch", type=int, default=1)
     build.add_argument("--opt-batch", type=int, default=None, help="default: min(32, max batch)")
@@ -231,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         model_path = args.model or get_settings().model_path or DEFAULT_MODEL_PATH
         max_batch = args.max_batch or max(get_settings().classify_batch, 1)
         profile = BatchProfile(args.min_batch, args.opt_batch or min(DEFAULT_OPT_BATCH, max_batch), max_batch)
-        _, key = cached_engine(model_path, args.precision, profile, cache)
+        precision = args.precision or get_settings().tensorrt_precision
+        _, key = cached_engine(model_path, precision, profile, cache)
         print(cache.manifest_path(key).read_text())
         return 0
     if args.action == "list":

@@ -26,12 +26,11 @@ from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier, preprocess_faces, read_model_spec
 from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
 from models.metrics import ClassificationMetrics, classification_metrics, plot_confusion
+from models.quantize import DEFAULT_CALIBRATION_SIZE, calibration_faces
 
 EVAL_SPLITS = ("public", "private")  # `train` is for fitting and calibration only
 TTA_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 DEFAULT_BATCH = 64
-DEFAULT_CALIBRATION_SIZE = 512
-CALIBRATION_SEED = 2013
 SPEED_WARMUP = 3
 SPEED_ROUNDS = 20
 INT8_FILE = "fervid-emotion-int8.onnx"
@@ -176,9 +175,6 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
     }
     table = {"torch" if checkpoint is not None else "onnx": results}
     if int8:
-        train_faces = load_split(data_path, "train").faces
-        chosen = np.random.default_rng(CALIBRATION_SEED).choice(
-            len(train_faces), min(calibration_size, len(train_faces)), replace=False)
         with tempfile.TemporaryDirectory(prefix="fervid-eval-") as work:
             if onnx_model is not None:
                 fp32_onnx, fp32_label = onnx_model, str(onnx_model)
@@ -189,8 +185,9 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
                 fp32_onnx = export_onnx(checkpoint, Path(work) / "fp32.onnx", tta=False, weights="fp32",
                                         data_path=data_path)
                 fp32_label = f"fp32 export of {checkpoint} (temporary)"
+            faces = calibration_faces(data_path, calibration_size)
             report["int8"], table["int8"] = _int8_section(
-                fp32_onnx, results, loaded, tta_modes, train_faces[np.sort(chosen)], out_dir, batch_size, fp32_label)
+                fp32_onnx, results, loaded, tta_modes, faces, out_dir, batch_size, fp32_label)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     print(format_table(table, report))
     return report

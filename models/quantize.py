@@ -1,13 +1,19 @@
-"""Static INT8 quantization of the emotion classifier with ONNX Runtime (QDQ, per-channel weights) for CPU serving.
+"""Static INT8 quantization of the emotion classifier with ONNX Runtime (QDQ, per-channel weights).
 
-Calibration uses FER-2013 `train` faces only, preprocessed by the runtime's own `preprocess_faces`.
+Two targets: `cpu` (uint8 activations, int8 weights: the pairing ONNX Runtime's x86 kernels run fastest) and
+`tensorrt` (symmetric int8 activations and weights, zero points 0: the only Q/DQ TensorRT takes). Calibration
+uses FER-2013 `train` faces only, preprocessed by the runtime's own `preprocess_faces`.
+
+    fervid quantize --model models/fervid-emotion.onnx --target tensorrt --out runs/fervid-emotion-trt-int8.onnx
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -28,6 +34,11 @@ from models.weight_storage import WEIGHTS_KEY, restore_fp32_weights
 INT8_SUFFIX = "-int8"
 CALIBRATION_KEY = "fervid.calibration"
 CALIBRATION_BATCH = 32
+CALIBRATION_SEED = 2013
+DEFAULT_CALIBRATION_SIZE = 512
+
+Target = Literal["cpu", "tensorrt"]
+TARGETS: tuple[Target, ...] = ("cpu", "tensorrt")
 
 
 class FaceCalibrationReader(CalibrationDataReader):
@@ -53,8 +64,10 @@ class FaceCalibrationReader(CalibrationDataReader):
         self._batches = self._iterate()
 
 
-def quantize_int8(model: Path, out: Path, calibration_faces: NDArray[np.uint8], preprocess: Preprocess) -> Path:
-    """Writes a QDQ INT8 copy of `model` to `out`, carrying its fervid.* metadata (name suffixed "-int8").
+def quantize_int8(model: Path, out: Path, calibration_faces: NDArray[np.uint8], preprocess: Preprocess,
+                  target: Target = "cpu") -> Path:
+    """Writes a QDQ INT8 copy of `model` for `target` to `out`, carrying its fervid.* metadata (name suffixed
+    "-int8").
 
     `calibration_faces` must come from the training split: calibrating on PublicTest or PrivateTest would leak them.
     """
@@ -80,20 +93,59 @@ def quantize_int8(model: Path, out: Path, calibration_faces: NDArray[np.uint8], 
         onnx.save(prepared, prepared_path)
         # Probabilities keep full precision: an 8-bit softmax would round them to steps of 1/255.
         softmax_nodes = [node.name for node in prepared.graph.node if node.op_type == "Softmax"]
+        symmetric = target == "tensorrt"
         quantize_static(
             str(prepared_path), str(out),
             FaceCalibrationReader(calibration_faces, preprocess, input_name),
             quant_format=QuantFormat.QDQ, per_channel=True,
-            # U8 activations / S8 weights: the pairing ONNX Runtime's x86 CPU kernels run fastest.
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax_nodes,
+            # TensorRT: biases stay float (its parser takes int8 Q/DQ only, not int32 bias dequantization).
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
         )
     quantized = onnx.load(str(out))
     metadata[NAME_KEY] = metadata.get(NAME_KEY, model.stem) + INT8_SUFFIX
     metadata[WEIGHTS_KEY] = "int8"
-    metadata[CALIBRATION_KEY] = f"{len(calibration_faces)} train faces, MinMax, QDQ U8S8 per-channel"
+    pairing = "S8S8 symmetric" if target == "tensorrt" else "U8S8"
+    metadata[CALIBRATION_KEY] = f"{len(calibration_faces)} train faces, MinMax, QDQ {pairing} per-channel"
     del quantized.metadata_props[:]
     for key, value in metadata.items():
         quantized.metadata_props.add(key=key, value=value)
     onnx.save(quantized, str(out))
     return out
+
+
+def calibration_faces(data_path: Path, count: int) -> NDArray[np.uint8]:
+    """`count` faces drawn from FER-2013 `train` (never PublicTest or PrivateTest), the same draw every time."""
+    from models.fer2013 import load_split
+
+    faces = load_split(data_path, "train").faces
+    chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(faces), min(count, len(faces)), replace=False)
+    return np.asarray(faces[np.sort(chosen)], dtype=np.uint8)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from models.classifier import DEFAULT_MODEL_PATH
+    from models.fer2013 import DEFAULT_DATA_PATH
+
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="a float ONNX from `fervid export`")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--target", choices=TARGETS, default="cpu",
+                        help="cpu: ONNX Runtime (uint8 activations); tensorrt: symmetric int8 for "
+                             "`fervid engines build --precision int8`")
+    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
+                        help="train faces used to calibrate")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.classifier import read_model_spec
+
+    if args.calibration_size <= 0:
+        raise FervidError("--calibration-size must be positive", code="invalid_request")
+    if not args.data.is_file():
+        raise FervidError(f"data file {args.data} not found; pass --data PATH to fer2013.npz", code="data_not_found")
+    faces = calibration_faces(args.data, args.calibration_size)
+    out = quantize_int8(args.model, args.out, faces, read_model_spec(args.model).preprocess, args.target)
+    print(f"wrote {out} ({args.target}, calibrated on {len(faces)} train faces)")
+    return 0

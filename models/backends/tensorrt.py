@@ -265,4 +265,6 @@ class TrtBackend:
 
 
 def create(name: str, model_path: Path, max_batch: int) -> TrtBackend:
-    return TrtBackend(model_path, DEFAULT_PRECISION, BatchProfile.up_to(max_batch))
+    from fervid.settings import get_settings
+
+    return TrtBackend(model_path, get_settings().tensorrt_precision, BatchProfile.up_to(max_batch))

@@ -106,3 +106,27 @@ def test_calibration_needs_faces(tiny_model_path: Path, tmp_path: Path) -> None:
     with pytest.raises(FervidError):
         quantize_int8(tiny_model_path, tmp_path / "int8.onnx", np.zeros((0, 48, 48), np.uint8), spec.preprocess)
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_the_quantize_command_writes_a_tensorrt_int8_model_from_train_faces(
+        tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # given a small data file whose train split is the only one the calibration may read
+    from fervid.cli import main
+    from models.backends.tensorrt import qdq_incompatibility
+
+    data = tmp_path / "fer.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, **{f"x_{name}": rng.integers(0, 256, (40, 48, 48), dtype=np.uint8) for name in
+                      ("train", "public", "private")},
+             **{f"y_{name}": rng.integers(0, 7, 40) for name in ("train", "public", "private")})
+
+    # when
+    out = tmp_path / "trt-int8.onnx"
+    assert main(["quantize", "--model", str(tiny_model_path), "--out", str(out), "--target", "tensorrt",
+                 "--calibration-size", "16", "--data", str(data)]) == 0
+
+    # then the model is one TensorRT accepts for int8, and says how it was calibrated
+    model = onnx.load(str(out))
+    assert has_qdq(model) and qdq_incompatibility(model) is None
+    assert metadata(out)[CALIBRATION_KEY] == "16 train faces, MinMax, QDQ S8S8 symmetric per-channel"
+    assert "calibrated on 16 train faces" in capsys.readouterr().out

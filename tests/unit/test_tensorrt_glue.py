@@ -205,6 +205,31 @@ def test_int8_refuses_asymmetric_uint8_qdq_as_onnxruntime_cpu_quantization_write
     assert fake.calls.builds == 0
 
 
+@pytest.mark.parametrize(("version", "network_flags", "builder_flags"),
+                         [("10.3.0", [0], ["FP16", "INT8"]), ("11.0.0", [1 << 1], [])])
+def test_int8_from_a_model_quantized_for_tensorrt(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, version: str,
+        network_flags: list[int], builder_flags: list[str]) -> None:
+    # given the model as `fervid quantize --target tensorrt` writes it (symmetric int8, zero points 0)
+    from models.classifier import preprocess_faces, read_model_spec
+    from models.quantize import quantize_int8
+
+    fake = install_fake(monkeypatch, version)
+    spec = read_model_spec(tiny_model_path)
+    calibration = np.random.default_rng(3).integers(0, 256, (32, 48, 48), dtype=np.uint8)
+    quantized = quantize_int8(tiny_model_path, tmp_path / "int8.onnx", calibration, spec.preprocess, "tensorrt")
+
+    # when TensorRT builds it for int8
+    backend = TrtBackend(quantized, "int8", BatchProfile(1, 8, 16), EngineCache(tmp_path / "engines"),
+                         FakeAllocator(fake))
+
+    # then the glue accepted its Q/DQ as given, and the engine computes what the float model does, within int8
+    assert fake.calls.network_flags == network_flags and fake.calls.builder_flags == builder_flags
+    assert {"QuantizeLinear", "DequantizeLinear"} <= fake.calls.parsed_op_types
+    batch = preprocess_faces(list(calibration[:16]), spec.preprocess)
+    np.testing.assert_allclose(backend.run(batch), ort_outputs(tiny_model_path, batch), atol=0.05)
+
+
 def test_fp16_from_a_model_quantized_for_the_cpu_builds_from_its_float_equivalent(
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path) -> None:
     # given the model as `fervid eval --int8` writes it for ONNX Runtime on the CPU (uint8 activations)
@@ -251,3 +276,20 @@ def test_an_engine_built_ahead_by_the_cli_is_the_one_workers_load(
     assert fake.calls.profile_shapes == [("faces", (1, 1, 16, 16), (32, 1, 16, 16), (48, 1, 16, 16))]
     assert backend.name == "tensorrt"
     np.testing.assert_allclose(backend.run(faces(5)), ort_outputs(tiny_model_path, faces(5)), atol=2e-3)
+
+
+def test_workers_build_at_the_configured_precision(
+        monkeypatch: pytest.MonkeyPatch, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path) -> None:
+    # given workers configured for int8 engines, and a float model
+    from fervid.settings import get_settings
+    from models.backends import tensorrt
+    from models.backends.tensorrt import create
+
+    fake = install_fake(monkeypatch, "10.3.0")
+    monkeypatch.setattr(tensorrt, "process_allocator", lambda: FakeAllocator(fake))
+    fervid_env.setenv("FERVID_TENSORRT_PRECISION", "int8")
+    get_settings.cache_clear()
+    # when / then the worker's backend asks for int8, and says why this model cannot have it
+    with pytest.raises(BackendUnavailable, match="QuantizeLinear/DequantizeLinear"):
+        create("tensorrt", tiny_model_path, 16)
+    assert fake.calls.builds == 0
