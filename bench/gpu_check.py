@@ -9,6 +9,9 @@ against fp32 (top-1 agreement >= 99 %, max probability difference <= 5e-3) on re
 preprocessed the way the runtime preprocesses crops. `--cpu-smoke` runs ONNX Runtime CPU only on a few faces, with
 the fp16-converted graph (what TensorRT 11 builds from) as its parity candidate. Prints a table; writes JSON to
 $OUT/gpu_check.json when $OUT is set (or to --json). Exits 1 when a parity check fails.
+
+For a model quantized for the CPU (QDQ), the GPU backends run its float equivalent, so the reference is ONNX
+Runtime CPU on that float equivalent, and torch-cuda (which needs a float export's named weights) is left out.
 """
 
 from __future__ import annotations
@@ -86,7 +89,23 @@ def compare(candidate: str, reference: str, probs: dict[str, NDArray[np.float32]
                   agreement >= MIN_AGREEMENT and diff <= MAX_PROB_DIFF)
 
 
-def gpu_backends(model: Path, max_batch: int) -> tuple[dict[str, Callable[[], InferenceBackend]], str]:
+def float_equivalent(model: Path, work: Path) -> Path | None:
+    """The float graph the GPU backends run for a CPU-quantized (QDQ) model, written under `work`; None for a float
+    model."""
+    import onnx
+
+    from models.weight_storage import dequantize_qdq, has_qdq, restore_fp32_weights
+
+    loaded = onnx.load(str(model))
+    if not has_qdq(loaded):
+        return None
+    path = work / "float-equivalent.onnx"
+    onnx.save(dequantize_qdq(restore_fp32_weights(loaded)), str(path))
+    return path
+
+
+def gpu_backends(model: Path, max_batch: int,
+                 with_torch: bool) -> tuple[dict[str, Callable[[], InferenceBackend]], str]:
     """The GPU-path backends this machine has, and the device's name."""
     import torch
 
@@ -95,10 +114,10 @@ def gpu_backends(model: Path, max_batch: int) -> tuple[dict[str, Callable[[], In
 
     if not torch.cuda.is_available():
         raise SystemExit(f"bench/gpu_check.py: torch {torch.__version__} sees no CUDA device; run with --cpu-smoke")
-    factories: dict[str, Callable[[], InferenceBackend]] = {
-        "torch-cuda fp32": lambda: TorchCudaBackend(model, max_batch, "cuda", fp16=False),
-        "torch-cuda fp16": lambda: TorchCudaBackend(model, max_batch, "cuda", fp16=True),
-    }
+    factories: dict[str, Callable[[], InferenceBackend]] = {}
+    if with_torch:
+        factories["torch-cuda fp32"] = lambda: TorchCudaBackend(model, max_batch, "cuda", fp16=False)
+        factories["torch-cuda fp16"] = lambda: TorchCudaBackend(model, max_batch, "cuda", fp16=True)
     trt = probe_backend("tensorrt")
     print(f"tensorrt: {trt.detail}")
     if trt.available:
@@ -158,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     public = load_split(args.data, "public").head(count)
     faces = preprocess_faces(list(public.faces), spec.preprocess)
     max_batch = max(batches)
+    work = Path(tempfile.mkdtemp(prefix="fervid-gpu-check-"))
+    float_model = float_equivalent(model, work)
+    reference_model = float_model or model
     factories: dict[str, Callable[[], InferenceBackend]] = {
-        REFERENCE: lambda: OrtBackend(model, [CPU_PROVIDER], max_batch)}
+        REFERENCE: lambda: OrtBackend(reference_model, [CPU_PROVIDER], max_batch)}
+    if float_model is not None:
+        print(f"{model} is quantized for the CPU: the reference is ONNX Runtime CPU on its float equivalent")
+        factories["ort-cpu int8"] = lambda: OrtBackend(model, [CPU_PROVIDER], max_batch)
     device = f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if not smoke:
-        gpu, gpu_name = gpu_backends(model, max_batch)
+        gpu, gpu_name = gpu_backends(model, max_batch, with_torch=float_model is None)
         factories.update(gpu)
         device = f"{gpu_name}; {device}"
     print(f"device: {device}\nmodel: {model} ({spec.name} {spec.version}, sha256 {spec.sha256[:12]})\n"
@@ -188,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         fp16_path = Path(scratch) / "fp16.onnx"
-        onnx.save(convert_to_fp16(onnx.load(str(model))), fp16_path)
+        onnx.save(convert_to_fp16(onnx.load(str(reference_model))), fp16_path)
         subset = faces[: min(len(faces), 64 if smoke else 512)]
         probs["ort-cpu fp16-graph"] = probabilities(OrtBackend(fp16_path, [CPU_PROVIDER], max_batch), spec, subset)
 

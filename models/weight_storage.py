@@ -147,7 +147,8 @@ def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrites a QDQ-quantized graph in place as a float32 one, for runtimes that compute in float (TensorRT fp16,
     ONNX Runtime on CUDA): each DequantizeLinear of a constant becomes the float32 constant it yields (the int8
     weights times their scales: what the INT8 model computes with), and each activation QuantizeLinear ->
-    DequantizeLinear pair is bypassed. Other models pass as is."""
+    DequantizeLinear pair becomes a Clip to the range it can represent. The Clip matters: the quantizer drops a
+    Relu whose zero is the bottom of the next uint8 range, so that range is the Relu. Other models pass as is."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -156,32 +157,43 @@ def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             consumers.setdefault(name, []).append(node)
     graph_outputs = {output.name for output in graph.output}
     constants: list[onnx.TensorProto] = []
-    renamed: dict[str, str] = {}  # a DequantizeLinear output -> the float tensor it stood for
-    dropped: set[int] = set()  # id() of removed nodes
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id() of a removed node -> what stands in its place
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and all(not name or name in initializers for name in node.input):
             constants.append(numpy_helper.from_array(_dequantized(node, initializers), node.output[0]))
-            dropped.add(id(node))
-        elif node.op_type == "QuantizeLinear":
+            replaced[id(node)] = []
+        elif node.op_type == "QuantizeLinear" and all(not name or name in initializers for name in node.input[1:]):
             readers = consumers.get(node.output[0], [])
-            if readers and all(reader.op_type == "DequantizeLinear" for reader in readers) and not any(
-                    reader.output[0] in graph_outputs for reader in readers):
-                for reader in readers:
-                    renamed[reader.output[0]] = node.input[0]
-                    dropped.update({id(node), id(reader)})
-    if not dropped:
+            if not readers or any(reader.op_type != "DequantizeLinear" for reader in readers):
+                continue
+            low, high = _representable_range(node, initializers)
+            bounds = [f"{node.output[0]}__low", f"{node.output[0]}__high"]
+            constants += [numpy_helper.from_array(np.array(low, np.float32), bounds[0]),
+                          numpy_helper.from_array(np.array(high, np.float32), bounds[1])]
+            replaced[id(node)] = []
+            for reader in readers:
+                replaced[id(reader)] = [helper.make_node("Clip", [node.input[0], *bounds], [reader.output[0]],
+                                                         name=f"{reader.name or reader.output[0]}__clip")]
+    if not replaced:
         return model
-    kept_nodes = [node for node in graph.node if id(node) not in dropped]
-    for node in kept_nodes:
-        for slot, name in enumerate(node.input):
-            node.input[slot] = renamed.get(name, name)
-    used = {name for node in kept_nodes for name in node.input} | graph_outputs
+    nodes = [kept for node in graph.node for kept in replaced.get(id(node), [node])]
+    used = {name for node in nodes for name in node.input} | graph_outputs
     kept_initializers = [init for init in graph.initializer if init.name in used]
     del graph.node[:]
-    graph.node.extend(kept_nodes)
+    graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept_initializers + [constant for constant in constants if constant.name in used])
     return model
+
+
+def _representable_range(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> tuple[float, float]:
+    """The float range a QuantizeLinear can represent (per-tensor): values outside it saturate."""
+    scale = float(numpy_helper.to_array(initializers[node.input[1]]).reshape(-1)[0])
+    zero_point = (numpy_helper.to_array(initializers[node.input[2]])
+                  if len(node.input) > 2 and node.input[2] else np.array(0, np.uint8))  # ONNX: uint8 by default
+    info = np.iinfo(zero_point.dtype)
+    offset = int(zero_point.reshape(-1)[0])
+    return (info.min - offset) * scale, (info.max - offset) * scale
 
 
 def _dequantized(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> NDArray[np.float32]:

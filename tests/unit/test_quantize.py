@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
@@ -130,3 +131,43 @@ def test_the_quantize_command_writes_a_tensorrt_int8_model_from_train_faces(
     assert has_qdq(model) and qdq_incompatibility(model) is None
     assert metadata(out)[CALIBRATION_KEY] == "16 train faces, MinMax, QDQ S8S8 symmetric per-channel"
     assert "calibrated on 16 train faces" in capsys.readouterr().out
+
+
+def test_dequantizing_keeps_the_relu_that_quantization_folded_into_a_uint8_range(tmp_path: Path) -> None:
+    # given conv -> relu -> conv, quantized by ONNX Runtime, which drops the Relu: the next uint8 range starts at 0
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(5)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+               for name, shape in (("w1", (8, 1, 3, 3)), ("w2", (4, 8, 3, 3)))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])],
+        "conv-relu-conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], weights)
+    float_path, int8_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), float_path)
+    inputs = rng.normal(0, 1, (16, 1, 8, 8)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": inputs}])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantize_static(str(float_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    assert "Relu" not in {node.op_type for node in onnx.load(str(int8_path)).graph.node}
+
+    # when it is turned back into float
+    restored = dequantize_qdq(onnx.load(str(int8_path)))
+
+    # then it still computes the Relu: it matches the float model within int8 rounding
+    def run(model: onnx.ModelProto | Path) -> np.ndarray:
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": inputs})[0]
+
+    expected = run(float_path)
+    assert np.abs(run(restored) - expected).max() < 0.05 * np.abs(expected).max()
