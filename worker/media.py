@@ -381,9 +381,8 @@ def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
 @dataclass(frozen=True)
 class _Display:
     """How a decoded frame becomes what a viewer sees: one field of an interlaced frame, non-square pixels made
-    square, then the display matrix
-    applied as an exact quarter-turn and/or mirror (phones store frames sideways; some cameras store them
-    mirrored). Other angles are rounded to the nearest quarter-turn."""
+    square, then the display matrix applied as an exact quarter-turn and/or mirror (phones store frames sideways;
+    some cameras store them mirrored). Other angles are rounded to the nearest quarter-turn."""
 
     pixel_aspect: Fraction
     swap_axes: bool  # displayed rows are coded columns
