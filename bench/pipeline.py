@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -51,6 +52,8 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, default=SHARED / "media" / "single_face.mp4")
     parser.add_argument("--fps", type=float, default=5.0, help="sampling rate of the end-to-end run")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline-model", type=Path, default=None,
+                        help="another classifier ONNX timed end to end in the same run (e.g. the previous model)")
     args = parser.parse_args()
     if not args.clip.is_file():
         print(f"bench/pipeline.py: {args.clip} not found (needs ../shared/media); skipped")
@@ -64,12 +67,20 @@ def main() -> int:
 
     decode_best, decode_median, decoded = best_of(args.repeat, lambda: decode_all(args.clip))
 
-    def end_to_end() -> tuple[int, int]:
-        records = analyzer.analyze(decode_planned(args.clip, plan, []))
+    def end_to_end(runner: Any = analyzer) -> tuple[int, int]:
+        records = runner.analyze(decode_planned(args.clip, plan, []))
         return len(records), sum(len(r.faces) for r in records)
 
     analyzer.analyze(decode_planned(args.clip, plan[:2], []))  # warm-up: first inference allocates
     e2e_best, e2e_median, (sampled, faces) = best_of(args.repeat, end_to_end)
+    baseline: dict[str, Any] | None = None
+    if args.baseline_model is not None:
+        other = build_analyzer(settings.model_copy(update={"model_path": args.baseline_model}))
+        other.analyze(decode_planned(args.clip, plan[:2], []))
+        other_best, _, _ = best_of(args.repeat, lambda: end_to_end(other))
+        baseline = {"model": other.model_info.name, "version": other.model_info.version,
+                    "end_to_end_faces_per_s": round(faces / other_best, 1),
+                    "end_to_end_time_over_baseline": round(e2e_best / other_best, 2)}
     report = {
         "clip": str(args.clip), "frames": decoded, "sampled_frames": sampled, "faces": faces,
         "sample_fps": args.fps, "model": analyzer.model_info.name, "backend": analyzer.model_info.backend,
@@ -80,6 +91,7 @@ def main() -> int:
         "end_to_end_over_decode_only": round(e2e_best / decode_best, 2),
         "seconds": {"decode_best": round(decode_best, 4), "decode_median": round(decode_median, 4),
                     "end_to_end_best": round(e2e_best, 4), "end_to_end_median": round(e2e_median, 4)},
+        "baseline_model": baseline,
     }
     print(json.dumps(report, indent=1))
     return 0
