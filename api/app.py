@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.metrics import metrics
 from api.routes import health, v1
 from fervid.settings import get_settings
 
@@ -31,8 +32,9 @@ def create_app() -> FastAPI:
         log.warning("FERVID_API_KEYS is empty: every /v1 request will be refused with 401")
     app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION,
                   openapi_tags=[{"name": "jobs", "description": "analysis jobs and their results"},
-                                {"name": "health", "description": "liveness and readiness probes (no key)"}])
+                                {"name": "health", "description": "liveness and readiness probes (no key); metrics"}])
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(health)
+    app.include_router(metrics)
     return app

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 5.0
     # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
     webhook_secret: str = ""
+    # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
+    metrics_token: str = ""
 
     def tenants_by_key(self) -> dict[str, str]:
         """Maps each API key to its tenant; a malformed entry is a configuration error, not a silent skip."""

@@ -552,7 +552,7 @@ def test_the_openapi_document_describes_every_route(api: Api) -> None:
     # then every operation has a summary, /v1 ones declare the bearer scheme, and /docs serves
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     operations = [(path, op) for path, item in schema["paths"].items() for op in item.values()]
-    assert len(operations) == 11
+    assert len(operations) == 13
     assert all(op.get("summary") for _, op in operations)
     assert all(op.get("security") for path, op in operations if path.startswith("/v1"))
     submit = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
@@ -613,3 +613,36 @@ def test_each_tenant_reads_its_own_webhook_signing_key(
 def test_without_a_secret_there_is_no_signing_key(api: Api) -> None:
     # when / then: webhooks are unsigned, and the API says so
     assert_error(api.client.get("/v1/webhook-signing-key", headers=ALICE), 404, "not_configured")
+
+
+def test_metrics_count_jobs_and_queued_messages_for_the_operator_only(
+        fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str) -> None:
+    # given a metrics token and two jobs waiting in the queue (no worker runs in this test)
+    fervid_env.setenv("FERVID_METRICS_TOKEN", "scraper-token")
+    with running_api(pg_url, redis_url, fervid_env) as api:
+        before = api.client.get("/metrics", headers={"Authorization": "Bearer scraper-token"})
+        for _ in range(2):
+            assert submit_uri(api).status_code == 202
+        # when the scraper reads the metrics, and others try
+        after = api.client.get("/metrics", headers={"Authorization": "Bearer scraper-token"})
+        tenant = api.client.get("/metrics", headers=ALICE)
+        anonymous = api.client.get("/metrics")
+    # then it sees two more queued jobs, their two messages in the test's queue, and a queued age
+    assert before.status_code == after.status_code == 200, after.text
+    assert after.headers["content-type"].startswith("text/plain")
+
+    def samples(body: str) -> dict[str, float]:
+        return {name: float(value) for name, value in
+                (line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))}
+
+    queued = 'fervid_jobs{status="queued"}'
+    assert samples(after.text)[queued] == samples(before.text)[queued] + 2
+    assert samples(after.text)[f'fervid_queue_messages{{queue="{api.queue}"}}'] == 2
+    assert samples(after.text)["fervid_oldest_queued_job_age_seconds"] >= 0
+    # and an API key or no token is refused
+    assert_error(tenant, 401, "unauthorized")
+    assert_error(anonymous, 401, "unauthorized")
+
+
+def test_metrics_are_off_without_a_token(api: Api) -> None:
+    assert_error(api.client.get("/metrics", headers=ALICE), 404, "not_configured")

@@ -1,0 +1,85 @@
+"""GET /metrics: what an operator scales and alerts on, in Prometheus's text format.
+
+Jobs and segments by status and the age of the oldest queued job come from the database; messages waiting in
+each queue that active jobs use come from the broker (any transport Celery speaks). Off unless
+FERVID_METRICS_TOKEN is set; the scraper then sends it as a bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import func, select
+
+from api.auth import bearer
+from fervid.db import session_scope
+from fervid.errors import FervidError, Unauthorized
+from fervid.queue import celery_app
+from fervid.settings import get_settings
+from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+
+log = logging.getLogger(__name__)
+metrics = APIRouter(tags=["health"])
+ACTIVE = (JobStatus.queued, JobStatus.running)
+
+
+def require_metrics_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    token = get_settings().metrics_token
+    if not token:
+        raise FervidError("metrics are off on this service (the operator has not set FERVID_METRICS_TOKEN)",
+                          code="not_configured", http_status=404)
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise Unauthorized("send FERVID_METRICS_TOKEN as 'Authorization: Bearer <token>'")
+
+
+def _queue_lengths(queues: set[str]) -> dict[str, int]:
+    """Messages waiting in each queue; a queue the broker does not know (yet) is left out."""
+    lengths: dict[str, int] = {}
+    with celery_app().connection_for_write() as connection:
+        for queue in sorted(queues):
+            try:
+                # passive: only asks, never creates the queue
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            except Exception as error:  # a missing queue is a channel error on RabbitMQ
+                log.debug("no length for queue %s: %s", queue, error)
+                continue
+            lengths[queue] = int(declared.message_count)
+    return lengths
+
+
+def _render(jobs: dict[str, int], segments: dict[str, int], oldest_queued_s: float, queues: dict[str, int]) -> str:
+    lines = ["# HELP fervid_jobs Jobs by status.", "# TYPE fervid_jobs gauge"]
+    lines += [f'fervid_jobs{{status="{status}"}} {jobs.get(status, 0)}' for status in JobStatus]
+    lines += ["# HELP fervid_segments Segments (one task each) by status.", "# TYPE fervid_segments gauge"]
+    lines += [f'fervid_segments{{status="{status}"}} {segments.get(status, 0)}' for status in SegmentStatus]
+    lines += ["# HELP fervid_oldest_queued_job_age_seconds How long the oldest queued job has waited (0: none).",
+              "# TYPE fervid_oldest_queued_job_age_seconds gauge",
+              f"fervid_oldest_queued_job_age_seconds {oldest_queued_s:.3f}"]
+    lines += ["# HELP fervid_queue_messages Messages waiting in the broker, per queue that active jobs use.",
+              "# TYPE fervid_queue_messages gauge"]
+    lines += [f'fervid_queue_messages{{queue="{queue}"}} {count}' for queue, count in queues.items()]
+    return "\n".join(lines) + "\n"
+
+
+@metrics.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_metrics_token)],
+             summary="Prometheus metrics: jobs, segments, queue lengths (needs FERVID_METRICS_TOKEN)")
+def get_metrics() -> PlainTextResponse:
+    with session_scope() as session:
+        jobs = {str(status): int(count) for status, count in
+                session.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
+        segments = {str(status): int(count) for status, count in
+                    session.execute(select(Segment.status, func.count()).group_by(Segment.status)).all()}
+        oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued))
+        queues = set(session.scalars(select(Job.queue).where(Job.status.in_(ACTIVE)).distinct()).all())
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; fervid writes UTC
+    oldest_queued_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
+    queues.add(get_settings().queue)
+    return PlainTextResponse(_render(jobs, segments, oldest_queued_s, _queue_lengths(queues)),
+                             media_type="text/plain; version=0.0.4")
