@@ -105,6 +105,14 @@ def write_audio(path: Path, seconds: float = 1.0) -> Path:
     return path
 
 
+def write_animation(path: Path, durations_ms: list[int]) -> Path:
+    """An animated image of indexed frames, lossless (format from the suffix), showing frame i for durations_ms[i]."""
+    frames = [Image.fromarray(cv2.cvtColor(indexed_frame(index), cv2.COLOR_BGR2RGB))
+              for index in range(len(durations_ms))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations_ms, loop=0, lossless=True)
+    return path
+
+
 def write_still(path: Path, exif_orientation: int = 1) -> Path:
     """Frame 7 as a still; in a JPEG or HEIC with an EXIF orientation, stored turned so that a viewer sees it
     upright (HEIC: the encoder turns the orientation into the container's own rotation property)."""

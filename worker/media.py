@@ -51,6 +51,9 @@ PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 # (exif_transpose does both).
 EXIF_ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 270, 6: 90, 7: 90, 8: 270}
 EXIF_MIRRORED = {2, 4, 5, 7}
+# Animated formats FFmpeg cannot decode: Pillow reads their frames and per-frame durations instead.
+PILLOW_ONLY_ANIMATIONS = frozenset({"WEBP"})
+DEFAULT_ANIMATION_FRAME_MS = 100  # what browsers show a frame that declares no duration for
 # Non-square pixels past these ratios are treated as a damaged header, not as anamorphic video.
 PIXEL_ASPECT_RANGE = (Fraction(1, 8), Fraction(8))
 # Leading bytes of containers FFmpeg reads: a file that starts like one but won't open is damaged, not foreign.
@@ -110,6 +113,10 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
             width, height = height, width
         info = MediaInfo("image", width, height, None, 0.0, 1, rotation, orientation in EXIF_MIRRORED)
         return info, [PlannedFrame(0, 0.0, 0, 0)]
+    animation = _open_pillow_animation(path)
+    if animation is not None:
+        with animation:
+            return _probe_animation(animation, sample_fps)
     with _open_container(path) as container:
         stream = _video_stream(container)
         _check_duration(_header_duration_s(container, stream))
@@ -160,6 +167,13 @@ def decode_planned(path: Path, plan: list[PlannedFrame],
     if still is not None:
         with still:
             yield plan[0], _decode_still(still)
+        return
+    animation = _open_pillow_animation(path)
+    if animation is not None:
+        with animation:
+            for planned in plan:  # in order: Pillow decodes onwards from the frame it is on
+                animation.seek(planned.frame_index)
+                yield planned, np.ascontiguousarray(np.asarray(animation.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
         return
     yield from _decode_video(path, plan, warnings)
 
@@ -217,6 +231,41 @@ def _open_still(path: Path) -> Image.Image | None:
         image.close()
         raise _pixel_limit_error(width, height, limit)
     return image
+
+
+def _open_pillow_animation(path: Path) -> Image.Image | None:
+    """The file opened with Pillow when it is an animation only Pillow decodes (animated WebP), else None."""
+    try:
+        image = Image.open(path)
+    except (UnidentifiedImageError, Image.DecompressionBombError, *PIL_ERRORS):
+        return None
+    if image.format in PILLOW_ONLY_ANIMATIONS and getattr(image, "is_animated", False):
+        return image
+    image.close()
+    return None
+
+
+def _probe_animation(image: Image.Image, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
+    width, height = image.size
+    _check_pixels(width, height)
+    count = int(getattr(image, "n_frames", 1))
+    if count > get_settings().max_frames:
+        raise MediaError(MEDIA_TOO_LARGE, f"the animation has {count} frames, over FERVID_MAX_FRAMES")
+    starts_ms: list[int] = []
+    elapsed_ms = 0
+    try:
+        for frame in range(count):
+            image.seek(frame)
+            image.load()  # some plugins (WebP) set a frame's duration only when they decode it
+            starts_ms.append(elapsed_ms)
+            elapsed_ms += int(image.info.get("duration") or 0) or DEFAULT_ANIMATION_FRAME_MS
+    except PIL_ERRORS as error:
+        raise MediaError(DECODE_ERROR, f"the animation could not be decoded ({error}); the file is damaged") from error
+    duration_s = Fraction(elapsed_ms, 1000)
+    _check_duration(float(duration_s))
+    timing = StreamIndex(starts_ms, starts_ms, 0, Fraction(elapsed_ms), Fraction(1, 1000))  # every frame is whole
+    info = MediaInfo("video", width, height, float(count / duration_s), float(elapsed_ms), count, 0)
+    return info, _plan(timing, duration_s, Fraction(repr(float(sample_fps))))
 
 
 def _exif_orientation(image: Image.Image) -> int:

@@ -17,6 +17,7 @@ from tests.media_factory import (
     WIDTH,
     mdat_range,
     read_index,
+    write_animation,
     write_audio,
     write_png_bomb,
     write_still,
@@ -198,6 +199,19 @@ def test_an_iphone_style_heic_photo_is_one_upright_image(tmp_path: Path, orienta
     # then it is a photo, not a one-frame video, and it comes out upright
     assert (info.kind, info.fps, info.width, info.height) == ("image", None, WIDTH, HEIGHT)
     assert frames[0][1].shape == (HEIGHT, WIDTH, 3) and read_index(frames[0][1]) == 7
+
+
+def test_an_animated_webp_is_a_video_timed_by_its_frame_durations(tmp_path: Path) -> None:
+    # given an animated WebP (FFmpeg has no decoder for it) of 12 frames lasting 100 ms, then 6 lasting 200 ms
+    animation = write_animation(tmp_path / "sticker.webp", [100] * 12 + [200] * 6)
+    # when probed at 2 fps and decoded
+    info, plan = probe(animation, 2)
+    frames, warnings = decode_all(animation, plan)
+    # then it is a 2.4 s video and each sample is the frame showing at 0, 0.5, 1.0, ... s
+    assert (info.kind, info.frame_count, info.duration_ms, info.width, info.height) == ("video", 18, 2400.0,
+                                                                                        WIDTH, HEIGHT)
+    assert [p.frame_index for p in plan] == [0, 5, 10, 14, 16]  # the first frame at or after k / 2 s
+    assert [read_index(image) for _, image in frames] == [0, 5, 10, 14, 16] and warnings == []
 
 
 def test_a_multi_picture_jpeg_is_a_photo_not_a_video(tmp_path: Path) -> None:
