@@ -21,6 +21,10 @@ from models.backends.tensorrt import TrtBackend, convert_to_fp16
 from models.engine_cache import BatchProfile, EngineCache
 from tests.fake_tensorrt import FakeAllocator, FakeTensorRT
 
+# TensorRT 10 gets the FP16 and INT8 builder flags; TensorRT 11 a strongly typed network (flag bit 1) and none.
+int8_builds = pytest.mark.parametrize(("version", "network_flags", "builder_flags"),
+                                      [("10.3.0", [0], ["FP16", "INT8"]), ("11.0.0", [1 << 1], [])])
+
 
 def install_fake(monkeypatch: pytest.MonkeyPatch, version: str) -> FakeTensorRT:
     fake = FakeTensorRT(version)
@@ -141,8 +145,7 @@ def test_int8_without_qdq_nodes_is_unavailable_with_the_reason(
     assert fake.calls.builds == 0
 
 
-@pytest.mark.parametrize(("version", "network_flags", "builder_flags"),
-                         [("10.3.0", [0], ["FP16", "INT8"]), ("11.0.0", [1 << 1], [])])
+@int8_builds
 def test_int8_from_an_explicitly_quantized_onnx(
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, version: str,
         network_flags: list[int], builder_flags: list[str]) -> None:
@@ -205,8 +208,7 @@ def test_int8_refuses_asymmetric_uint8_qdq_as_onnxruntime_cpu_quantization_write
     assert fake.calls.builds == 0
 
 
-@pytest.mark.parametrize(("version", "network_flags", "builder_flags"),
-                         [("10.3.0", [0], ["FP16", "INT8"]), ("11.0.0", [1 << 1], [])])
+@int8_builds
 def test_int8_from_a_model_quantized_for_tensorrt(
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, version: str,
         network_flags: list[int], builder_flags: list[str]) -> None:
