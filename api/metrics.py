@@ -22,11 +22,10 @@ from fervid.db import session_scope
 from fervid.errors import FervidError, Unauthorized
 from fervid.queue import celery_app
 from fervid.settings import get_settings
-from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
 
 log = logging.getLogger(__name__)
 metrics = APIRouter(tags=["health"])
-ACTIVE = (JobStatus.queued, JobStatus.running)
 
 
 def require_metrics_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -76,7 +75,7 @@ def get_metrics() -> PlainTextResponse:
         segments = {str(status): int(count) for status, count in
                     session.execute(select(Segment.status, func.count()).group_by(Segment.status)).all()}
         oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued))
-        queues = set(session.scalars(select(Job.queue).where(Job.status.in_(ACTIVE)).distinct()).all())
+        queues = set(session.scalars(select(Job.queue).where(Job.status.in_(ACTIVE_JOB_STATUSES)).distinct()).all())
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; fervid writes UTC
     oldest_queued_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0

@@ -94,13 +94,13 @@ def float_equivalent(model: Path, work: Path) -> Path | None:
     model."""
     import onnx
 
-    from models.weight_storage import dequantize_qdq, has_qdq, restore_fp32_weights
+    from models.weight_storage import float_graph, has_qdq
 
     loaded = onnx.load(str(model))
     if not has_qdq(loaded):
         return None
     path = work / "float-equivalent.onnx"
-    onnx.save(dequantize_qdq(restore_fp32_weights(loaded)), str(path))
+    onnx.save(float_graph(loaded), str(path))
     return path
 
 

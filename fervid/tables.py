@@ -46,6 +46,7 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
 
 
 class SegmentStatus(enum.StrEnum):

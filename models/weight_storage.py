@@ -13,7 +13,7 @@ backends import this module.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -186,11 +186,23 @@ def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def float_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The plain float32 graph a float runtime runs for `model`, however it stores its weights (fp16, int8-scaled,
+    QDQ INT8); rewritten in place."""
+    return dequantize_qdq(restore_fp32_weights(model))
+
+
+def _zero_point(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> NDArray[Any] | None:
+    """A Quantize/DequantizeLinear's zero point; None when omitted."""
+    return numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+
+
 def _representable_range(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> tuple[float, float]:
     """The float range a QuantizeLinear can represent (per-tensor): values outside it saturate."""
     scale = float(numpy_helper.to_array(initializers[node.input[1]]).reshape(-1)[0])
-    zero_point = (numpy_helper.to_array(initializers[node.input[2]])
-                  if len(node.input) > 2 and node.input[2] else np.array(0, np.uint8))  # ONNX: uint8 by default
+    zero_point = _zero_point(node, initializers)
+    if zero_point is None:
+        zero_point = np.array(0, np.uint8)  # ONNX: uint8 by default
     info = np.iinfo(zero_point.dtype)
     offset = int(zero_point.reshape(-1)[0])
     return (info.min - offset) * scale, (info.max - offset) * scale
@@ -199,8 +211,8 @@ def _representable_range(node: onnx.NodeProto, initializers: dict[str, onnx.Tens
 def _dequantized(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> NDArray[np.float32]:
     values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
     scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
-    zero_point = (numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32)
-                  if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+    stored_zero = _zero_point(node, initializers)
+    zero_point = np.zeros_like(scale) if stored_zero is None else stored_zero.astype(np.float32)
     if scale.ndim == 1 and scale.size > 1:  # per-channel along `axis` (default 1)
         axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 1) % values.ndim
         shape = [1] * values.ndim

@@ -103,20 +103,18 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
     size = _file_size(path)
     if size == 0:
         raise MediaError(EMPTY_MEDIA, "the file is 0 bytes")
-    still = _open_still(path)
-    if still is not None:
-        with still:
-            width, height = still.size
-            orientation = _exif_orientation(still)
+    image = _open_pillow(path)
+    if image is not None:
+        with image:
+            if _is_pillow_animation(image):
+                return _probe_animation(image, sample_fps)
+            width, height = image.size
+            orientation = _exif_orientation(image)
         rotation = EXIF_ROTATION.get(orientation, 0)
         if rotation in (90, 270):
             width, height = height, width
         info = MediaInfo("image", width, height, None, 0.0, 1, rotation, orientation in EXIF_MIRRORED)
         return info, [PlannedFrame(0, 0.0, 0, 0)]
-    animation = _open_pillow_animation(path)
-    if animation is not None:
-        with animation:
-            return _probe_animation(animation, sample_fps)
     with _open_container(path) as container:
         stream = _video_stream(container)
         _check_duration(_header_duration_s(container, stream))
@@ -163,17 +161,15 @@ def decode_planned(path: Path, plan: list[PlannedFrame],
     if not plan:
         return
     _file_size(path)
-    still = _open_still(path)
-    if still is not None:
-        with still:
-            yield plan[0], _decode_still(still)
-        return
-    animation = _open_pillow_animation(path)
-    if animation is not None:
-        with animation:
+    image = _open_pillow(path)
+    if image is not None:
+        with image:
+            if not _is_pillow_animation(image):
+                yield plan[0], _decode_still(image)
+                return
             for planned in plan:  # in order: Pillow decodes onwards from the frame it is on
-                animation.seek(planned.frame_index)
-                yield planned, np.ascontiguousarray(np.asarray(animation.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
+                image.seek(planned.frame_index)
+                yield planned, np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
         return
     yield from _decode_video(path, plan, warnings)
 
@@ -205,10 +201,11 @@ def _check_duration(duration_s: float | None) -> None:
 
 # --- stills (Pillow) -------------------------------------------------------------------------------------------
 
-def _open_still(path: Path) -> Image.Image | None:
-    """The file opened lazily as a single still image (header read, no pixels), or None when it is not one.
+def _open_pillow(path: Path) -> Image.Image | None:
+    """The file opened lazily (header read, no pixels) when Pillow is the one to decode it: a single still image,
+    or an animation FFmpeg cannot decode (`_is_pillow_animation`); None for the rest.
 
-    Animated and multi-frame images, and MPEG streams Pillow can only identify, go to PyAV as video."""
+    Other animated and multi-frame images, and MPEG streams Pillow can only identify, go to PyAV as video."""
     limit = get_settings().max_pixels
     Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses past twice this; our own check below covers the rest
     try:
@@ -223,7 +220,8 @@ def _open_still(path: Path) -> Image.Image | None:
     except PIL_ERRORS:
         return None  # not readable as an image: PyAV gets its turn and names the problem
     # MPO (phone JPEGs carrying a gain map or depth image) is a photo: Pillow reads its primary image.
-    if (getattr(image, "is_animated", False) and image.format != "MPO") or image.format == "MPEG":
+    for_ffmpeg = getattr(image, "is_animated", False) and image.format != "MPO" and not _is_pillow_animation(image)
+    if for_ffmpeg or image.format == "MPEG":
         image.close()
         return None
     width, height = image.size
@@ -233,21 +231,12 @@ def _open_still(path: Path) -> Image.Image | None:
     return image
 
 
-def _open_pillow_animation(path: Path) -> Image.Image | None:
-    """The file opened with Pillow when it is an animation only Pillow decodes (animated WebP), else None."""
-    try:
-        image = Image.open(path)
-    except (UnidentifiedImageError, Image.DecompressionBombError, *PIL_ERRORS):
-        return None
-    if image.format in PILLOW_ONLY_ANIMATIONS and getattr(image, "is_animated", False):
-        return image
-    image.close()
-    return None
+def _is_pillow_animation(image: Image.Image) -> bool:
+    return image.format in PILLOW_ONLY_ANIMATIONS and bool(getattr(image, "is_animated", False))
 
 
 def _probe_animation(image: Image.Image, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
-    width, height = image.size
-    _check_pixels(width, height)
+    width, height = image.size  # within the pixel limit: `_open_pillow` checked it
     count = int(getattr(image, "n_frames", 1))
     if count > get_settings().max_frames:
         raise MediaError(MEDIA_TOO_LARGE, f"the animation has {count} frames, over FERVID_MAX_FRAMES")

@@ -29,10 +29,9 @@ from sqlalchemy.orm import Session, aliased
 
 from fervid.db import session_scope
 from fervid.labels import EMOTIONS
-from fervid.tables import Face, Frame, Job, JobStatus, Segment, SegmentStatus, Track
+from fervid.tables import ACTIVE_JOB_STATUSES, Face, Frame, Job, JobStatus, Segment, SegmentStatus, Track
 from worker import stitch
 
-ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
 OPEN_SEGMENT_STATUSES = (SegmentStatus.pending, SegmentStatus.running)
 # Provisional faces.track_id: -(segment_index * this + local_track + 1), negative so it never equals a global id.
 # 10,000 fits the 32-bit column for 214,748 segments: more than a FERVID_MAX_DURATION_S of 6 h at 1 s segments.

@@ -41,12 +41,12 @@ def _float_graph(model_path: Path) -> str | bytes:
     weights it was quantized to; CUDA would otherwise run every Quantize/Dequantize pair around float kernels."""
     import onnx  # the gpu extra brings it
 
-    from models.weight_storage import dequantize_qdq, has_qdq, restore_fp32_weights
+    from models.weight_storage import float_graph, has_qdq
 
     model = onnx.load(str(model_path))
     if not has_qdq(model):
         return str(model_path)
-    return bytes(dequantize_qdq(restore_fp32_weights(model)).SerializeToString())
+    return bytes(float_graph(model).SerializeToString())
 
 
 def probe(name: str) -> BackendProbe:

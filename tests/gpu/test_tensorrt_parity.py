@@ -48,9 +48,9 @@ def reference(model: Path, batch: np.ndarray) -> np.ndarray:
     GPU computes with the quantized weights in float, without the CPU's 8-bit activations)."""
     import onnx
 
-    from models.weight_storage import dequantize_qdq, restore_fp32_weights
+    from models.weight_storage import float_graph
 
-    graph = dequantize_qdq(restore_fp32_weights(onnx.load(str(model)))).SerializeToString()
+    graph = float_graph(onnx.load(str(model))).SerializeToString()
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
