@@ -22,6 +22,7 @@ from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
 from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
+from models.warm_start import calibration_indices, warm_start_network
 
 # Grey-level normalisation, written into the exported model's preprocess metadata.
 PIXEL_MEAN = 0.5
@@ -33,8 +34,10 @@ NATIVE_SIZE = 48  # FER-2013 faces are 48x48
 class TrainConfig:
     out_dir: Path
     data: Path = DEFAULT_DATA_PATH
-    init: str = "scratch"  # scratch | imagenet
+    init: str = "scratch"  # scratch | imagenet | model
     imagenet_weights: str | None = None  # path or URL of a torchvision ResNet50 state dict
+    init_model: Path | None = None  # init "model": an exported fervid model (any storage, INT8 included) ...
+    init_member: int = 0  # ... and which of its networks, for an ensemble
     input_size: int = 64
     epochs: int = 30
     freeze_epochs: int = 3  # imagenet only: epochs with the shallow stages frozen
@@ -139,15 +142,26 @@ def load_imagenet_weights(source: str) -> dict[str, Tensor]:
     return torch.load(source, map_location="cpu", weights_only=True)
 
 
-def build_network(config: TrainConfig) -> EmotionResNet50:
+# Training faces whose statistics restore the BatchNorms an INT8 model folded away (`--init model`).
+WARM_START_FACES = 2048
+
+
+def build_network(config: TrainConfig, train_faces: np.ndarray | None = None) -> EmotionResNet50:
     network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
-    if config.init == "imagenet":
+    if config.init == "model":
+        if config.init_model is None or train_faces is None:
+            raise SystemExit("--init model needs --init-model PATH (a `fervid export` or `fervid quantize` output)")
+        chosen = train_faces[calibration_indices(WARM_START_FACES, len(train_faces), config.seed)]
+        network = warm_start_network(config.init_model, config.init_member, config.input_size,
+                                     to_input(chosen, config.input_size).contiguous())
+        print(f"warm start: network {config.init_member} of {config.init_model}", flush=True)
+    elif config.init == "imagenet":
         if not config.imagenet_weights:
             raise SystemExit("--init imagenet needs --imagenet-weights PATH_OR_URL (a torchvision ResNet50 state dict)")
         fresh = load_imagenet_state_dict(network, load_imagenet_weights(config.imagenet_weights))
         print(f"imagenet start: {len(fresh)} tensors keep fresh values ({', '.join(fresh[:4])}...)", flush=True)
     elif config.init != "scratch":
-        raise SystemExit(f"--init must be scratch or imagenet, not {config.init!r}")
+        raise SystemExit(f"--init must be scratch, imagenet or model, not {config.init!r}")
     return network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
@@ -179,7 +193,7 @@ def train(config: TrainConfig) -> Path:
         public_split = public_split.head(config.limit_eval)
 
     torch.manual_seed(config.seed)
-    network = build_network(config)
+    network = build_network(config, train_split.faces)
     optimizer = build_optimizer(network, config)
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(train_split.labels, len(EMOTIONS)), label_smoothing=config.label_smoothing
@@ -250,8 +264,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(out_dir=Path("runs/resnet50"))
     parser.add_argument("--out", type=Path, default=defaults.out_dir, help="run folder (checkpoints, history)")
     parser.add_argument("--data", type=Path, default=defaults.data)
-    parser.add_argument("--init", choices=("scratch", "imagenet"), default=defaults.init)
+    parser.add_argument("--init", choices=("scratch", "imagenet", "model"), default=defaults.init,
+                        help="model: continue training a network of an exported fervid model (--init-model)")
     parser.add_argument("--imagenet-weights", default=None, help="torchvision ResNet50 state dict: path or URL")
+    parser.add_argument("--init-model", type=Path, default=None,
+                        help="`fervid export`/`fervid quantize` output to continue from (INT8 and fp16 included)")
+    parser.add_argument("--init-member", type=int, default=defaults.init_member,
+                        help="which network of an ensemble --init-model holds (0-based)")
     parser.add_argument("--input-size", type=int, default=defaults.input_size)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs)
@@ -270,6 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         out_dir=args.out, data=args.data, init=args.init, imagenet_weights=args.imagenet_weights,
+        init_model=args.init_model, init_member=args.init_member,
         input_size=args.input_size, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, seed=args.seed, threads=args.threads, bf16=args.bf16,

@@ -8,8 +8,10 @@ import torch
 
 import models.train
 from fervid.labels import EMOTIONS
+from models.export import export_onnx
 from models.network import EmotionResNet50
 from models.train import TrainConfig, train
+from tests.unit.test_export import write_checkpoint
 
 Weights = dict[str, torch.Tensor]
 
@@ -89,8 +91,8 @@ def test_resume_restores_everything_but_the_dropout_rng(
     # given a network without dropout, the one consumer of the global RNG during training
     build_network = models.train.build_network
 
-    def without_dropout(config: TrainConfig) -> EmotionResNet50:
-        network = build_network(config)
+    def without_dropout(config: TrainConfig, train_faces: np.ndarray | None = None) -> EmotionResNet50:
+        network = build_network(config, train_faces)
         network.dropout.p = 0.0
         return network
 
@@ -102,3 +104,19 @@ def test_resume_restores_everything_but_the_dropout_rng(
     # then weights, optimizer momentum, schedule and data order all carried over exactly
     assert not torch.equal(after_first_epoch["fc.weight"], resumed["fc.weight"])
     assert_identical(unbroken, resumed)
+
+
+def test_training_can_continue_from_an_exported_model(tmp_path: Path, small_fer_file: Path) -> None:
+    # given a model exported by `fervid export` (its training run gone)
+    source = write_checkpoint(tmp_path / "source.pt")
+    exported = export_onnx(source, tmp_path / "source.onnx", tta=False, weights="fp32")
+
+    # when training starts from it, with a zero learning rate so that no step moves a weight
+    config = small_config(tmp_path / "continued", small_fer_file)
+    config.init, config.init_model, config.epochs, config.lr = "model", exported, 1, 0.0
+    train(config)
+
+    # then the run started from the exported weights, not from fresh ones
+    continued, original = load_weights(tmp_path / "continued" / "last.pt"), load_weights(source)
+    assert torch.equal(continued["conv1.weight"], original["conv1.weight"])
+    assert torch.equal(continued["fc.weight"], original["fc.weight"])

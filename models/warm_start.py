@@ -1,0 +1,145 @@
+"""Rebuilds a trainable EmotionResNet50 from an exported fervid model, so a shipped network can train further after
+its training run (and its checkpoints) are gone.
+
+Any file `fervid export` or `fervid quantize` wrote will do: fp32, fp16 or int8-scaled storage, an INT8 QDQ graph,
+one network or member N of an ensemble. Quantization folds each BatchNorm into the convolution before it
+(W' = W * gamma / sigma, b' = beta - mu * gamma / sigma), which loses the statistics that training-mode BatchNorm
+needs. They are measured again: with each BatchNorm set to "add b'", the network computes exactly what the file
+does; the per-channel mean and variance of each convolution's output over real training faces then give a
+BatchNorm that still computes the same function in eval mode and normalises as the original did in training mode.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from fervid.errors import FervidError
+from fervid.labels import EMOTIONS
+from models.classifier import MEMBERS_KEY, PREPROCESS_KEY, Preprocess
+from models.network import EmotionResNet50
+from models.weight_storage import float_graph
+
+# Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields; the
+# state-dict key sits in between.
+_ONNX_NAME = re.compile(r"^(?:ConvBnFusion_(?:W|BN_B)_)?(?P<key>.*?)(?:_DequantizeLinear_Output)?$")
+
+
+def _state_dict_tensors(model: onnx.ModelProto) -> dict[str, Tensor]:
+    tensors: dict[str, Tensor] = {}
+    for init in model.graph.initializer:
+        match = _ONNX_NAME.match(init.name)
+        if match is not None and init.data_type == onnx.TensorProto.FLOAT:
+            tensors[match["key"]] = torch.from_numpy(numpy_helper.to_array(init).copy())
+    return tensors
+
+
+def exported_member(path: Path, member: int) -> tuple[dict[str, Tensor], list[str], int]:
+    """The state dict of network `member` in `path`, the BatchNorms whose statistics were folded away (their
+    `bias` holds the folded b'; the rest of them is fresh), and the input size the model takes."""
+    try:
+        model = float_graph(onnx.load(str(path)))
+    except Exception as error:  # onnx raises protobuf's DecodeError and others for a foreign file
+        raise FervidError(f"{path} is not a readable ONNX model ({error})", code="invalid_model") from error
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if PREPROCESS_KEY not in meta:
+        raise FervidError(f"{path} has no {PREPROCESS_KEY} metadata; is it a `fervid export`?", code="invalid_model")
+    members = int(meta.get(MEMBERS_KEY, "1"))
+    if not 0 <= member < members:
+        raise FervidError(f"{path} holds {members} network(s); --init-member must be 0..{members - 1}",
+                          code="invalid_request")
+    prefix = f"members.{member}." if members > 1 else ""
+    found = _state_dict_tensors(model)
+    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
+    state = network.state_dict()
+    folded: list[str] = []
+    for name, module in network.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and f"{prefix}{name}.running_mean" not in found:
+            folded.append(name)
+    missing = []
+    for key in state:
+        module_name, tensor = key.rsplit(".", 1)
+        if key.endswith("num_batches_tracked") or (module_name in folded and tensor != "bias"):
+            continue  # the step counter is not exported; a folded BatchNorm keeps only its bias b'
+        value = found.get(prefix + key)
+        if value is None or value.shape != state[key].shape:
+            missing.append(key)
+        else:
+            state[key] = value
+    if missing:
+        raise FervidError(f"{path} lacks {len(missing)} ResNet50 weights of network {member} "
+                          f"(first: {', '.join(missing[:3])})", code="invalid_model")
+    size = Preprocess.from_json(meta[PREPROCESS_KEY]).size
+    if size[0] != size[1]:
+        raise FervidError(f"{path} takes {size[0]}x{size[1]} inputs; training needs square ones", code="invalid_model")
+    return state, folded, size[0]
+
+
+@torch.no_grad()
+def unfold_batchnorm(network: EmotionResNet50, folded: list[str], faces: Tensor, batch_size: int = 128) -> None:
+    """Gives each BatchNorm in `folded` (now computing x + b') the statistics of its input over `faces`
+    (preprocessed inputs), keeping the function the network computes in eval mode."""
+    modules = dict(network.named_modules())
+    sums: dict[str, Tensor] = {}
+    squares: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            x = inputs[0].double()
+            sums[name] = sums.get(name, 0) + x.sum(dim=(0, 2, 3))
+            squares[name] = squares.get(name, 0) + (x * x).sum(dim=(0, 2, 3))
+            counts[name] = counts.get(name, 0) + x.numel() // x.shape[1]
+        return hook
+
+    for name in folded:
+        batchnorm = modules[name]
+        assert isinstance(batchnorm, nn.BatchNorm2d)
+        batchnorm.weight.fill_(1.0)
+        batchnorm.running_mean.zero_()  # type: ignore[union-attr]
+        batchnorm.running_var.fill_(1.0 - batchnorm.eps)  # type: ignore[union-attr]  # (x - 0) / 1 * 1 + b'
+    handles = [modules[name].register_forward_pre_hook(record(name)) for name in folded]
+    try:
+        network.eval()
+        for start in range(0, len(faces), batch_size):
+            network(faces[start : start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name in folded:
+        batchnorm = modules[name]
+        assert isinstance(batchnorm, nn.BatchNorm2d)
+        mean = sums[name] / counts[name]
+        variance = (squares[name] / counts[name] - mean * mean).clamp_min(0.0)
+        scale = torch.sqrt(variance + batchnorm.eps)
+        # eval: (x - mean) / scale * scale + (mean + b') == x + b'
+        batchnorm.bias.add_(mean.float())
+        batchnorm.weight.copy_(scale.float())
+        batchnorm.running_mean.copy_(mean.float())  # type: ignore[union-attr]
+        batchnorm.running_var.copy_(variance.float())  # type: ignore[union-attr]
+
+
+def warm_start_network(path: Path, member: int, input_size: int, calibration_faces: Tensor) -> EmotionResNet50:
+    """Network `member` of the exported model at `path`, trainable, BatchNorm statistics restored from
+    `calibration_faces` (preprocessed training faces) where the file had folded them away."""
+    state, folded, size = exported_member(path, member)
+    if size != input_size:
+        raise FervidError(f"{path} takes {size}x{size} faces; train it with --input-size {size}",
+                          code="invalid_request")
+    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
+    network.load_state_dict(state)
+    if folded:
+        unfold_batchnorm(network, folded, calibration_faces)
+    return network
+
+
+def calibration_indices(count: int, available: int, seed: int = 0) -> np.ndarray:
+    """The training faces whose statistics stand in for folded BatchNorm ones: a fixed draw."""
+    return np.sort(np.random.default_rng(seed).choice(available, size=min(count, available), replace=False))

@@ -1,0 +1,93 @@
+"""`fervid train --init model`: a network rebuilt from an exported (even INT8) model computes what the file does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from fervid.errors import FervidError
+from models.classifier import read_model_spec
+from models.export import export_onnx, load_checkpoint
+from models.quantize import quantize_int8
+from models.train import to_input
+from models.warm_start import exported_member, warm_start_network
+from models.weight_storage import dequantize_qdq
+from tests.unit.test_export import INPUT_SIZE, write_checkpoint
+
+
+def faces(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 48, 48), dtype=np.uint8)
+
+
+def torch_probs(network: nn.Module, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(network.eval()(batch), dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("int8")
+    exported = export_onnx(write_checkpoint(folder / "best.pt"), folder / "fp32.onnx", tta=False, weights="fp32")
+    return quantize_int8(exported, folder / "int8.onnx", faces(64, seed=1), read_model_spec(exported).preprocess)
+
+
+def test_a_network_rebuilt_from_an_int8_model_computes_what_the_file_computes(int8_model: Path) -> None:
+    # given an INT8 model, whose quantizer folded every BatchNorm into its convolution
+    state, folded, size = exported_member(int8_model, 0)
+    assert size == INPUT_SIZE and "bn1" in folded and "layer4.2.bn3" in folded and len(folded) == 53
+
+    # when a trainable network is rebuilt from it, BatchNorm statistics measured on (training) faces
+    network = warm_start_network(int8_model, 0, INPUT_SIZE, to_input(faces(256, seed=2), INPUT_SIZE).contiguous())
+
+    # then in eval mode it computes the file's float equivalent on other faces
+    batch = to_input(faces(16, seed=3), INPUT_SIZE).contiguous()
+    session = ort.InferenceSession(dequantize_qdq(onnx.load(str(int8_model))).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    (expected,) = session.run(["probs"], {"faces": batch.numpy()})
+    np.testing.assert_allclose(torch_probs(network, batch), expected, atol=2e-3)
+    # and its BatchNorms normalise again: statistics restored, not the identity they were folded into
+    batchnorm = network.get_submodule("layer2.0.bn1")
+    assert isinstance(batchnorm, nn.BatchNorm2d) and batchnorm.running_var is not None
+    assert float(batchnorm.running_var.std()) > 0.0
+    assert not torch.allclose(batchnorm.weight, torch.ones_like(batchnorm.weight))
+
+
+def test_a_member_of_an_unfolded_ensemble_comes_back_exactly(tmp_path: Path) -> None:
+    # given an fp32 ensemble of two different checkpoints
+    first = write_checkpoint(tmp_path / "first.pt")
+    second = tmp_path / "second.pt"
+    payload = torch.load(first, weights_only=True)
+    payload["network"] = {key: value * 1.5 if value.is_floating_point() else value
+                          for key, value in payload["network"].items()}
+    torch.save(payload, second)
+    ensemble = export_onnx([first, second], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
+
+    # when its second network is rebuilt
+    state, folded, _ = exported_member(ensemble, 1)
+
+    # then every tensor is the second checkpoint's, BatchNorm statistics included
+    expected = load_checkpoint(second).state_dict
+    assert folded == []
+    assert [key for key in expected if not torch.equal(state[key], expected[key])] == []
+
+
+def test_a_wrong_member_or_input_size_is_refused_with_a_code(int8_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(FervidError) as wrong_member:
+        exported_member(int8_model, 1)
+    assert wrong_member.value.code == "invalid_request"
+
+    with pytest.raises(FervidError) as wrong_size:
+        warm_start_network(int8_model, 0, INPUT_SIZE * 2, to_input(faces(8, seed=2), INPUT_SIZE * 2))
+    assert wrong_size.value.code == "invalid_request"
+
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("not a model")
+    with pytest.raises(FervidError) as unreadable:
+        exported_member(not_onnx, 0)
+    assert unreadable.value.code == "invalid_model"
