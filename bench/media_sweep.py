@@ -60,7 +60,8 @@ def main() -> int:
                 continue
             ok = [read_index(image) for _, image in frames] == [f.frame_index for f in plan] and not warnings
             print(f"{name:<22} {info.width}x{info.height}, {info.frame_count} frames, {len(frames)}/{len(plan)} "
-                  f"sampled frames {'exact' if ok else 'WRONG'}")
+                  f"sampled frames {'exact' if ok else 'WRONG'}{', timed by order' if plan[0].by_order else ''}"
+                  f"{''.join(f'; warning: {warning}' for warning in warnings)}")
             exact, failed = exact + ok, failed + (not ok)
     print(f"\n{exact} exact, {failed} failed, {skipped} could not be written here")
     return 1 if failed else 0

@@ -111,7 +111,7 @@ class Segment(Base):
     index: Mapped[int] = mapped_column("segment_index", Integer, primary_key=True)
     start_ms: Mapped[float] = mapped_column(Float)
     end_ms: Mapped[float] = mapped_column(Float)
-    # The frames this segment samples: [[frame_index, timestamp_ms, pts, keyframe_pts], ...] from the probe.
+    # The frames this segment samples: [[frame_index, timestamp_ms, pts, keyframe_pts, by_order], ...] from the probe.
     plan: Mapped[list[list[Any]]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=SegmentStatus.pending)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

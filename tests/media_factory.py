@@ -38,12 +38,12 @@ def read_index(image: NDArray[np.uint8]) -> int:
 def write_video(path: Path, *, frame_count: int = 72, fps: int = 24, gop: int = 12, codec: str = "libx264",
                 pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None, rotation_cw: int = 0,
                 mirrored: bool = False, pixel_aspect: Fraction = Fraction(1), interlaced: bool = False,
-                faststart: bool = False) -> Path:
-    """A clip of indexed frames. `gop`: frames between keyframes; `pts_ms`: explicit (variable) timestamps in ms;
-    `rotation_cw`: the clockwise turn a viewer applies (display matrix), frames stored turned the other way;
-    `mirrored`: the viewer also mirrors left-right before turning; `pixel_aspect`: frames stored with non-square
-    pixels of this width/height (anamorphic), so squeezed horizontally; `interlaced`: coded as fields (H.264),
-    the bottom field showing another moment (here the negative of the frame)."""
+                faststart: bool = False, first_index: int = 0) -> Path:
+    """A clip of indexed frames (`first_index` onwards). `gop`: frames between keyframes; `pts_ms`: explicit
+    (variable) timestamps in ms; `rotation_cw`: the clockwise turn a viewer applies (display matrix), frames stored
+    turned the other way; `mirrored`: the viewer also mirrors left-right before turning; `pixel_aspect`: frames
+    stored with non-square pixels of this width/height (anamorphic), so squeezed horizontally; `interlaced`: coded
+    as fields (H.264), the bottom field showing another moment (here the negative of the frame)."""
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         codec_options = {"g": str(gop), "sc_threshold": "0"} if codec == "libx264" else {"g": str(gop)}
@@ -61,7 +61,7 @@ def write_video(path: Path, *, frame_count: int = 72, fps: int = 24, gop: int = 
         if rotation_cw or mirrored:
             stream.set_display_matrix(display_matrix(rotation_cw, mirrored))
         for index in range(frame_count if pts_ms is None else len(pts_ms)):
-            image = indexed_frame(index)
+            image = indexed_frame(first_index + index)
             if rotation_cw:
                 image = cv2.rotate(image, CV2_ROTATE[(360 - rotation_cw) % 360])
             if mirrored:
@@ -88,6 +88,17 @@ def display_matrix(rotation_cw: int, mirrored: bool) -> list[int]:
         a, b = -a, -b  # the mirror acts first: p -> -p
     one = 1 << 16
     return [a * one, b * one, 0, c * one, d * one, 0, 0, 0, 1 << 30]
+
+
+def write_joined_recordings(path: Path, parts: int, frame_count: int, fps: int = 24) -> Path:
+    """MPEG-TS recordings joined end to end (`cat a.ts b.ts`): each part restarts its timestamps at the same
+    value, and the frame indices run on across parts."""
+    with path.open("wb") as joined:
+        for part in range(parts):
+            piece = write_video(path.with_name(f"part{part}.ts"), frame_count=frame_count, fps=fps,
+                                first_index=part * frame_count)
+            joined.write(piece.read_bytes())
+    return path
 
 
 def write_audio(path: Path, seconds: float = 1.0) -> Path:

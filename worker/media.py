@@ -83,6 +83,9 @@ class PlannedFrame:
     timestamp_ms: float  # container timestamp relative to the first frame
     pts: int  # the stream pts (in stream time_base) used to seek/match while decoding; 0 for images
     keyframe_pts: int  # pts of the last keyframe at or before this frame (for the seek decision)
+    # Timed by order: the stream has no timestamps, or ones that repeat or jump back (recordings joined end to
+    # end); `pts` is then the frame's position in decoding output order, and decoding counts frames, never seeks.
+    by_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class StreamIndex:
     first_pts: int
     end_pts: Fraction  # the last frame's pts plus its duration, in stream time_base units
     time_base: Fraction
+    by_order: bool = False  # frame_pts count frames in output order (see PlannedFrame.by_order)
 
 
 def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
@@ -121,6 +125,8 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
         _check_pixels(stream.codec_context.width, stream.codec_context.height)
         index, first_frame = _index_stream(container, stream)
         fps = float(stream.average_rate) if stream.average_rate else None
+        if index.by_order:
+            fps = float(1 / index.time_base)  # the rate the frames are timed by
         pixel_aspect = _pixel_aspect(stream)
     if not index.frame_pts:
         raise MediaError(EMPTY_MEDIA, "the video stream has no frames")
@@ -346,7 +352,9 @@ def _index_stream(container: av.container.InputContainer,
     """Demuxes every packet of the stream (decoding only until the first frame comes out)."""
     durations: dict[int, int] = {}
     keyframes: list[int] = []
-    untimed = 0
+    untimed = timed = 0
+    last_dts: int | None = None
+    dts_went_back = False
     first_frame: av.VideoFrame | None = None
     max_frames = get_settings().max_frames
     for count, packet in enumerate(_packets(container, stream), start=1):
@@ -361,14 +369,24 @@ def _index_stream(container: av.container.InputContainer,
         if timestamp is None:
             untimed += 1
             continue
+        if packet.dts is not None:
+            dts_went_back |= last_dts is not None and packet.dts < last_dts
+            last_dts = packet.dts
         if packet.is_keyframe:
             keyframes.append(timestamp)
         if not packet.is_discard:
             durations[timestamp] = packet.duration or 0
+            timed += 1
     time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
     frame_interval = 1 / (Fraction(stream.average_rate) * time_base) if stream.average_rate else Fraction(0)
     if not durations and untimed:
-        return _untimed_index(untimed, stream), first_frame
+        return _order_index(untimed, stream, frame_interval * time_base), first_frame
+    if dts_went_back or timed > len(durations):
+        # Timestamps that repeat or run backwards cannot place frames in time: joined recordings each restart
+        # theirs, and sorting would interleave them (or collapse equal ones). Play them in order instead.
+        log.info("timestamps repeat or run backwards: frames are timed by their order")
+        return _order_index(timed + untimed, stream, _typical_interval(durations, frame_interval) * time_base), \
+            first_frame
     frame_pts = sorted(durations)
     if not frame_pts:
         return StreamIndex([], [], 0, Fraction(0), time_base), first_frame
@@ -378,12 +396,23 @@ def _index_stream(container: av.container.InputContainer,
     return StreamIndex(frame_pts, keyframes, frame_pts[0], Fraction(end), time_base), first_frame
 
 
-def _untimed_index(frame_count: int, stream: av.video.stream.VideoStream) -> StreamIndex:
-    """Raw streams carry no timestamps: frames are counted, timed by the frame rate, and decoded in order."""
-    if not stream.average_rate:
-        raise MediaError(DECODE_ERROR, "the video stream has neither timestamps nor a frame rate")
-    time_base = 1 / Fraction(stream.average_rate)
-    return StreamIndex(list(range(frame_count)), [0], 0, Fraction(frame_count), time_base)
+def _order_index(frame_count: int, stream: av.video.stream.VideoStream, frame_seconds: Fraction) -> StreamIndex:
+    """Frames counted in order and timed one frame interval apart: for raw streams, which carry no timestamps,
+    and for streams whose timestamps cannot be trusted."""
+    if not frame_seconds > 0:
+        raise MediaError(DECODE_ERROR, "the video stream has neither usable timestamps nor a frame rate")
+    return StreamIndex(list(range(frame_count)), [0], 0, Fraction(frame_count), frame_seconds, by_order=True)
+
+
+def _typical_interval(durations: dict[int, int], frame_interval: Fraction) -> Fraction:
+    """The frame interval in time_base units: the stream's average rate, else its most common packet duration."""
+    if frame_interval:
+        return frame_interval
+    counts: dict[int, int] = {}
+    for duration in durations.values():
+        if duration > 0:
+            counts[duration] = counts.get(duration, 0) + 1
+    return Fraction(max(counts, key=lambda duration: counts[duration])) if counts else Fraction(0)
 
 
 def _plan(index: StreamIndex, duration_s: Fraction, sample_fps: Fraction) -> list[PlannedFrame]:
@@ -397,7 +426,7 @@ def _plan(index: StreamIndex, duration_s: Fraction, sample_fps: Fraction) -> lis
             break
         pts = index.frame_pts[position]
         time_s = (pts - index.first_pts) * index.time_base
-        plan.append(PlannedFrame(position, float(time_s * 1000), pts, _keyframe_before(index, pts)))
+        plan.append(PlannedFrame(position, float(time_s * 1000), pts, _keyframe_before(index, pts), index.by_order))
         # Every k up to the selected frame's time selects it again: jump to the first k past it.
         k = math.floor(time_s * sample_fps) + 1
     return plan
@@ -543,7 +572,9 @@ def _decode_video(path: Path, plan: list[PlannedFrame],
         one_second = max(1, round(1 / stream.time_base)) if stream.time_base else 1
         last_pts = -1
         arrivals = 0
-        can_seek = True
+        by_order = plan[0].by_order
+        retimed = False  # by order although the frames carry timestamps: those were not usable
+        can_seek = not by_order
         seek_to: int | None = None
         retries = 0
         awaiting_first = False
@@ -567,7 +598,8 @@ def _decode_video(path: Path, plan: list[PlannedFrame],
             if packet is None:
                 break
             for frame in _decoded(packet, stream):
-                last_pts = frame.pts if frame.pts is not None else last_pts + 1  # raw streams: counted in order
+                retimed |= by_order and frame.pts is not None
+                last_pts = last_pts + 1 if by_order or frame.pts is None else frame.pts
                 if awaiting_first and last_pts > cursor.current.pts and retries < SEEK_RETRIES:
                     seek_to, retries = cursor.current.keyframe_pts - one_second * 2 ** retries, retries + 1
                     break
@@ -578,6 +610,9 @@ def _decode_video(path: Path, plan: list[PlannedFrame],
                     arrivals += 1
             yield from release(REORDER_DEPTH)
         yield from release(0)
+    if by_order and retimed:
+        warnings.append("the video's timestamps repeat or run backwards (recordings joined end to end?); its frames "
+                        "are timed by their order at the stream's frame rate")
     if cursor.matched < len(plan):
         warnings.append(f"{len(plan) - cursor.matched} of {len(plan)} sampled frames could not be decoded (damaged "
                         "or truncated data) and were skipped")

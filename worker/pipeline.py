@@ -115,11 +115,12 @@ def worker_name() -> str:
 
 
 def to_plan_rows(plan: list[PlannedFrame]) -> list[list[float | int]]:
-    return [[f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts] for f in plan]
+    return [[f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, int(f.by_order)] for f in plan]
 
 
 def from_plan_rows(rows: list[list[float | int]]) -> list[PlannedFrame]:
-    return [PlannedFrame(int(r[0]), float(r[1]), int(r[2]), int(r[3])) for r in rows]
+    # Rows stored before by_order existed have four fields.
+    return [PlannedFrame(int(r[0]), float(r[1]), int(r[2]), int(r[3]), len(r) > 4 and bool(r[4])) for r in rows]
 
 
 def load_job(job_id: str) -> Job | None:

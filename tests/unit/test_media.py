@@ -19,11 +19,13 @@ from tests.media_factory import (
     read_index,
     write_animation,
     write_audio,
+    write_joined_recordings,
     write_png_bomb,
     write_still,
     write_video,
 )
 from worker.media import PlannedFrame, decode_planned, probe, split_plan
+from worker.pipeline import from_plan_rows, to_plan_rows
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +99,34 @@ def test_segments_decode_the_same_frames_as_the_whole_plan(
     assert [read_index(image) for _, image in parts] == list(range(0, 240, 24))
     # and short groups of pictures are skipped by seeking, a single long one is decoded through
     assert (seeks_logged(caplog) > 0) is seeks
+
+
+def test_recordings_joined_end_to_end_play_in_order(tmp_path: Path) -> None:
+    # given three MPEG-TS recordings joined with `cat`: each restarts its timestamps
+    clip = write_joined_recordings(tmp_path / "joined.ts", parts=3, frame_count=48)
+    # when probed at 4 fps and decoded whole, and segment by segment
+    info, plan = probe(clip, 4)
+    whole, warnings = decode_all(clip, plan)
+    parts = [frame for segment in split_plan(plan, 2000.0) for frame in decode_all(clip, segment)[0]]
+    # then all 6 s play once, in order, timed by the frame rate (sorting the timestamps would interleave them)
+    assert (info.frame_count, info.duration_ms, info.fps) == (144, 6000.0, 24.0)
+    assert [read_index(image) for _, image in whole] == [f.frame_index for f in plan] == list(range(0, 144, 6))
+    assert [f.timestamp_ms for f in plan] == [250.0 * k for k in range(24)]
+    assert [p for p, _ in parts] == plan and all(
+        np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts, strict=True))
+    # and the job says why its timeline does not follow the file's timestamps
+    assert len(warnings) == 1 and "timestamps repeat or run backwards" in warnings[0]
+
+
+def test_a_plan_survives_its_trip_through_the_database(tmp_path: Path) -> None:
+    # given plans timed by timestamps and by order
+    timed = probe(write_video(tmp_path / "clip.mp4", frame_count=24), 5)[1]
+    ordered = probe(write_joined_recordings(tmp_path / "joined.ts", parts=2, frame_count=24), 5)[1]
+    # when stored as segment rows and read back, also as rows written before `by_order` existed
+    # then they come back unchanged
+    assert from_plan_rows(to_plan_rows(timed)) == timed and from_plan_rows(to_plan_rows(ordered)) == ordered
+    assert all(frame.by_order for frame in ordered) and not any(frame.by_order for frame in timed)
+    assert from_plan_rows([row[:4] for row in to_plan_rows(timed)]) == timed
 
 
 def test_the_last_frame_of_an_unindexed_stream_is_found_by_seeking_earlier(tmp_path: Path) -> None:
