@@ -146,9 +146,11 @@ def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]
 
 def split_plan(plan: list[PlannedFrame], segment_ms: float) -> list[list[PlannedFrame]]:
     """Consecutive time ranges of about segment_ms each (by timestamp_ms); never an empty segment; one segment
-    for short media. Every planned frame is in exactly one segment, order kept."""
+    for short media and for a plan timed by order. Every planned frame is in exactly one segment, order kept."""
     if not segment_ms > 0:
         raise ValueError(f"segment_ms must be > 0, not {segment_ms}")
+    if plan and plan[0].by_order:
+        return [plan]  # decoding by order starts at the first frame: each later segment would decode all before it
     segments: list[list[PlannedFrame]] = []
     current_slot = None
     for frame in plan:
