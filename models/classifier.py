@@ -25,6 +25,14 @@ NAME_KEY = "fervid.name"
 VERSION_KEY = "fervid.version"
 TTA_KEY = "fervid.tta"  # "hflip": average with the mirrored face, as evaluated
 MEMBERS_KEY = "fervid.members"  # networks whose probabilities the graph averages (absent: 1)
+# Provenance, for people and for `fervid train --init model`; an ensemble's init, epochs and public_acc hold one
+# comma-separated value per member.
+INIT_KEY = "fervid.init"
+EPOCHS_KEY = "fervid.epochs"  # epochs the network has trained in all
+INPUT_SIZE_KEY = "fervid.input_size"
+DATA_SHA_KEY = "fervid.data_sha256"
+GIT_COMMIT_KEY = "fervid.git_commit"
+PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,17 @@ from fervid.errors import FervidError
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.classifier import (
+    DATA_SHA_KEY,
+    EPOCHS_KEY,
+    GIT_COMMIT_KEY,
+    INIT_KEY,
+    INPUT_SIZE_KEY,
     LABELS_KEY,
     MEMBERS_KEY,
     NAME_KEY,
     OUTPUT_KEY,
     PREPROCESS_KEY,
+    PUBLIC_ACC_KEY,
     TTA_KEY,
     VERSION_KEY,
     Preprocess,
@@ -61,14 +67,6 @@ OUTPUT_NAME = "probs"
 TOLERANCE: dict[WeightFormat, float] = {"fp32": 1e-3, "fp16": 5e-3, "int8-scaled": 5e-2}
 VERIFY_FACES = 64
 
-# Provenance written beside the runtime keys of models.classifier.
-INIT_KEY = "fervid.init"
-EPOCHS_KEY = "fervid.epochs"  # epochs trained when this checkpoint was saved
-INPUT_SIZE_KEY = "fervid.input_size"
-DATA_SHA_KEY = "fervid.data_sha256"
-GIT_COMMIT_KEY = "fervid.git_commit"
-PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
-# An ensemble's provenance keys (init, epochs, public_acc) hold one comma-separated value per member.
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,16 @@ class Checkpoint:
     @property
     def input_size(self) -> int:
         return int(self.config.get("input_size", 64))
+
+    @property
+    def init(self) -> str:
+        """How the network's training began; a continued network (`--init model`) reports its origin's."""
+        return str(self.config.get("prior_init") or self.config.get("init", "unknown"))
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained in all, those before a continuation (`--init model`) included."""
+        return self.epoch + 1 + int(self.config.get("prior_epochs") or 0)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -253,8 +261,8 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
     metadata = {
         LABELS_KEY: ",".join(EMOTIONS), PREPROCESS_KEY: preprocess.to_json(), OUTPUT_KEY: OUTPUT_NAME,
         NAME_KEY: MODEL_NAME, VERSION_KEY: f"{dt.datetime.now(dt.UTC):%Y%m%d}-{digest[:8]}",
-        MEMBERS_KEY: str(len(members)), INIT_KEY: _member_values(members, lambda m: m.config.get("init", "unknown")),
-        EPOCHS_KEY: _member_values(members, lambda m: m.epoch + 1), INPUT_SIZE_KEY: str(size),
+        MEMBERS_KEY: str(len(members)), INIT_KEY: _member_values(members, lambda m: m.init),
+        EPOCHS_KEY: _member_values(members, lambda m: m.epochs), INPUT_SIZE_KEY: str(size),
         DATA_SHA_KEY: data_shas.pop(), GIT_COMMIT_KEY: git_commit(),
         PUBLIC_ACC_KEY: _member_values(members, lambda m: f"{m.best_public:.4f}"), WEIGHTS_KEY: weights,
     }

@@ -38,6 +38,8 @@ class TrainConfig:
     imagenet_weights: str | None = None  # path or URL of a torchvision ResNet50 state dict
     init_model: Path | None = None  # init "model": an exported fervid model (any storage, INT8 included) ...
     init_member: int = 0  # ... and which of its networks, for an ensemble
+    prior_init: str = ""  # init "model": how the network began and ...
+    prior_epochs: int = 0  # ... the epochs it had trained, from the model's metadata (export reports totals)
     input_size: int = 64
     epochs: int = 30
     freeze_epochs: int = 3  # imagenet only: epochs with the shallow stages frozen
@@ -146,15 +148,19 @@ def load_imagenet_weights(source: str) -> dict[str, Tensor]:
 WARM_START_FACES = 2048
 
 
-def build_network(config: TrainConfig, train_faces: np.ndarray | None = None) -> EmotionResNet50:
+def build_network(config: TrainConfig, train_faces: np.ndarray | None = None,
+                  data_sha256: str = "") -> EmotionResNet50:
+    """The network training starts from; for `--init model` also records its origin in `config`."""
     network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
     if config.init == "model":
         if config.init_model is None or train_faces is None:
             raise SystemExit("--init model needs --init-model PATH (a `fervid export` or `fervid quantize` output)")
         chosen = train_faces[calibration_indices(WARM_START_FACES, len(train_faces), config.seed)]
-        network = warm_start_network(config.init_model, config.init_member, config.input_size,
-                                     to_input(chosen, config.input_size).contiguous())
-        print(f"warm start: network {config.init_member} of {config.init_model}", flush=True)
+        network, source = warm_start_network(config.init_model, config.init_member, config.input_size, data_sha256,
+                                             to_input(chosen, config.input_size).contiguous())
+        config.prior_init, config.prior_epochs = source.init, source.epochs
+        print(f"warm start: network {config.init_member} of {config.init_model} ({source.init}, "
+              f"{source.epochs} epochs)", flush=True)
     elif config.init == "imagenet":
         if not config.imagenet_weights:
             raise SystemExit("--init imagenet needs --imagenet-weights PATH_OR_URL (a torchvision ResNet50 state dict)")
@@ -192,8 +198,9 @@ def train(config: TrainConfig) -> Path:
     if config.limit_eval:
         public_split = public_split.head(config.limit_eval)
 
+    data_sha = sha256_file(config.data)
     torch.manual_seed(config.seed)
-    network = build_network(config, train_split.faces)
+    network = build_network(config, train_split.faces, data_sha)
     optimizer = build_optimizer(network, config)
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(train_split.labels, len(EMOTIONS)), label_smoothing=config.label_smoothing
@@ -212,7 +219,6 @@ def train(config: TrainConfig) -> Path:
         config.history = state["config"].get("history", [])
         print(f"resumed from {last_path} after epoch {state['epoch'] + 1}", flush=True)
 
-    data_sha = sha256_file(config.data)
     faces = torch.from_numpy(train_split.faces).unsqueeze(1)
     labels = torch.from_numpy(train_split.labels)
     for epoch in range(start_epoch, config.epochs):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from fervid.errors import FervidError
 from fervid.labels import EMOTIONS
-from models.classifier import MEMBERS_KEY, PREPROCESS_KEY, Preprocess
+from models.classifier import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, Preprocess
 from models.network import EmotionResNet50
 from models.weight_storage import float_graph
 
@@ -41,9 +42,18 @@ def _state_dict_tensors(model: onnx.ModelProto) -> dict[str, Tensor]:
     return tensors
 
 
-def exported_member(path: Path, member: int) -> tuple[dict[str, Tensor], list[str], int]:
-    """The state dict of network `member` in `path`, the BatchNorms whose statistics were folded away (their
-    `bias` holds the folded b'; the rest of them is fresh), and the input size the model takes."""
+@dataclass(frozen=True)
+class ExportedNetwork:
+    state_dict: dict[str, Tensor]
+    folded: list[str]  # BatchNorms whose statistics were folded away: their `bias` holds b', the rest is fresh
+    input_size: int
+    init: str  # the network's own provenance, from the file's metadata
+    epochs: int
+    data_sha256: str | None
+
+
+def exported_member(path: Path, member: int) -> ExportedNetwork:
+    """Network `member` of the exported model at `path`, as stored."""
     try:
         model = float_graph(onnx.load(str(path)))
     except Exception as error:  # onnx raises protobuf's DecodeError and others for a foreign file
@@ -79,7 +89,12 @@ def exported_member(path: Path, member: int) -> tuple[dict[str, Tensor], list[st
     size = Preprocess.from_json(meta[PREPROCESS_KEY]).size
     if size[0] != size[1]:
         raise FervidError(f"{path} takes {size[0]}x{size[1]} inputs; training needs square ones", code="invalid_model")
-    return state, folded, size[0]
+    inits, epochs = meta.get(INIT_KEY, "").split(","), meta.get(EPOCHS_KEY, "").split(",")
+    return ExportedNetwork(
+        state_dict=state, folded=folded, input_size=size[0],
+        init=inits[member] if len(inits) == members else "unknown",
+        epochs=int(epochs[member]) if len(epochs) == members and epochs[member].isdigit() else 0,
+        data_sha256=None if meta.get(DATA_SHA_KEY, "unknown") == "unknown" else meta[DATA_SHA_KEY])
 
 
 @torch.no_grad()
@@ -126,18 +141,23 @@ def unfold_batchnorm(network: EmotionResNet50, folded: list[str], faces: Tensor,
         batchnorm.running_var.copy_(variance.float())  # type: ignore[union-attr]
 
 
-def warm_start_network(path: Path, member: int, input_size: int, calibration_faces: Tensor) -> EmotionResNet50:
+def warm_start_network(path: Path, member: int, input_size: int, data_sha256: str,
+                       calibration_faces: Tensor) -> tuple[EmotionResNet50, ExportedNetwork]:
     """Network `member` of the exported model at `path`, trainable, BatchNorm statistics restored from
-    `calibration_faces` (preprocessed training faces) where the file had folded them away."""
-    state, folded, size = exported_member(path, member)
-    if size != input_size:
-        raise FervidError(f"{path} takes {size}x{size} faces; train it with --input-size {size}",
+    `calibration_faces` (preprocessed training faces) where the file had folded them away; and what the file
+    says of it."""
+    source = exported_member(path, member)
+    if source.input_size != input_size:
+        raise FervidError(f"{path} takes {source.input_size}x{source.input_size} faces; train it with "
+                          f"--input-size {source.input_size}", code="invalid_request")
+    if source.data_sha256 not in (None, data_sha256):
+        raise FervidError(f"{path} was trained on another data file (sha256 {source.data_sha256[:12]}...)",
                           code="invalid_request")
     network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
-    network.load_state_dict(state)
-    if folded:
-        unfold_batchnorm(network, folded, calibration_faces)
-    return network
+    network.load_state_dict(source.state_dict)
+    if source.folded:
+        unfold_batchnorm(network, source.folded, calibration_faces)
+    return network, source
 
 
 def calibration_indices(count: int, available: int, seed: int = 0) -> np.ndarray:

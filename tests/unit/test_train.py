@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -91,8 +92,9 @@ def test_resume_restores_everything_but_the_dropout_rng(
     # given a network without dropout, the one consumer of the global RNG during training
     build_network = models.train.build_network
 
-    def without_dropout(config: TrainConfig, train_faces: np.ndarray | None = None) -> EmotionResNet50:
-        network = build_network(config, train_faces)
+    def without_dropout(config: TrainConfig, train_faces: np.ndarray | None = None,
+                        data_sha256: str = "") -> EmotionResNet50:
+        network = build_network(config, train_faces, data_sha256)
         network.dropout.p = 0.0
         return network
 
@@ -120,3 +122,7 @@ def test_training_can_continue_from_an_exported_model(tmp_path: Path, small_fer_
     continued, original = load_weights(tmp_path / "continued" / "last.pt"), load_weights(source)
     assert torch.equal(continued["conv1.weight"], original["conv1.weight"])
     assert torch.equal(continued["fc.weight"], original["fc.weight"])
+    # and its export reports the epochs trained in all and how training began
+    again = export_onnx(tmp_path / "continued" / "last.pt", tmp_path / "continued.onnx", tta=False, weights="fp32")
+    meta = {prop.key: prop.value for prop in onnx.load(str(again)).metadata_props}
+    assert (meta["fervid.init"], meta["fervid.epochs"]) == ("scratch", "2")

@@ -20,6 +20,8 @@ from models.warm_start import exported_member, warm_start_network
 from models.weight_storage import dequantize_qdq
 from tests.unit.test_export import INPUT_SIZE, write_checkpoint
 
+DATA_SHA = "f" * 64  # the training data's hash; the test models record none ("unknown")
+
 
 def faces(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 48, 48), dtype=np.uint8)
@@ -39,11 +41,14 @@ def int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_network_rebuilt_from_an_int8_model_computes_what_the_file_computes(int8_model: Path) -> None:
     # given an INT8 model, whose quantizer folded every BatchNorm into its convolution
-    state, folded, size = exported_member(int8_model, 0)
-    assert size == INPUT_SIZE and "bn1" in folded and "layer4.2.bn3" in folded and len(folded) == 53
+    stored = exported_member(int8_model, 0)
+    assert stored.input_size == INPUT_SIZE and len(stored.folded) == 53
+    assert "bn1" in stored.folded and "layer4.2.bn3" in stored.folded
 
     # when a trainable network is rebuilt from it, BatchNorm statistics measured on (training) faces
-    network = warm_start_network(int8_model, 0, INPUT_SIZE, to_input(faces(256, seed=2), INPUT_SIZE).contiguous())
+    network, source = warm_start_network(int8_model, 0, INPUT_SIZE, DATA_SHA,
+                                         to_input(faces(256, seed=2), INPUT_SIZE).contiguous())
+    assert (source.init, source.epochs) == ("scratch", 1)
 
     # then in eval mode it computes the file's float equivalent on other faces
     batch = to_input(faces(16, seed=3), INPUT_SIZE).contiguous()
@@ -69,12 +74,12 @@ def test_a_member_of_an_unfolded_ensemble_comes_back_exactly(tmp_path: Path) -> 
     ensemble = export_onnx([first, second], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
 
     # when its second network is rebuilt
-    state, folded, _ = exported_member(ensemble, 1)
+    stored = exported_member(ensemble, 1)
 
     # then every tensor is the second checkpoint's, BatchNorm statistics included
     expected = load_checkpoint(second).state_dict
-    assert folded == []
-    assert [key for key in expected if not torch.equal(state[key], expected[key])] == []
+    assert stored.folded == []
+    assert [key for key in expected if not torch.equal(stored.state_dict[key], expected[key])] == []
 
 
 def test_a_wrong_member_or_input_size_is_refused_with_a_code(int8_model: Path, tmp_path: Path) -> None:
@@ -83,8 +88,18 @@ def test_a_wrong_member_or_input_size_is_refused_with_a_code(int8_model: Path, t
     assert wrong_member.value.code == "invalid_request"
 
     with pytest.raises(FervidError) as wrong_size:
-        warm_start_network(int8_model, 0, INPUT_SIZE * 2, to_input(faces(8, seed=2), INPUT_SIZE * 2))
+        warm_start_network(int8_model, 0, INPUT_SIZE * 2, DATA_SHA, to_input(faces(8, seed=2), INPUT_SIZE * 2))
     assert wrong_size.value.code == "invalid_request"
+
+    model = onnx.load(str(int8_model))
+    for prop in model.metadata_props:
+        if prop.key == "fervid.data_sha256":
+            prop.value = "0" * 64
+    trained_elsewhere = tmp_path / "trained-elsewhere.onnx"
+    onnx.save(model, trained_elsewhere)
+    with pytest.raises(FervidError) as other_data:
+        warm_start_network(trained_elsewhere, 0, INPUT_SIZE, DATA_SHA, to_input(faces(8, seed=2), INPUT_SIZE))
+    assert other_data.value.code == "invalid_request" and "another data file" in str(other_data.value)
 
     not_onnx = tmp_path / "notes.onnx"
     not_onnx.write_text("not a model")
