@@ -382,13 +382,12 @@ def _index_stream(container: av.container.InputContainer,
     time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
     frame_interval = 1 / (Fraction(stream.average_rate) * time_base) if stream.average_rate else Fraction(0)
     if not durations and untimed:
-        return _order_index(untimed, stream, frame_interval * time_base), first_frame
+        return _order_index(untimed, frame_interval * time_base), first_frame
     if dts_went_back or timed > len(durations):
         # Timestamps that repeat or run backwards cannot place frames in time: joined recordings each restart
         # theirs, and sorting would interleave them (or collapse equal ones). Play them in order instead.
         log.info("timestamps repeat or run backwards: frames are timed by their order")
-        return _order_index(timed + untimed, stream, _typical_interval(durations, frame_interval) * time_base), \
-            first_frame
+        return _order_index(timed + untimed, _typical_interval(durations, frame_interval) * time_base), first_frame
     frame_pts = sorted(durations)
     if not frame_pts:
         return StreamIndex([], [], 0, Fraction(0), time_base), first_frame
@@ -398,7 +397,7 @@ def _index_stream(container: av.container.InputContainer,
     return StreamIndex(frame_pts, keyframes, frame_pts[0], Fraction(end), time_base), first_frame
 
 
-def _order_index(frame_count: int, stream: av.video.stream.VideoStream, frame_seconds: Fraction) -> StreamIndex:
+def _order_index(frame_count: int, frame_seconds: Fraction) -> StreamIndex:
     """Frames counted in order and timed one frame interval apart: for raw streams, which carry no timestamps,
     and for streams whose timestamps cannot be trusted."""
     if not frame_seconds > 0:
