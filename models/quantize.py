@@ -119,7 +119,11 @@ def calibration_faces(data_path: Path, count: int) -> NDArray[np.uint8]:
     """`count` faces drawn from FER-2013 `train` (never PublicTest or PrivateTest), the same draw every time."""
     from models.fer2013 import load_split
 
-    faces = load_split(data_path, "train").faces
+    return draw_faces(load_split(data_path, "train").faces, count)
+
+
+def draw_faces(faces: NDArray[np.uint8], count: int) -> NDArray[np.uint8]:
+    """`count` of `faces` (training faces), in their order, the same draw every time."""
     chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(faces), min(count, len(faces)), replace=False)
     return np.asarray(faces[np.sort(chosen)], dtype=np.uint8)
 

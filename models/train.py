@@ -9,7 +9,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
 from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
-from models.warm_start import calibration_indices, warm_start_network
+from models.quantize import draw_faces
+from models.warm_start import warm_start_network
 
 # Grey-level normalisation, written into the exported model's preprocess metadata.
 PIXEL_MEAN = 0.5
@@ -155,9 +156,9 @@ def build_network(config: TrainConfig, train_faces: np.ndarray | None = None,
     if config.init == "model":
         if config.init_model is None or train_faces is None:
             raise SystemExit("--init model needs --init-model PATH (a `fervid export` or `fervid quantize` output)")
-        chosen = train_faces[calibration_indices(WARM_START_FACES, len(train_faces), config.seed)]
+        calibration = to_input(draw_faces(train_faces, WARM_START_FACES), config.input_size).contiguous()
         network, source = warm_start_network(config.init_model, config.init_member, config.input_size, data_sha256,
-                                             to_input(chosen, config.input_size).contiguous())
+                                             calibration)
         config.prior_init, config.prior_epochs = source.init, source.epochs
         print(f"warm start: network {config.init_member} of {config.init_model} ({source.init}, "
               f"{source.epochs} epochs)", flush=True)
@@ -198,9 +199,22 @@ def train(config: TrainConfig) -> Path:
     if config.limit_eval:
         public_split = public_split.head(config.limit_eval)
 
+    last_path, best_path = config.out_dir / "last.pt", config.out_dir / "best.pt"
+    resumed = torch.load(last_path, map_location="cpu", weights_only=False) \
+        if config.resume and last_path.exists() else None
     data_sha = sha256_file(config.data)
     torch.manual_seed(config.seed)
-    network = build_network(config, train_split.faces, data_sha)
+    if resumed is None:
+        network = build_network(config, train_split.faces, data_sha)
+        if config.init == "model":  # the baseline the continuation has to beat
+            start_acc = top1(predict_probs(network, public_split.faces, config.input_size, False, config.bf16),
+                             public_split.labels)
+            print(json.dumps({"epoch": 0, "public_acc": round(start_acc, 4)}), flush=True)
+    else:
+        # The checkpoint's weights replace whatever the run started from: no warm start or download again.
+        network = build_network(replace(config, init="scratch"))
+        config.prior_init = resumed["config"].get("prior_init", "")
+        config.prior_epochs = int(resumed["config"].get("prior_epochs", 0))
     optimizer = build_optimizer(network, config)
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(train_split.labels, len(EMOTIONS)), label_smoothing=config.label_smoothing
@@ -209,15 +223,13 @@ def train(config: TrainConfig) -> Path:
     if steps_per_epoch == 0:
         raise SystemExit(f"batch size {config.batch_size} exceeds the {len(train_split)} training faces")
 
-    last_path, best_path = config.out_dir / "last.pt", config.out_dir / "best.pt"
     start_epoch, step, best = 0, 0, -1.0
-    if config.resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, best = state["epoch"] + 1, state["step"], state["best_public"]
-        config.history = state["config"].get("history", [])
-        print(f"resumed from {last_path} after epoch {state['epoch'] + 1}", flush=True)
+    if resumed is not None:
+        network.load_state_dict(resumed["network"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_epoch, step, best = resumed["epoch"] + 1, resumed["step"], resumed["best_public"]
+        config.history = resumed["config"].get("history", [])
+        print(f"resumed from {last_path} after epoch {resumed['epoch'] + 1}", flush=True)
 
     faces = torch.from_numpy(train_split.faces).unsqueeze(1)
     labels = torch.from_numpy(train_split.labels)

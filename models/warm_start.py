@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
@@ -159,7 +158,3 @@ def warm_start_network(path: Path, member: int, input_size: int, data_sha256: st
         unfold_batchnorm(network, source.folded, calibration_faces)
     return network, source
 
-
-def calibration_indices(count: int, available: int, seed: int = 0) -> np.ndarray:
-    """The training faces whose statistics stand in for folded BatchNorm ones: a fixed draw."""
-    return np.sort(np.random.default_rng(seed).choice(available, size=min(count, available), replace=False))

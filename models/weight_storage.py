@@ -136,11 +136,13 @@ def restore_fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
 
 def has_qdq(model: onnx.ModelProto) -> bool:
     """Whether the graph is explicitly quantized (QuantizeLinear/DequantizeLinear nodes, as `fervid eval --int8`
     writes for ONNX Runtime on the CPU)."""
-    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+    return any(node.op_type in QDQ_OPS for node in model.graph.node)
 
 
 def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISION = "fp16"
 WORKSPACE_BYTES = 2 << 30
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def import_tensorrt() -> Any:
@@ -54,6 +53,8 @@ def probe(name: str) -> BackendProbe:
 def qdq_incompatibility(model: Any) -> str | None:
     """Why TensorRT cannot take this model's Q/DQ nodes, or None: it accepts only symmetric int8 (zero point 0)."""
     from onnx import TensorProto, numpy_helper
+
+    from models.weight_storage import QDQ_OPS
 
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     for node in model.graph.node:
