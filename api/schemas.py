@@ -157,12 +157,16 @@ class TrackSummary(BaseModel):
     last_ms: float
     frames: int
     mean_emotions: dict[EmotionName, float]
-    dominant: EmotionName
+    dominant: EmotionName = Field(description="the emotion with the highest mean probability")
+    dominant_share: dict[EmotionName, float] = Field(
+        description="per emotion, the fraction of the track's faces on which it is the most probable")
 
 
 class OverallSummary(BaseModel):
     mean_emotions: dict[EmotionName, float] | None = Field(description="over every face; null without faces")
     dominant: EmotionName | None
+    dominant_share: dict[EmotionName, float] | None = Field(
+        description="per emotion, the fraction of all faces on which it is the most probable; null without faces")
 
 
 class Summary(BaseModel):

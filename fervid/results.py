@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from fervid.labels import EMOTIONS
@@ -118,9 +118,21 @@ def _means_query(job_id: str) -> Select[Any]:
     return select(*(func.avg(column).label(column.key) for column in EMOTION_COLUMNS)).where(Face.job_id == job_id)
 
 
+def _dominant_column() -> ColumnElement[str]:
+    """`dominant` in SQL: CASE takes the first label whose probability ties or beats every other, so a tie goes to
+    the earlier label as in Python."""
+    return case(*((and_(*(column >= other for other in EMOTION_COLUMNS if other is not column)), label)
+                  for column, label in zip(EMOTION_COLUMNS, EMOTIONS, strict=True)), else_=EMOTIONS[-1])
+
+
+def _shares(counts: Mapping[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {label: counts.get(label, 0) / total for label in EMOTIONS}
+
+
 def summary(session: Session, job_id: str) -> dict[str, Any]:
-    """Per-track and overall mean emotions with SQL aggregates; a job without faces has no tracks and an
-    overall of nulls."""
+    """Per-track and overall mean emotions, and the share of faces each emotion dominates, with SQL aggregates;
+    a job without faces has no tracks and an overall of nulls."""
     per_track = session.execute(
         _means_query(job_id)
         .add_columns(Face.track_id, func.min(Frame.timestamp_ms).label("first_ms"),
@@ -130,15 +142,26 @@ def summary(session: Session, job_id: str) -> dict[str, Any]:
         .group_by(Face.track_id)
         .order_by(Face.track_id)
     ).all()
+    if not per_track:
+        return {"tracks": [], "overall": {"mean_emotions": None, "dominant": None, "dominant_share": None}}
+    dominant_column = _dominant_column().label("dominant")
+    counts: dict[int, dict[str, int]] = {}
+    overall_counts: dict[str, int] = {}
+    for track_id, label, count in session.execute(
+        select(Face.track_id, dominant_column, func.count()).where(Face.job_id == job_id)
+        .group_by(Face.track_id, dominant_column)
+    ):
+        counts.setdefault(track_id, {})[label] = count
+        overall_counts[label] = overall_counts.get(label, 0) + count
     tracks = []
     for row in per_track:
         means = _emotion_means(row)
         tracks.append({"track_id": row.track_id, "first_ms": row.first_ms, "last_ms": row.last_ms,
-                       "frames": row.frames, "mean_emotions": means, "dominant": dominant(means)})
-    if not tracks:
-        return {"tracks": [], "overall": {"mean_emotions": None, "dominant": None}}
+                       "frames": row.frames, "mean_emotions": means, "dominant": dominant(means),
+                       "dominant_share": _shares(counts[row.track_id])})
     overall = _emotion_means(session.execute(_means_query(job_id)).one())
-    return {"tracks": tracks, "overall": {"mean_emotions": overall, "dominant": dominant(overall)}}
+    return {"tracks": tracks, "overall": {"mean_emotions": overall, "dominant": dominant(overall),
+                                          "dominant_share": _shares(overall_counts)}}
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,10 @@ def print_summary(job_id: str, stream: TextIO) -> None:
         means = track["mean_emotions"]
         print(f"\nface #{track['track_id']}  {track['first_ms'] / 1000:.2f}-{track['last_ms'] / 1000:.2f} s, "
               f"{track['frames']} frames, mostly {track['dominant']}", file=stream)
+        print(f"  {'':<9}{'mean':>6}  {'top in':>6}", file=stream)
         for label in sorted(EMOTIONS, key=lambda name: -means[name]):
-            print(f"  {label:<9}{means[label]:6.1%}  {'#' * round(40 * means[label])}", file=stream)
+            print(f"  {label:<9}{means[label]:6.1%}  {track['dominant_share'][label]:6.0%}  "
+                  f"{'#' * round(40 * means[label])}", file=stream)
         moments = [(item["timestamp_ms"], face) for item in timeline for face in item["faces"]
                    if face["track_id"] == track["track_id"]]
         line = "  ".join(f"{ms / 1000:.1f}s {face['dominant']}" for ms, face in moments[:: max(1, len(moments) // 8)])

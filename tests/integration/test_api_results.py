@@ -183,12 +183,45 @@ def test_the_summary_averages_each_track_and_the_whole_job(api: Api) -> None:
         assert track["mean_emotions"] == pytest.approx(means, abs=1e-9)
         assert list(track["mean_emotions"]) == list(EMOTIONS)
         assert track["dominant"] == max(means, key=lambda label: means[label])
+        assert track["dominant_share"] == pytest.approx(dominant_shares([face for _, face in mine]), abs=1e-12)
     overall = {label: sum(face["emotions"][label] for _, face in all_faces) / len(all_faces) for label in EMOTIONS}
     assert body["overall"]["mean_emotions"] == pytest.approx(overall, abs=1e-9)
+    assert body["overall"]["dominant_share"] == pytest.approx(dominant_shares([f for _, f in all_faces]), abs=1e-12)
     # and it is computed by SQL aggregates: a fixed number of queries, whatever the number of faces
     with session_scope() as session, StatementCounter() as statements:
         summary(session, job_id)
-    assert statements.count == 2
+    assert statements.count == 3
+
+
+def dominant_shares(faces: list[dict[str, Any]]) -> dict[str, float]:
+    return {label: sum(face["dominant"] == label for face in faces) / len(faces) for label in EMOTIONS}
+
+
+def test_the_dominant_share_breaks_ties_as_the_timeline_does(api: Api) -> None:
+    # given faces whose highest probabilities tie (the earlier FER label wins in the timeline)
+    from sqlalchemy import insert
+
+    from fervid.db import session_scope
+    from fervid.results import summary
+    from fervid.tables import Face, Frame
+
+    job_id = new_job(api)
+    ties = [("angry", "happy"), ("happy", "neutral"), ("disgust", "fear"), ("sad", "surprise"), ("neutral",)]
+    with session_scope() as session:
+        session.execute(insert(Frame), [{"job_id": job_id, "frame_index": i, "timestamp_ms": 40.0 * i,
+                                         "segment_index": 0} for i in range(len(ties))])
+        session.execute(insert(Face), [
+            {"job_id": job_id, "frame_index": i, "face_index": 0, "segment_index": 0, "local_track": 1, "track_id": 1,
+             "x": 0, "y": 0, "w": 50, "h": 50, "score": 0.9,
+             **{label: (0.3 if label in tied else 0.4 / (len(EMOTIONS) - len(tied))) for label in EMOTIONS}}
+            for i, tied in enumerate(ties)])
+    # when it is summarised
+    with session_scope() as session:
+        track = summary(session, job_id)["tracks"][0]
+    # then each face counts once, for the label the timeline calls dominant
+    timeline = api.client.get(f"/v1/jobs/{job_id}/timeline", headers=ALICE).json()["items"]
+    assert [item["faces"][0]["dominant"] for item in timeline] == ["angry", "happy", "disgust", "sad", "neutral"]
+    assert track["dominant_share"] == pytest.approx(dominant_shares([item["faces"][0] for item in timeline]))
 
 
 def test_a_job_without_faces_has_an_empty_summary(api: Api) -> None:
@@ -197,7 +230,7 @@ def test_a_job_without_faces_has_an_empty_summary(api: Api) -> None:
     insert_results(job_id, frames=10, tracks_at=lambda k: [])
     # when / then
     body = api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json()
-    assert body == {"tracks": [], "overall": {"mean_emotions": None, "dominant": None}}
+    assert body == {"tracks": [], "overall": {"mean_emotions": None, "dominant": None, "dominant_share": None}}
 
 
 def png_size(content: bytes) -> tuple[int, int]:
