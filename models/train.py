@@ -204,6 +204,7 @@ def train(config: TrainConfig) -> Path:
         if config.resume and last_path.exists() else None
     data_sha = sha256_file(config.data)
     torch.manual_seed(config.seed)
+    start_acc: float | None = None
     if resumed is None:
         network = build_network(config, train_split.faces, data_sha)
         if config.init == "model":  # the baseline the continuation has to beat
@@ -224,6 +225,11 @@ def train(config: TrainConfig) -> Path:
         raise SystemExit(f"batch size {config.batch_size} exceeds the {len(train_split)} training faces")
 
     start_epoch, step, best = 0, 0, -1.0
+    if start_acc is not None:
+        # best.pt starts as the network the continuation began from, so it never hands back a worse one (and
+        # `--epochs 0` turns a network of an exported file into a checkpoint).
+        best = start_acc
+        save_checkpoint(best_path, network, optimizer, config, -1, step, best)
     if resumed is not None:
         network.load_state_dict(resumed["network"])
         optimizer.load_state_dict(resumed["optimizer"])

@@ -126,3 +126,22 @@ def test_training_can_continue_from_an_exported_model(tmp_path: Path, small_fer_
     again = export_onnx(tmp_path / "continued" / "last.pt", tmp_path / "continued.onnx", tta=False, weights="fp32")
     meta = {prop.key: prop.value for prop in onnx.load(str(again)).metadata_props}
     assert (meta["fervid.init"], meta["fervid.epochs"]) == ("scratch", "2")
+
+
+def test_a_continuation_starts_its_best_checkpoint_from_the_network_it_began_with(
+        tmp_path: Path, small_fer_file: Path) -> None:
+    # given a model exported by `fervid export`
+    source = write_checkpoint(tmp_path / "source.pt")
+    exported = export_onnx(source, tmp_path / "source.onnx", tta=False, weights="fp32")
+
+    # when a continuation runs no epoch at all
+    config = small_config(tmp_path / "rebuilt", small_fer_file)
+    config.init, config.init_model, config.epochs = "model", exported, 0
+    best = train(config)
+
+    # then best.pt is the exported network, scored on PublicTest, and exports as the same network
+    assert torch.equal(load_weights(best)["layer3.0.conv2.weight"], load_weights(source)["layer3.0.conv2.weight"])
+    assert 0.0 <= torch.load(best, weights_only=False)["best_public"] <= 1.0
+    again = export_onnx(best, tmp_path / "rebuilt.onnx", tta=False, weights="fp32")
+    meta = {prop.key: prop.value for prop in onnx.load(str(again)).metadata_props}
+    assert meta["fervid.epochs"] == "1"
