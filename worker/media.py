@@ -314,7 +314,8 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
         raise MediaError(UNSUPPORTED_MEDIA, "the file has no video stream (audio only, or another kind of data)")
     stream = max(videos, key=lambda s: bool(s.disposition & av.stream.Disposition.default))
     if stream.codec_context is None:
-        raise MediaError(UNSUPPORTED_MEDIA, "the video codec of this file has no decoder available")
+        raise MediaError(UNSUPPORTED_MEDIA, f"this file ({container.format.name}) holds pictures in a format with no "
+                                            "decoder available (vector images such as SVG are not supported)")
     # The decoder refuses frames past the limit even where the container header understates them.
     stream.codec_context.options = {"max_pixels": str(get_settings().max_pixels)}
     return stream

@@ -322,6 +322,14 @@ def test_a_text_file_is_unsupported(tmp_path: Path) -> None:
     expect_media_error(text, UNSUPPORTED_MEDIA)
 
 
+def test_a_vector_image_is_unsupported_and_says_so(tmp_path: Path) -> None:
+    # given an SVG drawing (FFmpeg opens it as a picture stream it cannot decode)
+    drawing = tmp_path / "face.svg"
+    drawing.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><circle r="40"/></svg>')
+    # when / then
+    assert "SVG" in expect_media_error(drawing, UNSUPPORTED_MEDIA).message
+
+
 def test_an_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
     # given an AAC track in an MP4 container
     audio = write_audio(tmp_path / "voice.m4a")
