@@ -3,6 +3,8 @@
 ONNX models run through the runtime path jobs use (read_model_spec -> preprocess_faces -> OrtBackend);
 checkpoints through training's own evaluation (models.train.predict_probs, fp32). `--int8` also quantizes
 (calibrated on `train` faces only) and reports the accuracy change and the CPU speed-up measured in the same run.
+`--against OTHER.onnx` scores another model on the same faces, and says whether the difference is more than chance
+(the faces only one of the two gets right, McNemar's exact test): how a candidate is weighed against the shipped one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from fervid.files import sha256_file
 from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier, preprocess_faces, read_model_spec
 from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
-from models.metrics import ClassificationMetrics, classification_metrics, plot_confusion
+from models.metrics import (
+    ClassificationMetrics,
+    PairedComparison,
+    classification_metrics,
+    paired_comparison,
+    plot_confusion,
+)
 from models.quantize import DEFAULT_CALIBRATION_SIZE, calibration_faces
 
 EVAL_SPLITS = ("public", "private")  # `train` is for fitting and calibration only
@@ -95,6 +103,14 @@ def evaluate_splits(predict: Predict, splits: Sequence[Split], tta_modes: Sequen
     return results
 
 
+def compare_splits(predict: Predict, other: Predict, splits: Sequence[Split],
+                   tta_modes: Sequence[bool]) -> dict[str, dict[str, PairedComparison]]:
+    """Both models on the same faces, per split and TTA mode."""
+    return {split.name: {"on" if tta else "off": paired_comparison(split.labels, predict(split.faces, tta),
+                                                                   other(split.faces, tta))
+                         for tta in tta_modes} for split in splits}
+
+
 def measure_throughput(models: dict[str, Path], batch: NDArray[np.float32], rounds: int = SPEED_ROUNDS,
                        warmup: int = SPEED_WARMUP) -> dict[str, float]:
     """Faces per second of each model on the same batch, CPU; rounds interleave models so load drifts hit all alike."""
@@ -144,7 +160,8 @@ def _int8_section(fp32_onnx: Path, baseline: dict[str, dict[str, ClassificationM
 def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = None,
                    data_path: Path = DEFAULT_DATA_PATH, splits: Sequence[str] = EVAL_SPLITS, tta: str = "both",
                    out_dir: Path = Path("runs/eval"), limit: int = 0, int8: bool = False,
-                   calibration_size: int = DEFAULT_CALIBRATION_SIZE, batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
+                   calibration_size: int = DEFAULT_CALIBRATION_SIZE, batch_size: int = DEFAULT_BATCH,
+                   against: Path | None = None) -> dict[str, Any]:
     """Evaluates one checkpoint or ONNX model; writes DIR/metrics.json and the confusion PNGs; returns the report."""
     if (checkpoint is None) == (onnx_model is None):
         raise FervidError("give exactly one of --checkpoint or --onnx", code="invalid_request")
@@ -174,6 +191,13 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
         "limit": limit or None, "splits": _metrics_json(results), "reference": REFERENCE,
     }
     table = {"torch" if checkpoint is not None else "onnx": results}
+    comparisons: dict[str, dict[str, PairedComparison]] = {}
+    if against is not None:
+        other, other_info = onnx_predictor(against, batch_size)
+        comparisons = compare_splits(predict, other, loaded, tta_modes)
+        report["against"] = {"model": other_info, "test": "exact McNemar, two-sided",
+                             "splits": {split: {mode: comparison.to_dict() for mode, comparison in modes.items()}
+                                        for split, modes in comparisons.items()}}
     if int8:
         with tempfile.TemporaryDirectory(prefix="fervid-eval-") as work:
             if onnx_model is not None:
@@ -190,7 +214,17 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
                 fp32_onnx, results, loaded, tta_modes, faces, out_dir, batch_size, fp32_label)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     print(format_table(table, report))
+    for split, modes in comparisons.items():
+        for mode, comparison in modes.items():
+            print(format_comparison(split, mode, comparison, str(against)))
     return report
+
+
+def format_comparison(split: str, mode: str, comparison: PairedComparison, other: str) -> str:
+    return (f"against {other}, {split} tta {mode}: {comparison.accuracy:.2%} vs {comparison.other_accuracy:.2%} "
+            f"({100 * (comparison.accuracy - comparison.other_accuracy):+.2f} points); right only here "
+            f"{comparison.only_this_right}, only there {comparison.only_other_right}, McNemar p = "
+            f"{comparison.p_value:.3g}")
 
 
 def format_table(table: dict[str, dict[str, dict[str, ClassificationMetrics]]], report: dict[str, Any]) -> str:
@@ -219,6 +253,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
                         help="train faces used to calibrate INT8")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another ONNX model (the shipped one, say) scored on the same faces: the difference "
+                             "and McNemar's exact test")
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each split")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
@@ -229,5 +266,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, onnx_model=args.onnx, data_path=args.data,
         splits=[name.strip() for name in args.splits.split(",") if name.strip()], tta=args.tta, out_dir=args.out,
         limit=args.limit, int8=args.int8, calibration_size=args.calibration_size, batch_size=args.batch_size,
+        against=args.against,
     )
     return 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,39 @@ def classification_metrics(labels: NDArray[np.int64], probs: NDArray[np.float32]
         raise ValueError(f"expected (N, {len(class_names)}) probabilities, got {probs.shape}")
     predictions = probs.argmax(axis=1)
     return metrics_from_confusion(confusion_matrix(labels, predictions, len(class_names)), class_names)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two models scored on the same faces. Only the faces exactly one of them gets right can tell them apart;
+    McNemar's exact test asks whether those split more unevenly than chance would."""
+
+    faces: int
+    accuracy: float
+    other_accuracy: float
+    only_this_right: int
+    only_other_right: int
+    p_value: float  # two-sided exact McNemar (binomial on the discordant faces)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided p-value of the exact McNemar test: P(a split at least this uneven | each side equally likely)."""
+    discordant = only_a + only_b
+    tail = sum(math.comb(discordant, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2**discordant)
+
+
+def paired_comparison(labels: NDArray[np.int64], probs: NDArray[np.float32],
+                      other_probs: NDArray[np.float32]) -> PairedComparison:
+    right = probs.argmax(axis=1) == labels
+    other_right = other_probs.argmax(axis=1) == labels
+    only_this, only_other = int((right & ~other_right).sum()), int((other_right & ~right).sum())
+    return PairedComparison(faces=len(labels), accuracy=float(right.mean()), other_accuracy=float(other_right.mean()),
+                            only_this_right=only_this, only_other_right=only_other,
+                            p_value=mcnemar_exact_p(only_this, only_other))
 
 
 def plot_confusion(confusion: NDArray[np.int64], out: Path, title: str,

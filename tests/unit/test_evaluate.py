@@ -12,7 +12,7 @@ from fervid.cli import main as fervid_main
 from fervid.errors import FervidError
 from fervid.labels import EMOTIONS
 from models.evaluate import REFERENCE, run_evaluation
-from models.metrics import classification_metrics, confusion_matrix, metrics_from_confusion
+from models.metrics import classification_metrics, confusion_matrix, mcnemar_exact_p, metrics_from_confusion
 from tests.unit.test_export import write_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -62,17 +62,23 @@ def band_face(emotion: int) -> np.ndarray:
     return face
 
 
-@pytest.fixture
-def band_model(tiny_model_path: Path) -> Path:
-    """The conftest tiny classifier, rewired so that its prediction is the bright band's index (mirror-invariant)."""
-    model = onnx.load(str(tiny_model_path))
+def rewire_band_model(tiny_model: Path, out: Path, predicts: dict[int, int] | None = None) -> Path:
+    """The conftest tiny classifier, rewired so that a face whose bright band is k is predicted `predicts[k]`
+    (default k itself); mirror-invariant."""
+    predicts = predicts or {}
+    model = onnx.load(str(tiny_model))
     weight = np.zeros((TINY_SIZE, TINY_SIZE, len(EMOTIONS)), np.float32)
-    for emotion in range(len(EMOTIONS)):
-        weight[2 * emotion : 2 * emotion + 2, :, emotion] = 1.0
+    for band in range(len(EMOTIONS)):
+        weight[2 * band : 2 * band + 2, :, predicts.get(band, band)] = 1.0
     (init,) = [init for init in model.graph.initializer if init.name == "weight"]
     init.CopyFrom(numpy_helper.from_array(weight.reshape(-1, len(EMOTIONS)), "weight"))
-    onnx.save(model, tiny_model_path)
-    return tiny_model_path
+    onnx.save(model, out)
+    return out
+
+
+@pytest.fixture
+def band_model(tiny_model_path: Path) -> Path:
+    return rewire_band_model(tiny_model_path, tiny_model_path)
 
 
 @pytest.fixture
@@ -155,6 +161,31 @@ def test_int8_evaluation_reports_accuracy_change_and_speed(
     assert speed["speedup"] == pytest.approx(speed["int8_faces_per_s"] / speed["fp32_faces_per_s"])
     assert int8["model"]["name"] == "tiny-test-classifier-int8"
     assert (tmp_path / "confusion_public_int8.png").is_file()
+
+
+def test_the_exact_mcnemar_p_value_matches_the_binomial_test() -> None:
+    # two-sided binomial test at 1/2 on the faces only one model gets right (values as scipy's binomtest gives)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(5, 5) == 1.0
+    assert mcnemar_exact_p(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_exact_p(2, 10) == pytest.approx(0.0385742, abs=1e-7)
+    assert mcnemar_exact_p(10, 2) == mcnemar_exact_p(2, 10)
+    assert 0.0 < mcnemar_exact_p(300, 240) < 0.05 < mcnemar_exact_p(300, 270)
+
+
+def test_a_model_is_weighed_against_another_on_the_same_faces(
+    band_model: Path, constructed_fer_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a second model that swaps angry and happy: it loses (0,0), (3,3), (3,3) and wins (0,3) of PUBLIC_PAIRS
+    other = rewire_band_model(band_model, tmp_path / "swapped.onnx", predicts={0: 3, 3: 0})
+    # when the first is evaluated against it
+    report = run_evaluation(onnx_model=band_model, data_path=constructed_fer_file, out_dir=tmp_path / "eval",
+                            tta="off", splits=["public"], against=other)
+    # then both are scored on the same faces, with the faces that tell them apart and the exact test on those
+    compared = report["against"]["splits"]["public"]["off"]
+    assert compared == pytest.approx({"faces": 10, "accuracy": 0.8, "other_accuracy": 0.6, "only_this_right": 3,
+                                      "only_other_right": 1, "p_value": 0.625})
+    assert report["against"]["model"]["path"] == str(other)
+    assert "+20.00 points); right only here 3, only there 1, McNemar p = 0.625" in capsys.readouterr().out
 
 
 def test_checkpoint_evaluation_runs_the_pytorch_model(constructed_fer_file: Path, tmp_path: Path) -> None:
