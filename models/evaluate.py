@@ -50,6 +50,8 @@ REFERENCE = {
 
 # (N, 48, 48) grey faces, hflip TTA on or off -> (N, 7) probabilities
 Predict = Callable[[NDArray[np.uint8], bool], NDArray[np.float32]]
+# split name -> TTA mode ("off" / "on") -> (N, 7) probabilities
+Probabilities = dict[str, dict[str, NDArray[np.float32]]]
 
 
 def onnx_predictor(model: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predict, dict[str, Any]]:
@@ -86,29 +88,31 @@ def checkpoint_predictor(checkpoint: Path, batch_size: int = DEFAULT_BATCH) -> t
     return predict, info
 
 
-def evaluate_splits(predict: Predict, splits: Sequence[Split], tta_modes: Sequence[bool], out_dir: Path,
+def predict_splits(predict: Predict, splits: Sequence[Split], tta_modes: Sequence[bool]) -> Probabilities:
+    return {split.name: {"on" if tta else "off": predict(split.faces, tta) for tta in tta_modes} for split in splits}
+
+
+def evaluate_splits(probs: Probabilities, splits: Sequence[Split], out_dir: Path,
                     suffix: str = "") -> dict[str, dict[str, ClassificationMetrics]]:
     """Metrics per split and TTA mode ("off" / "on"); writes DIR/confusion_<split>[_tta]<suffix>.png for each."""
     results: dict[str, dict[str, ClassificationMetrics]] = {}
     for split in splits:
         results[split.name] = {}
-        for tta in tta_modes:
-            metrics = classification_metrics(split.labels, predict(split.faces, tta))
-            mode = "on" if tta else "off"
+        for mode, split_probs in probs[split.name].items():
+            metrics = classification_metrics(split.labels, split_probs)
             results[split.name][mode] = metrics
-            name = f"confusion_{split.name}{'_tta' if tta else ''}{suffix}.png"
+            name = f"confusion_{split.name}{'_tta' if mode == 'on' else ''}{suffix}.png"
             title = f"{split.name} ({len(split)} faces), TTA {mode}{suffix.replace('_', ' ')}: " \
                     f"top-1 {metrics.accuracy:.1%}, macro-F1 {metrics.macro_f1:.3f}"
             plot_confusion(metrics.confusion, out_dir / name, title)
     return results
 
 
-def compare_splits(predict: Predict, other: Predict, splits: Sequence[Split],
-                   tta_modes: Sequence[bool]) -> dict[str, dict[str, PairedComparison]]:
-    """Both models on the same faces, per split and TTA mode."""
-    return {split.name: {"on" if tta else "off": paired_comparison(split.labels, predict(split.faces, tta),
-                                                                   other(split.faces, tta))
-                         for tta in tta_modes} for split in splits}
+def compare_splits(probs: Probabilities, other_probs: Probabilities,
+                   splits: Sequence[Split]) -> dict[str, dict[str, PairedComparison]]:
+    """Two models' predictions of the same faces, per split and TTA mode."""
+    return {split.name: {mode: paired_comparison(split.labels, split_probs, other_probs[split.name][mode])
+                         for mode, split_probs in probs[split.name].items()} for split in splits}
 
 
 def measure_throughput(models: dict[str, Path], batch: NDArray[np.float32], rounds: int = SPEED_ROUNDS,
@@ -139,7 +143,7 @@ def _int8_section(fp32_onnx: Path, baseline: dict[str, dict[str, ClassificationM
     spec = read_model_spec(fp32_onnx)
     int8_path = quantize_int8(fp32_onnx, out_dir / INT8_FILE, train_faces, spec.preprocess)
     predict, info = onnx_predictor(int8_path, batch_size)
-    results = evaluate_splits(predict, splits, tta_modes, out_dir, suffix="_int8")
+    results = evaluate_splits(predict_splits(predict, splits, tta_modes), splits, out_dir, suffix="_int8")
     change = {split: {mode: {"accuracy": metrics.accuracy - baseline[split][mode].accuracy,
                              "macro_f1": metrics.macro_f1 - baseline[split][mode].macro_f1}
                       for mode, metrics in modes.items()} for split, modes in results.items()}
@@ -185,7 +189,8 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
     else:
         assert checkpoint is not None
         predict, info = checkpoint_predictor(checkpoint, batch_size)
-    results = evaluate_splits(predict, loaded, tta_modes, out_dir)
+    probs = predict_splits(predict, loaded, tta_modes)
+    results = evaluate_splits(probs, loaded, out_dir)
     report: dict[str, Any] = {
         "model": info, "data": {"path": str(data_path), "sha256": sha256_file(data_path)},
         "limit": limit or None, "splits": _metrics_json(results), "reference": REFERENCE,
@@ -194,7 +199,7 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
     comparisons: dict[str, dict[str, PairedComparison]] = {}
     if against is not None:
         other, other_info = onnx_predictor(against, batch_size)
-        comparisons = compare_splits(predict, other, loaded, tta_modes)
+        comparisons = compare_splits(probs, predict_splits(other, loaded, tta_modes), loaded)
         report["against"] = {"model": other_info, "test": "exact McNemar, two-sided",
                              "splits": {split: {mode: comparison.to_dict() for mode, comparison in modes.items()}
                                         for split, modes in comparisons.items()}}
