@@ -12,6 +12,10 @@ from fervid.labels import EMOTIONS
 
 SPLITS = ("train", "public", "private")
 DEFAULT_DATA_PATH = Path("../shared/data/fer2013.npz")
+DEFAULT_FERPLUS_PATH = Path("../shared/data/fer2013_meta.npz")
+# The FER+ re-annotation's name for each FER-2013 emotion; its contempt, unknown and not-a-face votes have none.
+FERPLUS_NAMES = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
+                 "surprise": "surprise", "neutral": "neutral"}
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,22 @@ def load_split(path: Path, name: str) -> Split:
     if faces.ndim != 3 or labels.min() < 0 or labels.max() >= len(EMOTIONS):
         raise ValueError(f"{path}: split {name!r} is not (N, H, W) faces with labels 0..{len(EMOTIONS) - 1}")
     return Split(name, faces, labels)
+
+
+def load_ferplus_shares(path: Path, name: str) -> NDArray[np.float32]:
+    """Per face of a split, the share of the FER+ annotators' votes that went to each emotion (EMOTIONS order).
+
+    A row is all zeros where no annotator chose one of the 7 emotions (contempt, unknown or not a face only) or
+    where the FER+ row could not be matched to the face.
+    """
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+    with np.load(path) as meta:
+        columns = [str(column) for column in meta["ferplus_columns"]]
+        votes = meta[f"ferplus_votes_{name}"].astype(np.float32)
+        aligned = meta[f"ferplus_aligned_{name}"].astype(bool)
+    votes = votes[:, [columns.index(FERPLUS_NAMES[emotion]) for emotion in EMOTIONS]]
+    totals = votes.sum(axis=1, keepdims=True)
+    shares = np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
+    shares[~aligned] = 0.0
+    return shares

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
-from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
+from models.fer2013 import DEFAULT_DATA_PATH, DEFAULT_FERPLUS_PATH, Split, load_ferplus_shares, load_split
 from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
 from models.quantize import draw_faces
 from models.warm_start import warm_start_network
@@ -49,6 +49,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    # >0: each training target blends the FER-2013 label with this weight of the FER+ annotators' vote shares for
+    # the same face (a remedy for FER-2013's label noise that keeps its label taxonomy); 0 trains on labels alone.
+    ferplus_weight: float = 0.0
+    ferplus: Path = DEFAULT_FERPLUS_PATH  # the FER+ votes (`fer2013_meta.npz`), read only when ferplus_weight > 0
     seed: int = 2013
     threads: int = 0  # 0: torch's default
     bf16: bool = True
@@ -63,6 +67,23 @@ def class_weights(labels: np.ndarray, classes: int) -> Tensor:
     counts = np.bincount(labels, minlength=classes).astype(np.float64)
     weights = np.sqrt(counts.max() / np.maximum(counts, 1.0))
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def training_targets(labels: np.ndarray, ferplus_shares: np.ndarray | None, ferplus_weight: float,
+                     label_smoothing: float, classes: int) -> Tensor:
+    """Per face, the target distribution: the label, blended with FER+ vote shares where the face has any, smoothed."""
+    targets = np.eye(classes, dtype=np.float32)[labels]
+    if ferplus_shares is not None and ferplus_weight > 0:
+        voted = ferplus_shares.sum(axis=1) > 0
+        targets[voted] = (1.0 - ferplus_weight) * targets[voted] + ferplus_weight * ferplus_shares[voted]
+    return torch.from_numpy((1.0 - label_smoothing) * targets + label_smoothing / classes)
+
+
+def weighted_cross_entropy(logits: Tensor, targets: Tensor, class_weight: Tensor) -> Tensor:
+    """Cross-entropy against target distributions, each class's term scaled by its weight and the sum normalised by
+    the weight the targets carry: for one-hot targets, exactly PyTorch's class-weighted cross-entropy."""
+    weighted = targets * class_weight
+    return -(weighted * F.log_softmax(logits, dim=1)).sum() / weighted.sum()
 
 
 def augment(batch: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -217,9 +238,11 @@ def train(config: TrainConfig) -> Path:
         config.prior_init = resumed["config"].get("prior_init", "")
         config.prior_epochs = int(resumed["config"].get("prior_epochs", 0))
     optimizer = build_optimizer(network, config)
-    criterion = nn.CrossEntropyLoss(
-        weight=class_weights(train_split.labels, len(EMOTIONS)), label_smoothing=config.label_smoothing
-    )
+    ferplus_shares = load_ferplus_shares(config.ferplus, "train")[: len(train_split)] \
+        if config.ferplus_weight > 0 else None
+    targets = training_targets(train_split.labels, ferplus_shares, config.ferplus_weight, config.label_smoothing,
+                               len(EMOTIONS))
+    weight = class_weights(train_split.labels, len(EMOTIONS))
     steps_per_epoch = len(train_split) // config.batch_size
     if steps_per_epoch == 0:
         raise SystemExit(f"batch size {config.batch_size} exceeds the {len(train_split)} training faces")
@@ -257,7 +280,7 @@ def train(config: TrainConfig) -> Path:
                 group["lr"] = learning_rate(config, step, steps_per_epoch)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 logits = network(batch)
-            loss = criterion(logits.float(), target)
+            loss = weighted_cross_entropy(logits.float(), targets[index], weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -302,6 +325,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--ferplus-weight", type=float, default=defaults.ferplus_weight,
+                        help="blend each label with this weight of the FER+ annotators' votes for the face (0: off)")
+    parser.add_argument("--ferplus", type=Path, default=defaults.ferplus, help="FER+ votes (fer2013_meta.npz)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
@@ -316,7 +342,8 @@ def run(args: argparse.Namespace) -> int:
         init_model=args.init_model, init_member=args.init_member,
         input_size=args.input_size, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, threads=args.threads, bf16=args.bf16,
+        label_smoothing=args.label_smoothing, ferplus_weight=args.ferplus_weight, ferplus=args.ferplus,
+        seed=args.seed, threads=args.threads, bf16=args.bf16,
         limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume,
     )
     best = train(config)

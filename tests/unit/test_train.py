@@ -10,6 +10,7 @@ import torch
 import models.train
 from fervid.labels import EMOTIONS
 from models.export import export_onnx
+from models.fer2013 import load_ferplus_shares
 from models.network import EmotionResNet50
 from models.train import TrainConfig, train
 from tests.unit.test_export import write_checkpoint
@@ -145,3 +146,62 @@ def test_a_continuation_starts_its_best_checkpoint_from_the_network_it_began_wit
     again = export_onnx(best, tmp_path / "rebuilt.onnx", tta=False, weights="fp32")
     meta = {prop.key: prop.value for prop in onnx.load(str(again)).metadata_props}
     assert meta["fervid.epochs"] == "1"
+
+
+def test_the_weighted_loss_on_one_hot_targets_is_pytorchs_class_weighted_cross_entropy() -> None:
+    # given logits, hard labels and class weights
+    generator = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(16, 7, generator=generator), torch.randint(0, 7, (16,), generator=generator)
+    weight = torch.rand(7, generator=generator) + 0.5
+
+    # when the loss is computed on the labels as one-hot distributions
+    targets = models.train.training_targets(labels.numpy(), None, 0.0, 0.0, 7)
+    loss = models.train.weighted_cross_entropy(logits, targets[torch.arange(16)], weight)
+
+    # then it is what the usual class-weighted cross-entropy gives
+    torch.testing.assert_close(loss, torch.nn.CrossEntropyLoss(weight=weight)(logits, labels))
+
+
+def test_ferplus_votes_blend_into_the_targets_of_faces_that_have_them() -> None:
+    # given two faces labelled angry: one whose annotators split 3:1 between sad and neutral, one with no votes
+    labels = np.array([0, 0])
+    shares = np.array([[0, 0, 0, 0, 0.75, 0, 0.25], [0] * 7], dtype=np.float32)
+
+    # when the targets take 0.4 of the votes, with 0.07 label smoothing over the 7 classes
+    targets = models.train.training_targets(labels, shares, 0.4, 0.07, 7).numpy()
+
+    # then the first target is 0.6 label + 0.4 votes, the second the label alone, both smoothed
+    np.testing.assert_allclose(targets[0], 0.93 * np.array([0.6, 0, 0, 0, 0.3, 0, 0.1]) + 0.01, rtol=1e-6)
+    np.testing.assert_allclose(targets[1], 0.93 * np.eye(7)[0] + 0.01, rtol=1e-6)
+
+
+def test_training_with_ferplus_votes_runs_and_records_the_blend(tmp_path: Path, small_fer_file: Path) -> None:
+    # given FER+-shaped votes for the training faces (10 columns, in the FER+ file's order)
+    rng = np.random.default_rng(11)
+    columns = np.array(["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                        "unknown", "NF"])
+    votes_path = tmp_path / "meta.npz"
+    np.savez(votes_path, ferplus_columns=columns, ferplus_votes_train=rng.integers(0, 4, (96, 10)),
+             ferplus_aligned_train=np.ones(96, dtype=bool))
+
+    # when a run blends them into its targets
+    config = small_config(tmp_path / "blend", small_fer_file)
+    config.epochs, config.ferplus_weight, config.ferplus = 1, 0.3, votes_path
+    train(config)
+
+    # then it trained and its checkpoint says how
+    saved = torch.load(tmp_path / "blend" / "last.pt", weights_only=False)
+    assert saved["config"]["ferplus_weight"] == 0.3
+    assert np.isfinite(saved["config"]["history"][0]["train_loss"])
+
+
+def test_ferplus_shares_follow_the_fer_label_order(shared_dir: Path) -> None:
+    # given the first training face, whose FER+ annotators voted neutral 4, sadness 1, anger 3, disgust 2
+    shares = load_ferplus_shares(shared_dir / "data" / "fer2013_meta.npz", "train")
+
+    # then its shares are in FER-2013 order: angry, disgust, fear, happy, sad, surprise, neutral
+    np.testing.assert_allclose(shares[0], [0.3, 0.2, 0, 0, 0.1, 0, 0.4], rtol=1e-6)
+    assert shares.shape == (28709, 7)
+    # and every face with votes sums to one
+    voted = shares.sum(axis=1) > 0
+    np.testing.assert_allclose(shares[voted].sum(axis=1), 1.0, rtol=1e-5)
