@@ -82,7 +82,7 @@ class Analyzer:
             boxes = [d.box for d in detections]
             tracks = tracker.update(planned.timestamp_ms, boxes)
             faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
-            pending.append((planned, faces, [crop_face(image, d.box) for d in detections]))
+            pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side) for d in detections]))
             pending_faces += len(faces)
             since_heartbeat += 1
             if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:

@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from fervid.errors import FervidError
 from fervid.settings import get_settings
-from models.detectors import HaarDetector, YuNetDetector, fetch_yunet, load_detector
+from models.classifier import crop_face
+from models.detectors import FaceDetector, HaarDetector, YuNetDetector, fetch_yunet, load_detector
+from models.fer2013 import load_split
 
 
 @pytest.mark.parametrize("still", ["single_face.jpg", "astronaut.png"])
@@ -94,3 +97,37 @@ def test_fetch_reports_an_unreachable_source(tmp_path: Path) -> None:
     with pytest.raises(FervidError) as failed:
         fetch_yunet(tmp_path, "http://127.0.0.1:9/nothing.onnx")
     assert failed.value.code == "download_failed"
+
+
+def framing_overlap(detector: FaceDetector, faces: np.ndarray, side: float) -> float:
+    """Median over faces of the overlap (intersection over union) of the crop a job takes around the detector's box
+    with the FER-2013 face it was given: each 48 px face is enlarged 3x and set in a canvas twice its size."""
+    on_face = np.zeros((288, 288, 3), dtype=np.uint8)
+    on_face[72:216, 72:216] = 255
+    overlaps = []
+    for face in faces:
+        enlarged = cv2.resize(face, (144, 144), interpolation=cv2.INTER_CUBIC)
+        canvas = cv2.cvtColor(cv2.copyMakeBorder(enlarged, 72, 72, 72, 72, cv2.BORDER_REPLICATE), cv2.COLOR_GRAY2BGR)
+        found = [d.box for d in detector.detect(canvas) if abs(d.box[0] + d.box[2] / 2 - 144) < 72]
+        if found:
+            crop = crop_face(on_face, found[0], side)
+            inside = int((crop[..., 0] > 127).sum())
+            overlaps.append(inside / (crop.shape[0] * crop.shape[1] + 144 * 144 - inside))
+    assert len(overlaps) >= len(faces) // 2, "the detector should find most FER-2013 faces"
+    return float(np.median(overlaps))
+
+
+@pytest.mark.parametrize("detector_name", ["yunet", "haar"])
+def test_the_crop_around_a_detected_face_reproduces_the_framing_the_network_learnt(
+        shared_dir: Path, yunet_path: Path, detector_name: str) -> None:
+    # given FER-2013 faces (the framing the classifier was trained on), each set in a larger picture
+    faces = load_split(shared_dir / "data" / "fer2013.npz", "public").head(60).faces
+    detector = YuNetDetector(yunet_path) if detector_name == "yunet" else HaarDetector()
+
+    # when a detector finds them and each is cropped as jobs crop it
+    shipped = framing_overlap(detector, faces, detector.crop_side)
+
+    # then the crop covers the FER-2013 face closely, unlike the 15 %-margin crop used before it was measured
+    # (measured: YuNet 0.80 against 0.60, Haar 0.86 against 0.63)
+    assert shipped >= 0.75
+    assert framing_overlap(detector, faces, 1.3) <= 0.68

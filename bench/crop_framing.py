@@ -1,0 +1,139 @@
+"""Accuracy experiment (not a speed benchmark): how should a detector's box be cropped for the classifier?
+
+    .venv/bin/python bench/crop_framing.py [--splits public] [--fit-faces 2000] [--model models/fervid-emotion.onnx]
+
+The network learnt FER-2013's framing; in a job it sees crops around a detector's boxes. Each FER-2013 face is
+enlarged 3x and set in a canvas twice its size (the border filled by replicating or mirroring its edge pixels,
+since the picture around a FER-2013 face is lost), then found by the product's detectors (YuNet, Haar) as a job
+finds faces. Two steps:
+
+1. Fit, on `train` faces (geometry only, no labels): the square centred on each detector's box that reproduces the
+   FER-2013 crop, as the median of FER-2013 side / box's longer side. The median offsets of the FER-2013 centre
+   from the box centre (same units) are printed too: they show whether centring on the box is right.
+2. Score, on each split asked for, the classifier (as jobs run it) on the faces each detector finds: the FER-2013
+   crop itself ("direct", the ceiling), the crop side used before it was measured (1.3x the box's longer side),
+   the side the detector ships with (`crop_side`), and the one fitted in step 1.
+
+Prints one JSON line per fit and per (detector, border, split). Filling the border is an approximation: crops larger
+than the FER-2013 face show made-up surroundings, where a video frame shows real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.backends import select_backend  # noqa: E402
+from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, crop_face, read_model_spec  # noqa: E402
+from models.detectors import FaceDetector, HaarDetector, YuNetDetector  # noqa: E402
+from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split  # noqa: E402
+
+ENLARGE = 3  # 48 px faces become 144 px: well above the detectors' smallest faces
+BORDERS = {"replicate": cv2.BORDER_REPLICATE, "mirror": cv2.BORDER_REFLECT_101}
+PREVIOUS_SIDE = 1.3  # the crop jobs used before this measurement: a 15 % margin on each side of the box
+DEFAULT_YUNET = Path("../shared/models/face_detection_yunet_2023mar.onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """A FER-2013 face set in a canvas, and the box a detector put on it."""
+
+    index: int  # row in the split
+    canvas: NDArray[np.uint8]  # BGR
+    box: tuple[int, int, int, int]
+
+
+def in_canvas(face: NDArray[np.uint8], border: int) -> NDArray[np.uint8]:
+    side = face.shape[0] * ENLARGE
+    enlarged = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    pad = side // 2
+    return np.asarray(cv2.cvtColor(cv2.copyMakeBorder(enlarged, pad, pad, pad, pad, border), cv2.COLOR_GRAY2BGR),
+                      dtype=np.uint8)
+
+
+def find_faces(detector: FaceDetector, split: Split, rows: NDArray[np.int64], border: int) -> list[Found]:
+    """Each face's box: the detection nearest the canvas centre, if its centre lies on the FER-2013 face."""
+    found = []
+    for index in rows:
+        canvas = in_canvas(split.faces[index], border)
+        centre, half = canvas.shape[0] / 2, split.faces.shape[1] * ENLARGE / 2
+        boxes = [d.box for d in detector.detect(canvas)]
+        if not boxes:
+            continue
+        box = min(boxes, key=lambda b: (b[0] + b[2] / 2 - centre) ** 2 + (b[1] + b[3] / 2 - centre) ** 2)
+        if abs(box[0] + box[2] / 2 - centre) < half and abs(box[1] + box[3] / 2 - centre) < half:
+            found.append(Found(int(index), canvas, box))
+    return found
+
+
+def fit_side(found: list[Found], face_side: int) -> dict[str, float]:
+    """Medians over faces, in units of the box's longer side: the FER-2013 crop's side and its centre's offset from
+    the box centre (+: right, down)."""
+    sides, offsets_x, offsets_y = [], [], []
+    for item in found:
+        x, y, w, h = item.box
+        longer, centre = max(w, h), item.canvas.shape[0] / 2
+        sides.append(face_side / longer)
+        offsets_x.append((centre - (x + w / 2)) / longer)
+        offsets_y.append((centre - (y + h / 2)) / longer)
+    return {name: round(float(np.median(values)), 3)
+            for name, values in (("side", sides), ("offset_x", offsets_x), ("offset_y", offsets_y))}
+
+
+def top1(classifier: EmotionClassifier, crops: list[NDArray[np.uint8]], labels: NDArray[np.int64]) -> float:
+    return round(float((classifier.classify(crops).argmax(1) == labels).mean()) * 100, 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
+    parser.add_argument("--yunet", type=Path, default=DEFAULT_YUNET)
+    parser.add_argument("--splits", default="public", help="comma list of public, private")
+    parser.add_argument("--fit-faces", type=int, default=2000, help="train faces the framing is fitted on")
+    args = parser.parse_args()
+
+    spec = read_model_spec(args.model)
+    classifier = EmotionClassifier(spec, select_backend(args.model, "ort-cpu"))
+    detectors: list[FaceDetector] = [YuNetDetector(args.yunet), HaarDetector()]
+    train = load_split(args.data, "train")
+    fit_rows = np.random.default_rng(0).choice(len(train), min(args.fit_faces, len(train)), replace=False)
+    face_side = train.faces.shape[1] * ENLARGE
+    fitted: dict[str, float] = {}
+    for detector in detectors:
+        found = find_faces(detector, train, fit_rows, BORDERS["replicate"])
+        fit = fit_side(found, face_side)
+        fitted[detector.name] = fit["side"]
+        print(json.dumps({"fit": detector.name, "train_faces": len(fit_rows), "found": len(found), **fit}),
+              flush=True)
+
+    for split_name in args.splits.split(","):
+        split = load_split(args.data, split_name)
+        rows = np.arange(len(split))
+        for detector in detectors:
+            for border_name, border in BORDERS.items():
+                found = find_faces(detector, split, rows, border)
+                labels = split.labels[[item.index for item in found]]
+                direct = top1(classifier, [split.faces[item.index] for item in found], labels)
+                sides = {"previous": PREVIOUS_SIDE, "shipped": detector.crop_side, "fitted": fitted[detector.name]}
+                print(json.dumps({
+                    "split": split_name, "detector": detector.name, "border": border_name, "faces": len(split),
+                    "found": len(found), "direct": direct,
+                    **{name: top1(classifier, [crop_face(item.canvas, item.box, side) for item in found], labels)
+                       for name, side in sides.items()},
+                }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
