@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--yunet", type=Path, default=DEFAULT_YUNET)
     parser.add_argument("--splits", default="public", help="comma list of public, private")
     parser.add_argument("--fit-faces", type=int, default=2000, help="train faces the framing is fitted on")
+    parser.add_argument("--borders", default=",".join(BORDERS), help=f"comma list of {', '.join(BORDERS)}")
     args = parser.parse_args()
 
     spec = read_model_spec(args.model)
@@ -121,16 +122,17 @@ def main() -> int:
         split = load_split(args.data, split_name)
         rows = np.arange(len(split))
         for detector in detectors:
-            for border_name, border in BORDERS.items():
-                found = find_faces(detector, split, rows, border)
+            for border_name in args.borders.split(","):
+                found = find_faces(detector, split, rows, BORDERS[border_name])
                 labels = split.labels[[item.index for item in found]]
                 direct = top1(classifier, [split.faces[item.index] for item in found], labels)
                 sides = {"previous": PREVIOUS_SIDE, "shipped": detector.crop_side, "fitted": fitted[detector.name]}
+                scores = {side: top1(classifier, [crop_face(item.canvas, item.box, side) for item in found], labels)
+                          for side in set(sides.values())}
                 print(json.dumps({
                     "split": split_name, "detector": detector.name, "border": border_name, "faces": len(split),
                     "found": len(found), "direct": direct,
-                    **{name: top1(classifier, [crop_face(item.canvas, item.box, side) for item in found], labels)
-                       for name, side in sides.items()},
+                    **{name: scores[side] for name, side in sides.items()},
                 }), flush=True)
     return 0
 
