@@ -26,7 +26,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -37,9 +36,8 @@ from models.backends import select_backend  # noqa: E402
 from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, crop_face, read_model_spec  # noqa: E402
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector  # noqa: E402
 from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split  # noqa: E402
+from tests.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas  # noqa: E402
 
-ENLARGE = 3  # 48 px faces become 144 px: well above the detectors' smallest faces
-BORDERS = {"replicate": cv2.BORDER_REPLICATE, "mirror": cv2.BORDER_REFLECT_101}
 PREVIOUS_SIDE = 1.3  # the crop jobs used before this measurement: a 15 % margin on each side of the box
 DEFAULT_YUNET = Path("../shared/models/face_detection_yunet_2023mar.onnx")
 
@@ -53,25 +51,13 @@ class Found:
     box: tuple[int, int, int, int]
 
 
-def in_canvas(face: NDArray[np.uint8], border: int) -> NDArray[np.uint8]:
-    side = face.shape[0] * ENLARGE
-    enlarged = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-    pad = side // 2
-    return np.asarray(cv2.cvtColor(cv2.copyMakeBorder(enlarged, pad, pad, pad, pad, border), cv2.COLOR_GRAY2BGR),
-                      dtype=np.uint8)
-
-
 def find_faces(detector: FaceDetector, split: Split, rows: NDArray[np.int64], border: int) -> list[Found]:
-    """Each face's box: the detection nearest the canvas centre, if its centre lies on the FER-2013 face."""
+    """The faces of `rows` the detector finds, each with its canvas and box."""
     found = []
     for index in rows:
         canvas = in_canvas(split.faces[index], border)
-        centre, half = canvas.shape[0] / 2, split.faces.shape[1] * ENLARGE / 2
-        boxes = [d.box for d in detector.detect(canvas)]
-        if not boxes:
-            continue
-        box = min(boxes, key=lambda b: (b[0] + b[2] / 2 - centre) ** 2 + (b[1] + b[3] / 2 - centre) ** 2)
-        if abs(box[0] + box[2] / 2 - centre) < half and abs(box[1] + box[3] / 2 - centre) < half:
+        box = find_face(detector, canvas)
+        if box is not None:
             found.append(Found(int(index), canvas, box))
     return found
 

@@ -108,12 +108,12 @@ def read_model_spec(path: Path) -> ModelSpec:
     )
 
 
-def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], side: float) -> NDArray[np.uint8]:
-    """A square crop centred on the box, `side` times the box's longer side; edges are replicated where it leaves
-    the frame. The network learnt FER-2013's tight framing, and each detector draws its box differently around the
-    same face, so `side` is the detector's own (`FaceDetector.crop_side`)."""
+def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], side_per_box: float) -> NDArray[np.uint8]:
+    """A square crop centred on the box, `side_per_box` times the box's longer side; edges are replicated where it
+    leaves the frame. The network learnt FER-2013's tight framing, and each detector draws its box differently around
+    the same face, so `side_per_box` is the detector's own (`FaceDetector.crop_side`)."""
     x, y, w, h = box
-    side = max(w, h) * side
+    side = max(w, h) * side_per_box
     cx, cy = x + w / 2.0, y + h / 2.0
     x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     x1, y1 = x0 + max(1, int(round(side))), y0 + max(1, int(round(side)))

@@ -73,7 +73,7 @@ def training_targets(labels: np.ndarray, ferplus_shares: np.ndarray | None, ferp
                      label_smoothing: float, classes: int) -> Tensor:
     """Per face, the target distribution: the label, blended with FER+ vote shares where the face has any, smoothed."""
     targets = np.eye(classes, dtype=np.float32)[labels]
-    if ferplus_shares is not None and ferplus_weight > 0:
+    if ferplus_shares is not None:
         voted = ferplus_shares.sum(axis=1) > 0
         targets[voted] = (1.0 - ferplus_weight) * targets[voted] + ferplus_weight * ferplus_shares[voted]
     return torch.from_numpy((1.0 - label_smoothing) * targets + label_smoothing / classes)

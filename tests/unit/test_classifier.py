@@ -85,8 +85,8 @@ def test_face_crops_are_copies_and_edge_crops_are_padded_not_shifted() -> None:
     # given a frame whose pixels encode their column, and a face touching its left edge
     frame = np.tile(np.arange(100, dtype=np.uint8), (80, 1))[..., None].repeat(3, axis=2)
     # when the face is cropped with a margin
-    crop = crop_face(frame, (0, 20, 40, 40), side=1.5)
-    inner = crop_face(frame, (40, 20, 20, 20), side=1.0)
+    crop = crop_face(frame, (0, 20, 40, 40), side_per_box=1.5)
+    inner = crop_face(frame, (40, 20, 20, 20), side_per_box=1.0)
     # then the crop is square, owns its memory, and the missing left part replicates column 0
     assert crop.shape[:2] == (60, 60) and crop.base is None and inner.base is None
     assert (crop[:, :10, 0] == 0).all() and crop[0, 10, 0] == 0 and crop[0, 30, 0] == 20
@@ -101,7 +101,7 @@ def test_a_crop_is_centred_on_the_box_and_sized_by_its_longer_side() -> None:
     frame = np.stack([columns, columns.T, columns], axis=2)
 
     # when it is cropped to 1.25 of its height
-    crop = crop_face(frame, (40, 30, 20, 40), side=1.25)
+    crop = crop_face(frame, (40, 30, 20, 40), side_per_box=1.25)
 
     # then the crop is 50 square, centred on column 50 and row 50
     assert crop.shape[:2] == (50, 50)

@@ -14,6 +14,7 @@ from fervid.settings import get_settings
 from models.classifier import crop_face
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector, fetch_yunet, load_detector
 from models.fer2013 import load_split
+from tests.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas
 
 
 @pytest.mark.parametrize("still", ["single_face.jpg", "astronaut.png"])
@@ -101,18 +102,17 @@ def test_fetch_reports_an_unreachable_source(tmp_path: Path) -> None:
 
 def framing_overlap(detector: FaceDetector, faces: np.ndarray, side: float) -> float:
     """Median over faces of the overlap (intersection over union) of the crop a job takes around the detector's box
-    with the FER-2013 face it was given: each 48 px face is enlarged 3x and set in a canvas twice its size."""
-    on_face = np.zeros((288, 288, 3), dtype=np.uint8)
-    on_face[72:216, 72:216] = 255
+    with the FER-2013 face it was given (tests/fer_canvas.py sets each face in a larger picture)."""
+    face_side = faces.shape[1] * ENLARGE
+    on_face = np.zeros((2 * face_side, 2 * face_side, 3), dtype=np.uint8)
+    on_face[face_side // 2 : face_side // 2 + face_side, face_side // 2 : face_side // 2 + face_side] = 255
     overlaps = []
     for face in faces:
-        enlarged = cv2.resize(face, (144, 144), interpolation=cv2.INTER_CUBIC)
-        canvas = cv2.cvtColor(cv2.copyMakeBorder(enlarged, 72, 72, 72, 72, cv2.BORDER_REPLICATE), cv2.COLOR_GRAY2BGR)
-        found = [d.box for d in detector.detect(canvas) if abs(d.box[0] + d.box[2] / 2 - 144) < 72]
-        if found:
-            crop = crop_face(on_face, found[0], side)
+        box = find_face(detector, in_canvas(face, BORDERS["replicate"]))
+        if box is not None:
+            crop = crop_face(on_face, box, side)
             inside = int((crop[..., 0] > 127).sum())
-            overlaps.append(inside / (crop.shape[0] * crop.shape[1] + 144 * 144 - inside))
+            overlaps.append(inside / (crop.shape[0] * crop.shape[1] + face_side**2 - inside))
     assert len(overlaps) >= len(faces) // 2, "the detector should find most FER-2013 faces"
     return float(np.median(overlaps))
 
