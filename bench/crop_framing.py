@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 from models.backends import select_backend  # noqa: E402
 from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, crop_face, read_model_spec  # noqa: E402
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector  # noqa: E402
-from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split  # noqa: E402
-from tests.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas  # noqa: E402
+from models.training.commands.data_paths import DEFAULT_DATA_PATH  # noqa: E402
+from models.training.fer2013 import Split, load_split  # noqa: E402
+from models.training.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas  # noqa: E402
 
 PREVIOUS_SIDE = 1.3  # the crop jobs used before this measurement: a 15 % margin on each side of the box
 DEFAULT_YUNET = Path("../shared/models/face_detection_yunet_2023mar.onnx")

@@ -34,10 +34,10 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.backends.base import InferenceBackend  # noqa: E402
+from models.backends.base import InferenceBackend, run_in_batches  # noqa: E402
 from models.backends.ort import CPU_PROVIDER, OrtBackend  # noqa: E402
 from models.classifier import DEFAULT_MODEL_PATH, ModelSpec, preprocess_faces, read_model_spec, softmax  # noqa: E402
-from models.fer2013 import load_split  # noqa: E402
+from models.training.fer2013 import load_split  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
 MIN_AGREEMENT = 0.99
@@ -76,8 +76,7 @@ def faces_per_second(backend: InferenceBackend, faces: NDArray[np.float32], batc
 
 
 def probabilities(backend: InferenceBackend, spec: ModelSpec, faces: NDArray[np.float32]) -> NDArray[np.float32]:
-    raw = np.concatenate([backend.run(faces[i : i + backend.max_batch])
-                          for i in range(0, len(faces), backend.max_batch)])
+    raw = run_in_batches(backend, faces)
     return softmax(raw) if spec.output == "logits" else raw
 
 
@@ -94,7 +93,7 @@ def float_equivalent(model: Path, work: Path) -> Path | None:
     model."""
     import onnx
 
-    from models.weight_storage import float_graph, has_qdq
+    from models.graph_rewrites import float_graph, has_qdq
 
     loaded = onnx.load(str(model))
     if not has_qdq(loaded):

@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.media_factory import read_index, write_video  # noqa: E402
 from fervid.errors import MediaError  # noqa: E402
-from tests.media_factory import read_index, write_video  # noqa: E402
 from worker.media import decode_planned, probe  # noqa: E402
 
 # (file name, encoder, pixel format): the container comes from the suffix.

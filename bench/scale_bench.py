@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from store_bench import create_database, drop_database  # noqa: E402
 
+from bench.media_factory import write_looped_clip  # noqa: E402
 from fervid import jobs  # noqa: E402
 from fervid.db import session_scope  # noqa: E402
 from fervid.migrate import upgrade  # noqa: E402
 from fervid.queue import celery_app  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from fervid.tables import Job  # noqa: E402
-from tests.media_factory import write_looped_clip  # noqa: E402
 
 REDIS_URL = os.environ.get("FERVID_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from models.backends import select_backend  # noqa: E402
 from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, read_model_spec  # noqa: E402
-from models.fer2013 import DEFAULT_DATA_PATH, load_split  # noqa: E402
+from models.training.commands.data_paths import DEFAULT_DATA_PATH  # noqa: E402
+from models.training.fer2013 import load_split  # noqa: E402
 
 Faces = NDArray[np.uint8]  # (N, 48, 48) grey
 

@@ -18,13 +18,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "db": ("fervid.migrate", "database migrations: upgrade / downgrade"),
     "api": ("api.serve", "run the HTTP API"),
     "worker": ("worker.serve", "run a Celery worker"),
-    "models": ("models.detectors", "face-detector model files: fetch"),
-    "train": ("models.train", "train the emotion classifier on FER-2013 train"),
-    "eval": ("models.evaluate", "evaluate a checkpoint or ONNX model on PublicTest / PrivateTest"),
-    "export": ("models.export", "export a checkpoint to the ONNX artifact the runtime loads"),
-    "quantize": ("models.quantize", "INT8 copy of a model for ONNX Runtime on the CPU or for TensorRT"),
-    "engines": ("models.engine_cache", "TensorRT engines: build / list / clear"),
-    "doctor": ("models.backends.doctor", "which inference backend each option would be here, and why"),
+    "models": ("models.commands.detector_fetch", "face-detector model files: fetch"),
+    "train": ("models.training.commands.train", "train the emotion classifier on FER-2013 train"),
+    "eval": ("models.training.commands.evaluate", "evaluate a checkpoint or ONNX model on PublicTest / PrivateTest"),
+    "export": ("models.training.commands.export", "export a checkpoint to the ONNX artifact the runtime loads"),
+    "quantize": ("models.training.commands.quantize",
+                 "INT8 copy of a model for ONNX Runtime on the CPU or for TensorRT"),
+    "engines": ("models.commands.engines", "TensorRT engines: build / list / clear"),
+    "doctor": ("models.commands.doctor", "which inference backend each option would be here, and why"),
 }
 
 

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
-from models.backends.base import InferenceBackend
+from models.backends.base import InferenceBackend, run_in_batches
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("fervid-emotion.onnx")
 
@@ -160,9 +160,7 @@ class EmotionClassifier:
         self.backend = backend
 
     def _forward(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        outputs = [self.backend.run(batch[i : i + self.backend.max_batch])
-                   for i in range(0, len(batch), self.backend.max_batch)]
-        raw = np.concatenate(outputs)
+        raw = run_in_batches(self.backend, batch)
         return softmax(raw) if self.spec.output == "logits" else raw
 
     def classify(self, crops: list[NDArray[np.uint8]]) -> NDArray[np.float32]:

@@ -1,11 +1,10 @@
 """Face detectors: YuNet (cv2.FaceDetectorYN) when its ONNX file is configured or cached, else OpenCV's Haar cascade.
 
-Also the `fervid models fetch` subcommand, which downloads YuNet into the model cache with a sha256 check.
+`fetch_yunet` downloads YuNet with a sha256 check (`fervid models fetch`, models/commands/detector_fetch.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
@@ -164,14 +163,3 @@ def fetch_yunet(target_dir: Path, url: str = YUNET_URL) -> Path:
         partial.write(payload)
     Path(partial.name).replace(target)
     return target
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("fetch", help=f"download {YUNET_FILENAME} into the model cache (sha256-checked)")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = fetch_yunet(get_settings().model_cache_dir)
-    print(f"YuNet face detector at {path}")
-    return 0

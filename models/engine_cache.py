@@ -1,4 +1,4 @@
-"""TensorRT engines cached on disk, each with a JSON manifest saying what it is valid for; `fervid engines`.
+"""TensorRT engines cached on disk, each with a JSON manifest saying what it is valid for.
 
 An engine is only valid for the model, TensorRT version, GPU compute capability, precision and batch profile it
 was built for, so all five make its key. Workers starting together build a missing engine once: the builder holds
@@ -8,7 +8,6 @@ sha256, so a torn or foreign file is rebuilt rather than handed to TensorRT.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -29,6 +28,8 @@ from models.backends.cuda_memory import DeviceInfo
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
+# What an engine can be built for; FERVID_TENSORRT_PRECISION picks one (fervid/settings.py spells the same three).
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPT_BATCH = 32  # what TensorRT tunes kernels for: a typical gathered batch of faces
 LOCK_TIMEOUT_S = 3600.0  # a ResNet50 build takes minutes; an hour means the builder is stuck, not slow
 
@@ -54,14 +55,12 @@ class BatchProfile:
         return f"{self.min}/{self.opt}/{self.max}"
 
 
-
-
 @dataclass(frozen=True)
 class EngineKey:
     model_sha256: str
     tensorrt_version: str
     compute_capability: str  # "9.0"
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # one of TENSORRT_PRECISIONS
     profile: BatchProfile
 
     def digest(self) -> str:
@@ -200,58 +199,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def default_cache() -> EngineCache:
     return EngineCache(get_settings().engine_cache_dir)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    build = actions.add_parser("build", help="build (or load) the engine for a model on this GPU")
-    build.add_argument("--model", type=Path, default=None, help="ONNX classifier (default: FERVID_MODEL_PATH or "
-                                                                "the shipped model)")
-    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
-                       help="default: FERVID_TENSORRT_PRECISION (fp16)")
-    # Defaults match the profile workers ask for, so an engine built ahead is the one they load.
-    build.add_argument("--min-batch", type=int, default=1)
-    build.add_argument("--opt-batch", type=int, default=None, help="default: min(32, max batch)")
-    build.add_argument("--max-batch", type=int, default=None, help="default: FERVID_CLASSIFY_BATCH")
-    actions.add_parser("list", help="the cached engines and what each is valid for")
-    clear = actions.add_parser("clear", help="remove cached engines")
-    clear.add_argument("--model", type=Path, default=None, help="only this model's engines")
-
-
-def run(args: argparse.Namespace) -> int:
-    cache = default_cache()
-    if args.action == "build":
-        # Imported here: `engines list/clear` must work where TensorRT cannot be imported.
-        from models.backends.base import BackendUnavailable
-        from models.backends.tensorrt import cached_engine, probe
-        from models.classifier import DEFAULT_MODEL_PATH
-
-        found = probe("tensorrt")
-        if not found.available:
-            raise BackendUnavailable(f"cannot build TensorRT engines here: {found.detail}")
-        model_path = args.model or get_settings().model_path or DEFAULT_MODEL_PATH
-        max_batch = args.max_batch or max(get_settings().classify_batch, 1)
-        profile = BatchProfile(args.min_batch, args.opt_batch or min(DEFAULT_OPT_BATCH, max_batch), max_batch)
-        precision = args.precision or get_settings().tensorrt_precision
-        _, key = cached_engine(model_path, precision, profile, cache)
-        print(cache.manifest_path(key).read_text())
-        return 0
-    if args.action == "list":
-        manifests = cache.manifests()
-        if not manifests:
-            print(f"no engines in {cache.directory}")
-            return 0
-        print(f"{'engine':<72} {'precision':<9} {'batch':<10} {'tensorrt':<9} {'sm':<5} {'MiB':>7}  gpu, built")
-        for manifest in manifests:
-            print(f"{manifest.engine_file:<72} {manifest.precision:<9} {manifest.batch_profile.label():<10} "
-                  f"{manifest.tensorrt_version:<9} {manifest.compute_capability:<5} "
-                  f"{manifest.engine_bytes / 2**20:>7.1f}  {manifest.gpu_name}, {manifest.built_at} "
-                  f"in {manifest.build_seconds:.0f} s")
-        return 0
-    from fervid.files import sha256_file
-
-    if args.model and not args.model.is_file():
-        raise FervidError(f"model {args.model} not found", code="not_found")
-    removed = cache.clear(sha256_file(args.model) if args.model else None)
-    print(f"removed {removed} engine(s) from {cache.directory}")
-    return 0

@@ -20,6 +20,12 @@ class InferenceBackend(Protocol):
         ...
 
 
+def run_in_batches(backend: InferenceBackend, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    """`batch` of any size through `backend`, split at its `max_batch`: the one place batches are split."""
+    step = backend.max_batch
+    return np.concatenate([backend.run(batch[start : start + step]) for start in range(0, len(batch), step)])
+
+
 BACKEND_UNAVAILABLE = "backend_unavailable"
 
 

@@ -41,7 +41,7 @@ def _float_graph(model_path: Path) -> str | bytes:
     weights it was quantized to; CUDA would otherwise run every Quantize/Dequantize pair around float kernels."""
     import onnx  # the gpu extra brings it
 
-    from models.weight_storage import float_graph, has_qdq
+    from models.graph_rewrites import float_graph, has_qdq
 
     model = onnx.load(str(model_path))
     if not has_qdq(model):

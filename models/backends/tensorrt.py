@@ -18,11 +18,10 @@ from numpy.typing import NDArray
 
 from models.backends.base import BackendProbe, BackendUnavailable
 from models.backends.cuda_memory import CudaAllocator, process_allocator
-from models.engine_cache import BatchProfile, EngineCache, EngineKey, default_cache
+from models.engine_cache import TENSORRT_PRECISIONS, BatchProfile, EngineCache, EngineKey, default_cache
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISION = "fp16"
 WORKSPACE_BYTES = 2 << 30
 
@@ -54,7 +53,7 @@ def qdq_incompatibility(model: Any) -> str | None:
     """Why TensorRT cannot take this model's Q/DQ nodes, or None: it accepts only symmetric int8 (zero point 0)."""
     from onnx import TensorProto, numpy_helper
 
-    from models.weight_storage import QDQ_OPS
+    from models.graph_rewrites import QDQ_OPS
 
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     for node in model.graph.node:
@@ -142,10 +141,11 @@ def network_onnx(model_path: Path, precision: str, major: int) -> bytes:
     import onnx
 
     # imports onnx, which only the gpu extra brings
-    from models.weight_storage import dequantize_qdq, has_qdq, restore_fp32_weights
+    from models.graph_rewrites import dequantize_qdq, has_qdq, restore_fp32_weights
 
-    if precision not in PRECISIONS:
-        raise BackendUnavailable(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in TENSORRT_PRECISIONS:
+        raise BackendUnavailable(f"unknown TensorRT precision {precision!r}; "
+                                 f"choose one of {', '.join(TENSORRT_PRECISIONS)}")
     # Plain fp32 initializers: the parser then sees constants, however the file stores them (fp16, int8-scaled).
     model = restore_fp32_weights(onnx.load(str(model_path)))
     if precision == "int8" and not has_qdq(model):
@@ -249,21 +249,21 @@ class TrtBackend:
         self.context.set_tensor_address(self.output_name, self.output.device_ptr)
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        outputs = np.empty((len(batch), self.output.host.shape[1]), dtype=np.float32)
-        for start in range(0, len(batch), self.max_batch):
-            chunk = batch[start : start + self.max_batch]
-            rows = len(chunk)
-            self.input.host[:rows] = chunk
-            self.allocator.upload(self.input, rows)
-            if not self.context.set_input_shape(self.input_name, (rows, *self.sample_shape)):
-                raise RuntimeError(f"TensorRT refused input shape {(rows, *self.sample_shape)}")
-            if not self.context.execute_async_v3(self.allocator.stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed; its log above says why")
-            self.allocator.download(self.output, rows)
-            self.allocator.synchronize()
-            outputs[start : start + rows] = self.output.host[:rows]
-        return outputs
-
+        rows = len(batch)
+        if rows > self.max_batch:
+            # The buffers hold the profile's max; callers split (models.backends.base.run_in_batches).
+            raise ValueError(f"a batch of {rows} exceeds the engine's max batch {self.max_batch}")
+        if rows == 0:
+            return np.empty((0, self.output.host.shape[1]), dtype=np.float32)
+        self.input.host[:rows] = batch
+        self.allocator.upload(self.input, rows)
+        if not self.context.set_input_shape(self.input_name, (rows, *self.sample_shape)):
+            raise RuntimeError(f"TensorRT refused input shape {(rows, *self.sample_shape)}")
+        if not self.context.execute_async_v3(self.allocator.stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed; its log above says why")
+        self.allocator.download(self.output, rows)
+        self.allocator.synchronize()
+        return self.output.host[:rows].copy()
 
 def create(name: str, model_path: Path, max_batch: int) -> TrtBackend:
     from fervid.settings import get_settings

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from models.backends.base import BackendProbe, BackendUnavailable
 from models.classifier import read_model_spec
-from models.weight_storage import restore_fp32_weights
+from models.graph_rewrites import restore_fp32_weights
 
 
 def probe(name: str) -> BackendProbe:
@@ -91,19 +91,15 @@ class TorchCudaBackend:
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         torch = self.torch
-        outputs = [np.zeros((0, self.classes), np.float32)]
         with torch.inference_mode():
-            for start in range(0, len(batch), self.max_batch):
-                chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + self.max_batch], np.float32))
-                chunk = chunk.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-                    raw = [network(chunk).float() for network in self.networks]
-                if self.softmax:  # as the exported graph does: each member's softmax, then their mean
-                    outputs.append(torch.stack([torch.softmax(logits, dim=1) for logits in raw]).mean(0).cpu().numpy())
-                else:
-                    outputs.append(raw[0].cpu().numpy())
-        return np.concatenate(outputs).astype(np.float32, copy=False)
-
+            faces = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+                raw = [network(faces).float() for network in self.networks]
+            if self.softmax:  # as the exported graph does: each member's softmax, then their mean
+                outputs = torch.stack([torch.softmax(logits, dim=1) for logits in raw]).mean(0).cpu().numpy()
+            else:
+                outputs = raw[0].cpu().numpy()
+        return np.asarray(outputs, dtype=np.float32)
 
 def create(name: str, model_path: Path, max_batch: int) -> TorchCudaBackend:
     return TorchCudaBackend(model_path, max_batch)

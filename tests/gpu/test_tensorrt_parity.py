@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from models.backends.base import run_in_batches
 from models.classifier import DEFAULT_MODEL_PATH, preprocess_faces, read_model_spec
 from models.engine_cache import BatchProfile, EngineCache
 
@@ -38,7 +39,7 @@ def tensorrt_version(cuda_device: str) -> str:
 
 @pytest.fixture
 def public_faces(shared_dir: Path) -> np.ndarray:
-    from models.fer2013 import load_split
+    from models.training.fer2013 import load_split
 
     return load_split(shared_dir / "data" / "fer2013.npz", "public").head(512).faces
 
@@ -48,7 +49,7 @@ def reference(model: Path, batch: np.ndarray) -> np.ndarray:
     GPU computes with the quantized weights in float, without the CPU's 8-bit activations)."""
     import onnx
 
-    from models.weight_storage import float_graph
+    from models.graph_rewrites import float_graph
 
     graph = float_graph(onnx.load(str(model))).SerializeToString()
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
@@ -72,7 +73,7 @@ def test_tensorrt_matches_onnxruntime_cpu_on_the_tiny_model(tensorrt_version: st
     backend = TrtBackend(tiny_model_path, precision, BatchProfile(1, 32, 128), EngineCache(tmp_path))
 
     # when
-    probs = backend.run(batch)
+    probs = run_in_batches(backend, batch)
 
     # then
     assert_parity(probs, reference(tiny_model_path, batch), max_diff)
@@ -112,7 +113,7 @@ def test_torch_cuda_fp32_and_fp16_match_onnxruntime_on_real_faces(cuda_device: s
     import onnx
 
     from models.backends.torch_cuda import TorchCudaBackend
-    from models.weight_storage import has_qdq
+    from models.graph_rewrites import has_qdq
 
     if has_qdq(onnx.load(str(shipped_model))):
         pytest.skip("the shipped model is quantized (BatchNorm folded into int8 weights); torch-cuda rebuilds the "
@@ -122,8 +123,8 @@ def test_torch_cuda_fp32_and_fp16_match_onnxruntime_on_real_faces(cuda_device: s
     expected = reference(shipped_model, batch)
 
     # when
-    fp32 = TorchCudaBackend(shipped_model, 256, "cuda", fp16=False).run(batch)
-    fp16 = TorchCudaBackend(shipped_model, 256, "cuda", fp16=True).run(batch)
+    fp32 = run_in_batches(TorchCudaBackend(shipped_model, 256, "cuda", fp16=False), batch)
+    fp16 = run_in_batches(TorchCudaBackend(shipped_model, 256, "cuda", fp16=True), batch)
 
     # then
     assert_parity(fp32, expected, 1e-4)
@@ -140,7 +141,7 @@ def test_tensorrt_fp16_matches_onnxruntime_on_real_faces(tensorrt_version: str, 
     batch = preprocess_faces(list(public_faces), read_model_spec(shipped_model).preprocess)
 
     # when
-    probs = TrtBackend(shipped_model, "fp16", BatchProfile.up_to(256), EngineCache(tmp_path)).run(batch)
+    probs = run_in_batches(TrtBackend(shipped_model, "fp16", BatchProfile.up_to(256), EngineCache(tmp_path)), batch)
 
     # then
     assert_parity(probs, reference(shipped_model, batch))

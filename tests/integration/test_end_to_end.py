@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.media_factory import mdat_range, write_audio, write_png_bomb, write_video
 from tests.integration.conftest import ServiceEnv, wait_for
-from tests.media_factory import mdat_range, write_audio, write_png_bomb, write_video
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
+from bench.media_factory import write_looped_clip
 from tests.integration.conftest import ServiceEnv, wait_for
-from tests.media_factory import write_looped_clip
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.media_factory import write_still
 from fervid.cli import main
-from tests.media_factory import write_still
 
 
 @pytest.mark.parametrize("fps", ["nan", "inf", "0", "-1"])

@@ -16,7 +16,7 @@ import pytest
 import models.backends as backends
 from fervid.errors import FervidError
 from models.backends import resolve_backend, select_backend
-from models.backends.base import BACKEND_UNAVAILABLE, BackendUnavailable
+from models.backends.base import BACKEND_UNAVAILABLE, BackendUnavailable, run_in_batches
 from tests.conftest import ROOT
 
 REGISTRY_LOGGER = "models.backends"
@@ -204,7 +204,7 @@ def test_torch_backend_loads_onnx_weights_by_name_and_matches_onnxruntime(resnet
         None, {"faces": batch})[0]
 
     # when the torch backend rebuilds the network from the ONNX's initializers (on the CPU here)
-    probs = TorchCudaBackend(resnet_onnx, max_batch=4, device="cpu").run(batch)
+    probs = run_in_batches(TorchCudaBackend(resnet_onnx, max_batch=4, device="cpu"), batch)
 
     # then it computes what the ONNX computes, softmax included
     assert probs.shape == (6, 7)

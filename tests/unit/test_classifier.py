@@ -1,4 +1,4 @@
-"""The runtime must feed the classifier what training evaluated it on: preprocessing parity with models.train."""
+"""The runtime must feed the classifier what training evaluated it on: preprocessing parity with training."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 
 from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier, Preprocess, preprocess_faces, read_model_spec
-from models.export import build_network, export_onnx, load_checkpoint
-from models.fer2013 import load_split
-from models.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, predict_probs, to_input
-from tests.unit.test_export import write_checkpoint
+from models.training.export import build_network, export_onnx, load_checkpoint
+from models.training.fer2013 import load_split
+from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, predict_probs, to_input
+from tests.unit.training.test_export import write_checkpoint
 
 
 def training_preprocess(size: int) -> Preprocess:

@@ -13,8 +13,8 @@ from fervid.errors import FervidError
 from fervid.settings import get_settings
 from models.classifier import crop_face
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector, fetch_yunet, load_detector
-from models.fer2013 import load_split
-from tests.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas
+from models.training.fer2013 import load_split
+from models.training.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas
 
 
 @pytest.mark.parametrize("still", ["single_face.jpg", "astronaut.png"])

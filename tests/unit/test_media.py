@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
-from tests.media_factory import (
+from bench.media_factory import (
     HEIGHT,
     WIDTH,
     mdat_range,
@@ -24,6 +23,7 @@ from tests.media_factory import (
     write_still,
     write_video,
 )
+from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
 from worker.media import PlannedFrame, decode_planned, probe, split_plan
 from worker.pipeline import from_plan_rows, to_plan_rows
 

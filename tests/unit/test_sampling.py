@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.media_factory import write_still, write_video
+from bench.media_factory import write_still, write_video
 from worker.media import MediaInfo, PlannedFrame, probe, split_plan
 
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.backends.base import BackendUnavailable
+from models.backends.base import BackendUnavailable, run_in_batches
 from models.backends.tensorrt import TrtBackend, convert_to_fp16
 from models.engine_cache import BatchProfile, EngineCache
 from tests.fake_tensorrt import FakeAllocator, FakeTensorRT
@@ -88,7 +88,7 @@ def test_tensorrt_11_builds_a_strongly_typed_network_from_an_fp16_onnx(
 
     # when
     backend = TrtBackend(tiny_model_path, "fp16", BatchProfile(1, 8, 16), EngineCache(tmp_path), FakeAllocator(fake))
-    probs = backend.run(batch)
+    probs = run_in_batches(backend, batch)
 
     # then the network is strongly typed, its weights are fp16, and the fp16 graph still answers like the fp32 one
     assert fake.calls.network_flags == [1 << 1]
@@ -97,7 +97,7 @@ def test_tensorrt_11_builds_a_strongly_typed_network_from_an_fp16_onnx(
     np.testing.assert_allclose(probs, ort_outputs(tiny_model_path, batch), atol=2e-3)
 
 
-def test_run_splits_batches_at_the_profile_max_and_uses_the_bound_buffers(
+def test_batches_split_at_the_profile_max_run_through_the_bound_buffers(
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path) -> None:
     # given an fp32 engine whose profile stops at 64 faces
     fake = install_fake(monkeypatch, "10.3.0")
@@ -105,8 +105,8 @@ def test_run_splits_batches_at_the_profile_max_and_uses_the_bound_buffers(
     backend = TrtBackend(tiny_model_path, "fp32", BatchProfile(1, 32, 64), EngineCache(tmp_path), allocator)
     batch = faces(150)
 
-    # when
-    probs = backend.run(batch)
+    # when the caller splits it (the backend takes at most its profile's max)
+    probs = run_in_batches(backend, batch)
 
     # then 150 faces go as 64 + 64 + 22 through the buffers bound once, on the process's stream
     assert [shape for _, shape in fake.calls.input_shapes] == [(64, 1, 16, 16), (64, 1, 16, 16), (22, 1, 16, 16)]
@@ -115,6 +115,9 @@ def test_run_splits_batches_at_the_profile_max_and_uses_the_bound_buffers(
     assert fake.calls.execute_streams == [FakeAllocator.stream] * 3
     assert fake.calls.builder_flags == []
     np.testing.assert_allclose(probs, ort_outputs(tiny_model_path, batch), rtol=1e-5, atol=1e-6)
+    # and a batch over the profile's max is refused rather than written past the buffers
+    with pytest.raises(ValueError, match="max batch 64"):
+        backend.run(faces(65))
 
 
 def test_a_cached_engine_is_loaded_not_rebuilt_and_precision_is_part_of_the_key(
@@ -214,7 +217,7 @@ def test_int8_from_a_model_quantized_for_tensorrt(
         network_flags: list[int], builder_flags: list[str]) -> None:
     # given the model as `fervid quantize --target tensorrt` writes it (symmetric int8, zero points 0)
     from models.classifier import preprocess_faces, read_model_spec
-    from models.quantize import quantize_int8
+    from models.training.quantize import quantize_int8
 
     fake = install_fake(monkeypatch, version)
     spec = read_model_spec(tiny_model_path)
@@ -236,7 +239,7 @@ def test_fp16_from_a_model_quantized_for_the_cpu_builds_from_its_float_equivalen
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path) -> None:
     # given the model as `fervid eval --int8` writes it for ONNX Runtime on the CPU (uint8 activations)
     from models.classifier import preprocess_faces, read_model_spec
-    from models.quantize import quantize_int8
+    from models.training.quantize import quantize_int8
 
     fake = install_fake(monkeypatch, "10.3.0")
     spec = read_model_spec(tiny_model_path)

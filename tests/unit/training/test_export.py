@@ -10,23 +10,24 @@ import pytest
 import torch
 from onnx import TensorProto
 
-import models.export
+import models.training.export
 from fervid.cli import main as fervid_main
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.classifier import read_model_spec
-from models.export import build_network, export_onnx, load_checkpoint
-from models.train import TrainConfig, build_optimizer, save_checkpoint
-from models.weight_storage import FP32_SUFFIX, restore_fp32_weights, store_weights
+from models.graph_rewrites import FP32_SUFFIX, restore_fp32_weights, store_weights
+from models.training.export import build_network, export_onnx, load_checkpoint
+from models.training.train import TrainConfig, build_optimizer, save_checkpoint
 
 INPUT_SIZE = 32
 
 
 def write_checkpoint(path: Path, input_size: int = INPUT_SIZE, trained_looking: bool = True) -> Path:
     """A real `fervid train` checkpoint; `trained_looking` gives every tensor distinct values, as training does."""
-    config = TrainConfig(out_dir=path.parent, input_size=input_size, epochs=3)
+    # The data path is only recorded in the checkpoint: the network is built, never trained here.
+    config = TrainConfig(out_dir=path.parent, data=path.parent / "fer2013.npz", input_size=input_size, epochs=3)
     torch.manual_seed(0)
-    network = models.train.build_network(config)
+    network = models.training.train.build_network(config)
     if trained_looking:
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -164,10 +165,10 @@ def test_an_export_that_drifts_from_pytorch_is_refused_and_not_written(
     checkpoint_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a tolerance no export can meet
-    monkeypatch.setitem(models.export.TOLERANCE, "fp32", -1.0)
+    monkeypatch.setitem(models.training.export.TOLERANCE, "fp32", -1.0)
 
     # when exporting
-    with pytest.raises(models.export.FervidError) as raised:
+    with pytest.raises(models.training.export.FervidError) as raised:
         export_onnx(checkpoint_path, tmp_path / "model.onnx", tta=False, weights="fp32")
 
     # then it fails with a code and leaves nothing behind
@@ -304,9 +305,9 @@ def test_an_ensemble_cannot_be_a_member_and_members_must_share_an_input_size(
     larger = write_checkpoint(tmp_path / "larger.pt", input_size=INPUT_SIZE * 2)
 
     # when / then each is refused with a code
-    with pytest.raises(models.export.FervidError) as nested:
+    with pytest.raises(models.training.export.FervidError) as nested:
         export_onnx([ensemble, checkpoint_path], tmp_path / "nested.onnx", tta=False)
-    with pytest.raises(models.export.FervidError) as mixed:
+    with pytest.raises(models.training.export.FervidError) as mixed:
         export_onnx([checkpoint_path, larger], tmp_path / "mixed.onnx", tta=False)
     assert nested.value.code == "invalid_checkpoint"
     assert mixed.value.code == "invalid_request" and "input sizes" in str(mixed.value)

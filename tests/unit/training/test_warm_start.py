@@ -13,12 +13,12 @@ from torch import nn
 
 from fervid.errors import FervidError
 from models.classifier import read_model_spec
-from models.export import export_onnx, load_checkpoint
-from models.quantize import quantize_int8
-from models.train import to_input
-from models.warm_start import exported_member, warm_start_network
-from models.weight_storage import dequantize_qdq
-from tests.unit.test_export import INPUT_SIZE, write_checkpoint
+from models.graph_rewrites import dequantize_qdq
+from models.training.export import export_onnx, load_checkpoint
+from models.training.quantize import quantize_int8
+from models.training.train import to_input
+from models.training.warm_start import exported_member, warm_start_network
+from tests.unit.training.test_export import INPUT_SIZE, write_checkpoint
 
 DATA_SHA = "f" * 64  # the training data's hash; the test models record none ("unknown")
 

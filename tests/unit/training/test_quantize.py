@@ -11,10 +11,10 @@ from onnx import TensorProto
 from fervid.errors import FervidError
 from models.backends.ort import OrtBackend
 from models.classifier import preprocess_faces, read_model_spec
-from models.export import export_onnx
-from models.quantize import CALIBRATION_KEY, quantize_int8
-from models.weight_storage import dequantize_qdq, has_qdq
-from tests.unit.test_export import write_checkpoint
+from models.graph_rewrites import dequantize_qdq, has_qdq
+from models.training.export import export_onnx
+from models.training.quantize import CALIBRATION_KEY, quantize_int8
+from tests.unit.training.test_export import write_checkpoint
 
 
 def random_faces(count: int, seed: int) -> np.ndarray:

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from fervid.errors import FervidError
 from fervid.labels import EMOTIONS
 from models.classifier import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, Preprocess
+from models.graph_rewrites import float_graph
 from models.network import EmotionResNet50
-from models.weight_storage import float_graph
 
 # Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields; the
 # state-dict key sits in between.

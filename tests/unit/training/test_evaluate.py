@@ -11,9 +11,9 @@ from onnx import numpy_helper
 from fervid.cli import main as fervid_main
 from fervid.errors import FervidError
 from fervid.labels import EMOTIONS
-from models.evaluate import REFERENCE, run_evaluation
-from models.metrics import classification_metrics, confusion_matrix, mcnemar_exact_p, metrics_from_confusion
-from tests.unit.test_export import write_checkpoint
+from models.training.evaluate import REFERENCE, run_evaluation
+from models.training.metrics import classification_metrics, confusion_matrix, mcnemar_exact_p, metrics_from_confusion
+from tests.unit.training.test_export import write_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_SIZE = 16  # the conftest tiny classifier's input side

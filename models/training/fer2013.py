@@ -11,8 +11,6 @@ from numpy.typing import NDArray
 from fervid.labels import EMOTIONS
 
 SPLITS = ("train", "public", "private")
-DEFAULT_DATA_PATH = Path("../shared/data/fer2013.npz")
-DEFAULT_FERPLUS_PATH = Path("../shared/data/fer2013_meta.npz")
 # The FER+ re-annotation's name for each FER-2013 emotion; its contempt, unknown and not-a-face votes have none.
 FERPLUS_NAMES = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
                  "surprise": "surprise", "neutral": "neutral"}

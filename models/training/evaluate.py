@@ -1,7 +1,7 @@
-"""`fervid eval`: top-1, macro-F1, per-class scores and confusion matrices on PublicTest / PrivateTest.
+"""Evaluation (`fervid eval`): top-1, macro-F1, per-class scores and confusion matrices on PublicTest / PrivateTest.
 
 ONNX models run through the runtime path jobs use (read_model_spec -> preprocess_faces -> OrtBackend);
-checkpoints through training's own evaluation (models.train.predict_probs, fp32). `--int8` also quantizes
+checkpoints through training's own evaluation (models.training.train.predict_probs, fp32). `--int8` also quantizes
 (calibrated on `train` faces only) and reports the accuracy change and the CPU speed-up measured in the same run.
 `--against OTHER.onnx` scores another model on the same faces, and says whether the difference is more than chance
 (the faces only one of the two gets right, McNemar's exact test): how a candidate is weighed against the shipped one.
@@ -9,7 +9,6 @@ checkpoints through training's own evaluation (models.train.predict_probs, fp32)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -26,15 +25,15 @@ from fervid.errors import FervidError
 from fervid.files import sha256_file
 from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier, preprocess_faces, read_model_spec
-from models.fer2013 import DEFAULT_DATA_PATH, Split, load_split
-from models.metrics import (
+from models.training.fer2013 import Split, load_split
+from models.training.metrics import (
     ClassificationMetrics,
     PairedComparison,
     classification_metrics,
     paired_comparison,
     plot_confusion,
 )
-from models.quantize import DEFAULT_CALIBRATION_SIZE, calibration_faces
+from models.training.quantize import DEFAULT_CALIBRATION_SIZE, calibration_faces
 
 EVAL_SPLITS = ("public", "private")  # `train` is for fitting and calibration only
 TTA_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
@@ -73,8 +72,8 @@ def onnx_predictor(model: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predic
 
 def checkpoint_predictor(checkpoint: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predict, dict[str, Any]]:
     # Imported here: evaluating an ONNX model needs no torch.
-    from models.export import build_network, load_checkpoint
-    from models.train import predict_probs
+    from models.training.export import build_network, load_checkpoint
+    from models.training.train import predict_probs
 
     loaded = load_checkpoint(checkpoint)
     network = build_network(loaded)
@@ -138,7 +137,7 @@ def _metrics_json(results: dict[str, dict[str, ClassificationMetrics]]) -> dict[
 def _int8_section(fp32_onnx: Path, baseline: dict[str, dict[str, ClassificationMetrics]], splits: Sequence[Split],
                   tta_modes: Sequence[bool], train_faces: NDArray[np.uint8], out_dir: Path, batch_size: int,
                   fp32_label: str) -> tuple[dict[str, Any], dict[str, dict[str, ClassificationMetrics]]]:
-    from models.quantize import quantize_int8
+    from models.training.quantize import quantize_int8
 
     spec = read_model_spec(fp32_onnx)
     int8_path = quantize_int8(fp32_onnx, out_dir / INT8_FILE, train_faces, spec.preprocess)
@@ -162,7 +161,7 @@ def _int8_section(fp32_onnx: Path, baseline: dict[str, dict[str, ClassificationM
 
 
 def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = None,
-                   data_path: Path = DEFAULT_DATA_PATH, splits: Sequence[str] = EVAL_SPLITS, tta: str = "both",
+                   data_path: Path, splits: Sequence[str] = EVAL_SPLITS, tta: str = "both",
                    out_dir: Path = Path("runs/eval"), limit: int = 0, int8: bool = False,
                    calibration_size: int = DEFAULT_CALIBRATION_SIZE, batch_size: int = DEFAULT_BATCH,
                    against: Path | None = None) -> dict[str, Any]:
@@ -208,7 +207,7 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
             if onnx_model is not None:
                 fp32_onnx, fp32_label = onnx_model, str(onnx_model)
             else:
-                from models.export import export_onnx
+                from models.training.export import export_onnx
 
                 assert checkpoint is not None
                 fp32_onnx = export_onnx(checkpoint, Path(work) / "fp32.onnx", tta=False, weights="fp32",
@@ -246,31 +245,3 @@ def format_table(table: dict[str, dict[str, dict[str, ClassificationMetrics]]], 
     lines.append(f"reference (not computed here): {REFERENCE['model']}: public {REFERENCE['public']:.1%}, "
                  f"private {REFERENCE['private']:.1%}")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a `fervid train` checkpoint")
-    source.add_argument("--onnx", type=Path, help="an exported model, run exactly as jobs run it")
-    parser.add_argument("--splits", default=",".join(EVAL_SPLITS), help="comma list of public, private")
-    parser.add_argument("--tta", choices=tuple(TTA_CHOICES), default="both", help="horizontal-flip averaging")
-    parser.add_argument("--int8", action="store_true", help="also quantize to INT8 and compare accuracy and speed")
-    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
-                        help="train faces used to calibrate INT8")
-    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="folder for metrics.json and plots")
-    parser.add_argument("--against", type=Path, default=None,
-                        help="another ONNX model (the shipped one, say) scored on the same faces: the difference "
-                             "and McNemar's exact test")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each split")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
-
-
-def run(args: argparse.Namespace) -> int:
-    run_evaluation(
-        checkpoint=args.checkpoint, onnx_model=args.onnx, data_path=args.data,
-        splits=[name.strip() for name in args.splits.split(",") if name.strip()], tta=args.tta, out_dir=args.out,
-        limit=args.limit, int8=args.int8, calibration_size=args.calibration_size, batch_size=args.batch_size,
-        against=args.against,
-    )
-    return 0

@@ -7,13 +7,13 @@ import onnx
 import pytest
 import torch
 
-import models.train
+import models.training.train
 from fervid.labels import EMOTIONS
-from models.export import export_onnx
-from models.fer2013 import load_ferplus_shares
 from models.network import EmotionResNet50
-from models.train import TrainConfig, train
-from tests.unit.test_export import write_checkpoint
+from models.training.export import export_onnx
+from models.training.fer2013 import load_ferplus_shares
+from models.training.train import TrainConfig, train
+from tests.unit.training.test_export import write_checkpoint
 
 Weights = dict[str, torch.Tensor]
 
@@ -51,7 +51,7 @@ def unbroken_and_resumed(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch
     unbroken = load_weights(root / "unbroken" / "last.pt")
 
     # The second run dies right after saving last.pt for epoch one, as a killed process would.
-    save_checkpoint = models.train.save_checkpoint
+    save_checkpoint = models.training.train.save_checkpoint
 
     def save_then_die(path: Path, *args: object, **kwargs: object) -> None:
         save_checkpoint(path, *args, **kwargs)  # type: ignore[arg-type]
@@ -59,7 +59,7 @@ def unbroken_and_resumed(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch
             raise Interrupted
 
     with monkeypatch.context() as patch:
-        patch.setattr(models.train, "save_checkpoint", save_then_die)
+        patch.setattr(models.training.train, "save_checkpoint", save_then_die)
         with pytest.raises(Interrupted):
             train(small_config(root / "resumed", data))
     after_first_epoch = load_weights(root / "resumed" / "last.pt")
@@ -91,7 +91,7 @@ def test_resume_restores_everything_but_the_dropout_rng(
     tmp_path: Path, small_fer_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a network without dropout, the one consumer of the global RNG during training
-    build_network = models.train.build_network
+    build_network = models.training.train.build_network
 
     def without_dropout(config: TrainConfig, train_faces: np.ndarray | None = None,
                         data_sha256: str = "") -> EmotionResNet50:
@@ -99,7 +99,7 @@ def test_resume_restores_everything_but_the_dropout_rng(
         network.dropout.p = 0.0
         return network
 
-    monkeypatch.setattr(models.train, "build_network", without_dropout)
+    monkeypatch.setattr(models.training.train, "build_network", without_dropout)
 
     # when a killed run is resumed
     unbroken, after_first_epoch, resumed = unbroken_and_resumed(tmp_path, small_fer_file, monkeypatch)
@@ -155,8 +155,8 @@ def test_the_weighted_loss_on_one_hot_targets_is_pytorchs_class_weighted_cross_e
     weight = torch.rand(7, generator=generator) + 0.5
 
     # when the loss is computed on the labels as one-hot distributions
-    targets = models.train.training_targets(labels.numpy(), None, 0.0, 0.0, 7)
-    loss = models.train.weighted_cross_entropy(logits, targets[torch.arange(16)], weight)
+    targets = models.training.train.training_targets(labels.numpy(), None, 0.0, 0.0, 7)
+    loss = models.training.train.weighted_cross_entropy(logits, targets[torch.arange(16)], weight)
 
     # then it is what the usual class-weighted cross-entropy gives
     torch.testing.assert_close(loss, torch.nn.CrossEntropyLoss(weight=weight)(logits, labels))
@@ -168,7 +168,7 @@ def test_ferplus_votes_blend_into_the_targets_of_faces_that_have_them() -> None:
     shares = np.array([[0, 0, 0, 0, 0.75, 0, 0.25], [0] * 7], dtype=np.float32)
 
     # when the targets take 0.4 of the votes, with 0.07 label smoothing over the 7 classes
-    targets = models.train.training_targets(labels, shares, 0.4, 0.07, 7).numpy()
+    targets = models.training.train.training_targets(labels, shares, 0.4, 0.07, 7).numpy()
 
     # then the first target is 0.6 label + 0.4 votes, the second the label alone, both smoothed
     np.testing.assert_allclose(targets[0], 0.93 * np.array([0.6, 0, 0, 0, 0.3, 0, 0.1]) + 0.01, rtol=1e-6)

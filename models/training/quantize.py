@@ -1,15 +1,12 @@
-"""Static INT8 quantization of the emotion classifier with ONNX Runtime (QDQ, per-channel weights).
+"""Static INT8 quantization of the emotion classifier with ONNX Runtime (QDQ, per-channel weights): `fervid quantize`.
 
 Two targets: `cpu` (uint8 activations, int8 weights: the pairing ONNX Runtime's x86 kernels run fastest) and
 `tensorrt` (symmetric int8 activations and weights, zero points 0: the only Q/DQ TensorRT takes). Calibration
 uses FER-2013 `train` faces only, preprocessed by the runtime's own `preprocess_faces`.
-
-    fervid quantize --model models/fervid-emotion.onnx --target tensorrt --out runs/fervid-emotion-trt-int8.onnx
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fervid.errors import FervidError
 from models.classifier import NAME_KEY, Preprocess, preprocess_faces
-from models.weight_storage import WEIGHTS_KEY, restore_fp32_weights
+from models.graph_rewrites import WEIGHTS_KEY, restore_fp32_weights
 
 INT8_SUFFIX = "-int8"
 CALIBRATION_KEY = "fervid.calibration"
@@ -117,7 +114,7 @@ def quantize_int8(model: Path, out: Path, calibration_faces: NDArray[np.uint8], 
 
 def calibration_faces(data_path: Path, count: int) -> NDArray[np.uint8]:
     """`count` faces drawn from FER-2013 `train` (never PublicTest or PrivateTest), the same draw every time."""
-    from models.fer2013 import load_split
+    from models.training.fer2013 import load_split
 
     return draw_faces(load_split(data_path, "train").faces, count)
 
@@ -126,30 +123,3 @@ def draw_faces(faces: NDArray[np.uint8], count: int) -> NDArray[np.uint8]:
     """`count` of `faces` (training faces), in their order, the same draw every time."""
     chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(faces), min(count, len(faces)), replace=False)
     return np.asarray(faces[np.sort(chosen)], dtype=np.uint8)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from models.classifier import DEFAULT_MODEL_PATH
-    from models.fer2013 import DEFAULT_DATA_PATH
-
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="a float ONNX from `fervid export`")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--target", choices=TARGETS, default="cpu",
-                        help="cpu: ONNX Runtime (uint8 activations); tensorrt: symmetric int8 for "
-                             "`fervid engines build --precision int8`")
-    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
-                        help="train faces used to calibrate")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
-
-
-def run(args: argparse.Namespace) -> int:
-    from models.classifier import read_model_spec
-
-    if args.calibration_size <= 0:
-        raise FervidError("--calibration-size must be positive", code="invalid_request")
-    if not args.data.is_file():
-        raise FervidError(f"data file {args.data} not found; pass --data PATH to fer2013.npz", code="data_not_found")
-    faces = calibration_faces(args.data, args.calibration_size)
-    out = quantize_int8(args.model, args.out, faces, read_model_spec(args.model).preprocess, args.target)
-    print(f"wrote {out} ({args.target}, calibrated on {len(faces)} train faces)")
-    return 0

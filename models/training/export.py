@@ -1,4 +1,4 @@
-"""`fervid export`: training checkpoints -> the self-describing ONNX artifact the runtime loads.
+"""Export (`fervid export`): training checkpoints -> the self-describing ONNX artifact the runtime loads.
 
 The graph takes preprocessed faces (batch, 1, S, S) named `faces` and returns softmax probabilities named `probs`.
 Initializer names equal the PyTorch state-dict keys (the torch-cuda backend loads weights by those names). Given
@@ -9,7 +9,6 @@ join an ensemble after its training run is gone.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -47,10 +46,7 @@ from models.classifier import (
     VERSION_KEY,
     Preprocess,
 )
-from models.fer2013 import DEFAULT_DATA_PATH, load_split
-from models.network import EmotionResNet50
-from models.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
-from models.weight_storage import (
+from models.graph_rewrites import (
     WEIGHT_FORMATS,
     WEIGHTS_KEY,
     WeightFormat,
@@ -58,6 +54,9 @@ from models.weight_storage import (
     restore_fp32_weights,
     store_weights,
 )
+from models.network import EmotionResNet50
+from models.training.fer2013 import load_split
+from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
 
 MODEL_NAME = "fervid-resnet50-fer2013"
 OPSET = 17
@@ -294,25 +293,3 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {metadata[NAME_KEY]} {metadata[VERSION_KEY]}, "
           f"{len(members)} network{'s' if len(members) > 1 else ''})", flush=True)
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, action="append",
-                        help="a `fervid train` checkpoint (best.pt) or an earlier single-network export (.onnx); "
-                             "repeat to export the ensemble that averages their probabilities")
-    parser.add_argument("--out", type=Path, default=Path("models/fervid-emotion.onnx"))
-    parser.add_argument("--tta", action="store_true", help="tell the runtime to average with the mirrored face")
-    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="fp16",
-                        help="how weights are stored in the file (compute is fp32 either way); int8-scaled keeps a "
-                             "two-network ensemble under 50 MB")
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"FER-2013 .npz for verification (default {DEFAULT_DATA_PATH} when present, "
-                             "else random faces)")
-
-
-def run(args: argparse.Namespace) -> int:
-    data_path = args.data
-    if data_path is None and DEFAULT_DATA_PATH.is_file():
-        data_path = DEFAULT_DATA_PATH
-    export_onnx(args.checkpoint, args.out, tta=args.tta, weights=args.weights, data_path=data_path)
-    return 0

@@ -1,11 +1,10 @@
-"""`fervid train`: fine-tune (or train from scratch) the ResNet50 emotion classifier on FER-2013 train.
+"""Training (`fervid train`): fine-tune (or train from scratch) the ResNet50 emotion classifier on FER-2013 train.
 
 Model selection uses PublicTest only; PrivateTest is never read here.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -18,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fervid.errors import FervidError
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
-from models.fer2013 import DEFAULT_DATA_PATH, DEFAULT_FERPLUS_PATH, Split, load_ferplus_shares, load_split
 from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
-from models.quantize import draw_faces
-from models.warm_start import warm_start_network
+from models.training.fer2013 import Split, load_ferplus_shares, load_split
+from models.training.quantize import draw_faces
+from models.training.warm_start import warm_start_network
 
 # Grey-level normalisation, written into the exported model's preprocess metadata.
 PIXEL_MEAN = 0.5
@@ -34,7 +34,7 @@ NATIVE_SIZE = 48  # FER-2013 faces are 48x48
 @dataclass
 class TrainConfig:
     out_dir: Path
-    data: Path = DEFAULT_DATA_PATH
+    data: Path  # FER-2013 .npz
     init: str = "scratch"  # scratch | imagenet | model
     imagenet_weights: str | None = None  # path or URL of a torchvision ResNet50 state dict
     init_model: Path | None = None  # init "model": an exported fervid model (any storage, INT8 included) ...
@@ -52,7 +52,7 @@ class TrainConfig:
     # >0: each training target blends the FER-2013 label with this weight of the FER+ annotators' vote shares for
     # the same face (a remedy for FER-2013's label noise that keeps its label taxonomy); 0 trains on labels alone.
     ferplus_weight: float = 0.0
-    ferplus: Path = DEFAULT_FERPLUS_PATH  # the FER+ votes (`fer2013_meta.npz`), read only when ferplus_weight > 0
+    ferplus: Path | None = None  # the FER+ votes (`fer2013_meta.npz`), needed only when ferplus_weight > 0
     seed: int = 2013
     threads: int = 0  # 0: torch's default
     bf16: bool = True
@@ -210,6 +210,8 @@ def save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optim
 
 def train(config: TrainConfig) -> Path:
     """Trains, checkpointing every epoch; returns the path of the best (PublicTest) checkpoint."""
+    if config.ferplus_weight > 0 and config.ferplus is None:
+        raise FervidError("a FER+ weight needs the FER+ votes file (fer2013_meta.npz)", code="invalid_request")
     if config.threads:
         torch.set_num_threads(config.threads)
     config.out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +241,7 @@ def train(config: TrainConfig) -> Path:
         config.prior_epochs = int(resumed["config"].get("prior_epochs", 0))
     optimizer = build_optimizer(network, config)
     ferplus_shares = load_ferplus_shares(config.ferplus, "train")[: len(train_split)] \
-        if config.ferplus_weight > 0 else None
+        if config.ferplus_weight > 0 and config.ferplus is not None else None
     targets = training_targets(train_split.labels, ferplus_shares, config.ferplus_weight, config.label_smoothing,
                                len(EMOTIONS))
     weight = class_weights(train_split.labels, len(EMOTIONS))
@@ -305,53 +307,3 @@ def train(config: TrainConfig) -> Path:
         (config.out_dir / "history.json").write_text(json.dumps(
             {"data_sha256": data_sha, "best_public": best, "history": config.history}, indent=1))
     return best_path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig(out_dir=Path("runs/resnet50"))
-    parser.add_argument("--out", type=Path, default=defaults.out_dir, help="run folder (checkpoints, history)")
-    parser.add_argument("--data", type=Path, default=defaults.data)
-    parser.add_argument("--init", choices=("scratch", "imagenet", "model"), default=defaults.init,
-                        help="model: continue training a network of an exported fervid model (--init-model)")
-    parser.add_argument("--imagenet-weights", default=None, help="torchvision ResNet50 state dict: path or URL")
-    parser.add_argument("--init-model", type=Path, default=None,
-                        help="`fervid export`/`fervid quantize` output to continue from (INT8 and fp16 included)")
-    parser.add_argument("--init-member", type=int, default=defaults.init_member,
-                        help="which network of an ensemble --init-model holds (0-based)")
-    parser.add_argument("--input-size", type=int, default=defaults.input_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--ferplus-weight", type=float, default=defaults.ferplus_weight,
-                        help="blend each label with this weight of the FER+ annotators' votes for the face (0: off)")
-    parser.add_argument("--ferplus", type=Path, default=defaults.ferplus, help="FER+ votes (fer2013_meta.npz)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false")
-    parser.add_argument("--limit-train", type=int, default=0)
-    parser.add_argument("--limit-eval", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        out_dir=args.out, data=args.data, init=args.init, imagenet_weights=args.imagenet_weights,
-        init_model=args.init_model, init_member=args.init_member,
-        input_size=args.input_size, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, ferplus_weight=args.ferplus_weight, ferplus=args.ferplus,
-        seed=args.seed, threads=args.threads, bf16=args.bf16,
-        limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume,
-    )
-    best = train(config)
-    print(f"best PublicTest checkpoint: {best}")
-    return 0
-
-
-if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="fervid train")
-    add_arguments(cli)
-    raise SystemExit(run(cli.parse_args()))
