@@ -28,3 +28,4 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy fervid api worker models
+	$(BIN)/lint-imports  # the import rules between rooms: [tool.importlinter] in pyproject.toml

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.backends import select_backend  # noqa: E402
-from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, read_model_spec  # noqa: E402
+from models.classifier import EmotionClassifier  # noqa: E402
+from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
 from models.training.commands.data_paths import DEFAULT_DATA_PATH  # noqa: E402
 from models.training.fer2013 import load_split  # noqa: E402
 

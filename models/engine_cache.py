@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import filelock
 
 from fervid.errors import FervidError
 from fervid.settings import get_settings
-from models.backends.cuda_memory import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,16 @@ MANIFEST_FORMAT = 1
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPT_BATCH = 32  # what TensorRT tunes kernels for: a typical gathered batch of faces
 LOCK_TIMEOUT_S = 3600.0  # a ResNet50 build takes minutes; an hour means the builder is stuck, not slow
+
+
+class BuildDevice(Protocol):
+    """What a manifest records of the GPU an engine was built on (models.backends.cuda_memory.DeviceInfo)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cuda_version(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ class EngineCache:
             return None
         return engine
 
-    def get_or_build(self, key: EngineKey, device: DeviceInfo, build: Callable[[], bytes],
+    def get_or_build(self, key: EngineKey, device: BuildDevice, build: Callable[[], bytes],
                      model_path: Path | None = None) -> bytes:
         """The engine for `key`, built by `build()` only if no valid one is cached, once across processes."""
         cached = self.load(key)

@@ -134,7 +134,7 @@ def build_tiny_classifier(path: Path, size: int = 16, channels: int = 1, output:
     from onnx import TensorProto, helper, numpy_helper
 
     from fervid.labels import EMOTIONS
-    from models.classifier import LABELS_KEY, NAME_KEY, OUTPUT_KEY, PREPROCESS_KEY, VERSION_KEY, Preprocess
+    from models.spec import LABELS_KEY, NAME_KEY, OUTPUT_KEY, PREPROCESS_KEY, VERSION_KEY, Preprocess
 
     rng = np.random.default_rng(seed)
     features = channels * size * size

@@ -23,8 +23,9 @@ from fervid.settings import Settings, get_settings
 from fervid.storage import local_copy
 from fervid.tables import Job, JobStatus
 from models.backends import select_backend
-from models.classifier import DEFAULT_MODEL_PATH, EmotionClassifier, crop_face, read_model_spec
+from models.classifier import EmotionClassifier, crop_face
 from models.detectors import FaceDetector, load_detector
+from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import store
 from worker.media import PlannedFrame, decode_planned, probe, split_plan
 from worker.tracking import FaceTracker

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.backends.base import BackendProbe, BackendUnavailable
-from models.classifier import read_model_spec
 from models.graph_rewrites import restore_fp32_weights
+from models.spec import read_model_spec
 
 
 def probe(name: str) -> BackendProbe:

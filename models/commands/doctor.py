@@ -8,8 +8,8 @@ import argparse
 from fervid.settings import get_settings
 from models.backends import AUTO_ORDER, BACKEND_MODULES, check_preference, probe_backend
 from models.backends.base import BackendProbe
-from models.classifier import DEFAULT_MODEL_PATH
 from models.engine_cache import default_cache
+from models.spec import DEFAULT_MODEL_PATH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from fervid.errors import FervidError
 from fervid.files import sha256_file
 from fervid.settings import get_settings
-from models.classifier import DEFAULT_MODEL_PATH
 from models.engine_cache import DEFAULT_OPT_BATCH, TENSORRT_PRECISIONS, BatchProfile, EngineCache, default_cache
+from models.spec import DEFAULT_MODEL_PATH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,16 @@ from torch import Tensor
 from fervid.errors import FervidError
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
-from models.classifier import (
+from models.graph_rewrites import (
+    WEIGHT_FORMATS,
+    WEIGHTS_KEY,
+    WeightFormat,
+    WeightStorageError,
+    restore_fp32_weights,
+    store_weights,
+)
+from models.network import EmotionResNet50
+from models.spec import (
     DATA_SHA_KEY,
     EPOCHS_KEY,
     GIT_COMMIT_KEY,
@@ -46,15 +55,6 @@ from models.classifier import (
     VERSION_KEY,
     Preprocess,
 )
-from models.graph_rewrites import (
-    WEIGHT_FORMATS,
-    WEIGHTS_KEY,
-    WeightFormat,
-    WeightStorageError,
-    restore_fp32_weights,
-    store_weights,
-)
-from models.network import EmotionResNet50
 from models.training.fer2013 import load_split
 from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
 

@@ -25,8 +25,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fervid.errors import FervidError
-from models.classifier import NAME_KEY, Preprocess, preprocess_faces
+from models.classifier import preprocess_faces
 from models.graph_rewrites import WEIGHTS_KEY, restore_fp32_weights
+from models.spec import NAME_KEY, Preprocess
 
 INT8_SUFFIX = "-int8"
 CALIBRATION_KEY = "fervid.calibration"

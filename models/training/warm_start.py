@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from fervid.errors import FervidError
 from fervid.labels import EMOTIONS
-from models.classifier import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, Preprocess
 from models.graph_rewrites import float_graph
 from models.network import EmotionResNet50
+from models.spec import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, Preprocess
 
 # Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields; the
 # state-dict key sits in between.

@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from models.backends.base import run_in_batches
-from models.classifier import DEFAULT_MODEL_PATH, preprocess_faces, read_model_spec
+from models.classifier import preprocess_faces
 from models.engine_cache import BatchProfile, EngineCache
+from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 
 MIN_AGREEMENT = 0.99
 MAX_PROB_DIFF = 5e-3

@@ -166,8 +166,8 @@ def resnet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from fervid.labels import EMOTIONS
-    from models.classifier import LABELS_KEY, NAME_KEY, OUTPUT_KEY, PREPROCESS_KEY, Preprocess
     from models.network import EmotionResNet50
+    from models.spec import LABELS_KEY, NAME_KEY, OUTPUT_KEY, PREPROCESS_KEY, Preprocess
 
     torch.manual_seed(0)
     network = EmotionResNet50().eval()

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from models.backends.ort import OrtBackend
-from models.classifier import EmotionClassifier, Preprocess, preprocess_faces, read_model_spec
+from models.classifier import EmotionClassifier, preprocess_faces
+from models.spec import Preprocess, read_model_spec
 from models.training.export import build_network, export_onnx, load_checkpoint
 from models.training.fer2013 import load_split
 from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, predict_probs, to_input

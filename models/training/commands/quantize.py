@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from fervid.errors import FervidError
-from models.classifier import DEFAULT_MODEL_PATH, read_model_spec
+from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from models.training.commands.data_paths import DEFAULT_DATA_PATH
 from models.training.quantize import DEFAULT_CALIBRATION_SIZE, TARGETS, calibration_faces, quantize_int8
 

@@ -14,8 +14,8 @@ import models.training.export
 from fervid.cli import main as fervid_main
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
-from models.classifier import read_model_spec
 from models.graph_rewrites import FP32_SUFFIX, restore_fp32_weights, store_weights
+from models.spec import read_model_spec
 from models.training.export import build_network, export_onnx, load_checkpoint
 from models.training.train import TrainConfig, build_optimizer, save_checkpoint
 

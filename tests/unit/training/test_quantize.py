@@ -10,8 +10,9 @@ from onnx import TensorProto
 
 from fervid.errors import FervidError
 from models.backends.ort import OrtBackend
-from models.classifier import preprocess_faces, read_model_spec
+from models.classifier import preprocess_faces
 from models.graph_rewrites import dequantize_qdq, has_qdq
+from models.spec import read_model_spec
 from models.training.export import export_onnx
 from models.training.quantize import CALIBRATION_KEY, quantize_int8
 from tests.unit.training.test_export import write_checkpoint

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from fervid.errors import FervidError
-from models.classifier import read_model_spec
 from models.graph_rewrites import dequantize_qdq
+from models.spec import read_model_spec
 from models.training.export import export_onnx, load_checkpoint
 from models.training.quantize import quantize_int8
 from models.training.train import to_input
