@@ -1,4 +1,4 @@
-"""Test media made at test time (never committed): clips whose frames carry their own index in pixels."""
+"""Media made on the fly (never committed) for tests and benchmarks: clips whose frames carry their index in pixels."""
 
 from __future__ import annotations
 

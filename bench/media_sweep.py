@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/media_sweep.py
 
-Writes a 2 s clip of indexed frames (tests/media_factory.py) in each combination this machine's FFmpeg can encode,
+Writes a 2 s clip of indexed frames (bench/media_factory.py) in each combination this machine's FFmpeg can encode,
 probes it at 5 fps, decodes the plan and checks every sampled frame shows its own index. Prints one line each and
 a count; exits 1 when a combination that could be written does not decode exactly.
 """

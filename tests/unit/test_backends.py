@@ -158,7 +158,7 @@ RESNET_SIZE = 32
 def resnet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ONNX export of a freshly initialised EmotionResNet50 (probs output), with fervid's metadata.
 
-    Made here because models/export.py may not exist yet; the exporter keeps state_dict names on initializers.
+    Made here because models/training/export.py may not exist yet; the exporter keeps state_dict names on initializers.
     BatchNorm statistics are randomised so the weights loaded by name visibly matter; two tensors are left equal
     so the exporter deduplicates them into an Identity alias, as it does for real exports.
     """

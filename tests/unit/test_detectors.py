@@ -102,7 +102,7 @@ def test_fetch_reports_an_unreachable_source(tmp_path: Path) -> None:
 
 def framing_overlap(detector: FaceDetector, faces: np.ndarray, side: float) -> float:
     """Median over faces of the overlap (intersection over union) of the crop a job takes around the detector's box
-    with the FER-2013 face it was given (tests/fer_canvas.py sets each face in a larger picture)."""
+    with the FER-2013 face it was given (models/training/fer_canvas.py sets each face in a larger picture)."""
     face_side = faces.shape[1] * ENLARGE
     on_face = np.zeros((2 * face_side, 2 * face_side, 3), dtype=np.uint8)
     on_face[face_side // 2 : face_side // 2 + face_side, face_side // 2 : face_side // 2 + face_side] = 255
