@@ -108,11 +108,9 @@ class _PlanDecoder:
     def frames(self) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
         while not self.cursor.done:
             if self.seek_to is None and self.can_seek and self._keyframe_ahead():
-                yield from self._release(keep=0)  # what was decoded before the jump may still match planned frames
+                yield from self._jump_over_a_gap()
                 if self.cursor.done:
                     break
-                if self._keyframe_ahead():
-                    self.seek_to, self.retries = self.cursor.current.keyframe_pts, 0
             if self.seek_to is not None:
                 self._seek(self.seek_to)
             packet = next(self.packets, None)
@@ -137,6 +135,13 @@ class _PlanDecoder:
     def _keyframe_ahead(self) -> bool:
         """The next planned frame's keyframe lies past what was decoded: seeking there skips the gap."""
         return self.cursor.current.keyframe_pts > self.reached
+
+    def _jump_over_a_gap(self) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+        """Releases what is held (it may still match planned frames before the gap), then aims a seek at the next
+        planned frame's keyframe when that still lies ahead."""
+        yield from self._release(keep=0)
+        if not self.cursor.done and self._keyframe_ahead():
+            self.seek_to, self.retries = self.cursor.current.keyframe_pts, 0
 
     def _seek(self, pts: int) -> None:
         self.can_seek = self.awaiting_first = _seek_keyframe_before(self.container, self.stream, pts)
