@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -23,6 +22,7 @@ from fervid.errors import FervidError, Unauthorized
 from fervid.queue import celery_app
 from fervid.settings import get_settings
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
+from fervid.utc import as_utc, utc_now
 
 log = logging.getLogger(__name__)
 metrics = APIRouter(tags=["health"])
@@ -76,9 +76,7 @@ def get_metrics() -> PlainTextResponse:
                     session.execute(select(Segment.status, func.count()).group_by(Segment.status)).all()}
         oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued))
         queues = set(session.scalars(select(Job.queue).where(Job.status.in_(ACTIVE_JOB_STATUSES)).distinct()).all())
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; fervid writes UTC
-    oldest_queued_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
+    oldest_queued_s = max(0.0, (utc_now() - as_utc(oldest)).total_seconds()) if oldest is not None else 0.0
     queues.add(get_settings().queue)
     return PlainTextResponse(_render(jobs, segments, oldest_queued_s, _queue_lengths(queues)),
                              media_type="text/plain; version=0.0.4")

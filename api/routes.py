@@ -40,9 +40,9 @@ from api.uploads import read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
 from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidRequest, MediaError
+from fervid.media_store import get_storage
 from fervid.queue import celery_app
 from fervid.settings import Settings, get_settings
-from fervid.storage import get_storage
 from fervid.tables import Job
 from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, notify_finished, tenant_signing_key
 

@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.media_factory import read_index, write_video  # noqa: E402
 from fervid.errors import MediaError  # noqa: E402
-from worker.media import decode_planned, probe  # noqa: E402
+from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.probe import probe  # noqa: E402
 
 # (file name, encoder, pixel format): the container comes from the suffix.
 COMBINATIONS = [

@@ -22,7 +22,8 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 from fervid.settings import get_settings  # noqa: E402
-from worker.media import decode_planned, probe  # noqa: E402
+from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
 
 

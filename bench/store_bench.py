@@ -32,12 +32,13 @@ from fervid.db import engine_for, session_scope  # noqa: E402
 from fervid.labels import EMOTIONS  # noqa: E402
 from fervid.migrate import upgrade  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
-from fervid.tables import Job, JobStatus  # noqa: E402
-from worker import store  # noqa: E402
+from fervid.tables import Job, JobStatus, PlanRow  # noqa: E402
+from worker import record_store  # noqa: E402
+from worker.media.plan import MediaInfo  # noqa: E402
 
 ADMIN_URL = os.environ.get("FERVID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-MEDIA = {"kind": "video", "width": 1920, "height": 1080, "fps": 30.0, "duration_ms": 0.0, "frame_count": 0}
-MODEL = store.ModelInfo(name="bench", version="0", backend="none")
+MEDIA = MediaInfo(kind="video", width=1920, height=1080, fps=30.0, duration_ms=0.0, frame_count=0, rotation=0)
+MODEL = record_store.ModelInfo(name="bench", version="0", backend="none")
 
 
 def admin_connection() -> psycopg.Connection[Any]:
@@ -59,21 +60,22 @@ def drop_database(url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
 
 
-Plan = list[list[Any]]
+Plan = list[PlanRow]
 
 
-def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], list[list[store.FrameRecord]]]:
+def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], list[list[record_store.FrameRecord]]]:
     """Plans and results: `faces` people side by side on every frame, sampled every 200 ms."""
     plans, results = [], []
     for segment in range(segments):
         plan, records = [], []
         for step in range(frames):
             sample = segment * frames + step
-            plan.append([sample * 6, sample * 200.0, sample * 3000, 0])
-            people = [store.FaceRecord(face_index=k, local_track=k, box=(100 + 300 * k, 200 + step % 7, 120, 120),
-                                       score=0.97, probs=[(k + e + step % 5 + 1) / 100.0 for e in range(7)])
+            plan.append(PlanRow(sample * 6, sample * 200.0, sample * 3000, 0))
+            people = [record_store.FaceRecord(face_index=k, local_track=k,
+                                              box=(100 + 300 * k, 200 + step % 7, 120, 120),
+                                              score=0.97, probs=[(k + e + step % 5 + 1) / 100.0 for e in range(7)])
                       for k in range(faces)]
-            records.append(store.FrameRecord(sample * 6, sample * 200.0, people))
+            records.append(record_store.FrameRecord(sample * 6, sample * 200.0, people))
         plans.append(plan)
         results.append(records)
     return plans, results
@@ -84,9 +86,9 @@ def new_job(plans: list[Plan]) -> str:
     with session_scope() as session:
         session.add(Job(id=job_id, tenant="bench", status=JobStatus.queued, source_uri="file:///bench.mp4",
                         sample_fps=5.0, warnings=[], created_at=datetime.now(UTC)))
-    store.start_job(job_id, MEDIA, plans, MODEL)
+    record_store.start_job(job_id, MEDIA, plans, MODEL)
     for index in range(len(plans)):
-        store.claim_segment(job_id, index, "bench")
+        record_store.claim_segment(job_id, index, "bench")
     return job_id
 
 
@@ -96,13 +98,13 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def store_all(job_id: str, results: list[list[store.FrameRecord]]) -> None:
+def store_all(job_id: str, results: list[list[record_store.FrameRecord]]) -> None:
     for index, records in enumerate(results):
-        if not store.store_segment(job_id, index, records, []):
+        if not record_store.store_segment(job_id, index, records, []):
             raise RuntimeError(f"segment {index} of the bench job was not stored")
 
 
-def copy_all(url: str, results: list[list[store.FrameRecord]], job_id: str | None = None,
+def copy_all(url: str, results: list[list[record_store.FrameRecord]], job_id: str | None = None,
              tables: tuple[str, str] = ("scratch_frames", "scratch_faces")) -> None:
     """The baseline: the same rows, one transaction and two COPYs per segment, nothing else."""
     job_id = job_id or str(uuid.uuid4())
@@ -114,10 +116,10 @@ def copy_all(url: str, results: list[list[store.FrameRecord]], job_id: str | Non
             face_rows: list[tuple[Any, ...]] = [
                 (job_id, r.frame_index, f.face_index, index, f.local_track, -1 - f.local_track, *f.box, f.score,
                  *f.probs) for r in records for f in r.faces]
-            with cursor.copy(f"COPY {tables[0]} ({', '.join(store.FRAME_COLUMNS)}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {tables[0]} ({', '.join(record_store.FRAME_COLUMNS)}) FROM STDIN") as copy:
                 for row in frame_rows:
                     copy.write_row(row)
-            with cursor.copy(f"COPY {tables[1]} ({', '.join(store.FACE_COLUMNS)}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {tables[1]} ({', '.join(record_store.FACE_COLUMNS)}) FROM STDIN") as copy:
                 for row in face_rows:
                     copy.write_row(row)
             connection.commit()
@@ -191,7 +193,7 @@ def main() -> int:
               f"time / baseline {min(first_write) / min(baseline):.2f}")
         print(f"  store_segment, rewrite   {rows / min(rewrite):10,.0f} rows/s   "
               f"time / baseline {min(rewrite) / min(baseline):.2f}")
-        assert store.finish_job_if_complete(job_id)
+        assert record_store.finish_job_if_complete(job_id)
         unpaged = min(timed(partial(full_read, job_id)) for _ in range(args.repeat))
         print(f"timeline read of one job ({rows} rows), best of {args.repeat}")
         print(f"  unpaged baseline         {rows / unpaged:10,.0f} rows/s")

@@ -13,8 +13,8 @@ from fervid.errors import FervidError
 # name -> (module, help). A module serving several subcommands defines `add_<name>_arguments` / `run_<name>`;
 # one serving a single subcommand defines plain `add_arguments` / `run`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "analyze": ("worker.embedded", "analyze one file in process (embedded SQLite, no broker)"),
-    "demo": ("worker.embedded", "analyze a real face clip and print its per-face emotion summary"),
+    "analyze": ("worker.analyze_command", "analyze one file in process (embedded SQLite, no broker)"),
+    "demo": ("worker.analyze_command", "analyze a real face clip and print its per-face emotion summary"),
     "db": ("fervid.migrate", "database migrations: upgrade / downgrade"),
     "api": ("api.serve", "run the HTTP API"),
     "worker": ("worker.serve", "run a Celery worker"),

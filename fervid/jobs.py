@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
@@ -13,24 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fervid.errors import Conflict, NotFound
+from fervid.media_store import get_storage
 from fervid.queue import send_prepare
-from fervid.storage import get_storage
-from fervid.tables import TERMINAL_STATUSES, Job, JobStatus, Segment, SegmentStatus
+from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
+from fervid.utc import as_utc, iso_utc, utc_now
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything fervid writes is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def iso_utc(moment: datetime | None) -> str | None:
-    return None if moment is None else as_utc(moment).isoformat().replace("+00:00", "Z")
 
 
 def new_job_id() -> str:
@@ -146,9 +134,8 @@ def cancel_job(session: Session, job: Job) -> Job:
 
     The status change is one conditional UPDATE, so a worker finishing the job at the same moment wins or loses
     cleanly instead of being overwritten."""
-    cancellable = [status.value for status in JobStatus if status not in TERMINAL_STATUSES]
     changed = session.scalar(
-        update(Job).where(Job.id == job.id, Job.status.in_(cancellable))
+        update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE_JOB_STATUSES))
         .values(status=JobStatus.cancelled, finished_at=utc_now())
         .returning(Job.id)
         .execution_options(synchronize_session=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -17,8 +17,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fervid.labels import EMOTIONS
@@ -45,7 +47,7 @@ class JobStatus(enum.StrEnum):
     cancelled = "cancelled"
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+# The statuses a job can still change from (and be cancelled in); the others are terminal.
 ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
 
 
@@ -54,6 +56,35 @@ class SegmentStatus(enum.StrEnum):
     running = "running"
     done = "done"
     cancelled = "cancelled"
+
+
+class PlanRow(NamedTuple):
+    """One sampled frame of a segment's plan as the probe made it (worker.media.plan.PlannedFrame), stored."""
+
+    frame_index: int
+    timestamp_ms: float
+    pts: int
+    keyframe_pts: int
+    by_order: bool = False
+
+
+class PlanColumn(TypeDecorator[list[PlanRow]]):
+    """A segment's plan as JSON: [[frame_index, timestamp_ms, pts, keyframe_pts, by_order], ...]."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: list[PlanRow] | None, dialect: Dialect) -> list[list[float | int]] | None:
+        if value is None:
+            return None
+        return [[row.frame_index, row.timestamp_ms, row.pts, row.keyframe_pts, int(row.by_order)] for row in value]
+
+    def process_result_value(self, value: list[list[Any]] | None, dialect: Dialect) -> list[PlanRow] | None:
+        if value is None:
+            return None
+        # Rows stored before by_order existed have four fields.
+        return [PlanRow(int(row[0]), float(row[1]), int(row[2]), int(row[3]), len(row) > 4 and bool(row[4]))
+                for row in value]
 
 
 class Job(Base):
@@ -111,8 +142,7 @@ class Segment(Base):
     index: Mapped[int] = mapped_column("segment_index", Integer, primary_key=True)
     start_ms: Mapped[float] = mapped_column(Float)
     end_ms: Mapped[float] = mapped_column(Float)
-    # The frames this segment samples: [[frame_index, timestamp_ms, pts, keyframe_pts, by_order], ...] from the probe.
-    plan: Mapped[list[list[Any]]] = mapped_column(JSON)
+    plan: Mapped[list[PlanRow]] = mapped_column(PlanColumn)  # the frames this segment samples, from the probe
     status: Mapped[str] = mapped_column(String(16), default=SegmentStatus.pending)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     frames_done: Mapped[int] = mapped_column(Integer, default=0)

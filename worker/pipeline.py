@@ -19,15 +19,17 @@ from numpy.typing import NDArray
 
 from fervid.db import session_scope
 from fervid.errors import MediaError
+from fervid.media_store import local_copy
 from fervid.settings import Settings, get_settings
-from fervid.storage import local_copy
-from fervid.tables import Job, JobStatus
+from fervid.tables import Job, JobStatus, PlanRow
 from models.backends import select_backend
 from models.classifier import EmotionClassifier, crop_face
 from models.detectors import FaceDetector, load_detector
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
-from worker import store
-from worker.media import PlannedFrame, decode_planned, probe, split_plan
+from worker import record_store
+from worker.media.decode import decode_planned
+from worker.media.plan import MediaInfo, PlannedFrame, split_plan
+from worker.media.probe import probe
 from worker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -45,19 +47,19 @@ class Analyzer:
     batch_size: int
 
     @property
-    def model_info(self) -> store.ModelInfo:
+    def model_info(self) -> record_store.ModelInfo:
         spec = self.classifier.spec
-        return store.ModelInfo(name=spec.name, version=spec.version, backend=self.classifier.backend.name)
+        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=self.classifier.backend.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
-                on_progress: Callable[[int], bool] | None = None) -> list[store.FrameRecord]:
+                on_progress: Callable[[int], bool] | None = None) -> list[record_store.FrameRecord]:
         """Runs detection and tracking frame by frame and classification on batches gathered across frames.
 
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
         what is returned must not be stored (the job was cancelled or taken over).
         """
         tracker = FaceTracker()
-        records: list[store.FrameRecord] = []
+        records: list[record_store.FrameRecord] = []
         pending: list[tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]] = []
         pending_faces = 0
 
@@ -69,10 +71,10 @@ class Analyzer:
             for planned, faces, _ in pending:
                 face_records = []
                 for face_index, (track, box, score) in enumerate(faces):
-                    face_records.append(store.FaceRecord(face_index=face_index, local_track=track, box=box,
-                                                         score=score, probs=probs[row].tolist()))
+                    face_records.append(record_store.FaceRecord(face_index=face_index, local_track=track, box=box,
+                                                                score=score, probs=probs[row].tolist()))
                     row += 1
-                records.append(store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
+                records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
             pending.clear()
             pending_faces = 0
             return on_progress is None or on_progress(len(records))
@@ -115,13 +117,12 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def to_plan_rows(plan: list[PlannedFrame]) -> list[list[float | int]]:
-    return [[f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, int(f.by_order)] for f in plan]
+def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:
+    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order) for f in plan]
 
 
-def from_plan_rows(rows: list[list[float | int]]) -> list[PlannedFrame]:
-    # Rows stored before by_order existed have four fields.
-    return [PlannedFrame(int(r[0]), float(r[1]), int(r[2]), int(r[3]), len(r) > 4 and bool(r[4])) for r in rows]
+def from_plan_rows(rows: list[PlanRow]) -> list[PlannedFrame]:
+    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order) for r in rows]
 
 
 def load_job(job_id: str) -> Job | None:
@@ -129,15 +130,13 @@ def load_job(job_id: str) -> Job | None:
         return session.get(Job, job_id)
 
 
-def media_fields(path: Path, job: Job) -> tuple[dict[str, object], list[list[PlannedFrame]]]:
+def probe_segments(path: Path, job: Job) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
     settings = get_settings()
     info, plan = probe(path, job.sample_fps)
-    media = {"kind": info.kind, "width": info.width, "height": info.height, "fps": info.fps,
-             "duration_ms": info.duration_ms, "frame_count": info.frame_count}
-    return media, split_plan(plan, settings.segment_seconds * 1000.0)
+    return info, split_plan(plan, settings.segment_seconds * 1000.0)
 
 
-def prepare_job(job_id: str, model: store.ModelInfo) -> list[int]:
+def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
     """Probes the job's media and creates its segments; returns the segments to process.
 
     Bad media fails the job with its code; nothing raises for it.
@@ -147,12 +146,12 @@ def prepare_job(job_id: str, model: store.ModelInfo) -> list[int]:
         return []
     try:
         with local_copy(job.source_uri, cache_key=job_id) as path:
-            media, segments = media_fields(path, job)
+            media, segments = probe_segments(path, job)
     except MediaError as error:
         log.info("job %s failed: %s: %s", job_id, error.code, error.message)
-        store.fail_job(job_id, error.code, error.message)
+        record_store.fail_job(job_id, error.code, error.message)
         return []
-    return store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
+    return record_store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
 
 
 def process_segment(job_id: str, index: int, analyzer: Analyzer,
@@ -169,21 +168,21 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
     def on_progress(frames_done: int) -> bool:
         if on_frames is not None:
             on_frames(frames_done)
-        return store.heartbeat(job_id, index, frames_done)
+        return record_store.heartbeat(job_id, index, frames_done)
 
     try:
         # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
         with local_copy(job.source_uri, cache_key=job_id) as path:
-            rows = store.claim_segment(job_id, index, worker_name())
+            rows = record_store.claim_segment(job_id, index, worker_name())
             if rows is None:
                 # Done already (a redelivery): finish the job in case the worker that stored it died first.
-                return store.finish_job_if_complete(job_id)
+                return record_store.finish_job_if_complete(job_id)
             plan = from_plan_rows(rows)
             records = analyzer.analyze(decode_planned(path, plan, warnings), on_progress)
     except MediaError as error:
-        return store.fail_job(job_id, error.code, error.message)
-    if len(records) < len(plan) and not store.heartbeat(job_id, index, len(records)):
+        return record_store.fail_job(job_id, error.code, error.message)
+    if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):
         return False  # stopped early: cancelled, deleted or taken over
-    if not store.store_segment(job_id, index, records, warnings):
+    if not record_store.store_segment(job_id, index, records, warnings):
         return False
-    return store.finish_job_if_complete(job_id)
+    return record_store.finish_job_if_complete(job_id)

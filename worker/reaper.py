@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 
@@ -17,8 +17,9 @@ from fervid.db import session_scope
 from fervid.queue import send_prepare, send_segment
 from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+from fervid.utc import utc_now
 from fervid.webhooks import notify_finished
-from worker.store import finish_job_if_complete
+from worker.record_store import finish_job_if_complete
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ReapReport:
 def reap_once(now: datetime | None = None) -> ReapReport:
     """One pass; the re-sends happen after the claiming transaction commits."""
     settings = get_settings()
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     stale_before = now - timedelta(seconds=settings.stale_after_s)
     lost_before = now - timedelta(seconds=settings.requeue_after_s)
     running_jobs = select(Job.id).where(Job.status == JobStatus.running)

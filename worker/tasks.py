@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
 from fervid.settings import get_settings
 from fervid.webhooks import notify_finished
-from worker import pipeline, store
+from worker import pipeline, record_store
 from worker.reaper import start_reaper_thread
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ def _start_reaper(**_: Any) -> None:
 
 def _fail_unexpected(job_id: str, error: Exception) -> None:
     log.exception("job %s: unexpected error", job_id)
-    store.fail_job(job_id, "internal_error", f"the worker hit an unexpected error ({type(error).__name__}); "
-                   "retry the job, and report it if it happens again")
+    record_store.fail_job(job_id, "internal_error", f"the worker hit an unexpected error ({type(error).__name__}); "
+                          "retry the job, and report it if it happens again")
     notify_finished(job_id)
 
 
@@ -56,7 +56,7 @@ def prepare_job(self: Task, job_id: str) -> None:
     if not indices:
         notify_finished(job_id)  # only a failed (or vanished) job gets here without segments
         return
-    store.mark_enqueued(job_id, indices)
+    record_store.mark_enqueued(job_id, indices)
     job = pipeline.load_job(job_id)
     for index in indices:
         send_segment(job_id, index, job.queue if job else None)

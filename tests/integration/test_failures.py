@@ -75,8 +75,8 @@ def assert_exactly_the_planned_frames(job_id: str) -> None:
     from fervid.tables import Face, Frame, Segment
 
     with session_scope() as session:
-        planned = sorted(row[0] for plan in session.scalars(select(Segment.plan).where(Segment.job_id == job_id))
-                         for row in plan)
+        plans = session.scalars(select(Segment.plan).where(Segment.job_id == job_id))
+        planned = sorted(row.frame_index for plan in plans for row in plan)
         stored = list(session.scalars(select(Frame.frame_index).where(Frame.job_id == job_id)
                                       .order_by(Frame.frame_index)))
         faces_per_frame = session.execute(

@@ -19,8 +19,8 @@ from fervid.db import session_scope
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
 from tests.integration.conftest import wait_for
-from tests.integration.test_store import load_job, make_job, process, started_job
-from worker import store
+from tests.integration.test_record_store import load_job, make_job, process, started_job
+from worker import record_store
 from worker.reaper import ReapReport, reap_once, start_reaper_thread
 
 pytestmark = pytest.mark.integration
@@ -107,9 +107,9 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     assert sorted(m for m in messages if m[0] == PREPARE_TASK) == sorted([(PREPARE_TASK, [lost_job]),
                                                                           (PREPARE_TASK, [never_sent])])
     # and the stale segment is pending again, so its old worker's next heartbeat tells it to stop
-    assert store.heartbeat(job_id, 0, 3) is False
-    assert store.heartbeat(job_id, 1, 3) is True
-    assert store.claim_segment(job_id, 0, "alive:2") is not None
+    assert record_store.heartbeat(job_id, 0, 3) is False
+    assert record_store.heartbeat(job_id, 1, 3) is True
+    assert record_store.claim_segment(job_id, 0, "alive:2") is not None
 
 
 def test_a_segment_never_sent_is_resent_once_its_job_has_waited_long_enough(queue: str, redis_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -10,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from sqlalchemy.dialects import sqlite
 
 from bench.media_factory import (
     HEIGHT,
@@ -24,7 +26,10 @@ from bench.media_factory import (
     write_video,
 )
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
-from worker.media import PlannedFrame, decode_planned, probe, split_plan
+from fervid.tables import PlanColumn, PlanRow
+from worker.media.decode import decode_planned
+from worker.media.plan import PlannedFrame, split_plan
+from worker.media.probe import probe
 from worker.pipeline import from_plan_rows, to_plan_rows
 
 
@@ -39,7 +44,7 @@ def decode_all(path: Path, plan: list[PlannedFrame]) -> tuple[list[tuple[Planned
 
 
 def seeks_logged(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(record.name == "worker.media" and "seek" in record.getMessage() for record in caplog.records)
+    return sum(record.name == "worker.media.decode" and "seek" in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize(("name", "codec", "pix_fmt"), [
@@ -88,7 +93,7 @@ def test_segments_decode_the_same_frames_as_the_whole_plan(
     clip = write_video(tmp_path / name, frame_count=240, gop=gop)
     _, plan = probe(clip, 1)
     # when decoded whole, and segment by segment
-    with caplog.at_level(logging.DEBUG, logger="worker.media"):
+    with caplog.at_level(logging.DEBUG, logger="worker.media.decode"):
         whole, _ = decode_all(clip, plan)
         segments = split_plan(plan, 3000.0)
         parts = [frame for segment in segments for frame in decode_all(clip, segment)[0]]
@@ -126,9 +131,19 @@ def test_a_plan_survives_its_trip_through_the_database(tmp_path: Path) -> None:
     ordered = probe(write_joined_recordings(tmp_path / "joined.ts", parts=2, frame_count=24), 5)[1]
     # when stored as segment rows and read back, also as rows written before `by_order` existed
     # then they come back unchanged
-    assert from_plan_rows(to_plan_rows(timed)) == timed and from_plan_rows(to_plan_rows(ordered)) == ordered
+    assert from_plan_rows(stored_and_read(to_plan_rows(timed))) == timed
+    assert from_plan_rows(stored_and_read(to_plan_rows(ordered))) == ordered
     assert all(frame.by_order for frame in ordered) and not any(frame.by_order for frame in timed)
-    assert from_plan_rows([row[:4] for row in to_plan_rows(timed)]) == timed
+    assert from_plan_rows(stored_and_read(to_plan_rows(timed), fields=4)) == timed
+
+
+def stored_and_read(rows: list[PlanRow], fields: int = 5) -> list[PlanRow]:
+    """Rows through the segments.plan column's JSON, each cut to its first `fields` values as stored."""
+    column, dialect = PlanColumn(), sqlite.dialect()
+    stored = json.loads(json.dumps(column.process_bind_param(rows, dialect)))
+    read = column.process_result_value([row[:fields] for row in stored], dialect)
+    assert read is not None
+    return read
 
 
 def test_the_last_frame_of_an_unindexed_stream_is_found_by_seeking_earlier(tmp_path: Path) -> None:

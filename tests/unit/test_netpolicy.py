@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from fervid import netpolicy, storage
+from fervid import media_store, netpolicy
 from fervid.errors import MediaError
+from fervid.media_store import local_copy
 from fervid.netpolicy import non_public_address
 from fervid.settings import get_settings
-from fervid.storage import local_copy
-from tests.unit.test_storage import CountingServer
+from tests.unit.test_media_store import CountingServer
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_a_name_that_resolves_differently_at_connect_time_is_refused(
     strict: pytest.MonkeyPatch, internal: CountingServer
 ) -> None:
     # given a host whose check passed (as when DNS answers a public address first, then an internal one)
-    strict.setattr(storage, "non_public_address", lambda url: None)
+    strict.setattr(media_store, "non_public_address", lambda url: None)
 
     # when a job's source connects to what turns out to be loopback
     with pytest.raises(MediaError) as refused, local_copy(f"{internal.base}/clip.mp4", cache_key="job"):

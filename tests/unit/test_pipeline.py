@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fervid.settings import get_settings
-from worker.media import decode_planned, probe
+from worker.media.decode import decode_planned
+from worker.media.probe import probe
 from worker.pipeline import Analyzer, build_analyzer
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.media_factory import write_still, write_video
-from worker.media import MediaInfo, PlannedFrame, probe, split_plan
+from worker.media.plan import MediaInfo, PlannedFrame, split_plan
+from worker.media.probe import probe
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The job's database writes on the real PostgreSQL and on SQLite: idempotent storage, completion, stitching."""
+"""The job's records (worker.record_store) on the real PostgreSQL and on SQLite: idempotent storage, completion,
+stitching."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import pytest
 from sqlalchemy import func, select, update
 
 from fervid.db import session_scope
-from fervid.tables import Face, Frame, Job, JobStatus, Segment, SegmentStatus, Track
-from worker import store
-from worker.store import FaceRecord, FrameRecord, ModelInfo
+from fervid.tables import Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
+from worker import record_store
+from worker.media.plan import MediaInfo
+from worker.record_store import FaceRecord, FrameRecord, ModelInfo
 
 pytestmark = pytest.mark.integration
 
 MODEL = ModelInfo(name="tiny-test-classifier", version="tiny-0", backend="ort-cpu")
-MEDIA = {"kind": "video", "width": 640, "height": 360, "fps": 25.0, "duration_ms": 6000.0, "frame_count": 150}
+MEDIA = MediaInfo(kind="video", width=640, height=360, fps=25.0, duration_ms=6000.0, frame_count=150, rotation=0)
 FRAME_MS = 200.0  # 5 fps sampling of a 25 fps clip: every fifth frame
 LEFT, RIGHT = (100, 100, 80, 80), (450, 120, 70, 70)
 
@@ -45,14 +47,14 @@ def make_job(status: JobStatus = JobStatus.queued, **fields: Any) -> str:
     return job_id
 
 
-def make_plans(segments: int, frames_per_segment: int) -> list[list[list[Any]]]:
-    """[frame_index, timestamp_ms, pts, keyframe_pts] rows, segment after segment."""
+def make_plans(segments: int, frames_per_segment: int) -> list[list[PlanRow]]:
+    """Plan rows timed by their pts, segment after segment."""
     plans = []
     for segment in range(segments):
         rows = []
         for step in range(frames_per_segment):
             sample = segment * frames_per_segment + step
-            rows.append([sample * 5, sample * FRAME_MS, sample * 5 * 512, (sample * 5 // 50) * 50 * 512])
+            rows.append(PlanRow(sample * 5, sample * FRAME_MS, sample * 5 * 512, (sample * 5 // 50) * 50 * 512))
         plans.append(rows)
     return plans
 
@@ -62,12 +64,13 @@ def probs(seed: int) -> list[float]:
     return [value / sum(raw) for value in raw]
 
 
-def records(plan: list[list[Any]], boxes: Callable[[int], list[tuple[int, tuple[int, int, int, int]]]]
+def records(plan: list[PlanRow], boxes: Callable[[int], list[tuple[int, tuple[int, int, int, int]]]]
             ) -> list[FrameRecord]:
     """A FrameRecord per planned frame; `boxes(frame_index)` gives that frame's (local_track, box) faces."""
-    return [FrameRecord(frame_index=row[0], timestamp_ms=row[1],
-                        faces=[FaceRecord(face_index=i, local_track=track, box=box, score=0.9, probs=probs(row[0] + i))
-                               for i, (track, box) in enumerate(boxes(row[0]))])
+    return [FrameRecord(frame_index=row.frame_index, timestamp_ms=row.timestamp_ms,
+                        faces=[FaceRecord(face_index=i, local_track=track, box=box, score=0.9,
+                                          probs=probs(row.frame_index + i))
+                               for i, (track, box) in enumerate(boxes(row.frame_index))])
             for row in plan]
 
 
@@ -75,10 +78,10 @@ def one_face(frame_index: int) -> list[tuple[int, tuple[int, int, int, int]]]:
     return [(0, LEFT)]
 
 
-def started_job(segments: int = 3, frames_per_segment: int = 10) -> tuple[str, list[list[list[Any]]]]:
+def started_job(segments: int = 3, frames_per_segment: int = 10) -> tuple[str, list[list[PlanRow]]]:
     job_id = make_job()
     plans = make_plans(segments, frames_per_segment)
-    assert store.start_job(job_id, MEDIA, plans, MODEL) == list(range(segments))
+    assert record_store.start_job(job_id, MEDIA, plans, MODEL) == list(range(segments))
     return job_id, plans
 
 
@@ -113,10 +116,10 @@ def cancel(job_id: str) -> None:
                         .values(status=SegmentStatus.cancelled))
 
 
-def process(job_id: str, index: int, plan: list[list[Any]], boxes: Callable[[int], Any] = one_face,
+def process(job_id: str, index: int, plan: list[PlanRow], boxes: Callable[[int], Any] = one_face,
             warnings: list[str] | None = None) -> bool:
-    assert store.claim_segment(job_id, index, "test-worker") == plan
-    return store.store_segment(job_id, index, records(plan, boxes), warnings or [])
+    assert record_store.claim_segment(job_id, index, "test-worker") == plan
+    return record_store.store_segment(job_id, index, records(plan, boxes), warnings or [])
 
 
 def test_start_job_creates_the_segments_once(database: str) -> None:
@@ -124,9 +127,9 @@ def test_start_job_creates_the_segments_once(database: str) -> None:
     job_id = make_job()
     plans = make_plans(3, 4)
     # when prepare runs, and is delivered again (the second time with a different segmentation)
-    first = store.start_job(job_id, MEDIA, plans, MODEL)
+    first = record_store.start_job(job_id, MEDIA, plans, MODEL)
     started_at = load_job(job_id).started_at
-    again = store.start_job(job_id, MEDIA, make_plans(2, 6), MODEL)
+    again = record_store.start_job(job_id, MEDIA, make_plans(2, 6), MODEL)
     # then the segments and frames_total are those of the first prepare, and the job started once
     assert first == again == [0, 1, 2]
     job = load_job(job_id)
@@ -144,21 +147,22 @@ def test_start_job_returns_nothing_for_a_cancelled_job_and_finishes_an_empty_one
     cancelled, empty = make_job(JobStatus.cancelled), make_job()
     # when prepare runs on each
     # then the cancelled job stays cancelled with no segments, the empty one succeeds with nothing to send
-    assert store.start_job(cancelled, MEDIA, make_plans(2, 3), MODEL) == []
+    assert record_store.start_job(cancelled, MEDIA, make_plans(2, 3), MODEL) == []
     assert load_job(cancelled).status == JobStatus.cancelled and segment_states(cancelled) == []
-    assert store.start_job(empty, MEDIA, [], MODEL) == []
-    assert load_job(empty).status == JobStatus.succeeded and store.job_progress(empty) == (0, 0)
+    assert record_store.start_job(empty, MEDIA, [], MODEL) == []
+    assert load_job(empty).status == JobStatus.succeeded and record_store.job_progress(empty) == (0, 0)
 
 
 def test_storing_a_segment_twice_leaves_identical_rows(database: str) -> None:
     # given a segment claimed by two workers (a redelivered message) and stored by one of them
     job_id, plans = started_job()
     results = records(plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
-    assert store.claim_segment(job_id, 1, "host:1") == store.claim_segment(job_id, 1, "host:2") == plans[1]
-    assert store.store_segment(job_id, 1, results, [])
+    claims = [record_store.claim_segment(job_id, 1, "host:1"), record_store.claim_segment(job_id, 1, "host:2")]
+    assert claims == [plans[1], plans[1]]
+    assert record_store.store_segment(job_id, 1, results, [])
     first = result_rows(job_id)
     # when the other worker stores the same results
-    assert store.store_segment(job_id, 1, results, [])
+    assert record_store.store_segment(job_id, 1, results, [])
     # then the rows are exactly the same, with no duplicates
     assert result_rows(job_id) == first
     assert len(first[0]) == 10 and len(first[1]) == 20
@@ -169,11 +173,11 @@ def test_storing_again_replaces_the_segment_whole(database: str) -> None:
     # given a segment, claimed twice, stored with two faces per frame next to a stored neighbour
     job_id, plans = started_job()
     assert process(job_id, 0, plans[0])
-    store.claim_segment(job_id, 1, "host:1")
+    record_store.claim_segment(job_id, 1, "host:1")
     assert process(job_id, 1, plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
     neighbour = [row for row in result_rows(job_id)[1] if row[3] == 0]
     # when the other claimant stores it with one face per frame
-    assert store.store_segment(job_id, 1, records(plans[1], one_face), [])
+    assert record_store.store_segment(job_id, 1, records(plans[1], one_face), [])
     # then no face of the first write is left and the neighbour is untouched
     frames, faces = result_rows(job_id)
     assert len(frames) == 20
@@ -184,35 +188,35 @@ def test_storing_again_replaces_the_segment_whole(database: str) -> None:
 def test_store_after_cancel_returns_false_and_writes_nothing(database: str) -> None:
     # given a claimed segment whose job is then cancelled
     job_id, plans = started_job()
-    assert store.claim_segment(job_id, 0, "test-worker") == plans[0]
+    assert record_store.claim_segment(job_id, 0, "test-worker") == plans[0]
     cancel(job_id)
     # when the worker stores its results
-    stored = store.store_segment(job_id, 0, records(plans[0], one_face), [])
+    stored = record_store.store_segment(job_id, 0, records(plans[0], one_face), [])
     # then nothing is written and the worker is told to stop
     assert stored is False
     assert result_rows(job_id) == ([], [])
     assert segment_states(job_id)[0][1] == SegmentStatus.cancelled
-    assert store.heartbeat(job_id, 0, 5) is False
-    assert store.claim_segment(job_id, 1, "test-worker") is None
+    assert record_store.heartbeat(job_id, 0, 5) is False
+    assert record_store.claim_segment(job_id, 1, "test-worker") is None
 
 
 def test_store_for_a_deleted_or_failed_job_returns_false(database: str) -> None:
     # given a failed job and a job id that does not exist
     job_id, plans = started_job()
-    store.fail_job(job_id, "decode_error", "the frames cannot be decoded")
+    record_store.fail_job(job_id, "decode_error", "the frames cannot be decoded")
     # when results arrive for them / then nothing is stored
-    assert store.store_segment(job_id, 0, records(plans[0], one_face), []) is False
-    assert store.store_segment(str(uuid.uuid4()), 0, records(plans[0], one_face), []) is False
+    assert record_store.store_segment(job_id, 0, records(plans[0], one_face), []) is False
+    assert record_store.store_segment(str(uuid.uuid4()), 0, records(plans[0], one_face), []) is False
     assert result_rows(job_id) == ([], [])
 
 
 def test_frames_outside_the_plan_are_refused_and_nothing_is_written(database: str) -> None:
     # given a claimed segment
     job_id, plans = started_job()
-    store.claim_segment(job_id, 0, "test-worker")
+    record_store.claim_segment(job_id, 0, "test-worker")
     # when the results carry a frame of another segment
     with pytest.raises(ValueError, match="not in the plan"):
-        store.store_segment(job_id, 0, records(plans[0] + plans[1][:1], one_face), [])
+        record_store.store_segment(job_id, 0, records(plans[0] + plans[1][:1], one_face), [])
     # then the transaction left nothing behind
     assert result_rows(job_id) == ([], [])
     assert segment_states(job_id)[0][1] == SegmentStatus.running
@@ -222,46 +226,46 @@ def test_claim_and_heartbeat_follow_the_segment(database: str) -> None:
     # given a running job
     job_id, plans = started_job(segments=2)
     # when a segment is claimed, beats, and is stored
-    assert store.claim_segment(job_id, 0, "host:1") == plans[0]
-    assert store.heartbeat(job_id, 0, 4) is True
+    assert record_store.claim_segment(job_id, 0, "host:1") == plans[0]
+    assert record_store.heartbeat(job_id, 0, 4) is True
     with session_scope() as session:
         segment = session.get(Segment, (job_id, 0))
         assert segment is not None
         assert (segment.status, segment.worker, segment.attempts, segment.frames_done) == ("running", "host:1", 1, 4)
-    assert store.store_segment(job_id, 0, records(plans[0], one_face), [])
+    assert record_store.store_segment(job_id, 0, records(plans[0], one_face), [])
     # then a done segment is not claimed again and its heartbeat says stop; an unknown one neither
-    assert store.claim_segment(job_id, 0, "host:2") is None
-    assert store.heartbeat(job_id, 0, 10) is False
-    assert store.claim_segment(job_id, 7, "host:2") is None
+    assert record_store.claim_segment(job_id, 0, "host:2") is None
+    assert record_store.heartbeat(job_id, 0, 10) is False
+    assert record_store.claim_segment(job_id, 7, "host:2") is None
 
 
 def test_fail_job_is_terminal_and_only_from_active_states(database: str) -> None:
     # given a running job with a claimed segment
     job_id, plans = started_job(segments=2)
-    store.claim_segment(job_id, 0, "host:1")
+    record_store.claim_segment(job_id, 0, "host:1")
     # when it fails, and a late second failure arrives
-    store.fail_job(job_id, "decode_error", "the frames of this video cannot be decoded")
-    store.fail_job(job_id, "internal_error", "late")
+    record_store.fail_job(job_id, "decode_error", "the frames of this video cannot be decoded")
+    record_store.fail_job(job_id, "internal_error", "late")
     # then the first failure stands, with its time, and no segment is left open
     job = load_job(job_id)
     assert (job.status, job.error_code) == (JobStatus.failed, "decode_error") and job.finished_at is not None
     assert {state for _, state, _ in segment_states(job_id)} == {SegmentStatus.cancelled}
-    assert store.finish_job_if_complete(job_id) is False
+    assert record_store.finish_job_if_complete(job_id) is False
 
 
 def test_progress_sums_the_segments(database: str) -> None:
     # given a job before and after planning
     job_id = make_job()
-    assert store.job_progress(job_id) == (0, None)
+    assert record_store.job_progress(job_id) == (0, None)
     plans = make_plans(3, 10)
-    store.start_job(job_id, MEDIA, plans, MODEL)
+    record_store.start_job(job_id, MEDIA, plans, MODEL)
     # when one segment is stored and another reports progress
     assert process(job_id, 0, plans[0])
-    store.claim_segment(job_id, 1, "host:1")
-    store.heartbeat(job_id, 1, 4)
+    record_store.claim_segment(job_id, 1, "host:1")
+    record_store.heartbeat(job_id, 1, 4)
     # then progress is their sum out of every planned frame
-    assert store.job_progress(job_id) == (14, 30)
-    assert store.job_progress(str(uuid.uuid4())) == (0, None)
+    assert record_store.job_progress(job_id) == (14, 30)
+    assert record_store.job_progress(str(uuid.uuid4())) == (0, None)
 
 
 def test_the_job_finishes_only_when_every_segment_is_stored(database: str) -> None:
@@ -269,17 +273,17 @@ def test_the_job_finishes_only_when_every_segment_is_stored(database: str) -> No
     job_id, plans = started_job()
     assert process(job_id, 0, plans[0]) and process(job_id, 2, plans[2])
     # when completion is checked, then the last segment is stored and it is checked again (twice)
-    early = store.finish_job_if_complete(job_id)
+    early = record_store.finish_job_if_complete(job_id)
     assert process(job_id, 1, plans[1])
-    results = [store.finish_job_if_complete(job_id), store.finish_job_if_complete(job_id)]
+    results = [record_store.finish_job_if_complete(job_id), record_store.finish_job_if_complete(job_id)]
     # then only the check after the last segment succeeds the job, once
     assert early is False and results == [True, False]
     job = load_job(job_id)
     assert job.status == JobStatus.succeeded and job.finished_at is not None
-    assert store.job_progress(job_id) == (30, 30)
+    assert record_store.job_progress(job_id) == (30, 30)
     # and a late duplicate of a segment cannot rewrite a finished job
     before = result_rows(job_id)
-    assert store.store_segment(job_id, 1, records(plans[1], lambda frame: []), []) is False
+    assert record_store.store_segment(job_id, 1, records(plans[1], lambda frame: []), []) is False
     assert result_rows(job_id) == before
 
 
@@ -288,16 +292,16 @@ def test_two_workers_finishing_the_last_two_segments_at_once_succeed_the_job_onc
         # given a job with two claimed segments
         job_id, plans = started_job(segments=2, frames_per_segment=20)
         for index in (0, 1):
-            store.claim_segment(job_id, index, f"host:{index}")
+            record_store.claim_segment(job_id, index, f"host:{index}")
         barrier = threading.Barrier(2)
         outcomes: dict[int, bool | BaseException] = {}
 
-        def finish_segment(index: int, job_id: str = job_id, plans: list[list[list[Any]]] = plans,
+        def finish_segment(index: int, job_id: str = job_id, plans: list[list[PlanRow]] = plans,
                            barrier: threading.Barrier = barrier, outcomes: dict[int, Any] = outcomes) -> None:
             try:
                 barrier.wait(timeout=30)
-                assert store.store_segment(job_id, index, records(plans[index], one_face), [])
-                outcomes[index] = store.finish_job_if_complete(job_id)
+                assert record_store.store_segment(job_id, index, records(plans[index], one_face), [])
+                outcomes[index] = record_store.finish_job_if_complete(job_id)
             except BaseException as error:  # reported by the main thread
                 outcomes[index] = error
 
@@ -323,7 +327,7 @@ def test_finishing_stitches_tracks_across_segments(database: str) -> None:
     assert process(job_id, 1, plans[1], lambda frame: [(1, LEFT), (0, RIGHT)])
     assert process(job_id, 2, plans[2])
     # when the job finishes
-    assert store.finish_job_if_complete(job_id)
+    assert record_store.finish_job_if_complete(job_id)
     # then faces carry the global ids (left person 1, right person 2) and the tracks table describes them
     _, faces = result_rows(job_id)
     columns = [column.key for column in Face.__table__.columns]
@@ -346,7 +350,8 @@ def test_stored_faces_carry_provisional_ids_unique_per_segment_track(database: s
     with session_scope() as session:
         ids = session.execute(select(Face.segment_index, Face.track_id).where(Face.job_id == job_id)
                               .distinct().order_by(Face.segment_index)).all()
-    assert [tuple(row) for row in ids] == [(0, store.provisional_track_id(0, 0)), (1, store.provisional_track_id(1, 0))]
+    assert [tuple(row) for row in ids] == [(0, record_store.provisional_track_id(0, 0)),
+                                           (1, record_store.provisional_track_id(1, 0))]
     assert ids[0][1] != ids[1][1]
 
 
@@ -359,7 +364,7 @@ def test_finishing_merges_segment_warnings_into_the_job(database: str) -> None:
     assert process(job_id, 1, plans[1])
     assert process(job_id, 2, plans[2], warnings=["frame 5 could not be decoded", "frame 140 was empty"])
     # when the job finishes
-    assert store.finish_job_if_complete(job_id)
+    assert record_store.finish_job_if_complete(job_id)
     # then the job lists every warning once, in segment order
     assert load_job(job_id).warnings == ["rotation metadata ignored", "frame 5 could not be decoded",
                                          "frame 140 was empty"]
@@ -369,7 +374,7 @@ def test_mark_enqueued_records_when_segments_were_sent(database: str) -> None:
     # given a started job
     job_id, _ = started_job(segments=3)
     # when two of its segments are sent
-    store.mark_enqueued(job_id, [0, 2])
+    record_store.mark_enqueued(job_id, [0, 2])
     # then those two carry their send time
     with session_scope() as session:
         sent = session.execute(select(Segment.index, Segment.enqueued_at.is_not(None)).where(Segment.job_id == job_id)
@@ -392,4 +397,4 @@ def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
     # then that call ended the job (so the task sends the job's webhook), failed with the reason
     job = load_job(job_id)
     assert ended is True and (job.status, job.error_code) == (JobStatus.failed, "source_unavailable")
-    assert store.fail_job(job_id, "internal_error", "late") is False
+    assert record_store.fail_job(job_id, "internal_error", "late") is False

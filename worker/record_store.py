@@ -1,4 +1,4 @@
-"""The job's database writes: segments, idempotent bulk storage of results, completion with track stitching.
+"""The job's records in the database: segments, idempotent bulk storage of results, completion with track stitching.
 
 Delivery is at-least-once, so every function here is one transaction whose effect is the same however often it
 runs; guards live inside the UPDATE statements themselves, so they hold on PostgreSQL and on SQLite alike.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -29,8 +29,10 @@ from sqlalchemy.orm import Session, aliased
 
 from fervid.db import session_scope
 from fervid.labels import EMOTIONS
-from fervid.tables import ACTIVE_JOB_STATUSES, Face, Frame, Job, JobStatus, Segment, SegmentStatus, Track
+from fervid.tables import ACTIVE_JOB_STATUSES, Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
+from fervid.utc import utc_now
 from worker import stitch
+from worker.media.plan import MediaInfo
 
 OPEN_SEGMENT_STATUSES = (SegmentStatus.pending, SegmentStatus.running)
 # Provisional faces.track_id: -(segment_index * this + local_track + 1), negative so it never equals a global id.
@@ -64,10 +66,6 @@ class ModelInfo:
     backend: str
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _update(entity: type[Job] | type[Segment]) -> Update:
     # Sessions here never hold loaded records, so there is nothing to synchronise.
     return update(entity).execution_options(synchronize_session=False)
@@ -88,29 +86,29 @@ def provisional_track_id(segment_index: int, local_track: int) -> int:
     return -(segment_index * PROVISIONAL_TRACKS_PER_SEGMENT + local_track + 1)
 
 
-def _segment_rows(job_id: str, segment_plans: list[list[list[Any]]]) -> list[dict[str, Any]]:
+def _segment_rows(job_id: str, segment_plans: list[list[PlanRow]]) -> list[dict[str, Any]]:
     rows = []
     for index, plan in enumerate(segment_plans):
         # The range of sampled timestamps the segment covers (0..0 for an empty plan).
-        start_ms, end_ms = (float(plan[0][1]), float(plan[-1][1])) if plan else (0.0, 0.0)
+        start_ms, end_ms = (float(plan[0].timestamp_ms), float(plan[-1].timestamp_ms)) if plan else (0.0, 0.0)
         rows.append({"job_id": job_id, "index": index, "start_ms": start_ms, "end_ms": end_ms, "plan": plan,
                      "status": SegmentStatus.pending, "attempts": 0, "frames_done": 0, "warnings": []})
     return rows
 
 
-def start_job(job_id: str, media: dict[str, Any], segment_plans: list[list[list[Any]]], model: ModelInfo) -> list[int]:
+def start_job(job_id: str, media: MediaInfo, segment_plans: list[list[PlanRow]], model: ModelInfo) -> list[int]:
     """Marks the job running with its media and model and creates its segments once; returns the segments to send.
 
     A redelivered prepare creates nothing twice: segments that exist are kept as they are. [] when the job is
     cancelled, finished or gone; a job with nothing left to analyse is finished here.
     """
-    now = _now()
+    now = utc_now()
     with session_scope() as session:
         # Locks the job row (PostgreSQL), so two prepares of one job run one after the other.
         started = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
             status=JobStatus.running, started_at=func.coalesce(Job.started_at, now),
-            media_kind=media["kind"], width=media["width"], height=media["height"], fps=media["fps"],
-            duration_ms=media["duration_ms"], frame_count=media["frame_count"],
+            media_kind=media.kind, width=media.width, height=media.height, fps=media.fps,
+            duration_ms=media.duration_ms, frame_count=media.frame_count,
             frames_total=sum(len(plan) for plan in segment_plans),
             model_name=model.name, model_version=model.version, model_backend=model.backend))
         if not started:
@@ -136,20 +134,20 @@ def fail_job(job_id: str, code: str, message: str) -> bool:
     True when this call ended the job (False: it had already ended, or is gone)."""
     with session_scope() as session:
         failed = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
-            status=JobStatus.failed, error_code=code, error_message=message, finished_at=_now()))
+            status=JobStatus.failed, error_code=code, error_message=message, finished_at=utc_now()))
         if failed:
             session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
                             .values(status=SegmentStatus.cancelled))
         return failed == 1
 
 
-def claim_segment(job_id: str, index: int, worker: str) -> list[list[Any]] | None:
+def claim_segment(job_id: str, index: int, worker: str) -> list[PlanRow] | None:
     """Takes a segment of a running job for `worker` and returns its plan; None when there is nothing to do."""
     with session_scope() as session:
         return session.execute(
             _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
                                    Segment.status.in_(OPEN_SEGMENT_STATUSES), _job_is_running(job_id))
-            .values(status=SegmentStatus.running, attempts=Segment.attempts + 1, heartbeat_at=_now(), worker=worker,
+            .values(status=SegmentStatus.running, attempts=Segment.attempts + 1, heartbeat_at=utc_now(), worker=worker,
                     frames_done=0)
             .returning(Segment.plan)
         ).scalar_one_or_none()
@@ -160,13 +158,13 @@ def heartbeat(job_id: str, index: int, frames_done: int) -> bool:
     with session_scope() as session:
         return _rowcount(session, _update(Segment).where(
             Segment.job_id == job_id, Segment.index == index, Segment.status == SegmentStatus.running,
-            _job_is_running(job_id)).values(heartbeat_at=_now(), frames_done=frames_done)) == 1
+            _job_is_running(job_id)).values(heartbeat_at=utc_now(), frames_done=frames_done)) == 1
 
 
-def _result_rows(job_id: str, index: int, plan: list[list[Any]],
+def _result_rows(job_id: str, index: int, plan: list[PlanRow],
                  frames: list[FrameRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Rows in FRAME_COLUMNS / FACE_COLUMNS order, with plain Python numbers (results may carry numpy scalars)."""
-    planned = {int(row[0]) for row in plan}
+    planned = {row.frame_index for row in plan}
     frame_rows: list[tuple[Any, ...]] = []
     face_rows: list[tuple[Any, ...]] = []
     for frame in frames:
@@ -214,14 +212,14 @@ def store_segment(job_id: str, index: int, frames: list[FrameRecord], warnings: 
         plan = session.execute(
             _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
                                    Segment.status != SegmentStatus.cancelled, _job_is_running(job_id))
-            .values(status=SegmentStatus.done, frames_done=len(frames), warnings=list(warnings), heartbeat_at=_now())
+            .values(status=SegmentStatus.done, frames_done=len(frames), warnings=list(warnings), heartbeat_at=utc_now())
             .returning(Segment.plan)
         ).scalar_one_or_none()
         if plan is None:
             return False
         frame_rows, face_rows = _result_rows(job_id, index, plan, frames)
         if plan:
-            planned = [int(row[0]) for row in plan]
+            planned = [row.frame_index for row in plan]
             # By primary-key range; faces go with their frames (ON DELETE CASCADE).
             session.execute(delete(Frame).where(Frame.job_id == job_id, Frame.segment_index == index,
                                                 Frame.frame_index.between(min(planned), max(planned)))
@@ -244,14 +242,17 @@ def _track_spans(session: Session, job_id: str) -> list[stitch.TrackSpan]:
                 (frame, and_(frame.job_id == job_id, frame.frame_index == frame_index))]
 
     query = select(ends.c.segment_index, ends.c.local_track, ends.c.frames,
-                   first_frame.timestamp_ms, first_face.x, first_face.y, first_face.w, first_face.h,
-                   last_frame.timestamp_ms, last_face.x, last_face.y, last_face.w, last_face.h).select_from(ends)
+                   first_frame.timestamp_ms.label("first_ms"), first_face.x.label("first_x"),
+                   first_face.y.label("first_y"), first_face.w.label("first_w"), first_face.h.label("first_h"),
+                   last_frame.timestamp_ms.label("last_ms"), last_face.x.label("last_x"),
+                   last_face.y.label("last_y"), last_face.w.label("last_w"), last_face.h.label("last_h")
+                   ).select_from(ends)
     for target, condition in (observed(first_face, first_frame, ends.c.first_frame)
                               + observed(last_face, last_frame, ends.c.last_frame)):
         query = query.join(target, condition)
-    return [stitch.TrackSpan(segment_index=row[0], local_track=row[1], frames=row[2],
-                             first_ms=row[3], first_box=(row[4], row[5], row[6], row[7]),
-                             last_ms=row[8], last_box=(row[9], row[10], row[11], row[12]))
+    return [stitch.TrackSpan(segment_index=row.segment_index, local_track=row.local_track, frames=row.frames,
+                             first_ms=row.first_ms, first_box=(row.first_x, row.first_y, row.first_w, row.first_h),
+                             last_ms=row.last_ms, last_box=(row.last_x, row.last_y, row.last_w, row.last_h))
             for row in session.execute(query)]
 
 
@@ -289,16 +290,16 @@ def finish_job_if_complete(job_id: str) -> bool:
     finished job, get False.
     """
     with session_scope() as session:
-        return _finish(session, job_id, _now())
+        return _finish(session, job_id, utc_now())
 
 
 def job_progress(job_id: str) -> tuple[int, int | None]:
     """(frames analysed, summed over the segments; frames the job will produce, None until it is planned)."""
     frames_done = (select(func.coalesce(func.sum(Segment.frames_done), 0)).where(Segment.job_id == job_id)
-                   .scalar_subquery())
+                   .scalar_subquery().label("frames_done"))
     with session_scope() as session:
         row = session.execute(select(frames_done, Job.frames_total).where(Job.id == job_id)).first()
-    return (0, None) if row is None else (int(row[0]), row[1])
+    return (0, None) if row is None else (int(row.frames_done), row.frames_total)
 
 
 def mark_enqueued(job_id: str, indices: Sequence[int]) -> None:
@@ -307,4 +308,4 @@ def mark_enqueued(job_id: str, indices: Sequence[int]) -> None:
         return
     with session_scope() as session:
         session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.index.in_(list(indices)))
-                        .values(enqueued_at=_now()))
+                        .values(enqueued_at=utc_now()))

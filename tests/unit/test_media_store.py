@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fervid.errors import MediaError
+from fervid.media_store import local_copy
 from fervid.settings import get_settings
-from fervid.storage import local_copy
 
 
 class CountingServer:

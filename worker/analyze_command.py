@@ -8,7 +8,6 @@ import math
 import sys
 import tempfile
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -25,10 +24,10 @@ from fervid.labels import EMOTIONS
 from fervid.migrate import upgrade
 from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus
+from fervid.utc import utc_now
 from worker import pipeline
 
 LOCAL_TENANT = "local"
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 
 def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> str:
@@ -43,7 +42,7 @@ def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> s
     job_id = str(uuid.uuid4())
     with session_scope() as session:
         session.add(Job(id=job_id, tenant=LOCAL_TENANT, status=JobStatus.queued, source_uri=path.resolve().as_uri(),
-                        filename=path.name, sample_fps=sample_fps, warnings=[], created_at=datetime.now(UTC)))
+                        filename=path.name, sample_fps=sample_fps, warnings=[], created_at=utc_now()))
     indices = pipeline.prepare_job(job_id, analyzer.model_info)
     job = pipeline.load_job(job_id)
     assert job is not None
@@ -159,14 +158,21 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=5.0)
 
 
+def development_shared_file(*parts: str) -> Path | None:
+    """A development convenience: `../shared/<parts>` beside this checkout, when it is there (never in an installed
+    package). The demo's face clip and YuNet model come from it; without it the demo makes its own clip."""
+    path = Path(__file__).resolve().parents[2].joinpath("shared", *parts)
+    return path if path.is_file() else None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     settings = get_settings()
-    shared_clip = SHARED_DIR / "media" / "single_face.mp4"
-    shared_yunet = SHARED_DIR / "models" / "face_detection_yunet_2023mar.onnx"
-    if settings.detector_path is None and shared_yunet.is_file():
+    shared_clip = development_shared_file("media", "single_face.mp4")
+    shared_yunet = development_shared_file("models", "face_detection_yunet_2023mar.onnx")
+    if settings.detector_path is None and shared_yunet is not None:
         settings.detector_path = shared_yunet
     with tempfile.TemporaryDirectory() as scratch:
-        clip = shared_clip if shared_clip.is_file() else make_public_domain_clip(Path(scratch) / "grace_hopper.mp4")
+        clip = shared_clip or make_public_domain_clip(Path(scratch) / "grace_hopper.mp4")
         print(f"fervid demo: analysing {clip} on {settings.database_url}", file=sys.stderr)
         job_id = analyze_file(clip, args.fps)
     failure = job_failure(job_id)

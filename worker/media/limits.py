@@ -1,0 +1,33 @@
+"""The limits every probe and decode checks: a readable file, and frames, durations within the configured bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError
+from fervid.settings import get_settings
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        raise MediaError(SOURCE_UNAVAILABLE, f"cannot read {path.name}: {error.strerror or error}") from error
+
+
+def pixel_limit_error(width: int, height: int, limit: int) -> MediaError:
+    return MediaError(MEDIA_TOO_LARGE, f"frames of {width}x{height} pixels exceed the {limit}-pixel limit "
+                                       "(FERVID_MAX_PIXELS)")
+
+
+def check_pixels(width: int, height: int) -> None:
+    limit = get_settings().max_pixels
+    if width * height > limit:
+        raise pixel_limit_error(width, height, limit)
+
+
+def check_duration(duration_s: float | None) -> None:
+    limit = get_settings().max_duration_s
+    if duration_s is not None and duration_s > limit:
+        raise MediaError(MEDIA_TOO_LARGE, f"the video lasts {duration_s:.1f} s, over the {limit:g}-second limit "
+                                          "(FERVID_MAX_DURATION_S)")

@@ -1,0 +1,85 @@
+"""The sampling plan: which frames a job analyses, chosen exactly from the stream's timing, and its segments."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    kind: str  # "video" | "image"
+    width: int  # after rotation (what a viewer sees)
+    height: int
+    fps: float | None  # average frame rate of the video stream; None for images
+    duration_ms: float  # 0.0 for images
+    frame_count: int  # 1 for images
+    rotation: int  # degrees clockwise applied to decoded frames: 0, 90, 180, 270
+    mirrored: bool = False  # frames are mirrored left-right before the rotation
+
+
+@dataclass(frozen=True)
+class PlannedFrame:
+    frame_index: int  # index of the frame in presentation order (0-based), counted over the whole stream
+    timestamp_ms: float  # container timestamp relative to the first frame
+    pts: int  # the stream pts (in stream time_base) used to seek/match while decoding; 0 for images
+    keyframe_pts: int  # pts of the last keyframe at or before this frame (for the seek decision)
+    # Timed by order: the stream has no timestamps, or ones that repeat or jump back (recordings joined end to
+    # end); `pts` is then the frame's position in decoding output order, and decoding counts frames, never seeks.
+    by_order: bool = False
+
+
+@dataclass(frozen=True)
+class StreamIndex:
+    """What demuxing the video stream's packets tells, in presentation order."""
+
+    frame_pts: list[int]
+    keyframe_pts: list[int]  # sorted; discarded keyframes (before an edit list's start) included: seeks use them
+    first_pts: int
+    end_pts: Fraction  # the last frame's pts plus its duration, in stream time_base units
+    time_base: Fraction
+    by_order: bool = False  # frame_pts count frames in output order (see PlannedFrame.by_order)
+
+
+def plan_frames(index: StreamIndex, duration_s: Fraction, sample_fps: float) -> list[PlannedFrame]:
+    """For k = 0, 1, ... while k/F < duration: the first frame at or after k/F seconds, each frame once."""
+    # The decimal the caller wrote (29.97, not its binary neighbour), so ticks on frame times are exact.
+    rate = Fraction(repr(float(sample_fps)))
+    plan: list[PlannedFrame] = []
+    k = 0
+    while k == 0 or k / rate < duration_s:
+        # Exact in integers: time >= k/F  <=>  pts >= first_pts + k/F / time_base.
+        position = bisect.bisect_left(index.frame_pts, math.ceil(index.first_pts + k / rate / index.time_base))
+        if position == len(index.frame_pts):
+            break
+        pts = index.frame_pts[position]
+        time_s = (pts - index.first_pts) * index.time_base
+        plan.append(PlannedFrame(position, float(time_s * 1000), pts, _keyframe_before(index, pts), index.by_order))
+        # Every k up to the selected frame's time selects it again: jump to the first k past it.
+        k = math.floor(time_s * rate) + 1
+    return plan
+
+
+def _keyframe_before(index: StreamIndex, pts: int) -> int:
+    position = bisect.bisect_right(index.keyframe_pts, pts)
+    return index.keyframe_pts[position - 1] if position else index.first_pts  # no keyframe flags: from the start
+
+
+def split_plan(plan: list[PlannedFrame], segment_ms: float) -> list[list[PlannedFrame]]:
+    """Consecutive time ranges of about segment_ms each (by timestamp_ms); never an empty segment; one segment
+    for short media and for a plan timed by order. Every planned frame is in exactly one segment, order kept."""
+    if not segment_ms > 0:
+        raise ValueError(f"segment_ms must be > 0, not {segment_ms}")
+    if plan and plan[0].by_order:
+        return [plan]  # decoding by order starts at the first frame: each later segment would decode all before it
+    segments: list[list[PlannedFrame]] = []
+    current_slot = None
+    for frame in plan:
+        slot = math.floor((frame.timestamp_ms - plan[0].timestamp_ms) / segment_ms)
+        if slot != current_slot:
+            segments.append([])
+            current_slot = slot
+        segments[-1].append(frame)
+    return segments

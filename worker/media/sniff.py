@@ -1,0 +1,34 @@
+"""What a file is, for PyAV: opened as a container, or told apart as damaged (it starts like one) or foreign."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import av.error
+
+from fervid.errors import DECODE_ERROR, UNSUPPORTED_MEDIA, MediaError
+
+# Leading bytes of containers FFmpeg reads: a file that starts like one but won't open is damaged, not foreign.
+CONTAINER_SIGNATURES = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba",
+                        b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", b"\x89PNG", b"\xff\xd8\xff", b"GIF8")
+ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+TS_PACKET = 188
+
+
+def looks_like_container(head: bytes) -> bool:
+    if head.startswith(CONTAINER_SIGNATURES) or head[4:8] in ISO_BOX_TYPES:
+        return True
+    return len(head) > 2 * TS_PACKET and all(head[i] == 0x47 for i in (0, TS_PACKET, 2 * TS_PACKET))
+
+
+def open_container(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
+        with path.open("rb") as file:
+            head = file.read(3 * TS_PACKET + 1)
+        if looks_like_container(head):
+            raise MediaError(DECODE_ERROR, "the file looks like a video container but cannot be read; it is "
+                                           "probably truncated or damaged") from error
+        raise MediaError(UNSUPPORTED_MEDIA, "the file is not a video or image format that can be read") from error

@@ -1,0 +1,106 @@
+"""Pillow's share: single still images (HEIC included), and the animations FFmpeg cannot decode (WebP)."""
+
+from __future__ import annotations
+
+import warnings as py_warnings
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from pi_heif import register_heif_opener
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
+from fervid.settings import get_settings
+from worker.media.limits import check_duration, pixel_limit_error
+from worker.media.plan import MediaInfo, PlannedFrame, StreamIndex, plan_frames
+
+# HEIC/HEIF photos (phones' default) open as stills: libheif assembles the tile grid phones write and applies
+# the rotation and mirror properties; FFmpeg would see one tile as a one-frame video.
+register_heif_opener()
+
+# Errors Pillow raises for a damaged image, besides OSError.
+PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+# Animated formats FFmpeg cannot decode: Pillow reads their frames and per-frame durations instead.
+PILLOW_ONLY_ANIMATIONS = frozenset({"WEBP"})
+DEFAULT_ANIMATION_FRAME_MS = 100  # what browsers show a frame that declares no duration for
+
+
+def open_pillow(path: Path) -> Image.Image | None:
+    """The file opened lazily (header read, no pixels) when Pillow is the one to decode it: a single still image,
+    or an animation FFmpeg cannot decode (`is_pillow_animation`); None for the rest.
+
+    Other animated and multi-frame images, and MPEG streams Pillow can only identify, go to PyAV as video."""
+    limit = get_settings().max_pixels
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses past twice this; our own check below covers the rest
+    try:
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise MediaError(MEDIA_TOO_LARGE, f"the image declares a size far over the {limit}-pixel limit "
+                                          "(FERVID_MAX_PIXELS); it was refused before decoding") from error
+    except UnidentifiedImageError:
+        return None
+    except PIL_ERRORS:
+        return None  # not readable as an image: PyAV gets its turn and names the problem
+    # MPO (phone JPEGs carrying a gain map or depth image) is a photo: Pillow reads its primary image.
+    for_ffmpeg = getattr(image, "is_animated", False) and image.format != "MPO" and not is_pillow_animation(image)
+    if for_ffmpeg or image.format == "MPEG":
+        image.close()
+        return None
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise pixel_limit_error(width, height, limit)
+    return image
+
+
+def is_pillow_animation(image: Image.Image) -> bool:
+    return image.format in PILLOW_ONLY_ANIMATIONS and bool(getattr(image, "is_animated", False))
+
+
+def probe_animation(image: Image.Image, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
+    width, height = image.size  # within the pixel limit: `open_pillow` checked it
+    count = int(getattr(image, "n_frames", 1))
+    if count > get_settings().max_frames:
+        raise MediaError(MEDIA_TOO_LARGE, f"the animation has {count} frames, over FERVID_MAX_FRAMES")
+    starts_ms: list[int] = []
+    elapsed_ms = 0
+    try:
+        for frame in range(count):
+            image.seek(frame)
+            image.load()  # some plugins (WebP) set a frame's duration only when they decode it
+            starts_ms.append(elapsed_ms)
+            elapsed_ms += int(image.info.get("duration") or 0) or DEFAULT_ANIMATION_FRAME_MS
+    except PIL_ERRORS as error:
+        raise MediaError(DECODE_ERROR, f"the animation could not be decoded ({error}); the file is damaged") from error
+    duration_s = Fraction(elapsed_ms, 1000)
+    check_duration(float(duration_s))
+    timing = StreamIndex(starts_ms, starts_ms, 0, Fraction(elapsed_ms), Fraction(1, 1000))  # every frame is whole
+    info = MediaInfo("video", width, height, float(count / duration_s), float(elapsed_ms), count, 0)
+    return info, plan_frames(timing, duration_s, sample_fps)
+
+
+def decode_still(image: Image.Image) -> NDArray[np.uint8]:
+    try:
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode.startswith("I;16"):
+                # Pillow's convert() clips 16-bit grey at 255 (a white frame); keep the high byte instead.
+                upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
+            upright = upright.convert("RGB")
+    except PIL_ERRORS as error:
+        raise MediaError(DECODE_ERROR, f"the image could not be decoded ({error}); the file is damaged or "
+                                       "truncated") from error
+    return np.ascontiguousarray(np.asarray(upright, dtype=np.uint8)[:, :, ::-1])  # RGB -> BGR
+
+
+def decode_animation(image: Image.Image,
+                     plan: list[PlannedFrame]) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+    for planned in plan:  # in order: Pillow decodes onwards from the frame it is on
+        image.seek(planned.frame_index)
+        yield planned, np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
