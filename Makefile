@@ -10,7 +10,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,s3,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[worker,train,s3,dev]'
 	touch $(STAMP)
 
 demo: install
