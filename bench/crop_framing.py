@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.backends import select_backend  # noqa: E402
-from models.classifier import EmotionClassifier, crop_face  # noqa: E402
+from models.classifier import EmotionClassifier  # noqa: E402
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector  # noqa: E402
+from models.network_io import crop_face  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
 from models.training.commands.data_paths import DEFAULT_DATA_PATH  # noqa: E402
 from models.training.fer2013 import Split, load_split  # noqa: E402

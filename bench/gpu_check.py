@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.backends.base import InferenceBackend, run_in_batches  # noqa: E402
 from models.backends.ort import CPU_PROVIDER, OrtBackend  # noqa: E402
-from models.classifier import preprocess_faces, softmax  # noqa: E402
+from models.network_io import preprocess_faces, softmax  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, ModelSpec, read_model_spec  # noqa: E402
 from models.training.fer2013 import load_split  # noqa: E402
 

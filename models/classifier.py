@@ -2,56 +2,12 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from models.backends.base import InferenceBackend, run_in_batches
-from models.spec import ModelSpec, Preprocess
-
-
-def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], side_per_box: float) -> NDArray[np.uint8]:
-    """A square crop centred on the box, `side_per_box` times the box's longer side; edges are replicated where it
-    leaves the frame. The network learnt FER-2013's tight framing, and each detector draws its box differently around
-    the same face, so `side_per_box` is the detector's own (`FaceDetector.crop_side`)."""
-    x, y, w, h = box
-    side = max(w, h) * side_per_box
-    cx, cy = x + w / 2.0, y + h / 2.0
-    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
-    x1, y1 = x0 + max(1, int(round(side))), y0 + max(1, int(round(side)))
-    frame_h, frame_w = frame.shape[:2]
-    inside = frame[max(0, y0) : min(frame_h, y1), max(0, x0) : min(frame_w, x1)]
-    top, left, bottom, right = max(0, -y0), max(0, -x0), max(0, y1 - frame_h), max(0, x1 - frame_w)
-    if top or left or bottom or right:
-        # Only the crop is padded, and it is a copy: pending crops never keep whole frames alive.
-        return np.asarray(cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_REPLICATE), dtype=np.uint8)
-    return inside.copy()
-
-
-def preprocess_faces(crops: list[NDArray[np.uint8]], spec: Preprocess) -> NDArray[np.float32]:
-    """BGR (or grey) crops -> the (N, C, H, W) float batch the model's metadata asks for."""
-    height, width = spec.size
-    batch = np.empty((len(crops), spec.channels, height, width), dtype=np.float32)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    for i, crop in enumerate(crops):
-        if spec.channels == 1:
-            image = crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-        else:
-            image = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB if crop.ndim == 2 else cv2.COLOR_BGR2RGB)
-        if spec.native_size:
-            native_h, native_w = spec.native_size
-            image = cv2.resize(image, (native_w, native_h), interpolation=cv2.INTER_AREA)
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        pixels = image.astype(np.float32).reshape(height, width, spec.channels).transpose(2, 0, 1)
-        batch[i] = (pixels * spec.scale - mean) / std
-    return batch
-
-
-def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+from models.network_io import preprocess_faces, softmax
+from models.spec import ModelSpec
 
 
 class EmotionClassifier:

@@ -23,8 +23,9 @@ from fervid.media_store import local_copy
 from fervid.settings import Settings, get_settings
 from fervid.tables import Job, JobStatus, PlanRow
 from models.backends import select_backend
-from models.classifier import EmotionClassifier, crop_face
+from models.classifier import EmotionClassifier
 from models.detectors import FaceDetector, load_detector
+from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
 from worker.media.decode import decode_planned

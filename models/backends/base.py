@@ -14,6 +14,7 @@ from fervid.errors import FervidError
 class InferenceBackend(Protocol):
     name: str  # "tensorrt" | "ort-cuda" | "ort-cpu" | "torch-cuda"
     max_batch: int  # the largest batch one `run` accepts; callers split bigger ones
+    precision: str  # what the classifier computes in here: "fp32" | "fp16" | "int8"
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(N, C, H, W) preprocessed faces -> (N, classes) model outputs (probs or logits, per the model)."""

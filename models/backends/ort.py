@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +12,29 @@ from numpy.typing import NDArray
 from fervid.settings import get_settings
 from models.backends.base import BackendProbe, BackendUnavailable
 
+log = logging.getLogger(__name__)
+
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
 class OrtBackend:
     def __init__(self, model_path: Path, providers: list[str] | None = None, max_batch: int = 256,
-                 threads: int = 0) -> None:
+                 threads: int = 0, as_float: bool = False) -> None:
+        """`as_float`: run the float graph of a QDQ-quantized file (CUDA always does)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         providers = providers or [CPU_PROVIDER]
-        model: str | bytes = str(model_path)
-        if CUDA_PROVIDER in providers:
-            model = _float_graph(model_path)
+        quantized = is_quantized(model_path)
+        # CUDA would run every Quantize/Dequantize pair around float kernels: it gets the float graph too.
+        as_float = quantized and (as_float or CUDA_PROVIDER in providers)
+        model = _float_graph(model_path) if as_float else str(model_path)
         self.session = ort.InferenceSession(model, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.name = "ort-cuda" if CUDA_PROVIDER in self.session.get_providers() else "ort-cpu"
+        self.precision = "int8" if quantized and not as_float else "fp32"
         self.max_batch = max_batch
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -36,17 +42,22 @@ class OrtBackend:
         return np.asarray(out, dtype=np.float32)
 
 
-def _float_graph(model_path: Path) -> str | bytes:
-    """The model as CUDA runs it best: a graph quantized for the CPU (QDQ) is turned back into float, with the
-    weights it was quantized to; CUDA would otherwise run every Quantize/Dequantize pair around float kernels."""
-    import onnx  # the gpu extra brings it
+def is_quantized(model_path: Path) -> bool:
+    """Whether the file is QDQ-quantized (what `fervid quantize` writes)."""
+    import onnx
 
-    from models.graph_rewrites import float_graph, has_qdq
+    from models.graph_rewrites import has_qdq
 
-    model = onnx.load(str(model_path))
-    if not has_qdq(model):
-        return str(model_path)
-    return bytes(float_graph(model).SerializeToString())
+    return has_qdq(onnx.load(str(model_path), load_external_data=False))
+
+
+def _float_graph(model_path: Path) -> bytes:
+    """A graph quantized for the CPU (QDQ) turned back into float, with the weights it was quantized to."""
+    import onnx  # the worker and gpu extras bring it
+
+    from models.graph_rewrites import float_graph
+
+    return bytes(float_graph(onnx.load(str(model_path))).SerializeToString())
 
 
 def probe(name: str) -> BackendProbe:
@@ -60,12 +71,28 @@ def probe(name: str) -> BackendProbe:
 
 
 def create(name: str, model_path: Path, max_batch: int) -> OrtBackend:
-    threads = get_settings().inference_threads
+    settings = get_settings()
+    threads = settings.inference_threads
     if name == "ort-cpu":
-        return OrtBackend(model_path, [CPU_PROVIDER], max_batch, threads)
+        return OrtBackend(model_path, [CPU_PROVIDER], max_batch, threads,
+                          as_float=not int8_trusted(model_path, settings.model_cache_dir, threads))
     backend = OrtBackend(model_path, [CUDA_PROVIDER, CPU_PROVIDER], max_batch, threads)
     # onnxruntime-gpu falls back to the CPU silently when CUDA cannot start (no device, driver mismatch).
     if backend.name != "ort-cuda":
         raise BackendUnavailable(f"onnxruntime could not start {CUDA_PROVIDER} for {model_path} (no CUDA device or "
                                  "a CUDA/cuDNN version mismatch; see onnxruntime's warnings above)")
     return backend
+
+
+def int8_trusted(model_path: Path, cache_dir: Path, threads: int = 0) -> bool:
+    """Whether this CPU's integer kernels compute what the file's float graph does (`models.int8_check`); a file
+    that is not quantized has nothing to distrust. Said once in the log when they do not."""
+    if not is_quantized(model_path):
+        return True
+    from models.int8_check import cached_int8_check
+
+    check = cached_int8_check(model_path, cache_dir, threads)
+    if not check.trusted:
+        log.warning("classifier %s on this CPU (%s): %s; `fervid doctor` shows the CPU's features",
+                    model_path.name, check.cpu, check.describe())
+    return check.trusted

@@ -222,6 +222,7 @@ class TrtBackend:
         trt = import_tensorrt()
         self.profile = profile or BatchProfile.up_to(256)
         self.max_batch = self.profile.max
+        self.precision = precision
         self.allocator = allocator or process_allocator()
         engine_bytes, key = cached_engine(model_path, precision, self.profile, cache, self.allocator)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

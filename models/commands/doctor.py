@@ -1,5 +1,7 @@
 """`fervid doctor`: for each inference backend, whether it can run on this machine, which one would be used, and
-why. Probes only: no model is loaded and no engine is built. Exits 1 when the configured backend cannot run."""
+why; the CPU's features and whether its integer kernels compute the INT8 model as its float graph does (checked once
+per model, CPU and onnxruntime, then remembered). No engine is built. Exits 1 when the configured backend cannot
+run."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import argparse
 from fervid.settings import get_settings
 from models.backends import AUTO_ORDER, BACKEND_MODULES, check_preference, probe_backend
 from models.backends.base import BackendProbe
+from models.backends.ort import is_quantized
+from models.cpu_features import read_cpu_features
 from models.engine_cache import default_cache
 from models.spec import DEFAULT_MODEL_PATH
 
@@ -40,9 +44,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         fallback = "" if preference != "auto" or chosen == AUTO_ORDER[0] else " (auto's earlier choices cannot run)"
         print(f"FERVID_BACKEND={preference}: the classifier would run on {chosen}{fallback}")
+    cpu = read_cpu_features()
+    int8_dot = "yes" if cpu.has_int8_dot else "no: u8 x s8 pairs are summed in saturating int16"
+    print(f"cpu: {cpu.describe()}; 8-bit dot products into int32: {int8_dot}")
     model_path = settings.model_path or DEFAULT_MODEL_PATH
     missing = "" if model_path.is_file() else " (missing: set FERVID_MODEL_PATH or run `fervid export`)"
     print(f"model: {model_path}{missing}")
+    if not missing and is_quantized(model_path):
+        from models.int8_check import cached_int8_check
+
+        print(f"int8 on this CPU: {cached_int8_check(model_path, settings.model_cache_dir).describe()}")
     cache = default_cache()
     engines = len(cache.manifests()) if cache.directory.is_dir() else 0
     print(f"engine cache: {cache.directory} ({engines} engine(s); `fervid engines list`)")

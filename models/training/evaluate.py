@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 from fervid.errors import FervidError
 from fervid.files import sha256_file
 from models.backends.ort import OrtBackend
-from models.classifier import EmotionClassifier, preprocess_faces
+from models.classifier import EmotionClassifier
+from models.network_io import preprocess_faces
 from models.spec import read_model_spec
 from models.training.fer2013 import Split, load_split
 from models.training.metrics import (

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from models.backends.base import run_in_batches
-from models.classifier import preprocess_faces
 from models.engine_cache import BatchProfile, EngineCache
+from models.network_io import preprocess_faces
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 
 MIN_AGREEMENT = 0.99

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from models.backends.ort import OrtBackend
-from models.classifier import EmotionClassifier, preprocess_faces
+from models.classifier import EmotionClassifier
+from models.network_io import preprocess_faces
 from models.spec import Preprocess, read_model_spec
 from models.training.export import build_network, export_onnx, load_checkpoint
 from models.training.fer2013 import load_split
@@ -81,7 +82,7 @@ def test_exported_model_through_the_runtime_matches_training_evaluation(shared_d
 
 
 def test_face_crops_are_copies_and_edge_crops_are_padded_not_shifted() -> None:
-    from models.classifier import crop_face
+    from models.network_io import crop_face
 
     # given a frame whose pixels encode their column, and a face touching its left edge
     frame = np.tile(np.arange(100, dtype=np.uint8), (80, 1))[..., None].repeat(3, axis=2)
@@ -95,7 +96,7 @@ def test_face_crops_are_copies_and_edge_crops_are_padded_not_shifted() -> None:
 
 
 def test_a_crop_is_centred_on_the_box_and_sized_by_its_longer_side() -> None:
-    from models.classifier import crop_face
+    from models.network_io import crop_face
 
     # given a frame whose pixels encode their column and row, and a box 20 wide and 40 tall centred at (50, 50)
     columns = np.tile(np.arange(100, dtype=np.uint8), (100, 1))

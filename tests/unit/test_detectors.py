@@ -11,8 +11,8 @@ import pytest
 
 from fervid.errors import FervidError
 from fervid.settings import get_settings
-from models.classifier import crop_face
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector, fetch_yunet, load_detector
+from models.network_io import crop_face
 from models.training.fer2013 import load_split
 from models.training.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas
 

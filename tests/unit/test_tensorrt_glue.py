@@ -216,7 +216,7 @@ def test_int8_from_a_model_quantized_for_tensorrt(
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, version: str,
         network_flags: list[int], builder_flags: list[str]) -> None:
     # given the model as `fervid quantize --target tensorrt` writes it (symmetric int8, zero points 0)
-    from models.classifier import preprocess_faces
+    from models.network_io import preprocess_faces
     from models.spec import read_model_spec
     from models.training.quantize import quantize_int8
 
@@ -239,7 +239,7 @@ def test_int8_from_a_model_quantized_for_tensorrt(
 def test_fp16_from_a_model_quantized_for_the_cpu_builds_from_its_float_equivalent(
         monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path) -> None:
     # given the model as `fervid eval --int8` writes it for ONNX Runtime on the CPU (uint8 activations)
-    from models.classifier import preprocess_faces
+    from models.network_io import preprocess_faces
     from models.spec import read_model_spec
     from models.training.quantize import quantize_int8
 

@@ -10,8 +10,8 @@ from onnx import TensorProto
 
 from fervid.errors import FervidError
 from models.backends.ort import OrtBackend
-from models.classifier import preprocess_faces
 from models.graph_rewrites import dequantize_qdq, has_qdq
+from models.network_io import preprocess_faces
 from models.spec import read_model_spec
 from models.training.export import export_onnx
 from models.training.quantize import CALIBRATION_KEY, quantize_int8

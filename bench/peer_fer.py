@@ -1,0 +1,159 @@
+"""fervid against the `fer` library (Haar cascade + a 64 px mini-Xception) on the same clip, every frame.
+
+    .venv/bin/python bench/peer_fer.py [--clip PATH] [--repeat 3] [--peer-venv runs/peer-fer-venv]
+
+Whole processes, each timed from start to exit: `fervid analyze CLIP --fps <the clip's rate>` against a script
+that feeds every frame to `fer.FER().detect_emotions`, the loop its README shows. The peer lives in a bench-only
+virtualenv made on first use (`pip install fer==25.10.3` and its runtime); nothing of it enters the project.
+Without --clip, the clip is ../shared/media/single_face.mp4 played LOOPS times (a 640x360 talking head).
+
+Then, in this process: decode, detection and classification each measured alone on the clip's frames, against
+the same frames analysed end to end (the pipeline overlaps them). Prints medians with min/max and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+from fervid.settings import get_settings  # noqa: E402
+from models.cpu_features import read_cpu_features  # noqa: E402
+from models.network_io import crop_face  # noqa: E402
+from worker.media import decode_planned, probe  # noqa: E402
+from worker.pipeline import build_analyzer  # noqa: E402
+
+PEER_REQUIREMENTS = ["fer==25.10.3", "tensorflow-cpu", "opencv-python-headless<5", "pandas", "requests",
+                     "moviepy<2", "tqdm", "matplotlib", "pillow", "setuptools<81"]
+LOOPS = 6
+PEER_SCRIPT = """
+import sys, cv2
+from fer.fer import FER
+detector = FER(mtcnn=False)
+capture = cv2.VideoCapture(sys.argv[1])
+frames = faces = 0
+while True:
+    ok, frame = capture.read()
+    if not ok:
+        break
+    faces += len(detector.detect_emotions(frame))
+    frames += 1
+print(frames, faces)
+"""
+
+
+def ensure_peer(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # fer's own pins pull the GPU TensorFlow and facenet-pytorch (only for MTCNN); its Haar path needs these.
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", PEER_REQUIREMENTS[0]], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS[1:]], check=True)
+    return python
+
+
+def looped_clip(source: Path, loops: int, out: Path) -> Path:
+    """`source` played `loops` times, re-encoded as one H.264 file with continuous timestamps."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or 25
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    with av.open(str(out), "w") as target:
+        video = target.add_stream("libx264", rate=rate)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        for _ in range(loops):
+            for pixels in frames:
+                target.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        target.mux(video.encode(None))
+    return out
+
+
+def timed(repeat: int, work: Callable[[], object]) -> tuple[list[float], object]:
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return times, result
+
+
+def spread(times: list[float]) -> str:
+    return f"median {statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--peer-venv", type=Path, default=ROOT / "runs" / "peer-fer-venv")
+    parser.add_argument("--skip-peer", action="store_true", help="only fervid's own stage and end-to-end figures")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="fervid-peer-"))
+    if args.clip is None:
+        source = SHARED / "media" / "single_face.mp4"
+        if not source.is_file():
+            print(f"bench/peer_fer.py: {source} not found (needs ../shared/media, or pass --clip); skipped")
+            return 0
+        args.clip = looped_clip(source, LOOPS, scratch / "talking_head.mp4")
+    settings = get_settings()
+    yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
+    env = {**os.environ, "FERVID_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
+    if settings.detector_path is None and yunet.is_file():
+        settings.detector_path = yunet
+        env["FERVID_DETECTOR_PATH"] = str(yunet)
+    info, plan = probe(args.clip, 1000.0)  # above any real rate: every frame is sampled
+    print(f"CPU: {read_cpu_features().describe()}, {os.cpu_count()} logical cores")
+    print(f"clip: {args.clip} ({info.width}x{info.height}, {len(plan)} frames, {info.fps:.3f} fps)")
+
+    fervid_cmd = [str(ROOT / ".venv" / "bin" / "fervid"), "analyze", str(args.clip), "--fps", "1000",
+                  "--out", str(scratch / "fervid.json")]
+    fervid_times, _ = timed(args.repeat, lambda: subprocess.run(fervid_cmd, env=env, check=True,
+                                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    print(f"fervid analyze (whole process): {spread(fervid_times)}")
+    if not args.skip_peer:
+        python = ensure_peer(args.peer_venv)
+        peer_cmd = [str(python), "-c", PEER_SCRIPT, str(args.clip)]
+        peer_times, peer_out = timed(args.repeat, lambda: subprocess.run(
+            peer_cmd, check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}))
+        frames, faces = peer_out.stdout.split()[-2:]  # type: ignore[attr-defined]
+        print(f"fer {PEER_REQUIREMENTS[0]} (whole process, {frames} frames, {faces} faces): {spread(peer_times)}")
+        print(f"fervid speed-up over fer: x{statistics.median(peer_times) / statistics.median(fervid_times):.2f}")
+
+    analyzer = build_analyzer(settings)
+    frames = [image for _, image in decode_planned(args.clip, plan, [])]
+    analyzer.analyze(decode_planned(args.clip, plan[:4], []))  # warm-up: first inference allocates
+    decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [])))
+    detect_times, detections = timed(args.repeat, lambda: [analyzer.detector.detect(image) for image in frames])
+    crops = [crop_face(image, found.box, analyzer.detector.crop_side)
+             for image, found_in_frame in zip(frames, detections, strict=True)  # type: ignore[call-overload]
+             for found in found_in_frame]
+    classify_times, _ = timed(args.repeat, lambda: [analyzer.classifier.classify(crops[i : i + analyzer.batch_size])
+                                                    for i in range(0, len(crops), analyzer.batch_size)])
+    e2e_times, records = timed(args.repeat, lambda: analyzer.analyze(decode_planned(args.clip, plan, [])))
+    stages = statistics.median(decode_times) + statistics.median(detect_times) + statistics.median(classify_times)
+    e2e = statistics.median(e2e_times)
+    print(f"decode alone: {spread(decode_times)}; detect alone: {spread(detect_times)}; "
+          f"classify alone ({len(crops)} faces, {analyzer.classifier.backend.name} "
+          f"{analyzer.classifier.backend.precision}): {spread(classify_times)}")
+    print(f"end to end in process: {spread(e2e_times)}; end to end / sum of stages alone: {e2e / stages:.2f}")
+    print(json.dumps({"frames": len(plan), "faces": len(crops), "fervid_s": statistics.median(fervid_times),
+                      "stages_s": stages, "end_to_end_s": e2e, "records": len(records)}))  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
