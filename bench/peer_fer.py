@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import av
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
+from bench.media_factory import write_looped_clip  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
@@ -66,23 +65,6 @@ def ensure_peer(venv: Path) -> Path:
     return python
 
 
-def looped_clip(source: Path, loops: int, out: Path) -> Path:
-    """`source` played `loops` times, re-encoded as one H.264 file with continuous timestamps."""
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or 25
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    with av.open(str(out), "w") as target:
-        video = target.add_stream("libx264", rate=rate)
-        video.height, video.width = frames[0].shape[:2]
-        video.pix_fmt = "yuv420p"
-        for _ in range(loops):
-            for pixels in frames:
-                target.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        target.mux(video.encode(None))
-    return out
-
-
 def timed(repeat: int, work: Callable[[], object]) -> tuple[list[float], object]:
     times, result = [], None
     for _ in range(repeat):
@@ -109,7 +91,7 @@ def main() -> int:
         if not source.is_file():
             print(f"bench/peer_fer.py: {source} not found (needs ../shared/media, or pass --clip); skipped")
             return 0
-        args.clip = looped_clip(source, LOOPS, scratch / "talking_head.mp4")
+        args.clip = write_looped_clip(source, scratch / "talking_head.mp4", LOOPS)
     settings = get_settings()
     yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
     env = {**os.environ, "FERVID_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
