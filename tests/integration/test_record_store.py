@@ -21,7 +21,8 @@ from worker.record_store import FaceRecord, FrameRecord, ModelInfo
 
 pytestmark = pytest.mark.integration
 
-MODEL = ModelInfo(name="tiny-test-classifier", version="tiny-0", backend="ort-cpu")
+MODEL = ModelInfo(name="tiny-test-classifier", version="tiny-0", backend="ort-cpu", precision="fp32",
+                  detector="yunet")
 MEDIA = MediaInfo(kind="video", width=640, height=360, fps=25.0, duration_ms=6000.0, frame_count=150, rotation=0)
 FRAME_MS = 200.0  # 5 fps sampling of a 25 fps clip: every fifth frame
 LEFT, RIGHT = (100, 100, 80, 80), (450, 120, 70, 70)
