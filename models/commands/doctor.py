@@ -1,7 +1,7 @@
 """`fervid doctor`: for each inference backend, whether it can run on this machine, which one would be used, and
-why; which face detector workers would run and why (without downloading it); the CPU's features and whether its integer kernels compute the INT8 model as its float graph does (checked once
-per model, CPU and onnxruntime, then remembered). No engine is built. Exits 1 when the configured backend cannot
-run."""
+why; which face detector workers would run and why (without downloading it); the CPU's features and whether its
+integer kernels compute the INT8 model as its float graph does (checked once per model, CPU and onnxruntime, then
+remembered). No engine is built. Exits 1 when the configured backend cannot run."""
 
 from __future__ import annotations
 
