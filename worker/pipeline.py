@@ -23,6 +23,7 @@ from fervid.errors import MediaError
 from fervid.media_store import local_copy
 from fervid.settings import Settings, get_settings
 from fervid.tables import Job, JobStatus, PlanRow
+from fervid.worker_status import WorkerStatus
 from models.backends import select_backend
 from models.classifier import EmotionClassifier
 from models.detectors import FaceDetector, load_detector
@@ -55,7 +56,9 @@ class Analyzer:
     @property
     def model_info(self) -> record_store.ModelInfo:
         spec = self.classifier.spec
-        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=self.classifier.backend.name)
+        backend = self.classifier.backend
+        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=backend.name,
+                                      precision=backend.precision, detector=self.detector.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
                 on_progress: Callable[[int], bool] | None = None) -> list[record_store.FrameRecord]:
@@ -140,6 +143,14 @@ def get_analyzer() -> Analyzer:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_status(analyzer: Analyzer) -> WorkerStatus:
+    """What this process runs, as /readyz shows it."""
+    model = analyzer.model_info
+    return WorkerStatus(name=worker_name(), detector=model.detector, detector_reason=analyzer.detector.reason,
+                        backend=model.backend, precision=model.precision, model_name=model.name,
+                        model_version=model.version)
 
 
 def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:

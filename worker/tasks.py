@@ -8,12 +8,14 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
 from fervid.settings import get_settings
 from fervid.webhooks import notify_finished
+from fervid.worker_status import start_publishing
+from models.detectors import find_or_fetch_yunet
 from worker import pipeline, record_store
 from worker.reaper import start_reaper_thread
 
@@ -27,9 +29,17 @@ RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60
          "max_retries": 12}
 
 
+@worker_init.connect
+def _fetch_detector(**_: Any) -> None:
+    # In the main process, before the pool starts: its processes then find YuNet cached (or this attempt's failure)
+    # instead of each downloading within the few seconds Celery gives a pool process to come up.
+    find_or_fetch_yunet(get_settings())
+
+
 @worker_process_init.connect
 def _load_models(**_: Any) -> None:
-    pipeline.get_analyzer()  # once per worker process, before its first task
+    analyzer = pipeline.get_analyzer()  # once per worker process, before its first task
+    start_publishing(pipeline.worker_status(analyzer), get_settings().reaper_interval_s)
 
 
 @worker_ready.connect
