@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from api.auth import bearer
 from fervid.db import session_scope
-from fervid.errors import FervidError, Unauthorized
+from fervid.errors import NOT_CONFIGURED, FervidError, Unauthorized
 from fervid.queue import celery_app
 from fervid.settings import get_settings
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
@@ -32,7 +32,7 @@ def require_metrics_token(credentials: Annotated[HTTPAuthorizationCredentials | 
     token = get_settings().metrics_token
     if not token:
         raise FervidError("metrics are off on this service (the operator has not set FERVID_METRICS_TOKEN)",
-                          code="not_configured", http_status=404)
+                          code=NOT_CONFIGURED, http_status=404)
     if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
         raise Unauthorized("send FERVID_METRICS_TOKEN as 'Authorization: Bearer <token>'")
 

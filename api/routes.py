@@ -39,7 +39,16 @@ from api.schemas import (
 from api.uploads import read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
-from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidRequest, MediaError
+from fervid.errors import (
+    EMPTY_MEDIA,
+    NOT_CONFIGURED,
+    NOT_READY,
+    SOURCE_NOT_ALLOWED,
+    UNSUPPORTED_MEDIA_TYPE,
+    FervidError,
+    InvalidRequest,
+    MediaError,
+)
 from fervid.media_store import get_storage
 from fervid.queue import celery_app
 from fervid.settings import Settings, get_settings
@@ -190,7 +199,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep) -
                                     client_request_token=spec.client_request_token, webhook_url=spec.webhook_url))
     else:
         raise FervidError("send multipart/form-data with a `file` part, or application/json with a `source_uri`",
-                          code="unsupported_media_type", http_status=415)
+                          code=UNSUPPORTED_MEDIA_TYPE, http_status=415)
     body = await run_in_threadpool(_job_out, session, job)
     return JSONResponse(body.model_dump(mode="json"), status_code=202 if created else 200)
 
@@ -290,7 +299,7 @@ def get_webhook_signing_key(tenant: TenantDep) -> WebhookSigningKey:
     secret = get_settings().webhook_secret
     if not secret:
         raise FervidError("webhooks are not signed on this service (the operator has not set FERVID_WEBHOOK_SECRET)",
-                          code="not_configured", http_status=404)
+                          code=NOT_CONFIGURED, http_status=404)
     scheme = (f'"t=<unix seconds>,v1=<hex>": v1 is HMAC-SHA256 under this key of "<t>." followed by the raw body; '
               f"refuse a mismatch or a t more than {SIGNATURE_TOLERANCE_S} s from now")
     return WebhookSigningKey(header=SIGNATURE_HEADER, scheme=scheme, key=tenant_signing_key(secret, tenant).hex())
@@ -341,4 +350,4 @@ async def readyz() -> Any:
     if not failed:
         return Readiness(status="ok", checks=checks)
     log.warning("not ready: %s", checks)
-    return error_response(503, "not_ready", "; ".join(f"{name}: {checks[name]}" for name in failed), checks=checks)
+    return error_response(503, NOT_READY, "; ".join(f"{name}: {checks[name]}" for name in failed), checks=checks)

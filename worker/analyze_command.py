@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fervid import results
 from fervid.db import session_scope
-from fervid.errors import FervidError, InvalidRequest
+from fervid.errors import DEMO_MEDIA_MISSING, JOB_FAILED, FervidError, InvalidRequest
 from fervid.jobs import job_to_dict
 from fervid.labels import EMOTIONS
 from fervid.migrate import upgrade
@@ -62,7 +62,7 @@ def job_failure(job_id: str) -> FervidError | None:
     job = pipeline.load_job(job_id)
     if job is None or job.status == JobStatus.succeeded:
         return None
-    return FervidError(job.error_message or f"the job ended {job.status}", code=job.error_code or "job_failed")
+    return FervidError(job.error_message or f"the job ended {job.status}", code=job.error_code or JOB_FAILED)
 
 
 def write_output(job_id: str, fmt: str, stream: TextIO) -> None:
@@ -108,7 +108,7 @@ def make_public_domain_clip(target: Path) -> Path:
     portrait = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     if portrait is None:
         raise FervidError("matplotlib's sample portrait is missing; pass a clip to `fervid analyze` instead",
-                          code="demo_media_missing")
+                          code=DEMO_MEDIA_MISSING)
     height, width = portrait.shape[:2]
     with av.open(str(target), "w") as container:
         stream = container.add_stream("mpeg4", rate=10)

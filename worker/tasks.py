@@ -11,6 +11,7 @@ from celery import Task
 from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
+from fervid.errors import INTERNAL_ERROR
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
 from fervid.settings import get_settings
 from fervid.webhooks import notify_finished
@@ -39,7 +40,7 @@ def _start_reaper(**_: Any) -> None:
 
 def _fail_unexpected(job_id: str, error: Exception) -> None:
     log.exception("job %s: unexpected error", job_id)
-    record_store.fail_job(job_id, "internal_error", f"the worker hit an unexpected error ({type(error).__name__}); "
+    record_store.fail_job(job_id, INTERNAL_ERROR, f"the worker hit an unexpected error ({type(error).__name__}); "
                           "retry the job, and report it if it happens again")
     notify_finished(job_id)
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fervid.errors import FervidError
+from fervid.errors import UNKNOWN_BACKEND, FervidError
 from models.backends.base import BackendProbe, BackendUnavailable, InferenceBackend
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def select_backend(model_path: Path, preference: str = "auto", max_batch: int = 
 def check_preference(preference: str) -> None:
     if preference not in PREFERENCES:
         raise FervidError(f"unknown inference backend {preference!r}; FERVID_BACKEND must be one of "
-                          f"{', '.join(PREFERENCES)}", code="unknown_backend")
+                          f"{', '.join(PREFERENCES)}", code=UNKNOWN_BACKEND)
 
 
 def _create(name: str, model_path: Path, max_batch: int) -> InferenceBackend:

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from fervid.errors import FervidError
+from fervid.errors import BACKEND_UNAVAILABLE, FervidError
 
 
 class InferenceBackend(Protocol):
@@ -25,9 +25,6 @@ def run_in_batches(backend: InferenceBackend, batch: NDArray[np.float32]) -> NDA
     """`batch` of any size through `backend`, split at its `max_batch`: the one place batches are split."""
     step = backend.max_batch
     return np.concatenate([backend.run(batch[start : start + step]) for start in range(0, len(batch), step)])
-
-
-BACKEND_UNAVAILABLE = "backend_unavailable"
 
 
 class BackendUnavailable(FervidError):

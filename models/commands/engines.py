@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fervid.errors import FervidError
+from fervid.errors import NOT_FOUND, FervidError
 from fervid.files import sha256_file
 from fervid.settings import get_settings
 from models.engine_cache import DEFAULT_OPT_BATCH, TENSORRT_PRECISIONS, BatchProfile, EngineCache, default_cache
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _list(cache)
     if args.model and not args.model.is_file():
-        raise FervidError(f"model {args.model} not found", code="not_found")
+        raise FervidError(f"model {args.model} not found", code=NOT_FOUND)
     removed = cache.clear(sha256_file(args.model) if args.model else None)
     print(f"removed {removed} engine(s) from {cache.directory}")
     return 0
