@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import filelock
 
 from fervid.errors import ENGINE_BUILD_TIMEOUT, INVALID_BATCH_PROFILE, FervidError
-from fervid.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +204,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
     partial.write_bytes(data)
     os.replace(partial, path)
 
-
-def default_cache() -> EngineCache:
-    return EngineCache(get_settings().engine_cache_dir)

@@ -12,7 +12,7 @@ from models.backends import AUTO_ORDER, BACKEND_MODULES, check_preference, probe
 from models.backends.base import BackendProbe
 from models.backends.ort import is_quantized
 from models.cpu_features import read_cpu_features
-from models.engine_cache import default_cache
+from models.engine_cache import EngineCache
 from models.spec import DEFAULT_MODEL_PATH
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from models.int8_check import cached_int8_check
 
         print(f"int8 on this CPU: {cached_int8_check(model_path, settings.model_cache_dir).describe()}")
-    cache = default_cache()
+    cache = EngineCache(settings.engine_cache_dir)
     engines = len(cache.manifests()) if cache.directory.is_dir() else 0
     print(f"engine cache: {cache.directory} ({engines} engine(s); `fervid engines list`)")
     return 0 if chosen else 1

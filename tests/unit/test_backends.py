@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 
 import models.backends as backends
-from fervid.errors import FervidError
+from fervid.errors import BACKEND_UNAVAILABLE, FervidError
 from models.backends import resolve_backend, select_backend
-from models.backends.base import BACKEND_UNAVAILABLE, BackendUnavailable, run_in_batches
+from models.backends.base import BackendUnavailable, run_in_batches
 from tests.conftest import ROOT
 
 REGISTRY_LOGGER = "models.backends"
