@@ -105,7 +105,7 @@ def test_a_name_that_resolves_differently_at_connect_time_is_refused(
     strict: pytest.MonkeyPatch, internal: CountingServer
 ) -> None:
     # given a host whose check passed (as when DNS answers a public address first, then an internal one)
-    strict.setattr(media_store, "non_public_address", lambda url: None)
+    strict.setattr(media_store, "non_public_address", lambda url, allow_private: None)
 
     # when a job's source connects to what turns out to be loopback
     with pytest.raises(MediaError) as refused, local_copy(f"{internal.base}/clip.mp4", get_settings(), cache_key="job"):
