@@ -33,6 +33,7 @@ from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
 
@@ -96,9 +97,10 @@ def main() -> int:
     yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
     env = {**os.environ, "FERVID_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
     if settings.detector_path is None and yunet.is_file():
-        settings.detector_path = yunet
+        settings = settings.model_copy(update={"detector_path": yunet})
         env["FERVID_DETECTOR_PATH"] = str(yunet)
-    info, plan = probe(args.clip, 1000.0)  # above any real rate: every frame is sampled
+    # 1000 fps: above any real rate, so every frame is sampled
+    info, plan = probe(args.clip, 1000.0, MediaLimits.from_settings(settings))
     print(f"CPU: {read_cpu_features().describe()}, {os.cpu_count()} logical cores")
     print(f"clip: {args.clip} ({info.width}x{info.height}, {len(plan)} frames, {info.fps:.3f} fps)")
 
@@ -131,16 +133,17 @@ def main() -> int:
               f"(min x{min(ratios):.2f}, max x{max(ratios):.2f})")
 
     analyzer = build_analyzer(settings)
-    frames = [image for _, image in decode_planned(args.clip, plan, [])]
-    analyzer.analyze(decode_planned(args.clip, plan[:4], []))  # warm-up: first inference allocates
-    decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [])))
+    max_pixels = settings.max_pixels
+    frames = [image for _, image in decode_planned(args.clip, plan, [], max_pixels)]
+    analyzer.analyze(decode_planned(args.clip, plan[:4], [], max_pixels))  # warm-up: first inference allocates
+    decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [], max_pixels)))
     detect_times, detections = timed(args.repeat, lambda: [analyzer.detector.detect(image) for image in frames])
     crops = [crop_face(image, found.box, analyzer.detector.crop_side)
              for image, found_in_frame in zip(frames, detections, strict=True)  # type: ignore[call-overload]
              for found in found_in_frame]
     classify_times, _ = timed(args.repeat, lambda: [analyzer.classifier.classify(crops[i : i + analyzer.batch_size])
                                                     for i in range(0, len(crops), analyzer.batch_size)])
-    e2e_times, records = timed(args.repeat, lambda: analyzer.analyze(decode_planned(args.clip, plan, [])))
+    e2e_times, records = timed(args.repeat, lambda: analyzer.analyze(decode_planned(args.clip, plan, [], max_pixels)))
     stages = statistics.median(decode_times) + statistics.median(detect_times) + statistics.median(classify_times)
     e2e = statistics.median(e2e_times)
     print(f"decode alone: {spread(decode_times)}; detect alone: {spread(detect_times)}; "

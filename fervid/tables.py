@@ -24,7 +24,6 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fervid.labels import EMOTIONS
-from fervid.settings import get_settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -100,7 +99,7 @@ class Job(Base):
     client_request_token: Mapped[str | None] = mapped_column(String(128))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # The Celery queue its tasks go to: the submitting process's FERVID_QUEUE.
-    queue: Mapped[str] = mapped_column(String(64), default=lambda: get_settings().queue, server_default="cpu")
+    queue: Mapped[str] = mapped_column(String(64), server_default="cpu")  # the creator names it (FERVID_QUEUE)
 
     media_kind: Mapped[str | None] = mapped_column(String(8))  # video | image
     duration_ms: Mapped[float | None] = mapped_column(Float)

@@ -11,7 +11,6 @@ import socket
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -21,16 +20,17 @@ from numpy.typing import NDArray
 from fervid.db import session_scope
 from fervid.errors import MediaError
 from fervid.media_store import local_copy
-from fervid.settings import Settings, get_settings
+from fervid.settings import Settings
 from fervid.tables import Job, JobStatus, PlanRow
 from fervid.worker_status import WorkerStatus
-from models.backends import select_backend
+from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
 from models.detectors import FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
 from worker.media.decode import decode_planned
+from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
 from worker.media.probe import probe
 from worker.prefetch import Prefetched
@@ -129,16 +129,11 @@ def build_analyzer(settings: Settings) -> Analyzer:
         cv2.setNumThreads(settings.inference_threads)
     model_path = settings.model_path or DEFAULT_MODEL_PATH
     spec = read_model_spec(model_path)
-    backend = select_backend(model_path, settings.backend, max_batch=max(settings.classify_batch, 1))
+    backend = select_backend(model_path, settings.backend, max_batch=max(settings.classify_batch, 1),
+                             options=BackendOptions.from_settings(settings))
     log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
              settings.classify_batch)
     return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch)
-
-
-@lru_cache(maxsize=1)
-def get_analyzer() -> Analyzer:
-    """The process's analyzer, built on first use (a worker builds it when its process starts)."""
-    return build_analyzer(get_settings())
 
 
 def worker_name() -> str:
@@ -166,13 +161,12 @@ def load_job(job_id: str) -> Job | None:
         return session.get(Job, job_id)
 
 
-def probe_segments(path: Path, job: Job) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
-    settings = get_settings()
-    info, plan = probe(path, job.sample_fps)
+def probe_segments(path: Path, job: Job, settings: Settings) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
+    info, plan = probe(path, job.sample_fps, MediaLimits.from_settings(settings))
     return info, split_plan(plan, settings.segment_seconds * 1000.0)
 
 
-def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
+def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) -> list[int]:
     """Probes the job's media and creates its segments; returns the segments to process.
 
     Bad media fails the job with its code; nothing raises for it.
@@ -181,8 +175,8 @@ def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
     if job is None:
         return []
     try:
-        with local_copy(job.source_uri, cache_key=job_id) as path:
-            media, segments = probe_segments(path, job)
+        with local_copy(job.source_uri, settings, cache_key=job_id) as path:
+            media, segments = probe_segments(path, job, settings)
     except MediaError as error:
         log.info("job %s failed: %s: %s", job_id, error.code, error.message)
         record_store.fail_job(job_id, error.code, error.message)
@@ -190,7 +184,7 @@ def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
     return record_store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
 
 
-def process_segment(job_id: str, index: int, analyzer: Analyzer,
+def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Settings,
                     on_frames: Callable[[int], None] | None = None) -> bool:
     """Analyzes and stores one segment; returns True when this call ended the job (completed it, or failed it for
     bad media), so the caller sends its webhook.
@@ -208,13 +202,13 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
 
     try:
         # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
-        with local_copy(job.source_uri, cache_key=job_id) as path:
+        with local_copy(job.source_uri, settings, cache_key=job_id) as path:
             rows = record_store.claim_segment(job_id, index, worker_name())
             if rows is None:
                 # Done already (a redelivery): finish the job in case the worker that stored it died first.
                 return record_store.finish_job_if_complete(job_id)
             plan = from_plan_rows(rows)
-            records = analyzer.analyze(decode_planned(path, plan, warnings), on_progress)
+            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress)
     except MediaError as error:
         return record_store.fail_job(job_id, error.code, error.message)
     if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):

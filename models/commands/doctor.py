@@ -14,7 +14,7 @@ from models.backends.base import BackendProbe
 from models.backends.ort import is_quantized
 from models.cpu_features import read_cpu_features
 from models.detectors import plan_detector
-from models.engine_cache import default_cache
+from models.engine_cache import EngineCache
 from models.spec import DEFAULT_MODEL_PATH
 
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except FervidError as error:
         detector = f"none: {error.message}"
     print(f"detector: workers would run {detector}")
-    cache = default_cache()
+    cache = EngineCache(settings.engine_cache_dir)
     engines = len(cache.manifests()) if cache.directory.is_dir() else 0
     print(f"engine cache: {cache.directory} ({engines} engine(s); `fervid engines list`)")
     return 0 if chosen else 1

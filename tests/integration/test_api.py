@@ -263,7 +263,7 @@ def test_a_token_race_is_decided_by_the_unique_constraint(api: Api, monkeypatch:
     monkeypatch.setattr(jobs, "job_by_token", lookup_missing_once)
     # when the second insert hits the unique constraint
     with session_scope() as session:
-        job, created = jobs.create_job(session, tenant=api.alice, source_uri="s3://b/k", sample_fps=5,
+        job, created = jobs.create_job(session, tenant=api.alice, queue="cpu", source_uri="s3://b/k", sample_fps=5,
                                        client_request_token="race")
         # then it answers with the first job and leaves exactly one row
         assert (job.id, created) == (first, False)

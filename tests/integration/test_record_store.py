@@ -395,7 +395,7 @@ def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
     get_settings.cache_clear()
     job_id, _ = started_job(segments=2)
     # when a worker processes one of its segments
-    ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()))
+    ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()), get_settings())
     # then that call ended the job (so the task sends the job's webhook), failed with the reason
     job = load_job(job_id)
     assert ended is True and (job.status, job.error_code) == (JobStatus.failed, "source_unavailable")
