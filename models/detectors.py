@@ -41,6 +41,10 @@ WHAT_TO_DO = f"run `fervid models fetch` or set FERVID_DETECTOR_PATH to a copy o
 # from survive, and a 4K frame costs what a 720p one does.
 DETECT_MAX_SIDE = 960
 MIN_FACE_PIXELS = 16  # smaller faces carry too little for a 48x48-trained classifier
+# YuNet sees frames shrunk by this much more (`bench/detect_size.py`, models/MODEL_CARD.md): the classifier reads a
+# face from about 32 px in the frame (top-1 within 2.3 points of 48 px; at 24 px it loses 6), and YuNet found every
+# real face from 22 px at its input; 22 / 32 keeps those faces at under half the pixels.
+YUNET_INPUT_SCALE = 22 / 32
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,10 @@ class FaceDetector(Protocol):
         ...
 
 
-def _downscale(image: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], float]:
+def _downscale(image: NDArray[np.uint8], most: float = 1.0) -> tuple[NDArray[np.uint8], float]:
+    """The frame as the detector gets it, at most `most` of its size, and the scale applied."""
     height, width = image.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+    scale = min(most, DETECT_MAX_SIDE / max(height, width))
     if scale < 1.0:
         image = np.asarray(cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                                       interpolation=cv2.INTER_AREA), dtype=np.uint8)
@@ -95,7 +100,7 @@ class YuNetDetector:
         self._input_size = (320, 320)
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        small, scale = _downscale(image)
+        small, scale = _downscale(image, YUNET_INPUT_SCALE)
         size = (small.shape[1], small.shape[0])
         if size != self._input_size:
             self._detector.setInputSize(size)
