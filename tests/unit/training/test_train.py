@@ -35,10 +35,11 @@ def small_fer_file(tmp_path: Path) -> Path:
     return path
 
 
-def small_config(out_dir: Path, data: Path, resume: bool = False) -> TrainConfig:
-    # bf16 off: exact comparisons need fp32 arithmetic; one thread keeps reductions in one order.
-    return TrainConfig(out_dir=out_dir, data=data, input_size=32, epochs=2, batch_size=32, bf16=False, threads=1,
-                       warmup_epochs=0.5, resume=resume)
+def small_config(out_dir: Path, data: Path, resume: bool = False, stem: str = "imagenet",
+                 input_size: int = 32) -> TrainConfig:
+    # fp32: exact comparisons need fp32 arithmetic; one thread keeps reductions in one order.
+    return TrainConfig(out_dir=out_dir, data=data, stem=stem, input_size=input_size, epochs=2, batch_size=32,
+                       precision="fp32", threads=1, warmup_epochs=0.5, resume=resume, progress_every=1)
 
 
 def load_weights(path: Path) -> Weights:
@@ -116,7 +117,7 @@ def test_training_can_continue_from_an_exported_model(tmp_path: Path, small_fer_
 
     # when training starts from it, with a zero learning rate so that no step moves a weight
     config = small_config(tmp_path / "continued", small_fer_file)
-    config.init, config.init_model, config.epochs, config.lr = "model", exported, 1, 0.0
+    config.init, config.init_model, config.epochs, config.base_lr = "model", exported, 1, 0.0
     train(config)
 
     # then the run started from the exported weights, not from fresh ones
