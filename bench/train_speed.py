@@ -63,7 +63,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--stems", default="imagenet,small,small-pool", help="comma list (the first row of imagenet is the baseline)")
+    parser.add_argument("--stems", default="imagenet,small,small-pool",
+                        help="comma list; imagenet's fp32 channels_last row is the baseline")
     parser.add_argument("--all-precisions", action="store_true", help="bf16 rows even where it is emulated")
     args = parser.parse_args()
     if args.threads:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import models.training.train
-from fervid.labels import EMOTIONS
 from models.network import EmotionResNet50
 from models.training.export import export_onnx
 from models.training.fer2013 import load_ferplus_shares
