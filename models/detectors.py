@@ -23,7 +23,7 @@ import filelock
 import numpy as np
 from numpy.typing import NDArray
 
-from fervid.errors import FervidError
+from fervid.errors import CHECKSUM_MISMATCH, DETECTOR_UNAVAILABLE, DOWNLOAD_FAILED, FervidError
 from fervid.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class HaarDetector:
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise FervidError(f"OpenCV's Haar cascade {path} is missing; install opencv-python-headless<5",
-                              code="detector_unavailable")
+                              code=DETECTOR_UNAVAILABLE)
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
         small, scale = _downscale(image)
@@ -159,7 +159,7 @@ def plan_detector(detector_path: Path | None, model_cache_dir: Path, detector_ur
     Haar. A configured path that does not exist is an error, not a fallback: someone meant a file."""
     if detector_path is not None:
         if not detector_path.is_file():
-            raise FervidError(f"FERVID_DETECTOR_PATH {detector_path} does not exist", code="detector_unavailable")
+            raise FervidError(f"FERVID_DETECTOR_PATH {detector_path} does not exist", code=DETECTOR_UNAVAILABLE)
         return DetectorPlan(detector_path, "", f"FERVID_DETECTOR_PATH {detector_path}")
     cached = model_cache_dir / YUNET_FILENAME
     if cached.is_file():
@@ -224,13 +224,13 @@ def fetch_yunet(target_dir: Path, url: str, on_progress: Callable[[int, int | No
             digest = hashlib.sha256(payload).hexdigest()
             if digest != YUNET_SHA256:
                 raise FervidError(f"the file at {url} has sha256 {digest}, not YuNet's {YUNET_SHA256}; not installed",
-                                  code="checksum_mismatch")
+                                  code=CHECKSUM_MISMATCH)
             with tempfile.NamedTemporaryFile(dir=target_dir, prefix=f".{YUNET_FILENAME}.", delete=False) as partial:
                 partial.write(payload)
             os.replace(partial.name, target)
     except OSError as error:  # an unwritable cache, or a lock held past the deadline
         raise FervidError(f"could not install YuNet in {target_dir}: {error}. Set FERVID_MODEL_CACHE_DIR to a "
-                          "writable folder or FERVID_DETECTOR_PATH to a copy", code="download_failed") from error
+                          "writable folder or FERVID_DETECTOR_PATH to a copy", code=DOWNLOAD_FAILED) from error
     return target
 
 
@@ -238,7 +238,7 @@ def _download(url: str, target_dir: Path, on_progress: Callable[[int, int | None
               max_bytes: int) -> bytes:
     def failed(why: str) -> FervidError:
         return FervidError(f"could not download {url}: {why}. Copy {YUNET_FILENAME} into {target_dir} or set "
-                           "FERVID_DETECTOR_PATH", code="download_failed")
+                           "FERVID_DETECTOR_PATH", code=DOWNLOAD_FAILED)
 
     deadline = time.monotonic() + deadline_s
     chunks: list[bytes] = []

@@ -1,5 +1,9 @@
 """ResNet50 in the torchvision state-dict layout, with the fervid head (GAP, dropout 0.2, 7-way linear).
 
+Two kinds of stem feed the same bottleneck stages: torchvision's (7x7 stride 2 + max-pool, for ImageNet weights and
+their 197-224 px inputs) and a stem for small faces (3x3 stride 1 at the native 48 px, with or without the max-pool),
+which keeps 48x48 (or 24x24) maps at layer1 where the ImageNet stem leaves 12x12 of a 48 px face.
+
 Imports torch: only training, export and the torch backend use this module.
 """
 
@@ -11,6 +15,12 @@ from torch import Tensor, nn
 STAGE_BLOCKS = (3, 4, 6, 3)  # ResNet50
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
+STEM_WIDTH = 64
+# imagenet: torchvision's 7x7 stride-2 convolution and 3x3 stride-2 max-pool (input / 4 at layer1);
+# small: a 3x3 stride-1 convolution, no pool (input / 1); small-pool: the same with the max-pool (input / 2).
+STEMS = ("imagenet", "small", "small-pool")
+# What a model without a recorded stem has: every network trained before stems were a choice.
+LEGACY_STEM = "imagenet"
 
 
 class Bottleneck(nn.Module):
@@ -43,13 +53,21 @@ class Bottleneck(nn.Module):
 class EmotionResNet50(nn.Module):
     """ResNet50 whose parameter names match torchvision's, so an ImageNet state dict loads directly."""
 
-    def __init__(self, num_classes: int = 7, in_channels: int = 1, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 7, in_channels: int = 1, dropout: float = 0.2,
+                 stem: str = LEGACY_STEM) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, not {stem!r}")
+        self.stem = stem
+        # Same names in every stem (conv1, bn1, maxpool), so the state-dict layout and ONNX names stay torchvision's.
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        channels = 64
+        self.maxpool: nn.Module = nn.Identity() if stem == "small" else nn.MaxPool2d(3, stride=2, padding=1)
+        channels = STEM_WIDTH
         stages = []
         for index, (blocks, width) in enumerate(zip(STAGE_BLOCKS, STAGE_WIDTHS, strict=True)):
             layers = []
@@ -80,11 +98,14 @@ class EmotionResNet50(nn.Module):
 
 
 def load_imagenet_state_dict(network: EmotionResNet50, state_dict: dict[str, Tensor]) -> list[str]:
-    """Loads a torchvision ResNet50 state dict; returns the keys left at their fresh values.
+    """Loads a torchvision ResNet50 state dict into an `imagenet`-stem network; returns the keys left at their fresh
+    values.
 
     The 7-way head never comes from ImageNet, and a 3-channel stem is folded into the network's
     input channels by summing over RGB (grey = R = G = B gives the same response).
     """
+    if network.stem != "imagenet":
+        raise ValueError(f"ImageNet weights need the imagenet stem, not {network.stem!r}")
     own = network.state_dict()
     loaded: dict[str, Tensor] = {}
     for key, value in state_dict.items():

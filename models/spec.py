@@ -22,15 +22,16 @@ NAME_KEY = "fervid.name"
 VERSION_KEY = "fervid.version"
 TTA_KEY = "fervid.tta"  # "hflip": average with the mirrored face, as evaluated
 MEMBERS_KEY = "fervid.members"  # networks whose probabilities the graph averages (absent: 1)
-# Provenance, for people and for `fervid train --init model`; an ensemble's init, epochs and public_acc hold one
-# comma-separated value per member.
+# Provenance, for people and for `fervid train --init model`; an ensemble's init, epochs, public_acc and stem hold
+# one comma-separated value per member.
 INIT_KEY = "fervid.init"
 EPOCHS_KEY = "fervid.epochs"  # epochs the network has trained in all
 INPUT_SIZE_KEY = "fervid.input_size"
+STEM_KEY = "fervid.stem"  # models.network.STEMS; absent: "imagenet", the stem of every model exported before it
 DATA_SHA_KEY = "fervid.data_sha256"
 GIT_COMMIT_KEY = "fervid.git_commit"
 PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
-PER_MEMBER_KEYS = (INIT_KEY, EPOCHS_KEY, PUBLIC_ACC_KEY)
+PER_MEMBER_KEYS = (INIT_KEY, EPOCHS_KEY, PUBLIC_ACC_KEY, STEM_KEY)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
 from models.graph_rewrites import restore_fp32_weights
-from models.spec import read_model_spec
+from models.spec import STEM_KEY, read_model_spec
 
 
 def probe(name: str) -> BackendProbe:
@@ -83,10 +83,14 @@ class TorchCudaBackend:
         self.softmax = spec.output == "probs"  # the exported graph ends in softmax; the torch network in logits
         if members > 1 and not self.softmax:
             raise BackendUnavailable(f"{model_path}: an ensemble must output probabilities")
-        weights = onnx_weights(onnx.load(str(model_path)))
+        model = onnx.load(str(model_path))
+        weights = onnx_weights(model)
+        stored_stems = {prop.key: prop.value for prop in model.metadata_props}.get(STEM_KEY, "")
+        stems = stored_stems.split(",") if stored_stems else ["imagenet"] * members  # files before the key
         self.networks = []
         for member in range(members):
-            network = EmotionResNet50(num_classes=len(spec.labels), in_channels=spec.preprocess.channels)
+            network = EmotionResNet50(num_classes=len(spec.labels), in_channels=spec.preprocess.channels,
+                                      stem=stems[member])
             load_onnx_weights(network, weights, str(model_path), f"members.{member}." if members > 1 else "")
             self.networks.append(network.eval().to(self.device))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fervid.errors import FervidError
+from fervid.errors import DOWNLOAD_FAILED, FervidError
 from fervid.settings import get_settings
 from models.detectors import YUNET_FILENAME, fetch_yunet
 
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if not settings.detector_url:
         raise FervidError(f"FERVID_DETECTOR_URL is empty, so nothing is downloaded; copy {YUNET_FILENAME} into "
-                          f"{settings.model_cache_dir} or set FERVID_DETECTOR_PATH", code="download_failed")
+                          f"{settings.model_cache_dir} or set FERVID_DETECTOR_PATH", code=DOWNLOAD_FAILED)
     try:
         path = fetch_yunet(settings.model_cache_dir, settings.detector_url, on_progress=print_progress)
     finally:

@@ -84,7 +84,7 @@ def checkpoint_predictor(checkpoint: Path, batch_size: int = DEFAULT_BATCH) -> t
         return predict_probs(network, faces, loaded.input_size, tta, bf16=False, batch_size=batch_size)
 
     info = {"kind": "checkpoint", "path": str(checkpoint), "epochs_trained": loaded.epoch + 1,
-            "input_size": loaded.input_size, "init": loaded.config.get("init", "unknown"),
+            "input_size": loaded.input_size, "stem": loaded.stem, "init": loaded.config.get("init", "unknown"),
             "best_public_recorded": loaded.best_public}
     return predict, info
 

@@ -46,7 +46,7 @@ from models.graph_rewrites import (
     restore_fp32_weights,
     store_weights,
 )
-from models.network import EmotionResNet50
+from models.network import LEGACY_STEM, EmotionResNet50
 from models.spec import (
     DATA_SHA_KEY,
     EPOCHS_KEY,
@@ -59,6 +59,7 @@ from models.spec import (
     OUTPUT_KEY,
     PREPROCESS_KEY,
     PUBLIC_ACC_KEY,
+    STEM_KEY,
     TTA_KEY,
     VERSION_KEY,
     Preprocess,
@@ -88,6 +89,11 @@ class Checkpoint:
     @property
     def input_size(self) -> int:
         return int(self.config.get("input_size", 64))
+
+    @property
+    def stem(self) -> str:
+        """models.network.STEMS; checkpoints from before stems were a choice hold the imagenet one."""
+        return str(self.config.get("stem") or LEGACY_STEM)
 
     @property
     def init(self) -> str:
@@ -127,7 +133,8 @@ def _load_exported(path: Path) -> Checkpoint:
         raise FervidError(f"{path} is not a single network exported by `fervid export` (an ensemble or a quantized "
                           "model cannot be a member)", code=INVALID_CHECKPOINT)
     weights = {init.name: init for init in model.graph.initializer}
-    state = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1).state_dict()
+    stem = meta.get(STEM_KEY, LEGACY_STEM)
+    state = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1, stem=stem).state_dict()
     # BatchNorm's step counter is not exported and matters only in training: it keeps its fresh value.
     missing = [key for key in state if key not in weights and not key.endswith("num_batches_tracked")]
     if missing:
@@ -136,14 +143,14 @@ def _load_exported(path: Path) -> Checkpoint:
     for key in state:
         if key in weights:
             state[key] = torch.from_numpy(numpy_helper.to_array(weights[key]).copy())
-    config = {"init": meta.get(INIT_KEY, "unknown"), "input_size": int(meta.get(INPUT_SIZE_KEY, "64"))}
+    config = {"init": meta.get(INIT_KEY, "unknown"), "input_size": int(meta.get(INPUT_SIZE_KEY, "64")), "stem": stem}
     return Checkpoint(path=path, state_dict=state, config=config, epoch=int(meta.get(EPOCHS_KEY, "0")) - 1,
                       best_public=float(meta.get(PUBLIC_ACC_KEY, "nan")), data_sha256=meta.get(DATA_SHA_KEY))
 
 
 def build_network(checkpoint: Checkpoint, network_type: type[EmotionResNet50] = EmotionResNet50) -> EmotionResNet50:
     """The checkpoint's network in eval mode, fp32, ready for inference."""
-    network = network_type(num_classes=len(EMOTIONS), in_channels=1)
+    network = network_type(num_classes=len(EMOTIONS), in_channels=1, stem=checkpoint.stem)
     network.load_state_dict(checkpoint.state_dict)
     return network.eval()
 
@@ -270,6 +277,7 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
         NAME_KEY: MODEL_NAME, VERSION_KEY: f"{dt.datetime.now(dt.UTC):%Y%m%d}-{digest[:8]}",
         MEMBERS_KEY: str(len(members)), INIT_KEY: _member_values(members, lambda m: m.init),
         EPOCHS_KEY: _member_values(members, lambda m: m.epochs), INPUT_SIZE_KEY: str(size),
+        STEM_KEY: _member_values(members, lambda m: m.stem),
         DATA_SHA_KEY: data_shas.pop(), GIT_COMMIT_KEY: git_commit(),
         PUBLIC_ACC_KEY: _member_values(members, lambda m: f"{m.best_public:.4f}"), WEIGHTS_KEY: weights,
     }

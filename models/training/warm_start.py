@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from fervid.errors import INVALID_MODEL, INVALID_REQUEST, FervidError
 from fervid.labels import EMOTIONS
 from models.graph_rewrites import float_graph
-from models.network import EmotionResNet50
-from models.spec import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, Preprocess
+from models.network import LEGACY_STEM, STEMS, EmotionResNet50
+from models.spec import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, STEM_KEY, Preprocess
 
 # Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields; the
 # state-dict key sits in between.
@@ -46,6 +46,7 @@ class ExportedNetwork:
     state_dict: dict[str, Tensor]
     folded: list[str]  # BatchNorms whose statistics were folded away: their `bias` holds b', the rest is fresh
     input_size: int
+    stem: str  # models.network.STEMS, from the file's metadata (absent: the imagenet stem of older exports)
     init: str  # the network's own provenance, from the file's metadata
     epochs: int
     data_sha256: str | None
@@ -65,8 +66,13 @@ def exported_member(path: Path, member: int) -> ExportedNetwork:
         raise FervidError(f"{path} holds {members} network(s); --init-member must be 0..{members - 1}",
                           code=INVALID_REQUEST)
     prefix = f"members.{member}." if members > 1 else ""
+    stems = meta.get(STEM_KEY, ",".join([LEGACY_STEM] * members)).split(",")
+    stem = stems[member] if len(stems) == members else ""
+    if stem not in STEMS:
+        raise FervidError(f"{path}: {STEM_KEY} {meta.get(STEM_KEY)!r} names no stem of {STEMS} for network {member}",
+                          code=INVALID_MODEL)
     found = _state_dict_tensors(model)
-    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
+    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1, stem=stem)
     state = network.state_dict()
     folded: list[str] = []
     for name, module in network.named_modules():
@@ -90,7 +96,7 @@ def exported_member(path: Path, member: int) -> ExportedNetwork:
         raise FervidError(f"{path} takes {size[0]}x{size[1]} inputs; training needs square ones", code=INVALID_MODEL)
     inits, epochs = meta.get(INIT_KEY, "").split(","), meta.get(EPOCHS_KEY, "").split(",")
     return ExportedNetwork(
-        state_dict=state, folded=folded, input_size=size[0],
+        state_dict=state, folded=folded, input_size=size[0], stem=stem,
         init=inits[member] if len(inits) == members else "unknown",
         epochs=int(epochs[member]) if len(epochs) == members and epochs[member].isdigit() else 0,
         data_sha256=None if meta.get(DATA_SHA_KEY, "unknown") == "unknown" else meta[DATA_SHA_KEY])
@@ -152,7 +158,7 @@ def warm_start_network(path: Path, member: int, input_size: int, data_sha256: st
     if source.data_sha256 not in (None, data_sha256):
         raise FervidError(f"{path} was trained on another data file (sha256 {source.data_sha256[:12]}...)",
                           code=INVALID_REQUEST)
-    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
+    network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1, stem=source.stem)
     network.load_state_dict(source.state_dict)
     if source.folded:
         unfold_batchnorm(network, source.folded, calibration_faces)

@@ -17,15 +17,17 @@ from fervid.labels import EMOTIONS
 from models.graph_rewrites import FP32_SUFFIX, restore_fp32_weights, store_weights
 from models.spec import read_model_spec
 from models.training.export import build_network, export_onnx, load_checkpoint
-from models.training.train import TrainConfig, build_optimizer, save_checkpoint
+from models.training.train import TrainConfig, build_optimizer, resolve_recipe, save_checkpoint
 
 INPUT_SIZE = 32
 
 
-def write_checkpoint(path: Path, input_size: int = INPUT_SIZE, trained_looking: bool = True) -> Path:
+def write_checkpoint(path: Path, input_size: int = INPUT_SIZE, trained_looking: bool = True,
+                     stem: str = "imagenet") -> Path:
     """A real `fervid train` checkpoint; `trained_looking` gives every tensor distinct values, as training does."""
     # The data path is only recorded in the checkpoint: the network is built, never trained here.
-    config = TrainConfig(out_dir=path.parent, data=path.parent / "fer2013.npz", input_size=input_size, epochs=3)
+    config = resolve_recipe(TrainConfig(out_dir=path.parent, data=path.parent / "fer2013.npz", stem=stem,
+                                        input_size=input_size, epochs=3))
     torch.manual_seed(0)
     network = models.training.train.build_network(config)
     if trained_looking:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 import models.training.train
-from fervid.labels import EMOTIONS
 from models.network import EmotionResNet50
 from models.training.export import export_onnx
 from models.training.fer2013 import load_ferplus_shares
@@ -22,32 +22,22 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.fixture
-def small_fer_file(tmp_path: Path) -> Path:
-    """A FER-2013-shaped .npz of random faces: training mechanics need the file's layout, not its pictures."""
-    rng = np.random.default_rng(7)
-    arrays = {}
-    for split, count in (("train", 96), ("public", 32), ("private", 32)):
-        arrays[f"x_{split}"] = rng.integers(0, 256, (count, 48, 48), dtype=np.uint8)
-        arrays[f"y_{split}"] = rng.integers(0, len(EMOTIONS), count).astype(np.int64)
-    path = tmp_path / "fer_small.npz"
-    np.savez(path, **arrays)
-    return path
+def small_config(out_dir: Path, data: Path, resume: bool = False, stem: str = "imagenet", input_size: int = 32,
+                 **options: Any) -> TrainConfig:
+    # fp32: exact comparisons need fp32 arithmetic; one thread keeps reductions in one order.
+    return TrainConfig(out_dir=out_dir, data=data, stem=stem, input_size=input_size, epochs=2, batch_size=32,
+                       precision="fp32", threads=1, warmup_epochs=0.5, resume=resume, progress_every=1, **options)
 
 
-def small_config(out_dir: Path, data: Path, resume: bool = False) -> TrainConfig:
-    # bf16 off: exact comparisons need fp32 arithmetic; one thread keeps reductions in one order.
-    return TrainConfig(out_dir=out_dir, data=data, input_size=32, epochs=2, batch_size=32, bf16=False, threads=1,
-                       warmup_epochs=0.5, resume=resume)
+def load_weights(path: Path, key: str = "network") -> Weights:
+    return torch.load(path, map_location="cpu", weights_only=True)[key]
 
 
-def load_weights(path: Path) -> Weights:
-    return torch.load(path, map_location="cpu", weights_only=True)["network"]
-
-
-def unbroken_and_resumed(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Weights, Weights, Weights]:
-    """Weights after an unbroken 2-epoch run, after epoch 1 of a killed run, and after resuming that run."""
-    train(small_config(root / "unbroken", data))
+def unbroken_and_resumed(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch,
+                         **options: Any) -> tuple[Weights, Weights, Weights]:
+    """Candidate weights after an unbroken 2-epoch run, after epoch 1 of a killed run, and after resuming that run;
+    `options` go to every run's config."""
+    train(small_config(root / "unbroken", data, **options))
     unbroken = load_weights(root / "unbroken" / "last.pt")
 
     # The second run dies right after saving last.pt for epoch one, as a killed process would.
@@ -61,10 +51,10 @@ def unbroken_and_resumed(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch
     with monkeypatch.context() as patch:
         patch.setattr(models.training.train, "save_checkpoint", save_then_die)
         with pytest.raises(Interrupted):
-            train(small_config(root / "resumed", data))
+            train(small_config(root / "resumed", data, **options))
     after_first_epoch = load_weights(root / "resumed" / "last.pt")
 
-    train(small_config(root / "resumed", data, resume=True))
+    train(small_config(root / "resumed", data, resume=True, **options))
     assert torch.load(root / "resumed" / "last.pt", weights_only=True)["epoch"] == 1
     return unbroken, after_first_epoch, load_weights(root / "resumed" / "last.pt")
 
@@ -109,6 +99,27 @@ def test_resume_restores_everything_but_the_dropout_rng(
     assert_identical(unbroken, resumed)
 
 
+def test_a_resumed_small_stem_run_with_every_regulariser_on_ends_where_an_unbroken_one_does(
+    tmp_path: Path, small_fer_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given small-stem runs with an EMA of the weights, random erasing, mixup and CutMix all on
+    options = {"stem": "small-pool", "input_size": 24, "ema_decay": 0.9, "erase_prob": 0.5, "mixup_alpha": 0.4,
+               "cutmix_alpha": 1.0}
+
+    # when one of them is killed after epoch one and resumed
+    unbroken, after_first_epoch, resumed = unbroken_and_resumed(tmp_path, small_fer_file, monkeypatch, **options)
+
+    # then the EMA candidate ("network") and the raw weights it averages both equal the unbroken run's
+    assert not torch.equal(after_first_epoch["fc.weight"], resumed["fc.weight"])
+    assert_identical(unbroken, resumed)
+    assert_identical(load_weights(tmp_path / "unbroken" / "last.pt", "training_network"),
+                     load_weights(tmp_path / "resumed" / "last.pt", "training_network"))
+    assert not torch.equal(resumed["fc.weight"],
+                           load_weights(tmp_path / "resumed" / "last.pt", "training_network")["fc.weight"])
+    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    assert saved["ema_updates"] == 2 * 3 and saved["config"]["stem"] == "small-pool"
+
+
 def test_training_can_continue_from_an_exported_model(tmp_path: Path, small_fer_file: Path) -> None:
     # given a model exported by `fervid export` (its training run gone)
     source = write_checkpoint(tmp_path / "source.pt")
@@ -116,7 +127,7 @@ def test_training_can_continue_from_an_exported_model(tmp_path: Path, small_fer_
 
     # when training starts from it, with a zero learning rate so that no step moves a weight
     config = small_config(tmp_path / "continued", small_fer_file)
-    config.init, config.init_model, config.epochs, config.lr = "model", exported, 1, 0.0
+    config.init, config.init_model, config.epochs, config.base_lr = "model", exported, 1, 0.0
     train(config)
 
     # then the run started from the exported weights, not from fresh ones
