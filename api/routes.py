@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -35,6 +36,7 @@ from api.schemas import (
     TimelineCursor,
     TimelinePage,
     WebhookSigningKey,
+    WorkerOut,
 )
 from api.uploads import read_json, read_multipart
 from fervid import jobs, results
@@ -53,7 +55,9 @@ from fervid.media_store import storage_from_url
 from fervid.queue import celery_app
 from fervid.settings import Settings
 from fervid.tables import Job
+from fervid.utc import utc_now
 from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, notify_finished, tenant_signing_key
+from fervid.worker_status import live_workers, worker_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +339,24 @@ async def _check(ping: Callable[[], None]) -> str:
     return "ok"
 
 
+def _worker_details(stale_after_s: float) -> tuple[list[WorkerOut], list[str]]:
+    """The workers that reported recently (what they run), and a warning for each one running the Haar cascade."""
+    seen_since = utc_now() - timedelta(seconds=stale_after_s)
+    try:
+        with session_scope() as session:
+            workers = [WorkerOut.model_validate(worker_to_dict(row)) for row in live_workers(session, seen_since)]
+    except Exception as error:  # detail only: readiness is the database and the broker answering
+        log.warning("could not read the workers' status: %s", error)
+        return [], [f"could not read the workers' status ({type(error).__name__})"]
+    warnings = [f"worker {worker.name} runs the Haar cascade, which finds fewer faces than YuNet "
+                f"({worker.detector_reason}); run `fervid models fetch` on its host or set FERVID_DETECTOR_PATH there"
+                for worker in workers if worker.detector == "haar"]
+    return workers, warnings
+
+
 @health.get("/readyz", response_model=Readiness, summary="Readiness: the database and the broker answer",
             responses={503: {"model": ErrorBody, "description": "the database or the broker does not answer"}})
-async def readyz() -> Any:
+async def readyz(settings: SettingsDep) -> Any:
     checks: dict[str, str] = {}
 
     async def run(name: str, ping: Callable[[], None]) -> None:
@@ -349,6 +368,8 @@ async def readyz() -> Any:
     checks = {name: checks[name] for name in ("database", "broker")}
     failed = [name for name, outcome in checks.items() if outcome != "ok"]
     if not failed:
-        return Readiness(status="ok", checks=checks)
+        workers, warnings = await anyio.to_thread.run_sync(_worker_details, settings.stale_after_s,
+                                                           abandon_on_cancel=True)
+        return Readiness(status="ok", checks=checks, workers=workers, warnings=warnings)
     log.warning("not ready: %s", checks)
     return error_response(503, NOT_READY, "; ".join(f"{name}: {checks[name]}" for name in failed), checks=checks)

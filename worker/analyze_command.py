@@ -134,7 +134,8 @@ def print_summary(job_id: str, stream: TextIO) -> None:
         summary = results.summary(session, job_id)
         timeline = results.full_timeline(session, job_id)
     media, model = described["media"], described["model"]
-    print(f"model    {model['name']} {model['version']} on {model['backend']}", file=stream)
+    print(f"model    {model['name']} {model['version']} on {model['backend']} ({model['precision']}), faces found by "
+          f"{model['detector']}", file=stream)
     print(f"media    {job.filename}: {media['kind']} {media['width']}x{media['height']}, "
           f"{media['duration_ms'] / 1000:.2f} s, {media['frame_count']} frames; sampled {len(timeline)} "
           f"at {job.sample_fps:g} fps", file=stream)

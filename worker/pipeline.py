@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fervid.errors import MediaError
 from fervid.media_store import local_copy
 from fervid.settings import Settings
 from fervid.tables import Job, JobStatus, PlanRow
+from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
 from models.detectors import FaceDetector, load_detector
@@ -31,12 +33,16 @@ from worker.media.decode import decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
 from worker.media.probe import probe
+from worker.prefetch import Prefetched
 from worker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
 FaceFound = tuple[int, tuple[int, int, int, int], float]  # local track, box, detector score
+_PendingFrame = tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]  # a frame, its faces and their crops
 HEARTBEAT_EVERY_FRAMES = 8  # progress and liveness are written this often (and at least once per batch)
+# Decoded frames waiting for detection: enough to hide decoding, few enough that memory stays a few frames.
+PREFETCH_FRAMES = 4
 
 
 @dataclass
@@ -50,50 +56,71 @@ class Analyzer:
     @property
     def model_info(self) -> record_store.ModelInfo:
         spec = self.classifier.spec
-        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=self.classifier.backend.name)
+        backend = self.classifier.backend
+        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=backend.name,
+                                      precision=backend.precision, detector=self.detector.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
                 on_progress: Callable[[int], bool] | None = None) -> list[record_store.FrameRecord]:
-        """Runs detection and tracking frame by frame and classification on batches gathered across frames.
+        """Runs detection and tracking frame by frame and classification on batches gathered across frames, the
+        three overlapped: frames are decoded ahead on one thread, and each batch is classified on another while
+        the next one is detected. Records come out in frame order.
 
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
         what is returned must not be stored (the job was cancelled or taken over).
         """
         tracker = FaceTracker()
         records: list[record_store.FrameRecord] = []
-        pending: list[tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]] = []
-        pending_faces = 0
+        pending: list[_PendingFrame] = []
+        in_flight: tuple[list[_PendingFrame], Future[NDArray[np.float32]]] | None = None
 
-        def flush() -> bool:
-            nonlocal pending_faces
-            crops = [crop for _, _, frame_crops in pending for crop in frame_crops]
-            probs = self.classifier.classify(crops)
+        def collect() -> bool:
+            """Records of the batch being classified, then progress; False when the work must stop."""
+            nonlocal in_flight
+            if in_flight is None:
+                return True
+            batch, probs_ready = in_flight
+            in_flight = None
+            probs = probs_ready.result()
             row = 0
-            for planned, faces, _ in pending:
+            for planned, faces, _ in batch:
                 face_records = []
                 for face_index, (track, box, score) in enumerate(faces):
                     face_records.append(record_store.FaceRecord(face_index=face_index, local_track=track, box=box,
                                                                 score=score, probs=probs[row].tolist()))
                     row += 1
                 records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
-            pending.clear()
-            pending_faces = 0
             return on_progress is None or on_progress(len(records))
 
-        since_heartbeat = 0
-        for planned, image in frames:
-            detections = self.detector.detect(image)
-            boxes = [d.box for d in detections]
-            tracks = tracker.update(planned.timestamp_ms, boxes)
-            faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
-            pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side) for d in detections]))
-            pending_faces += len(faces)
-            since_heartbeat += 1
-            if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
-                since_heartbeat = 0
-                if not flush():
-                    return records
-        flush()
+        def submit(classifying: ThreadPoolExecutor) -> bool:
+            """Hands the pending frames to the classifier thread once the batch before them is collected (one
+            batch in the classifier at a time)."""
+            nonlocal pending, in_flight
+            if not collect():
+                return False
+            crops = [crop for _, _, frame_crops in pending for crop in frame_crops]
+            in_flight = (pending, classifying.submit(self.classifier.classify, crops))
+            pending = []
+            return True
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fervid-classify") as classifying, \
+                Prefetched(frames, PREFETCH_FRAMES) as decoded:
+            pending_faces = since_heartbeat = 0
+            for planned, image in decoded:
+                detections = self.detector.detect(image)
+                tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
+                faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
+                pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side)
+                                                 for d in detections]))
+                pending_faces += len(faces)
+                since_heartbeat += 1
+                if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
+                    pending_faces = since_heartbeat = 0
+                    if not submit(classifying):
+                        return records
+            if pending and not submit(classifying):
+                return records
+            collect()
         return records
 
 
@@ -111,6 +138,14 @@ def build_analyzer(settings: Settings) -> Analyzer:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_status(analyzer: Analyzer) -> WorkerStatus:
+    """What this process runs, as /readyz shows it."""
+    model = analyzer.model_info
+    return WorkerStatus(name=worker_name(), detector=model.detector, detector_reason=analyzer.detector.reason,
+                        backend=model.backend, precision=model.precision, model_name=model.name,
+                        model_version=model.version)
 
 
 def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:

@@ -15,13 +15,15 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
 from fervid.errors import INTERNAL_ERROR
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
 from fervid.settings import Settings, get_settings
 from fervid.webhooks import notify_finished
+from fervid.worker_status import start_publishing
+from models.detectors import find_or_fetch_yunet
 from worker import pipeline, record_store
 from worker.reaper import start_reaper_thread
 
@@ -87,12 +89,20 @@ def _analyzer() -> pipeline.Analyzer:
     return _ThisWorker.analyzer
 
 
+@worker_init.connect
+def _fetch_detector(**_: Any) -> None:
+    # In the main process, before the pool starts: its processes then find YuNet cached (or this attempt's failure)
+    # instead of each downloading within the few seconds Celery gives a pool process to come up.
+    find_or_fetch_yunet(_settings())
+
+
 @worker_process_init.connect
 def _load_models(**_: Any) -> None:
     layout = _layout()
     log.info("inference threads: %d (of %d usable cores, concurrency %d)", layout.settings.inference_threads,
              layout.usable_cores, layout.concurrency)
     _analyzer()  # once per worker process, before its first task
+    start_publishing(pipeline.worker_status(_analyzer()), _settings().reaper_interval_s)
 
 
 @worker_ready.connect

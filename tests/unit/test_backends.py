@@ -264,3 +264,31 @@ def test_gpu_check_cpu_smoke_runs_here(shared_dir: Path, tiny_model_path: Path, 
     (parity,) = report["parity"]
     assert parity["candidate"] == "ort-cpu fp16-graph" and parity["passed"] is True
     assert "faces/s" in done.stdout
+
+
+def test_doctor_says_which_detector_workers_would_run_and_why_without_downloading(
+        no_tensorrt: None, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # given no YuNet configured or cached, and a download URL nothing may be fetched from
+    from fervid.cli import main
+
+    fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
+    fervid_env.setenv("FERVID_DETECTOR_URL", "http://127.0.0.1:9/face_detection_yunet_2023mar.onnx")
+
+    # when the doctor runs, then again with the URL empty (an air-gapped site)
+    main(["doctor"])
+    planned = capsys.readouterr().out
+    fervid_env.setenv("FERVID_DETECTOR_URL", "")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    main(["doctor"])
+    air_gapped = capsys.readouterr().out
+
+    # then it names the first-use download, then Haar with the reason and what to do; nothing was downloaded
+    (line,) = [line for line in planned.splitlines() if line.startswith("detector:")]
+    assert line.startswith("detector: workers would run yunet after a first-use download (from http://127.0.0.1:9/")
+    (line,) = [line for line in air_gapped.splitlines() if line.startswith("detector:")]
+    assert line.startswith("detector: workers would run haar (no YuNet in")
+    assert "FERVID_DETECTOR_URL is empty" in line and "fervid models fetch" in line
+    assert not any((tmp_path / "model-cache").glob("*.onnx"))
