@@ -30,7 +30,8 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.backends import select_backend  # noqa: E402
+from fervid.settings import get_settings  # noqa: E402
+from models.backends import BackendOptions, select_backend  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.detectors import Detection, YuNetDetector  # noqa: E402
@@ -123,7 +124,8 @@ def main() -> int:
     print(f"CPU: {read_cpu_features().describe()}")
     public = load_split(args.data, "public")
     faces, labels = public.faces[: args.faces], public.labels[: args.faces]
-    classifier = EmotionClassifier(read_model_spec(args.model), select_backend(args.model, "ort-cpu"))
+    backend = select_backend(args.model, "ort-cpu", options=BackendOptions.from_settings(get_settings()))
+    classifier = EmotionClassifier(read_model_spec(args.model), backend)
     for side in FACE_SIDES:
         probs = classifier.classify([shrink(face, side) for face in faces])
         print(json.dumps({"curve": "classifier", "face_px_in_frame": side,

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from fervid.db import session_scope
+from fervid.settings import get_settings
 from fervid.tables import Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
 from worker import record_store
 from worker.media.plan import MediaInfo
@@ -42,6 +43,7 @@ def database(request: pytest.FixtureRequest, fervid_env: pytest.MonkeyPatch) -> 
 def make_job(status: JobStatus = JobStatus.queued, **fields: Any) -> str:
     job_id = str(uuid.uuid4())
     fields.setdefault("created_at", datetime.now(UTC))
+    fields.setdefault("queue", get_settings().queue)  # as the API does: the job goes to the configured queue
     with session_scope() as session:
         session.add(Job(id=job_id, tenant="alice", status=status, source_uri="file:///clip.mp4", sample_fps=5.0,
                         warnings=[], **fields))
