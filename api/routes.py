@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
@@ -88,10 +87,9 @@ def _validated(model: type[ModelT], payload: Any) -> ModelT:
         raise RequestValidationError(error.errors(include_url=False, include_context=False)) from error
 
 
-def _stored_name(filename: str | None) -> str:
-    # Workers may sniff the format from the suffix; the rest of a user's file name never reaches a path.
-    suffix = PurePath(filename or "").suffix.lower()
-    return "media" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
+# Uploads are stored without the user's file name or suffix: workers tell the format by content, so a suffix can
+# never steer FFmpeg to a demuxer (an .m3u8 playlist, a concat list) that opens other files or URLs.
+STORED_MEDIA_NAME = "media"
 
 
 def _submit_upload(session: Session, tenant: str, form: FormData, settings: Settings) -> tuple[Job, bool]:
@@ -108,7 +106,7 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
     if token is not None and (existing := jobs.job_by_token(session, tenant, token)):
         return existing, False  # a retried upload is not stored twice
     job_id = jobs.new_job_id()
-    key = f"{job_id}/{_stored_name(upload.filename)}"
+    key = f"{job_id}/{STORED_MEDIA_NAME}"
     storage = storage_from_url(settings.storage_url)
     uri = storage.save(key, upload.file, settings.max_upload_mb << 20)
     try:

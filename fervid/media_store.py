@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -15,10 +16,15 @@ from urllib.parse import unquote, urlparse
 from filelock import FileLock
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
-from fervid.netpolicy import NonPublicAddress, non_public_address, open_public
+from fervid.netpolicy import NonPublicAddress, RefusedDestination, non_public_address, open_public
 from fervid.settings import Settings
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+# What a tenant reads when a source cannot be fetched: the far side's errno, banner or address would map the
+# network the workers sit in, so those go to the worker's log only.
+SOURCE_UNAVAILABLE_TEXT = ("the source could not be read (no answer, refused, or not a 2xx HTTP reply); check that "
+                           "it is reachable from the workers and submit the job again")
 
 
 class Storage(Protocol):
@@ -109,8 +115,7 @@ def _download(uri: str, target: BinaryIO, max_bytes: int, allow_private: bool) -
             boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), target)
         elif parsed.scheme in ("http", "https"):
             if (address := non_public_address(uri, allow_private)) is not None:
-                raise MediaError(SOURCE_NOT_ALLOWED, f"{parsed.hostname} resolves to {address}, not a public address; "
-                                 "set FERVID_ALLOW_PRIVATE_URLS=true where workers may read the private network")
+                raise NonPublicAddress(parsed.hostname or "", address)
             with open_public(uri, timeout=30, allow_private=allow_private) as response:
                 _copy_limited(response, target, max_bytes)
         else:
@@ -118,12 +123,14 @@ def _download(uri: str, target: BinaryIO, max_bytes: int, allow_private: bool) -
                              "use file://, s3:// or http(s)://")
     except PayloadTooLarge as error:
         raise MediaError(MEDIA_TOO_LARGE, error.message) from error
-    except NonPublicAddress as error:  # a redirect, or a DNS answer that changed since the check above
+    except RefusedDestination as error:  # a private address (maybe after a redirect or rebinding), or not http(s)
+        log.warning("source %s refused: %r (%s)", uri, error, getattr(error, "address", ""))
         raise MediaError(SOURCE_NOT_ALLOWED, str(error)) from error
     except MediaError:
         raise
     except Exception as error:  # network and S3 failures all mean the same thing to the user
-        raise MediaError(SOURCE_UNAVAILABLE, f"could not read {uri}: {error}") from error
+        log.warning("source %s could not be read: %r", uri, error)
+        raise MediaError(SOURCE_UNAVAILABLE, SOURCE_UNAVAILABLE_TEXT) from error
 
 
 def _prune_downloads(directory: Path, max_bytes: int, keep: Path) -> None:

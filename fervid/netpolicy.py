@@ -1,26 +1,78 @@
-"""Where the service may connect on a tenant's behalf (http(s) sources, webhooks).
+"""Where the service may connect on a tenant's behalf (http(s) sources, webhooks, the detector download).
 
-Two checks: `non_public_address` refuses a URL whose host resolves to a non-public address before anything is
-sent, and `open_public` checks the address every connection actually reached (each redirect hop included), so
-neither a redirect nor a DNS answer that changes between check and use (rebinding) reaches the internal network.
+Only http and https are spoken, redirects included (urllib's default opener would follow a redirect to ftp:// and
+read file: and data: URLs). Each connection resolves its host once, checks every address it got, and connects to
+those very addresses, with the name kept for the Host header and TLS's SNI: a DNS answer that changes between a
+check and the connection (rebinding) never reaches the internal network, and nothing is sent to a refused peer.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import ipaddress
 import socket
 import urllib.request
-from typing import Any
-from urllib.parse import urlparse
+from typing import IO, Any
+from urllib.parse import urljoin, urlparse
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+# Prefixes that carry an IPv4 address inside IPv6 and reach whatever it names through a gateway: `is_global` calls
+# some of them public, yet NAT64 and 6to4 relays forward to the embedded (possibly private) IPv4 address.
+TRANSLATED_NETWORKS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64, well-known prefix
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # NAT64, local-use prefix
+    ipaddress.IPv6Network("2002::/16"),  # 6to4
+)
+
+
+class RefusedDestination(Exception):
+    """A URL or connection the service may not make for a tenant. Deliberately not an OSError: urllib would wrap
+    that in URLError and callers would mistake it for a network failure worth retrying."""
+
+
+class NonPublicAddress(RefusedDestination):
+    """A host that resolves to a non-public address. The address stays in `address` for the log; the message a
+    tenant may see names none."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__("the host does not resolve to a public address; set FERVID_ALLOW_PRIVATE_URLS=true where "
+                         "workers may reach the private network")
+        self.host = host
+        self.address = address
+
+
+class ForbiddenScheme(RefusedDestination):
+    """A URL, or a redirect's target, that is not http(s)."""
+
+    def __init__(self, scheme: str) -> None:
+        super().__init__("only http:// and https:// URLs are followed, redirects included")
+        self.scheme = scheme
+
+
+def is_public_address(text: str) -> bool:
+    """Whether an address (as getaddrinfo writes it, maybe with a %scope) is one tenants may reach."""
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket
+            return address.ipv4_mapped.is_global
+        if any(address in network for network in TRANSLATED_NETWORKS):
+            return False
+    return address.is_global
+
+
+def resolve(host: str, port: int) -> list[tuple[Any, ...]]:
+    """getaddrinfo's TCP answers for (host, port): what a connection then uses, so nothing is resolved twice."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 def non_public_address(url: str, allow_private: bool) -> str | None:
-    """The first non-public address (loopback, private, link-local, ...) the URL's host resolves to, if any.
+    """The first non-public address (loopback, private, link-local, NAT64, ...) the URL's host resolves to, if any.
 
-    Tenants must not reach the service's own network through its workers, so such URLs are refused unless
-    `allow_private` (FERVID_ALLOW_PRIVATE_URLS: a single-tenant or development setup). A host that does not resolve is
-    left to fail when it is used.
+    An early, friendly refusal at submission time; connections check again on their own resolution. Tenants must
+    not reach the service's own network through its workers, so such URLs are refused unless `allow_private`
+    (FERVID_ALLOW_PRIVATE_URLS: a single-tenant or development setup). A host that does not resolve is left to fail
+    when it is used.
     """
     if allow_private:
         return None
@@ -28,71 +80,105 @@ def non_public_address(url: str, allow_private: bool) -> str | None:
     if not host:
         return "no host"
     try:
-        infos = socket.getaddrinfo(host, None)
+        infos = resolve(host, 0)
     except (socket.gaierror, UnicodeError):
         return None
     for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global:
-            return str(address)
+        if not is_public_address(str(info[4][0])):
+            return str(info[4][0])
     return None
 
 
-class NonPublicAddress(Exception):
-    """A connection reached a non-public address. Deliberately not an OSError: urllib would wrap that in URLError
-    and callers would mistake it for a network failure worth retrying."""
-
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to {address}, not a public address; set FERVID_ALLOW_PRIVATE_URLS=true "
-                         "where workers may reach the private network")
-        self.host = host
-        self.address = address
-
-
-def is_public_peer(peer: tuple[Any, ...]) -> bool:
-    """Whether a connected socket's peer (address, port, ...) is a public address."""
-    return ipaddress.ip_address(str(peer[0]).split("%")[0]).is_global
-
-
-def _refuse_non_public_peer(connection: http.client.HTTPConnection) -> None:
-    if connection.sock is None:
-        return
-    peer = connection.sock.getpeername()
-    if not is_public_peer(peer):
-        connection.close()  # before a single byte of the request is sent
-        raise NonPublicAddress(connection.host, str(peer[0]))
-
-
-class _PublicHTTPConnection(http.client.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _refuse_non_public_peer(self)
+def _connect_pinned(address: tuple[str, int], timeout: float | None, source_address: tuple[str, int] | None,
+                    allow_private: bool) -> socket.socket:
+    """socket.create_connection, except that the addresses connected to are the ones checked."""
+    host, port = address
+    infos = resolve(host, port)
+    if not allow_private:
+        for info in infos:
+            if not is_public_address(str(info[4][0])):
+                raise NonPublicAddress(host, str(info[4][0]))  # before any connection is attempted
+    failure: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not None:
+                sock.settimeout(timeout)
+            if source_address is not None:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as error:
+            sock.close()
+            failure = error
+    raise failure or OSError(f"{host} resolved to no address")
 
 
-class _PublicHTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _refuse_non_public_peer(self)
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, allow_private: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # http.client connects through this hook (HTTPS too, before wrapping with SNI of the name)
+        self._create_connection = functools.partial(_connect_pinned, allow_private=allow_private)
 
 
-class _PublicHTTPHandler(urllib.request.HTTPHandler):
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, allow_private: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_connect_pinned, allow_private=allow_private)
+
+
+class _PinnedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allow_private: bool) -> None:
+        super().__init__()
+        self.allow_private = allow_private
+
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_PublicHTTPConnection, req)
+        return self.do_open(functools.partial(_PinnedHTTPConnection, allow_private=self.allow_private), req)
 
 
-class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allow_private: bool) -> None:
+        super().__init__()
+        self.allow_private = allow_private
+
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_PublicHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, allow_private=self.allow_private), req,
+                            context=self._context)  # type: ignore[attr-defined]
 
 
-_public_opener = urllib.request.build_opener(_PublicHTTPHandler, _PublicHTTPSHandler)
-_any_opener = urllib.request.build_opener()
+class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
+    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                       headers: http.client.HTTPMessage) -> http.client.HTTPResponse | None:
+        # Checked before urllib's own list, which lets ftp:// through.
+        location = headers.get("location") or headers.get("uri")
+        scheme = urlparse(urljoin(req.full_url, location)).scheme.lower() if location else "http"
+        if scheme not in ALLOWED_SCHEMES:
+            fp.close()
+            raise ForbiddenScheme(scheme)
+        return super().http_error_302(req, fp, code, msg, headers)  # type: ignore[no-any-return]
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+@functools.cache
+def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+    # Built by hand: build_opener would add the ftp, file and data handlers.
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+                    _PinnedHTTPHandler(allow_private), _PinnedHTTPSHandler(allow_private),
+                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirectHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def open_public(request: str | urllib.request.Request, timeout: float,
                 allow_private: bool) -> http.client.HTTPResponse:
-    """urllib's urlopen, except that every connection, redirects included, must reach a public address unless
-    `allow_private` (FERVID_ALLOW_PRIVATE_URLS); raises NonPublicAddress otherwise. Behind an HTTP proxy the proxy
-    is the peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS."""
-    opener = _any_opener if allow_private else _public_opener
-    return opener.open(request, timeout=timeout)  # type: ignore[no-any-return]
+    """urllib's urlopen for http(s) only, redirects included (ForbiddenScheme otherwise), where every connection
+    must reach a public address unless `allow_private` (FERVID_ALLOW_PRIVATE_URLS); NonPublicAddress otherwise.
+    Behind an HTTP proxy the proxy is the peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS."""
+    url = request.full_url if isinstance(request, urllib.request.Request) else request
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise ForbiddenScheme(scheme)
+    return _opener(allow_private).open(request, timeout=timeout)  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 from fervid.db import session_scope
-from fervid.netpolicy import NonPublicAddress, non_public_address, open_public
+from fervid.netpolicy import RefusedDestination, non_public_address, open_public
 from fervid.settings import Settings
 from fervid.tables import Job
 
@@ -77,8 +77,9 @@ def notify_finished(job_id: str, settings: Settings) -> bool:
             with open_public(request, settings.webhook_timeout_s, settings.allow_private_urls) as response:
                 if response.status < 300:
                     return True
-        except NonPublicAddress as error:  # redirected there, or the name now resolves there: never retried
-            log.warning("webhook for job %s not sent: %s", job_id, error)
+        except RefusedDestination as error:  # redirected to a private address or off http(s), or the name now
+            # resolves to a private address: never retried
+            log.warning("webhook for job %s not sent: %r (%s)", job_id, error, getattr(error, "address", ""))
             return False
         except (OSError, http.client.HTTPException) as error:  # refused, timed out, 4xx/5xx, garbled reply
             log.info("webhook for job %s to %s failed (attempt %d): %s", job_id, url, attempt + 1, error)

@@ -12,7 +12,6 @@ import math
 import os
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fervid.errors import CHECKSUM_MISMATCH, DETECTOR_UNAVAILABLE, DOWNLOAD_FAILED, FervidError
+from fervid.netpolicy import RefusedDestination, open_public
 from fervid.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,9 @@ def _download(url: str, target_dir: Path, on_progress: Callable[[int, int | None
     chunks: list[bytes] = []
     done = 0
     try:
-        # https, or a test's loopback server
-        with urllib.request.urlopen(url, timeout=min(READ_TIMEOUT_S, deadline_s)) as response:  # noqa: S310
+        # The operator's URL (https, an internal mirror, a test's loopback server): private addresses allowed,
+        # but http(s) only, redirects included.
+        with open_public(url, timeout=min(READ_TIMEOUT_S, deadline_s), allow_private=True) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > max_bytes:
@@ -259,6 +260,6 @@ def _download(url: str, target_dir: Path, on_progress: Callable[[int, int | None
                 chunks.append(chunk)
                 if on_progress is not None:
                     on_progress(done, total)
-    except OSError as error:
+    except (OSError, RefusedDestination) as error:
         raise failed(str(error)) from error
     return b"".join(chunks)

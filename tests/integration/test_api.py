@@ -223,7 +223,7 @@ def test_an_upload_streams_to_storage_and_is_enqueued(api: Api, shared_dir: Path
     body = response.json()
     assert body["sample_fps"] == 10 and body["filename"] == "My Clip.MP4"
     (stored,) = api.stored_files()
-    assert stored.read_bytes() == clip.read_bytes() and stored.suffix == ".mp4"
+    assert stored.read_bytes() == clip.read_bytes() and stored.name == "media"  # no suffix: told by content
     row = job_row(body["job_id"])
     assert row.source_uri == stored.as_uri() and row.stored_media_key.startswith(body["job_id"])
     assert api.queued_job_ids() == [body["job_id"]]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,29 @@ def test_unreadable_sources_are_media_errors(fervid_env: pytest.MonkeyPatch, ser
         with pytest.raises(MediaError) as failed, local_copy(uri, get_settings(), cache_key="job"):
             pass
         assert failed.value.code == "source_unavailable"
+
+
+def test_an_unreachable_source_names_nothing_of_the_network(fervid_env: pytest.MonkeyPatch) -> None:
+    # given a closed port and a port that greets with a banner (an SSH server on the internal network), both
+    # reachable because private addresses are allowed here
+    from tests.unit.test_netpolicy import ConnectionCounter
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    banner = ConnectionCounter(banner=b"SSH-2.0-OpenSSH_9.6 db-7.internal\r\n")
+    messages = []
+    try:
+        # when jobs name them as sources
+        for port in (closed_port, banner.port):
+            with pytest.raises(MediaError) as failed, local_copy(f"http://127.0.0.1:{port}/clip.mp4",
+                                                                 get_settings(), cache_key=f"job-{port}"):
+                pass
+            assert failed.value.code == "source_unavailable"
+            messages.append(failed.value.message)
+    finally:
+        banner.close()
+    # then both read the same text, which names no errno, banner, address or port
+    assert messages[0] == messages[1]
+    for leak in ("Errno", "Connection refused", "SSH", "db-7", "127.0.0.1", str(closed_port), str(banner.port)):
+        assert leak not in messages[0]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fervid import media_store, netpolicy
+from fervid import netpolicy
 from fervid.errors import MediaError
 from fervid.media_store import local_copy
 from fervid.netpolicy import non_public_address
@@ -53,9 +55,10 @@ def test_a_loopback_source_is_refused_before_any_request(strict: pytest.MonkeyPa
 
 
 class RedirectingServer:
-    """A real HTTP server on loopback that answers every GET with a 302 to `target`."""
+    """A real HTTP server on loopback (`host`, any 127/8 address) that answers every GET and POST with a 302 to
+    `target`."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, host: str = "127.0.0.1") -> None:
         hits = self.hits = [0]
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -66,13 +69,53 @@ class RedirectingServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            do_POST = do_GET  # noqa: N815 - the http.server hook name
+
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://{host}:{self.port}"
+
+
+class ConnectionCounter:
+    """A bare TCP listener on loopback that counts the connections that reach it (and may greet them with a
+    banner, as an SSH or database server would), whatever protocol the client meant to speak."""
+
+    def __init__(self, banner: bytes = b"") -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.banner = banner
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with connection:
+                if self.banner:
+                    connection.sendall(self.banner)
+
+    def connections(self) -> int:
+        """The connections that arrived; waits a moment, so one made just before is counted."""
+        time.sleep(0.2)
+        return self.accepted
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[ConnectionCounter]:
+    counter = ConnectionCounter()
+    yield counter
+    counter.close()
 
 
 @pytest.fixture
@@ -86,33 +129,90 @@ def test_a_redirect_into_the_internal_network_is_refused(
     strict: pytest.MonkeyPatch, internal: CountingServer
 ) -> None:
     # given a server that redirects to an internal one; no public server exists here, so the test declares the
-    # redirecting server's address public (only its port differs from the internal server's)
-    redirector = RedirectingServer(f"{internal.base}/clip.mp4")
-    strict.setattr(netpolicy, "is_public_peer", lambda peer: peer[1] == redirector.port)
+    # redirecting server's loopback address (127.0.0.2, beside the internal 127.0.0.1) public
+    redirector = RedirectingServer(f"{internal.base}/clip.mp4", host="127.0.0.2")
+    public = netpolicy.is_public_address
+    strict.setattr(netpolicy, "is_public_address", lambda address: address == "127.0.0.2" or public(address))
     try:
         # when a download follows the redirect
         with pytest.raises(netpolicy.NonPublicAddress) as refused:
             netpolicy.open_public(f"{redirector.base}/clip.mp4", timeout=5, allow_private=False)
 
-        # then the first hop was made, the internal server never saw a request, and the error names the address
+        # then the first hop was made, the internal server never saw a request, and the address is kept for the
+        # log but not written in the message
         assert redirector.hits[0] == 1 and internal.hits[0] == 0
-        assert refused.value.address == "127.0.0.1"
+        assert refused.value.address == "127.0.0.1" and "127.0.0.1" not in str(refused.value)
     finally:
         redirector.server.shutdown()
 
 
-def test_a_name_that_resolves_differently_at_connect_time_is_refused(
-    strict: pytest.MonkeyPatch, internal: CountingServer
-) -> None:
-    # given a host whose check passed (as when DNS answers a public address first, then an internal one)
-    strict.setattr(media_store, "non_public_address", lambda url, allow_private: None)
+@pytest.mark.parametrize("scheme", ["ftp", "file", "data"])
+def test_a_redirect_off_http_is_never_followed(fervid_env: pytest.MonkeyPatch, listener: ConnectionCounter,
+                                              scheme: str) -> None:
+    # given a source that redirects to ftp:// on an internal port, a local file, or inline data; private addresses
+    # allowed (the development switch), so only the scheme can stop it
+    target = {"ftp": f"ftp://127.0.0.1:{listener.port}/clip.mp4", "file": "file:///etc/hostname",
+              "data": "data:video/mp4;base64,AAAA"}[scheme]
+    redirector = RedirectingServer(target)
+    try:
+        # when a job reads it
+        with pytest.raises(MediaError) as refused, local_copy(f"{redirector.base}/clip.mp4", get_settings(),
+                                                              cache_key="job"):
+            pass
+    finally:
+        redirector.server.shutdown()
+    # then it is refused as a place workers may not read, and nothing reached the internal port
+    assert redirector.hits[0] == 1 and refused.value.code == "source_not_allowed"
+    assert listener.connections() == 0
 
-    # when a job's source connects to what turns out to be loopback
-    with pytest.raises(MediaError) as refused, local_copy(f"{internal.base}/clip.mp4", get_settings(), cache_key="job"):
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "169.254.169.254", "100.64.0.1", "::1", "fc00::1", "fe80::1%eth0",
+    "::ffff:127.0.0.1", "::ffff:10.0.0.1",  # IPv4-mapped: judged by the IPv4 address
+    "64:ff9b::7f00:1", "64:ff9b::808:808", "64:ff9b:1::a00:1",  # NAT64 reaches whatever IPv4 it embeds
+    "2002:7f00:1::1", "2002:808:808::1",  # 6to4 likewise
+])
+def test_non_public_addresses(address: str) -> None:
+    assert not netpolicy.is_public_address(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:93.184.216.34"])
+def test_public_addresses(address: str) -> None:
+    assert netpolicy.is_public_address(address)
+
+
+@pytest.mark.parametrize("host", ["[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::1]"])
+def test_translated_and_mapped_loopback_urls_are_refused_before_connecting(
+    strict: pytest.MonkeyPatch, listener: ConnectionCounter, host: str
+) -> None:
+    with pytest.raises(netpolicy.NonPublicAddress):
+        netpolicy.open_public(f"http://{host}:{listener.port}/clip.mp4", timeout=5, allow_private=False)
+    assert listener.connections() == 0
+
+
+def test_dns_rebinding_reaches_nothing(strict: pytest.MonkeyPatch, listener: ConnectionCounter) -> None:
+    # given a name whose resolver answers a public address first, then loopback (a rebinding attack; no DNS server
+    # can be run here, so getaddrinfo is replaced for this one name, in this process)
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "media.rebind.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port or 0))]
+
+    strict.setattr(socket, "getaddrinfo", rebinding)
+
+    # when a job's source names it
+    with pytest.raises(MediaError) as refused, local_copy(f"http://media.rebind.test:{listener.port}/clip.mp4",
+                                                          get_settings(), cache_key="job"):
         pass
 
-    # then the connection is dropped before any request, with the same code as the up-front check
-    assert refused.value.code == "source_not_allowed" and internal.hits[0] == 0
+    # then the check passed on the first answer, yet the connection, made to the addresses it checked itself, was
+    # refused before it was made: no connection reached loopback
+    assert refused.value.code == "source_not_allowed"
+    assert listener.connections() == 0
 
 
 def test_the_development_switch_lets_connections_reach_loopback(

@@ -17,6 +17,7 @@ from fervid.db import session_scope
 from fervid.migrate import upgrade
 from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus
+from tests.unit.test_netpolicy import ConnectionCounter, RedirectingServer
 
 
 @pytest.fixture
@@ -128,3 +129,18 @@ def test_webhooks_are_unsigned_without_a_secret(finished_job: str) -> None:
     # given no FERVID_WEBHOOK_SECRET, when the webhook is sent, then it carries no signature header
     headers, _ = deliver(finished_job)
     assert webhooks.SIGNATURE_HEADER not in headers
+
+
+def test_a_webhook_redirected_to_ftp_reaches_nothing(finished_job: str) -> None:
+    # given a webhook receiver that redirects the POST to ftp:// on an internal port
+    listener = ConnectionCounter()
+    redirector = RedirectingServer(f"ftp://127.0.0.1:{listener.port}/")
+    _set_webhook(finished_job, f"{redirector.base}/hook")
+    try:
+        # when the job's webhook is sent
+        delivered = webhooks.notify_finished(finished_job, get_settings())
+        # then it is not delivered, tried once (never retried), and nothing reached the internal port
+        assert not delivered and redirector.hits[0] == 1 and listener.connections() == 0
+    finally:
+        redirector.server.shutdown()
+        listener.close()

@@ -22,9 +22,23 @@ def looks_like_container(head: bytes) -> bool:
     return len(head) > 2 * TS_PACKET and all(head[i] == 0x47 for i in (0, TS_PACKET, 2 * TS_PACKET))
 
 
+# The demuxers media may be read with (FFmpeg's names; "mov" covers mp4/m4a/3gp, "matroska" webm). Playlists and
+# lists (hls, dash, concat, image2 sequences, ...) are left out: they make FFmpeg open further files or URLs named
+# inside the upload.
+DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf", "nut", "ivf", "gif", "apng",
+            "h264", "hevc", "m4v", "mpegvideo", "mjpeg", "yuv4mpegpipe",
+            "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe",
+            "svg_pipe")  # no decoder here, but opened it is told apart as a vector image
+OPEN_OPTIONS = {
+    "protocol_whitelist": "file",  # nested opens inherit it: no network protocol, whatever the media names
+    "format_whitelist": ",".join(DEMUXERS),
+}
+
+
 def open_container(path: Path) -> av.container.InputContainer:
+    """The media at `path` opened by FFmpeg with a demuxer chosen by content from DEMUXERS, reading that file only."""
     try:
-        return av.open(str(path), mode="r", metadata_errors="ignore")
+        return av.open(str(path), mode="r", metadata_errors="ignore", options=OPEN_OPTIONS)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
         with path.open("rb") as file:
             head = file.read(3 * TS_PACKET + 1)
