@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
-from fervid.tables import EMOTION_COLUMNS, Face, Frame
+from fervid.tables import EMOTION_COLUMNS, Face, Frame, PlanRow, Segment
 
 MAX_PLOT_TRACKS = 8
 CSV_HEADER = ("frame_index", "timestamp_ms", "track_id", "x", "y", "w", "h", "score", *EMOTIONS, "dominant")
@@ -257,3 +257,12 @@ def render_plot_png(series: Sequence[TrackSeries], title: str, sample_interval_m
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def planned_frame(session: Session, job_id: str, frame_index: int) -> PlanRow | None:
+    """The sampled frame's place in the media (pts, keyframe) from its segment's plan; None if it was not sampled."""
+    for plan in session.scalars(select(Segment.plan).where(Segment.job_id == job_id).order_by(Segment.index)):
+        for row in plan or ():
+            if row.frame_index == frame_index:
+                return row
+    return None
