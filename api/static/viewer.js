@@ -178,7 +178,8 @@ async function fillFound(jobId, target) {
   }
   const summary = summaries.get(jobId);
   const faces = summary.tracks.reduce((count, track) => count + track.frames, 0);
-  target.append(element("div", {}, `${summary.tracks.length} tracks · ${faces} faces`));
+  const tracks = summary.tracks.length;
+  target.append(element("div", {}, `${tracks} ${tracks === 1 ? "track" : "tracks"} · ${faces} faces`));
 }
 
 async function jobAction(job, action) {
