@@ -52,17 +52,16 @@ def _video_frame(path: Path, planned: PlanRow) -> Image:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            if planned.by_order:  # timed by order: count frames from the start, as the worker did
-                frames = container.decode(stream)
-                target = planned.pts
-            else:
+            if not planned.by_order:  # timed by order: count frames from the start, as the worker did
                 container.seek(planned.keyframe_pts, stream=stream, backward=True)
-                frames = container.decode(stream)
-                target = None
-            for position, frame in enumerate(frames):
-                if (position == target) if target is not None else (frame.pts is not None and frame.pts >= planned.pts):
+            for position, frame in enumerate(container.decode(stream)):
+                if planned.by_order:
+                    reached = position == planned.pts
+                else:
+                    reached = frame.pts is not None and frame.pts >= planned.pts
+                if reached:
                     return _upright(frame.to_image(), frame.rotation, _pixel_aspect(stream))
-                if target is None and position > MAX_FRAMES_AFTER_SEEK:
+                if not planned.by_order and position > MAX_FRAMES_AFTER_SEEK:
                     break
     except (av.error.FFmpegError, OSError, IndexError) as error:
         raise MediaError(DECODE_ERROR, f"the sampled frame cannot be decoded here ({error})") from error
