@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from fervid.db import session_scope
 from fervid.errors import Unauthorized
-from fervid.settings import get_settings
+from fervid.settings import Settings, get_settings
 
 # auto_error=False: a missing header is answered by Unauthorized below, in the API's error envelope.
 bearer = HTTPBearer(auto_error=False, description="an API key from FERVID_API_KEYS")
@@ -28,10 +28,15 @@ def tenant_for_key(presented: str, tenants_by_key: dict[str, str]) -> str | None
     return tenant
 
 
-def authenticate(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+# The settings enter the API here: routes and dependencies take them as a dependency, never read them themselves.
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def authenticate(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 settings: SettingsDep) -> str:
     if credentials is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    tenant = tenant_for_key(credentials.credentials, get_settings().tenants_by_key())
+    tenant = tenant_for_key(credentials.credentials, settings.tenants_by_key())
     if tenant is None:
         raise Unauthorized("the API key is not valid; check FERVID_API_KEYS or ask for a key")
     return tenant

@@ -12,13 +12,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fervid.errors import FervidError
+from fervid.errors import (
+    BAD_REQUEST,
+    HTTP_ERROR,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    UNAUTHORIZED,
+    UNSUPPORTED_MEDIA_TYPE,
+    FervidError,
+)
 
 log = logging.getLogger(__name__)
 
 # Starlette's own errors (unknown route, wrong method, malformed multipart...) get codes by status.
-CODES_BY_STATUS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                   413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_request"}
+CODES_BY_STATUS = {400: BAD_REQUEST, 401: UNAUTHORIZED, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED,
+                   413: PAYLOAD_TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE, 422: INVALID_REQUEST}
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
@@ -46,7 +57,7 @@ async def _fervid_error(_: Request, error: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    return error_response(422, "invalid_request", describe_validation_errors(error.errors()))
+    return error_response(422, INVALID_REQUEST, describe_validation_errors(error.errors()))
 
 
 async def _http_error(_: Request, error: Exception) -> JSONResponse:
@@ -57,13 +68,13 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
         404: "no such route; the API is described at /docs",
         405: "this route does not accept that method; see /docs",
     }.get(status, str(error.detail))
-    code = CODES_BY_STATUS.get(status, "http_error" if status < 500 else "internal_error")
+    code = CODES_BY_STATUS.get(status, HTTP_ERROR if status < 500 else INTERNAL_ERROR)
     return error_response(status, code, message, error.headers)
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return error_response(500, "internal_error", "the server hit an unexpected error; retry, and report it if it "
+    return error_response(500, INTERNAL_ERROR, "the server hit an unexpected error; retry, and report it if it "
                           "happens again")
 
 

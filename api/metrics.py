@@ -16,11 +16,10 @@ from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 
-from api.auth import bearer
+from api.auth import SettingsDep, bearer
 from fervid.db import session_scope
-from fervid.errors import FervidError, Unauthorized
+from fervid.errors import NOT_CONFIGURED, FervidError, Unauthorized
 from fervid.queue import celery_app
-from fervid.settings import get_settings
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import as_utc, utc_now
 
@@ -28,11 +27,12 @@ log = logging.getLogger(__name__)
 metrics = APIRouter(tags=["health"])
 
 
-def require_metrics_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    token = get_settings().metrics_token
+def require_metrics_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                          settings: SettingsDep) -> None:
+    token = settings.metrics_token
     if not token:
         raise FervidError("metrics are off on this service (the operator has not set FERVID_METRICS_TOKEN)",
-                          code="not_configured", http_status=404)
+                          code=NOT_CONFIGURED, http_status=404)
     if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
         raise Unauthorized("send FERVID_METRICS_TOKEN as 'Authorization: Bearer <token>'")
 
@@ -68,7 +68,7 @@ def _render(jobs: dict[str, int], segments: dict[str, int], oldest_queued_s: flo
 
 @metrics.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_metrics_token)],
              summary="Prometheus metrics: jobs, segments, queue lengths (needs FERVID_METRICS_TOKEN)")
-def get_metrics() -> PlainTextResponse:
+def get_metrics(settings: SettingsDep) -> PlainTextResponse:
     with session_scope() as session:
         jobs = {str(status): int(count) for status, count in
                 session.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
@@ -77,6 +77,6 @@ def get_metrics() -> PlainTextResponse:
         oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued))
         queues = set(session.scalars(select(Job.queue).where(Job.status.in_(ACTIVE_JOB_STATUSES)).distinct()).all())
     oldest_queued_s = max(0.0, (utc_now() - as_utc(oldest)).total_seconds()) if oldest is not None else 0.0
-    queues.add(get_settings().queue)
+    queues.add(settings.queue)
     return PlainTextResponse(_render(jobs, segments, oldest_queued_s, _queue_lengths(queues)),
                              media_type="text/plain; version=0.0.4")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from api.auth import SessionDep, TenantDep
+from api.auth import SessionDep, SettingsDep, TenantDep
 from api.errors import error_response
 from api.schemas import (
     ErrorBody,
@@ -35,16 +36,28 @@ from api.schemas import (
     TimelineCursor,
     TimelinePage,
     WebhookSigningKey,
+    WorkerOut,
 )
 from api.uploads import read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
-from fervid.errors import EMPTY_MEDIA, SOURCE_NOT_ALLOWED, FervidError, InvalidRequest, MediaError
-from fervid.media_store import get_storage
+from fervid.errors import (
+    EMPTY_MEDIA,
+    NOT_CONFIGURED,
+    NOT_READY,
+    SOURCE_NOT_ALLOWED,
+    UNSUPPORTED_MEDIA_TYPE,
+    FervidError,
+    InvalidRequest,
+    MediaError,
+)
+from fervid.media_store import storage_from_url
 from fervid.queue import celery_app
-from fervid.settings import Settings, get_settings
+from fervid.settings import Settings
 from fervid.tables import Job
+from fervid.utc import utc_now
 from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, notify_finished, tenant_signing_key
+from fervid.worker_status import live_workers, worker_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +94,7 @@ def _stored_name(filename: str | None) -> str:
     return "media" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
 
 
-def _submit_upload(session: Session, tenant: str, form: FormData, max_bytes: int) -> tuple[Job, bool]:
+def _submit_upload(session: Session, tenant: str, form: FormData, settings: Settings) -> tuple[Job, bool]:
     fields = {name: value for name, value in form.multi_items()
               if name != "file" and isinstance(value, str) and value.strip()}
     options = _validated(JobOptions, fields)
@@ -96,13 +109,13 @@ def _submit_upload(session: Session, tenant: str, form: FormData, max_bytes: int
         return existing, False  # a retried upload is not stored twice
     job_id = jobs.new_job_id()
     key = f"{job_id}/{_stored_name(upload.filename)}"
-    storage = get_storage()
-    uri = storage.save(key, upload.file, max_bytes)
+    storage = storage_from_url(settings.storage_url)
+    uri = storage.save(key, upload.file, settings.max_upload_mb << 20)
     try:
         job, created = jobs.create_job(
-            session, tenant=tenant, source_uri=uri, sample_fps=options.sample_fps, client_request_token=token,
-            webhook_url=options.webhook_url, filename=upload.filename[:255] if upload.filename else None,
-            stored_media_key=key, job_id=job_id)
+            session, tenant=tenant, queue=settings.queue, source_uri=uri, sample_fps=options.sample_fps,
+            client_request_token=token, webhook_url=options.webhook_url,
+            filename=upload.filename[:255] if upload.filename else None, stored_media_key=key, job_id=job_id)
     except BaseException:
         storage.delete(key)
         raise
@@ -173,24 +186,24 @@ def _location_holds(location: str, uri: str) -> bool:
                413: {"model": ErrorBody, "description": "the upload exceeds FERVID_MAX_UPLOAD_MB"},
                415: {"model": ErrorBody, "description": "neither multipart/form-data nor JSON"}},
 )
-async def submit_job(request: Request, tenant: TenantDep, session: SessionDep) -> JSONResponse:
+async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep) -> JSONResponse:
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        max_bytes = get_settings().max_upload_mb << 20
-        form = await read_multipart(request, max_bytes)
+        form = await read_multipart(request, settings.max_upload_mb << 20)
         try:
-            job, created = await run_in_threadpool(_submit_upload, session, tenant, form, max_bytes)
+            job, created = await run_in_threadpool(_submit_upload, session, tenant, form, settings)
         finally:
             await form.close()
     elif content_type == "application/json":
         spec = _validated(JobFromUri, await read_json(request))
-        check_source_allowed(spec.source_uri, get_settings())
+        check_source_allowed(spec.source_uri, settings)
         job, created = await run_in_threadpool(
-            lambda: jobs.create_job(session, tenant=tenant, source_uri=spec.source_uri, sample_fps=spec.sample_fps,
-                                    client_request_token=spec.client_request_token, webhook_url=spec.webhook_url))
+            lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
+                                    sample_fps=spec.sample_fps, client_request_token=spec.client_request_token,
+                                    webhook_url=spec.webhook_url))
     else:
         raise FervidError("send multipart/form-data with a `file` part, or application/json with a `source_uri`",
-                          code="unsupported_media_type", http_status=415)
+                          code=UNSUPPORTED_MEDIA_TYPE, http_status=415)
     body = await run_in_threadpool(_job_out, session, job)
     return JSONResponse(body.model_dump(mode="json"), status_code=202 if created else 200)
 
@@ -271,27 +284,28 @@ def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
 
 @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
          responses={404: ERRORS[404], 409: {"model": ErrorBody, "description": "the job already finished"}})
-def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, background: BackgroundTasks) -> JobOut:
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep,
+               background: BackgroundTasks) -> JobOut:
     job = jobs.cancel_job(session, jobs.get_job(session, tenant, job_id))
-    background.add_task(notify_finished, job.id)  # runs after the response, so after the commit
+    background.add_task(notify_finished, job.id, settings)  # runs after the response, so after the commit
     return _job_out(session, job)
 
 
 @v1.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={404: ERRORS[404]},
            summary="Delete a job, its results and its uploaded media")
-def delete_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
-    jobs.delete_job(session, jobs.get_job(session, tenant, job_id))
+def delete_job(job_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep) -> Response:
+    jobs.delete_job(session, jobs.get_job(session, tenant, job_id), storage_from_url(settings.storage_url))
     return Response(status_code=204)
 
 
 @v1.get("/webhook-signing-key", response_model=WebhookSigningKey,
         responses={404: {"model": ErrorBody, "description": "webhooks are not signed (no FERVID_WEBHOOK_SECRET)"}},
         summary="The key your job webhooks are signed with")
-def get_webhook_signing_key(tenant: TenantDep) -> WebhookSigningKey:
-    secret = get_settings().webhook_secret
+def get_webhook_signing_key(tenant: TenantDep, settings: SettingsDep) -> WebhookSigningKey:
+    secret = settings.webhook_secret
     if not secret:
         raise FervidError("webhooks are not signed on this service (the operator has not set FERVID_WEBHOOK_SECRET)",
-                          code="not_configured", http_status=404)
+                          code=NOT_CONFIGURED, http_status=404)
     scheme = (f'"t=<unix seconds>,v1=<hex>": v1 is HMAC-SHA256 under this key of "<t>." followed by the raw body; '
               f"refuse a mismatch or a t more than {SIGNATURE_TOLERANCE_S} s from now")
     return WebhookSigningKey(header=SIGNATURE_HEADER, scheme=scheme, key=tenant_signing_key(secret, tenant).hex())
@@ -326,9 +340,24 @@ async def _check(ping: Callable[[], None]) -> str:
     return "ok"
 
 
+def _worker_details(stale_after_s: float) -> tuple[list[WorkerOut], list[str]]:
+    """The workers that reported recently (what they run), and a warning for each one running the Haar cascade."""
+    seen_since = utc_now() - timedelta(seconds=stale_after_s)
+    try:
+        with session_scope() as session:
+            workers = [WorkerOut.model_validate(worker_to_dict(row)) for row in live_workers(session, seen_since)]
+    except Exception as error:  # detail only: readiness is the database and the broker answering
+        log.warning("could not read the workers' status: %s", error)
+        return [], [f"could not read the workers' status ({type(error).__name__})"]
+    warnings = [f"worker {worker.name} runs the Haar cascade, which finds fewer faces than YuNet "
+                f"({worker.detector_reason}); run `fervid models fetch` on its host or set FERVID_DETECTOR_PATH there"
+                for worker in workers if worker.detector == "haar"]
+    return workers, warnings
+
+
 @health.get("/readyz", response_model=Readiness, summary="Readiness: the database and the broker answer",
             responses={503: {"model": ErrorBody, "description": "the database or the broker does not answer"}})
-async def readyz() -> Any:
+async def readyz(settings: SettingsDep) -> Any:
     checks: dict[str, str] = {}
 
     async def run(name: str, ping: Callable[[], None]) -> None:
@@ -340,6 +369,8 @@ async def readyz() -> Any:
     checks = {name: checks[name] for name in ("database", "broker")}
     failed = [name for name, outcome in checks.items() if outcome != "ok"]
     if not failed:
-        return Readiness(status="ok", checks=checks)
+        workers, warnings = await anyio.to_thread.run_sync(_worker_details, settings.stale_after_s,
+                                                           abandon_on_cancel=True)
+        return Readiness(status="ok", checks=checks, workers=workers, warnings=warnings)
     log.warning("not ready: %s", checks)
-    return error_response(503, "not_ready", "; ".join(f"{name}: {checks[name]}" for name in failed), checks=checks)
+    return error_response(503, NOT_READY, "; ".join(f"{name}: {checks[name]}" for name in failed), checks=checks)

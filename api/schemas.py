@@ -100,6 +100,8 @@ class ModelUsed(BaseModel):
     name: str | None
     version: str | None
     backend: str | None
+    precision: str | None = Field(description="what the classifier computed in: int8, fp32 or fp16")
+    detector: str | None = Field(description="the face detector: yunet, or haar when YuNet could not be had")
 
 
 class JobOut(BaseModel):
@@ -184,9 +186,26 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class WorkerOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str = Field(description="host:pid of the worker process")
+    detector: str = Field(description="yunet, or haar when YuNet could not be had")
+    detector_reason: str
+    backend: str
+    precision: str
+    model_name: str
+    model_version: str
+    started_at: datetime
+    seen_at: datetime
+
+
 class Readiness(BaseModel):
     status: Literal["ok"]
     checks: dict[str, str]
+    workers: list[WorkerOut] = Field(description="worker processes that reported within FERVID_STALE_AFTER_S: "
+                                     "detail, not part of readiness")
+    warnings: list[str] = Field(description="e.g. a worker running the Haar cascade instead of YuNet")
 
 
 class Cursor(BaseModel):

@@ -11,7 +11,7 @@ from fastapi import Request
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from fervid.errors import InvalidRequest, PayloadTooLarge
+from fervid.errors import BAD_REQUEST, InvalidRequest, PayloadTooLarge
 
 # Room for the multipart boundaries, part headers and the small form fields next to the file.
 FORM_OVERHEAD_BYTES = 64 << 10
@@ -50,7 +50,7 @@ async def read_multipart(request: Request, max_file_bytes: int) -> FormData:
             parser = MultiPartParser(request.headers, body, max_files=1, max_fields=16, max_part_size=16 << 10)
             return await parser.parse()
     except MultiPartException as error:
-        raise InvalidRequest(f"the multipart body cannot be read: {error.message}", code="bad_request",
+        raise InvalidRequest(f"the multipart body cannot be read: {error.message}", code=BAD_REQUEST,
                              http_status=400) from error
 
 
@@ -61,5 +61,5 @@ async def read_json(request: Request) -> Any:
     try:
         return json.loads(body)
     except ValueError as error:
-        raise InvalidRequest(f"the body is not valid JSON: {error}", code="bad_request",
+        raise InvalidRequest(f"the body is not valid JSON: {error}", code=BAD_REQUEST,
                              http_status=400) from error

@@ -32,7 +32,8 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.backends import select_backend  # noqa: E402
+from fervid.settings import get_settings  # noqa: E402
+from models.backends import BackendOptions, select_backend  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
@@ -94,7 +95,8 @@ def main() -> int:
     args = parser.parse_args()
 
     spec = read_model_spec(args.model)
-    classifier = EmotionClassifier(spec, select_backend(args.model, "ort-cpu"))
+    options = BackendOptions.from_settings(get_settings())
+    classifier = EmotionClassifier(spec, select_backend(args.model, "ort-cpu", options=options))
     detectors: list[FaceDetector] = [YuNetDetector(args.yunet), HaarDetector()]
     train = load_split(args.data, "train")
     fit_rows = np.random.default_rng(0).choice(len(train), min(args.fit_faces, len(train)), replace=False)

@@ -121,12 +121,14 @@ def gpu_backends(model: Path, max_batch: int,
     trt = probe_backend("tensorrt")
     print(f"tensorrt: {trt.detail}")
     if trt.available:
+        from fervid.settings import get_settings
         from models.backends.tensorrt import TrtBackend
-        from models.engine_cache import BatchProfile
+        from models.engine_cache import BatchProfile, EngineCache
 
+        cache = EngineCache(get_settings().engine_cache_dir)
         for precision in ("fp32", "fp16"):
             factories[f"tensorrt {precision}"] = (
-                lambda p=precision: TrtBackend(model, p, BatchProfile.up_to(max_batch)))  # type: ignore[misc]
+                lambda p=precision: TrtBackend(model, p, BatchProfile.up_to(max_batch), cache))  # type: ignore[misc]
     ort_cuda = probe_backend("ort-cuda")
     if ort_cuda.available:
         factories["ort-cuda fp32"] = lambda: OrtBackend(model, ["CUDAExecutionProvider", CPU_PROVIDER], max_batch)

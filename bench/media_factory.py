@@ -169,10 +169,15 @@ def mdat_range(path: Path) -> tuple[int, int]:
     raise ValueError(f"{path} has no mdat box")
 
 
-def write_looped_clip(source: Path, target: Path, loops: int, fps: int = 30, gop: int = 30) -> Path:
-    """A long real clip: every frame of `source` played `loops` times (H.264, a keyframe every `gop` frames)."""
+def write_looped_clip(source: Path, target: Path, loops: int, fps: int = 30, gop: int = 30,
+                      size: tuple[int, int] | None = None) -> Path:
+    """A long real clip: every frame of `source` played `loops` times (H.264, a keyframe every `gop` frames),
+    resized to `size` (width, height) if given."""
     with av.open(str(source)) as container:
         frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+    if size is not None:
+        frames = [np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_CUBIC), dtype=np.uint8)
+                  for image in frames]
     with av.open(str(target), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"

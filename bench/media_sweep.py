@@ -18,8 +18,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.media_factory import read_index, write_video  # noqa: E402
 from fervid.errors import MediaError  # noqa: E402
+from fervid.settings import Settings  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
+
+SETTINGS = Settings()  # the limits FERVID_* sets
 
 # (file name, encoder, pixel format): the container comes from the suffix.
 COMBINATIONS = [
@@ -52,9 +56,9 @@ def main() -> int:
                 skipped += 1
                 continue
             try:
-                info, plan = probe(path, 5)
+                info, plan = probe(path, 5, MediaLimits.from_settings(SETTINGS))
                 warnings: list[str] = []
-                frames = list(decode_planned(path, plan, warnings))
+                frames = list(decode_planned(path, plan, warnings, SETTINGS.max_pixels))
             except MediaError as error:
                 print(f"{name:<22} FAILED: {error.code}: {error}")
                 failed += 1

@@ -24,16 +24,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import av
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
+from bench.media_factory import write_looped_clip  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
-from worker.media import decode_planned, probe  # noqa: E402
+from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.limits import MediaLimits  # noqa: E402
+from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
 
 PEER_REQUIREMENTS = ["fer==25.10.3", "tensorflow-cpu", "opencv-python-headless<5", "pandas", "requests",
@@ -65,23 +66,6 @@ def ensure_peer(venv: Path) -> Path:
     return python
 
 
-def looped_clip(source: Path, loops: int, out: Path) -> Path:
-    """`source` played `loops` times, re-encoded as one H.264 file with continuous timestamps."""
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or 25
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    with av.open(str(out), "w") as target:
-        video = target.add_stream("libx264", rate=rate)
-        video.height, video.width = frames[0].shape[:2]
-        video.pix_fmt = "yuv420p"
-        for _ in range(loops):
-            for pixels in frames:
-                target.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        target.mux(video.encode(None))
-    return out
-
-
 def timed(repeat: int, work: Callable[[], object]) -> tuple[list[float], object]:
     times, result = [], None
     for _ in range(repeat):
@@ -108,42 +92,58 @@ def main() -> int:
         if not source.is_file():
             print(f"bench/peer_fer.py: {source} not found (needs ../shared/media, or pass --clip); skipped")
             return 0
-        args.clip = looped_clip(source, LOOPS, scratch / "talking_head.mp4")
+        args.clip = write_looped_clip(source, scratch / "talking_head.mp4", LOOPS)
     settings = get_settings()
     yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
     env = {**os.environ, "FERVID_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
     if settings.detector_path is None and yunet.is_file():
-        settings.detector_path = yunet
+        settings = settings.model_copy(update={"detector_path": yunet})
         env["FERVID_DETECTOR_PATH"] = str(yunet)
-    info, plan = probe(args.clip, 1000.0)  # above any real rate: every frame is sampled
+    # 1000 fps: above any real rate, so every frame is sampled
+    info, plan = probe(args.clip, 1000.0, MediaLimits.from_settings(settings))
     print(f"CPU: {read_cpu_features().describe()}, {os.cpu_count()} logical cores")
     print(f"clip: {args.clip} ({info.width}x{info.height}, {len(plan)} frames, {info.fps:.3f} fps)")
 
     fervid_cmd = [str(ROOT / ".venv" / "bin" / "fervid"), "analyze", str(args.clip), "--fps", "1000",
                   "--out", str(scratch / "fervid.json")]
-    fervid_times, _ = timed(args.repeat, lambda: subprocess.run(fervid_cmd, env=env, check=True,
-                                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    print(f"fervid analyze (whole process): {spread(fervid_times)}")
-    if not args.skip_peer:
+
+    def run_fervid() -> None:
+        subprocess.run(fervid_cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    if args.skip_peer:
+        fervid_times, _ = timed(args.repeat, run_fervid)
+        print(f"fervid analyze (whole process): {spread(fervid_times)}")
+    else:
         python = ensure_peer(args.peer_venv)
         peer_cmd = [str(python), "-c", PEER_SCRIPT, str(args.clip)]
-        peer_times, peer_out = timed(args.repeat, lambda: subprocess.run(
-            peer_cmd, check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}))
-        frames, faces = peer_out.stdout.split()[-2:]  # type: ignore[attr-defined]
-        print(f"fer {PEER_REQUIREMENTS[0]} (whole process, {frames} frames, {faces} faces): {spread(peer_times)}")
-        print(f"fervid speed-up over fer: x{statistics.median(peer_times) / statistics.median(fervid_times):.2f}")
+        peer_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        run_fervid()  # warm-ups: file caches, lazy compilation
+        peer_out = subprocess.run(peer_cmd, check=True, capture_output=True, text=True, env=peer_env).stdout
+        fervid_times, peer_times = [], []
+        for _ in range(args.repeat):  # in turn, so that a drift of the machine's speed hits both alike
+            fervid_times += timed(1, run_fervid)[0]
+            peer_times += timed(1, lambda: subprocess.run(peer_cmd, check=True, capture_output=True,
+                                                          env=peer_env))[0]
+        peer_frames, peer_faces = peer_out.split()[-2:]
+        ratios = [peer / ours for peer, ours in zip(peer_times, fervid_times, strict=True)]
+        print(f"fervid analyze (whole process): {spread(fervid_times)}")
+        print(f"fer {PEER_REQUIREMENTS[0]} (whole process, {peer_frames} frames, {peer_faces} faces): "
+              f"{spread(peer_times)}")
+        print(f"fervid speed-up over fer, pair by pair: median x{statistics.median(ratios):.2f} "
+              f"(min x{min(ratios):.2f}, max x{max(ratios):.2f})")
 
     analyzer = build_analyzer(settings)
-    frames = [image for _, image in decode_planned(args.clip, plan, [])]
-    analyzer.analyze(decode_planned(args.clip, plan[:4], []))  # warm-up: first inference allocates
-    decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [])))
+    max_pixels = settings.max_pixels
+    frames = [image for _, image in decode_planned(args.clip, plan, [], max_pixels)]
+    analyzer.analyze(decode_planned(args.clip, plan[:4], [], max_pixels))  # warm-up: first inference allocates
+    decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [], max_pixels)))
     detect_times, detections = timed(args.repeat, lambda: [analyzer.detector.detect(image) for image in frames])
     crops = [crop_face(image, found.box, analyzer.detector.crop_side)
              for image, found_in_frame in zip(frames, detections, strict=True)  # type: ignore[call-overload]
              for found in found_in_frame]
     classify_times, _ = timed(args.repeat, lambda: [analyzer.classifier.classify(crops[i : i + analyzer.batch_size])
                                                     for i in range(0, len(crops), analyzer.batch_size)])
-    e2e_times, records = timed(args.repeat, lambda: analyzer.analyze(decode_planned(args.clip, plan, [])))
+    e2e_times, records = timed(args.repeat, lambda: analyzer.analyze(decode_planned(args.clip, plan, [], max_pixels)))
     stages = statistics.median(decode_times) + statistics.median(detect_times) + statistics.median(classify_times)
     e2e = statistics.median(e2e_times)
     print(f"decode alone: {spread(decode_times)}; detect alone: {spread(detect_times)}; "

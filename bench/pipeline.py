@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from fervid.settings import get_settings  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
 
@@ -62,22 +63,22 @@ def main() -> int:
     settings = get_settings()
     yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
     if settings.detector_path is None and yunet.is_file():
-        settings.detector_path = yunet
+        settings = settings.model_copy(update={"detector_path": yunet})
     analyzer = build_analyzer(settings)
-    info, plan = probe(args.clip, args.fps)
+    info, plan = probe(args.clip, args.fps, MediaLimits.from_settings(settings))
 
     decode_best, decode_median, decoded = best_of(args.repeat, lambda: decode_all(args.clip))
 
     def end_to_end(runner: Any = analyzer) -> tuple[int, int]:
-        records = runner.analyze(decode_planned(args.clip, plan, []))
+        records = runner.analyze(decode_planned(args.clip, plan, [], settings.max_pixels))
         return len(records), sum(len(r.faces) for r in records)
 
-    analyzer.analyze(decode_planned(args.clip, plan[:2], []))  # warm-up: first inference allocates
+    analyzer.analyze(decode_planned(args.clip, plan[:2], [], settings.max_pixels))  # warm-up: first inference allocates
     e2e_best, e2e_median, (sampled, faces) = best_of(args.repeat, end_to_end)
     baseline: dict[str, Any] | None = None
     if args.baseline_model is not None:
         other = build_analyzer(settings.model_copy(update={"model_path": args.baseline_model}))
-        other.analyze(decode_planned(args.clip, plan[:2], []))
+        other.analyze(decode_planned(args.clip, plan[:2], [], settings.max_pixels))
         other_best, _, _ = best_of(args.repeat, lambda: end_to_end(other))
         baseline = {"model": other.model_info.name, "version": other.model_info.version,
                     "end_to_end_faces_per_s": round(faces / other_best, 1),

@@ -1,6 +1,6 @@
 """One long video on one worker process vs two, through the real service path, measured in the same run.
 
-    .venv/bin/python bench/scale_bench.py [--loops 20] [--fps 5] [--segment-seconds 4]
+    .venv/bin/python bench/scale_bench.py [--loops 20] [--fps 5] [--segment-seconds 4] [--size 1280x720] [--pin]
 
 Real Redis (FERVID_TEST_REDIS_URL, default redis://127.0.0.1:6379/15, its own queue) and a scratch PostgreSQL
 database (FERVID_TEST_PG_URL); `fervid worker` subprocesses, warmed up before timing. Each configuration analyses
@@ -40,7 +40,8 @@ REDIS_URL = os.environ.get("FERVID_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 def run_job(clip: Path, fps: float, timeout: float = 900.0) -> float:
     with session_scope() as session:
-        job, _ = jobs.create_job(session, tenant="bench", source_uri=clip.as_uri(), sample_fps=fps)
+        job, _ = jobs.create_job(session, tenant="bench", queue=get_settings().queue, source_uri=clip.as_uri(),
+                                 sample_fps=fps)
         job_id = job.id
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -56,14 +57,21 @@ def run_job(clip: Path, fps: float, timeout: float = 900.0) -> float:
     raise SystemExit(f"bench job {job_id} did not finish in {timeout:.0f} s")
 
 
-def start_workers(count: int, threads: int, env: dict[str, str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
+def start_workers(count: int, threads: int, env: dict[str, str], log_dir: Path,
+                  pinned: bool = False) -> list[subprocess.Popen[bytes]]:
+    """`count` worker processes with `threads` inference threads each; `pinned`: worker i on core i alone
+    (`taskset`), as if each were a one-core host, its threads left for the product to choose."""
     processes = []
     for index in range(count):
         log = (log_dir / f"worker-{count}-{threads}-{index}.log").open("wb")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "fervid.cli", "worker", "--concurrency", "1", "--loglevel", "WARNING"],
-            env={**os.environ, **env, "FERVID_INFERENCE_THREADS": str(threads)}, stdout=log,
-            stderr=subprocess.STDOUT, cwd=ROOT))
+        command = [sys.executable, "-m", "fervid.cli", "worker", "--concurrency", "1", "--loglevel", "WARNING"]
+        worker_env = {**os.environ, **env}
+        if pinned:
+            command = ["taskset", "-c", str(index), *command]
+            worker_env.pop("FERVID_INFERENCE_THREADS", None)
+        else:
+            worker_env["FERVID_INFERENCE_THREADS"] = str(threads)
+        processes.append(subprocess.Popen(command, env=worker_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
     return processes
 
 
@@ -79,7 +87,12 @@ def main() -> int:
     parser.add_argument("--loops", type=int, default=20, help="times the 2.4 s clip is repeated (20: 48 s)")
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--segment-seconds", type=float, default=4.0)
+    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT of the long clip (default: the source's)")
+    parser.add_argument("--pin", action="store_true",
+                        help="each worker pinned to its own core with taskset, threads as the product picks them "
+                             "(one process per core, as on one-core hosts); configurations 1 and 2 workers")
     args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else None
     source = SHARED / "media" / "single_face.mp4"
     yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
     if not source.is_file():
@@ -96,12 +109,13 @@ def main() -> int:
     try:
         upgrade(database_url)
         with tempfile.TemporaryDirectory() as scratch:
-            clip = write_looped_clip(source, Path(scratch) / "long.mp4", loops=args.loops)
+            clip = write_looped_clip(source, Path(scratch) / "long.mp4", loops=args.loops, size=size)  # type: ignore[arg-type]
             warm = write_looped_clip(source, Path(scratch) / "warm.mp4", loops=4)  # spans several segments
             # (worker processes, inference threads each): one process per core is the scale-out layout; one
             # process with two threads shows what threads alone give on the same cores.
-            for workers, threads in ((1, 1), (2, 1), (1, 2)):
-                processes = start_workers(workers, threads, env, Path(scratch))
+            layouts = ((1, 1), (2, 1)) if args.pin else ((1, 1), (2, 1), (1, 2))
+            for workers, threads in layouts:
+                processes = start_workers(workers, threads, env, Path(scratch), pinned=args.pin)
                 try:
                     run_job(warm, args.fps)  # every worker has loaded its models by the time this finishes
                     seconds = run_job(clip, args.fps)

@@ -38,7 +38,7 @@ from worker.media.plan import MediaInfo  # noqa: E402
 
 ADMIN_URL = os.environ.get("FERVID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MEDIA = MediaInfo(kind="video", width=1920, height=1080, fps=30.0, duration_ms=0.0, frame_count=0, rotation=0)
-MODEL = record_store.ModelInfo(name="bench", version="0", backend="none")
+MODEL = record_store.ModelInfo(name="bench", version="0", backend="none", precision="fp32", detector="none")
 
 
 def admin_connection() -> psycopg.Connection[Any]:

@@ -25,7 +25,8 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.backends import select_backend  # noqa: E402
+from fervid.settings import get_settings  # noqa: E402
+from models.backends import BackendOptions, select_backend  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
 from models.training.commands.data_paths import DEFAULT_DATA_PATH  # noqa: E402
@@ -73,7 +74,9 @@ def main() -> int:
     args = parser.parse_args()
     spec = read_model_spec(args.model)
     # The runtime's own mirror-image average, for every view.
-    classifier = EmotionClassifier(dataclasses.replace(spec, tta="hflip"), select_backend(args.model, "ort-cpu"))
+    options = BackendOptions.from_settings(get_settings())
+    backend = select_backend(args.model, "ort-cpu", options=options)
+    classifier = EmotionClassifier(dataclasses.replace(spec, tta="hflip"), backend)
     public = load_split(args.data, "public")
     probs = {"full": classifier.classify(list(public.faces))}
     for name, view in VIEWS.items():

@@ -39,6 +39,8 @@ def engine_for(url: str) -> Engine:
     return make_engine(url)
 
 
+# The process's database, like its Celery app, is a process-wide singleton: the one place below the edges that
+# reads the settings, so every layer shares one pool without passing it along.
 def get_engine() -> Engine:
     return engine_for(get_settings().database_url)
 

@@ -1,12 +1,58 @@
-"""One error type with a code: what happened and what to do next, never a bare traceback."""
+"""One error type with a code: what happened and what to do next, never a bare traceback.
+
+Every error code is written here once; the rest of the product names these constants. Clients match on the
+values, so a value never changes.
+"""
 
 from __future__ import annotations
+
+# Request and service errors.
+INTERNAL_ERROR = "internal_error"  # a bug or an outage; retry, and report it if it happens again
+BAD_REQUEST = "bad_request"  # a body that cannot be parsed (malformed multipart or JSON)
+INVALID_REQUEST = "invalid_request"  # a parsed request (or command-line option) with invalid values
+UNAUTHORIZED = "unauthorized"
+NOT_FOUND = "not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+CONFLICT = "conflict"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # the request's Content-Type, not the media
+HTTP_ERROR = "http_error"  # any other 4xx Starlette raises
+NOT_CONFIGURED = "not_configured"  # a feature the operator has not turned on (metrics, webhook signing)
+NOT_READY = "not_ready"  # /readyz: the database or the broker does not answer
+JOB_FAILED = "job_failed"  # a job that ended without success and without a code of its own
+
+# Media error codes: a job fails with one of these.
+UNSUPPORTED_MEDIA = "unsupported_media"  # not a video or image we can decode (or audio only)
+EMPTY_MEDIA = "empty_media"  # zero bytes, or a container with no frames
+MEDIA_TOO_LARGE = "media_too_large"  # frame pixels or duration past the limits (decompression bombs)
+DECODE_ERROR = "decode_error"  # a recognised container whose frames cannot be decoded
+SOURCE_UNAVAILABLE = "source_unavailable"  # the source URI cannot be read by the worker
+SOURCE_NOT_ALLOWED = "source_not_allowed"  # the source names a place workers may not read for tenants
+
+# Models and inference backends.
+BACKEND_UNAVAILABLE = "backend_unavailable"  # an inference backend cannot run here
+UNKNOWN_BACKEND = "unknown_backend"  # FERVID_BACKEND names no backend
+INVALID_BATCH_PROFILE = "invalid_batch_profile"
+ENGINE_BUILD_TIMEOUT = "engine_build_timeout"
+DEMO_MEDIA_MISSING = "demo_media_missing"
+# Face detectors (models/detectors.py).
+DETECTOR_UNAVAILABLE = "detector_unavailable"
+DOWNLOAD_FAILED = "download_failed"
+CHECKSUM_MISMATCH = "checksum_mismatch"
+
+# The offline bench (training, export, evaluation, quantization).
+CHECKPOINT_NOT_FOUND = "checkpoint_not_found"
+INVALID_CHECKPOINT = "invalid_checkpoint"
+INVALID_MODEL = "invalid_model"
+DATA_NOT_FOUND = "data_not_found"
+EXPORT_FAILED = "export_failed"
+EXPORT_MISMATCH = "export_mismatch"
 
 
 class FervidError(Exception):
     """An error a user can act on. `code` is stable and machine-readable; `message` is for people."""
 
-    code = "internal_error"
+    code = INTERNAL_ERROR
     http_status = 500
 
     def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None) -> None:
@@ -28,34 +74,25 @@ class MediaError(FervidError):
 
 
 class NotFound(FervidError):
-    code = "not_found"
+    code = NOT_FOUND
     http_status = 404
 
 
 class Unauthorized(FervidError):
-    code = "unauthorized"
+    code = UNAUTHORIZED
     http_status = 401
 
 
 class InvalidRequest(FervidError):
-    code = "invalid_request"
+    code = INVALID_REQUEST
     http_status = 422
 
 
 class PayloadTooLarge(FervidError):
-    code = "payload_too_large"
+    code = PAYLOAD_TOO_LARGE
     http_status = 413
 
 
 class Conflict(FervidError):
-    code = "conflict"
+    code = CONFLICT
     http_status = 409
-
-
-# Media error codes, written once.
-UNSUPPORTED_MEDIA = "unsupported_media"  # not a video or image we can decode (or audio only)
-EMPTY_MEDIA = "empty_media"  # zero bytes, or a container with no frames
-MEDIA_TOO_LARGE = "media_too_large"  # frame pixels or duration past the limits (decompression bombs)
-DECODE_ERROR = "decode_error"  # a recognised container whose frames cannot be decoded
-SOURCE_UNAVAILABLE = "source_unavailable"  # the source URI cannot be read by the worker
-SOURCE_NOT_ALLOWED = "source_not_allowed"  # the source names a place workers may not read for tenants

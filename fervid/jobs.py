@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fervid.errors import Conflict, NotFound
-from fervid.media_store import get_storage
+from fervid.media_store import Storage
 from fervid.queue import send_prepare
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import as_utc, iso_utc, utc_now
@@ -39,7 +39,7 @@ def job_by_token(session: Session, tenant: str, client_request_token: str) -> Jo
     )
 
 
-def create_job(session: Session, *, tenant: str, source_uri: str, sample_fps: float,
+def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sample_fps: float,
                client_request_token: str | None = None, webhook_url: str | None = None,
                filename: str | None = None, stored_media_key: str | None = None,
                job_id: str | None = None) -> tuple[Job, bool]:
@@ -51,7 +51,7 @@ def create_job(session: Session, *, tenant: str, source_uri: str, sample_fps: fl
     """
     if client_request_token is not None and (existing := job_by_token(session, tenant, client_request_token)):
         return existing, False
-    job = Job(id=job_id or new_job_id(), tenant=tenant, status=JobStatus.queued, source_uri=source_uri,
+    job = Job(id=job_id or new_job_id(), tenant=tenant, queue=queue, status=JobStatus.queued, source_uri=source_uri,
               stored_media_key=stored_media_key, filename=filename, sample_fps=sample_fps,
               client_request_token=client_request_token, webhook_url=webhook_url, warnings=[],
               created_at=utc_now())
@@ -105,7 +105,8 @@ def job_to_dict(session: Session, job: Job, frames_done: int | None = None) -> d
                   "height": job.height, "frame_count": job.frame_count},
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
         "warnings": list(job.warnings or []),
-        "model": {"name": job.model_name, "version": job.model_version, "backend": job.model_backend},
+        "model": {"name": job.model_name, "version": job.model_version, "backend": job.model_backend,
+                  "precision": job.model_precision, "detector": job.model_detector},
         "sample_fps": job.sample_fps,
         "filename": job.filename,
         "created_at": iso_utc(job.created_at),
@@ -154,7 +155,7 @@ def cancel_job(session: Session, job: Job) -> Job:
     return job
 
 
-def delete_job(session: Session, job: Job) -> None:
+def delete_job(session: Session, job: Job, storage: Storage) -> None:
     """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload."""
     key = job.stored_media_key
     session.execute(delete(Job).where(Job.id == job.id).execution_options(synchronize_session=False))
@@ -163,6 +164,6 @@ def delete_job(session: Session, job: Job) -> None:
     if key is None:
         return
     try:
-        get_storage().delete(key)
+        storage.delete(key)
     except Exception:  # the rows are gone either way; an orphaned file must not turn the delete into an error
         log.exception("job %s: deleted, but its stored media %r could not be removed", job.id, key)

@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
 from fervid.netpolicy import NonPublicAddress, non_public_address, open_public
-from fervid.settings import get_settings
+from fervid.settings import Settings
 
 CHUNK = 1 << 20
 
@@ -100,11 +100,7 @@ def storage_from_url(url: str) -> Storage:
     raise ValueError(f"FERVID_STORAGE_URL must be file:///dir or s3://bucket/prefix, not {url!r}")
 
 
-def get_storage() -> Storage:
-    return storage_from_url(get_settings().storage_url)
-
-
-def _download(uri: str, target: BinaryIO) -> None:
+def _download(uri: str, target: BinaryIO, max_bytes: int, allow_private: bool) -> None:
     parsed = urlparse(uri)
     try:
         if parsed.scheme == "s3":
@@ -112,12 +108,11 @@ def _download(uri: str, target: BinaryIO) -> None:
 
             boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), target)
         elif parsed.scheme in ("http", "https"):
-            if (address := non_public_address(uri)) is not None:
+            if (address := non_public_address(uri, allow_private)) is not None:
                 raise MediaError(SOURCE_NOT_ALLOWED, f"{parsed.hostname} resolves to {address}, not a public address; "
                                  "set FERVID_ALLOW_PRIVATE_URLS=true where workers may read the private network")
-            limit = get_settings().max_download_mb << 20
-            with open_public(uri, timeout=30) as response:
-                _copy_limited(response, target, limit)
+            with open_public(uri, timeout=30, allow_private=allow_private) as response:
+                _copy_limited(response, target, max_bytes)
         else:
             raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
                              "use file://, s3:// or http(s)://")
@@ -144,7 +139,7 @@ def _prune_downloads(directory: Path, max_bytes: int, keep: Path) -> None:
 
 
 @contextmanager
-def local_copy(uri: str, cache_key: str | None = None) -> Iterator[Path]:
+def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> Iterator[Path]:
     """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://.
 
     Remote sources are downloaded; with a `cache_key` (the job id) the download is kept in this machine's
@@ -158,13 +153,13 @@ def local_copy(uri: str, cache_key: str | None = None) -> Iterator[Path]:
         yield path
         return
     suffix = Path(parsed.path).suffix[:16]
+    max_bytes, allow_private = settings.max_download_mb << 20, settings.allow_private_urls
     if cache_key is None:
         with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
-            _download(uri, cast(BinaryIO, spool))
+            _download(uri, cast(BinaryIO, spool), max_bytes, allow_private)
             spool.flush()
             yield Path(spool.name)
         return
-    settings = get_settings()
     directory = settings.download_cache_dir
     directory.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(f"{cache_key}\n{uri}".encode()).hexdigest()[:32] + suffix
@@ -174,7 +169,7 @@ def local_copy(uri: str, cache_key: str | None = None) -> Iterator[Path]:
             partial = directory / f"{name}.part"
             try:
                 with partial.open("wb") as stream:
-                    _download(uri, stream)
+                    _download(uri, stream, max_bytes, allow_private)
                 partial.replace(target)
             finally:
                 partial.unlink(missing_ok=True)

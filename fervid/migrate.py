@@ -12,18 +12,18 @@ import migrations
 from fervid.settings import get_settings
 
 
-def alembic_config(database_url: str | None = None) -> Config:
+def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    config.set_main_option("sqlalchemy.url", (database_url or get_settings().database_url).replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
 
-def upgrade(database_url: str | None = None, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def downgrade(database_url: str | None = None, revision: str = "base") -> None:
+def downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
@@ -36,9 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    database_url = get_settings().database_url
     if args.action == "upgrade":
-        upgrade(revision=args.revision)
+        upgrade(database_url, args.revision)
     else:
-        downgrade(revision=args.revision)
+        downgrade(database_url, args.revision)
     print(f"database at {args.revision}")
     return 0

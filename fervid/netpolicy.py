@@ -14,17 +14,15 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlparse
 
-from fervid.settings import get_settings
 
-
-def non_public_address(url: str) -> str | None:
+def non_public_address(url: str, allow_private: bool) -> str | None:
     """The first non-public address (loopback, private, link-local, ...) the URL's host resolves to, if any.
 
     Tenants must not reach the service's own network through its workers, so such URLs are refused unless
-    FERVID_ALLOW_PRIVATE_URLS is set (a single-tenant or development setup). A host that does not resolve is
+    `allow_private` (FERVID_ALLOW_PRIVATE_URLS: a single-tenant or development setup). A host that does not resolve is
     left to fail when it is used.
     """
-    if get_settings().allow_private_urls:
+    if allow_private:
         return None
     host = urlparse(url).hostname
     if not host:
@@ -57,7 +55,7 @@ def is_public_peer(peer: tuple[Any, ...]) -> bool:
 
 
 def _refuse_non_public_peer(connection: http.client.HTTPConnection) -> None:
-    if get_settings().allow_private_urls or connection.sock is None:
+    if connection.sock is None:
         return
     peer = connection.sock.getpeername()
     if not is_public_peer(peer):
@@ -87,11 +85,14 @@ class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_PublicHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
 
 
-_opener = urllib.request.build_opener(_PublicHTTPHandler, _PublicHTTPSHandler)
+_public_opener = urllib.request.build_opener(_PublicHTTPHandler, _PublicHTTPSHandler)
+_any_opener = urllib.request.build_opener()
 
 
-def open_public(request: str | urllib.request.Request, timeout: float) -> http.client.HTTPResponse:
+def open_public(request: str | urllib.request.Request, timeout: float,
+                allow_private: bool) -> http.client.HTTPResponse:
     """urllib's urlopen, except that every connection, redirects included, must reach a public address unless
-    FERVID_ALLOW_PRIVATE_URLS is set; raises NonPublicAddress otherwise. Behind an HTTP proxy the proxy is the
-    peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS."""
-    return _opener.open(request, timeout=timeout)  # type: ignore[no-any-return]
+    `allow_private` (FERVID_ALLOW_PRIVATE_URLS); raises NonPublicAddress otherwise. Behind an HTTP proxy the proxy
+    is the peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS."""
+    opener = _any_opener if allow_private else _public_opener
+    return opener.open(request, timeout=timeout)  # type: ignore[no-any-return]

@@ -17,6 +17,7 @@ VISIBILITY_TIMEOUT_S = 6 * 3600
 
 @lru_cache(maxsize=1)
 def celery_app() -> Celery:
+    """The process's Celery app, built once from the settings (a process-wide singleton)."""
     settings = get_settings()
     app = Celery("fervid", broker=settings.broker_url)
     app.conf.update(
@@ -39,11 +40,11 @@ def celery_app() -> Celery:
 SEND_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def send_prepare(job_id: str, queue: str | None = None) -> None:
-    celery_app().send_task(PREPARE_TASK, args=[job_id], queue=queue or get_settings().queue,
+def send_prepare(job_id: str, queue: str) -> None:
+    celery_app().send_task(PREPARE_TASK, args=[job_id], queue=queue,
                            retry_policy=SEND_RETRY_POLICY)
 
 
-def send_segment(job_id: str, segment_index: int, queue: str | None = None) -> None:
-    celery_app().send_task(SEGMENT_TASK, args=[job_id, segment_index], queue=queue or get_settings().queue,
+def send_segment(job_id: str, segment_index: int, queue: str) -> None:
+    celery_app().send_task(SEGMENT_TASK, args=[job_id, segment_index], queue=queue,
                            retry_policy=SEND_RETRY_POLICY)

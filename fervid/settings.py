@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     # TensorRT engines' precision; int8 needs a model from `fervid quantize --target tensorrt`.
     tensorrt_precision: Literal["fp16", "fp32", "int8"] = "fp16"
     model_path: Path | None = None  # default: the ONNX shipped under models/
-    detector_path: Path | None = None  # YuNet ONNX; default: looked up in the model cache, else Haar cascade
+    detector_path: Path | None = None  # YuNet ONNX; default: the model cache, downloaded there on first use
+    # Where workers download YuNet from on first use (sha256-checked); empty: never download (air-gapped sites), so
+    # without FERVID_DETECTOR_PATH or a cached copy they run the Haar cascade, and say so.
+    detector_url: str = (
+        "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
+    )
     model_cache_dir: Path = CACHE_DIR / "models"
     engine_cache_dir: Path = CACHE_DIR / "engines"
     queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)

@@ -24,7 +24,6 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fervid.labels import EMOTIONS
-from fervid.settings import get_settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -100,7 +99,7 @@ class Job(Base):
     client_request_token: Mapped[str | None] = mapped_column(String(128))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # The Celery queue its tasks go to: the submitting process's FERVID_QUEUE.
-    queue: Mapped[str] = mapped_column(String(64), default=lambda: get_settings().queue, server_default="cpu")
+    queue: Mapped[str] = mapped_column(String(64), server_default="cpu")  # the creator names it (FERVID_QUEUE)
 
     media_kind: Mapped[str | None] = mapped_column(String(8))  # video | image
     duration_ms: Mapped[float | None] = mapped_column(Float)
@@ -116,6 +115,8 @@ class Job(Base):
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(128))
     model_backend: Mapped[str | None] = mapped_column(String(32))
+    model_precision: Mapped[str | None] = mapped_column(String(16))
+    model_detector: Mapped[str | None] = mapped_column(String(16))
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -212,3 +213,22 @@ class Track(Base):
 # The per-emotion columns of `faces`, in FER order; the table and the label list must agree.
 EMOTION_COLUMNS = tuple(getattr(Face, name) for name in EMOTIONS)
 assert tuple(column.key for column in EMOTION_COLUMNS) == EMOTIONS
+
+
+class Worker(Base):
+    """What one worker process runs, written when it starts and refreshed while it lives, so the API (on another
+    host) can say what its workers run; a row no longer refreshed belongs to a worker that is gone."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid, as segments.worker names it
+    detector: Mapped[str] = mapped_column(String(16))  # yunet | haar
+    detector_reason: Mapped[str] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(String(32))
+    precision: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_workers_seen_at", "seen_at"),)

@@ -18,7 +18,7 @@ import urllib.request
 
 from fervid.db import session_scope
 from fervid.netpolicy import NonPublicAddress, non_public_address, open_public
-from fervid.settings import get_settings
+from fervid.settings import Settings
 from fervid.tables import Job
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ def verify(key: bytes, header: str, body: bytes, now: float,
     return hmac.compare_digest(sign(key, body, timestamp), f"t={timestamp},v1={fields.get('v1', '')}")
 
 
-def notify_finished(job_id: str) -> bool:
-    """POSTs {"job_id", "status", "error"} to the job's webhook_url, if it has one; True when delivered."""
+def notify_finished(job_id: str, settings: Settings) -> bool:
+    """POSTs {"job_id", "status", "error"} to the job's webhook_url, if it has one; True when delivered.
+
+    Signed with `settings.webhook_secret`; private addresses only with `settings.allow_private_urls`."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or not job.webhook_url:
@@ -60,19 +62,19 @@ def notify_finished(job_id: str) -> bool:
         url, tenant = job.webhook_url, job.tenant
         payload = {"job_id": job.id, "status": job.status,
                    "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None}
-    if (address := non_public_address(url)) is not None:
+    if (address := non_public_address(url, settings.allow_private_urls)) is not None:
         log.warning("webhook for job %s not sent: %s resolves to %s, not a public address "
                     "(FERVID_ALLOW_PRIVATE_URLS)", job_id, url, address)
         return False
     body = json.dumps(payload).encode()
-    secret = get_settings().webhook_secret
+    secret = settings.webhook_secret
     for attempt in range(ATTEMPTS):
         headers = {"Content-Type": "application/json"}
         if secret:  # signed at each attempt: a retry carries a fresh timestamp
             headers[SIGNATURE_HEADER] = sign(tenant_signing_key(secret, tenant), body, int(time.time()))
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with open_public(request, timeout=get_settings().webhook_timeout_s) as response:
+            with open_public(request, settings.webhook_timeout_s, settings.allow_private_urls) as response:
                 if response.status < 300:
                     return True
         except NonPublicAddress as error:  # redirected there, or the name now resolves there: never retried

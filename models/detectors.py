@@ -1,6 +1,7 @@
-"""Face detectors: YuNet (cv2.FaceDetectorYN) when its ONNX file is configured or cached, else OpenCV's Haar cascade.
+"""Face detectors: YuNet (cv2.FaceDetectorYN), fetched into the model cache on first use, else OpenCV's Haar cascade.
 
-`fetch_yunet` downloads YuNet with a sha256 check (`fervid models fetch`, models/commands/detector_fetch.py).
+`fetch_yunet` downloads YuNet with a sha256 check, bounded in time and size, once however many processes start
+together (`load_detector`, and `fervid models fetch` in models/commands/detector_fetch.py).
 """
 
 from __future__ import annotations
@@ -8,32 +9,42 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import tempfile
+import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import cv2
+import filelock
 import numpy as np
 from numpy.typing import NDArray
 
 from fervid.errors import FervidError
-from fervid.settings import Settings, get_settings
+from fervid.settings import Settings
 
 log = logging.getLogger(__name__)
 
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
-YUNET_URL = (
-    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
-)
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+YUNET_MAX_BYTES = 4 << 20  # the file is 232,589 bytes: anything far larger is not YuNet
+DOWNLOAD_DEADLINE_S = 60.0  # the whole download, not each read: a trickling server cannot hold a worker's start
+DOWNLOAD_CHUNK = 64 << 10
+READ_TIMEOUT_S = 10.0  # per socket operation; the deadline bounds their sum
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+WHAT_TO_DO = f"run `fervid models fetch` or set FERVID_DETECTOR_PATH to a copy of {YUNET_FILENAME}"
 
 # Detection runs on frames scaled so the longer side is at most this: faces big enough to read an emotion
 # from survive, and a 4K frame costs what a 720p one does.
 DETECT_MAX_SIDE = 960
 MIN_FACE_PIXELS = 16  # smaller faces carry too little for a 48x48-trained classifier
+# YuNet sees frames shrunk by this much more (`bench/detect_size.py`, models/MODEL_CARD.md): the classifier reads a
+# face from about 32 px in the frame (top-1 within 2.3 points of 48 px; at 24 px it loses 6), and YuNet found every
+# real face from 22 px at its input; 22 / 32 keeps those faces at under half the pixels.
+YUNET_INPUT_SCALE = 22 / 32
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ class Detection:
 
 
 class FaceDetector(Protocol):
-    name: str
+    name: str  # "yunet" | "haar": recorded with every job
+    reason: str  # why this detector runs (its file, or why YuNet could not be had)
     crop_side: float  # the classifier's crop: a square centred on the box, this times the box's longer side
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
@@ -51,9 +63,10 @@ class FaceDetector(Protocol):
         ...
 
 
-def _downscale(image: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], float]:
+def _downscale(image: NDArray[np.uint8], most: float = 1.0) -> tuple[NDArray[np.uint8], float]:
+    """The frame as the detector gets it, at most `most` of its size, and the scale applied."""
     height, width = image.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+    scale = min(most, DETECT_MAX_SIDE / max(height, width))
     if scale < 1.0:
         image = np.asarray(cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                                       interpolation=cv2.INTER_AREA), dtype=np.uint8)
@@ -78,14 +91,16 @@ class YuNetDetector:
     # `bench/crop_framing.py` (models/MODEL_CARD.md, "Framing faces as the network learnt them").
     crop_side = 1.014
 
-    def __init__(self, model_path: Path, score_threshold: float = 0.7, nms_threshold: float = 0.3) -> None:
+    def __init__(self, model_path: Path, score_threshold: float = 0.7, nms_threshold: float = 0.3,
+                 reason: str = "") -> None:
         self.model_path = model_path
+        self.reason = reason or f"YuNet from {model_path}"
         self._detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold,
                                                    5000)
         self._input_size = (320, 320)
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        small, scale = _downscale(image)
+        small, scale = _downscale(image, YUNET_INPUT_SCALE)
         size = (small.shape[1], small.shape[0])
         if size != self._input_size:
             self._detector.setInputSize(size)
@@ -103,7 +118,8 @@ class HaarDetector:
     name = "haar"
     crop_side = 1.029  # fitted as YuNet's
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str = "the Haar cascade was asked for") -> None:
+        self.reason = reason
         path = Path(cv2.data.haarcascades) / HAAR_CASCADE  # type: ignore[attr-defined]
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
@@ -122,44 +138,127 @@ class HaarDetector:
         return _to_detections(raw, scale, image.shape)
 
 
-def yunet_path(settings: Settings) -> Path | None:
-    """The YuNet file to use: FERVID_DETECTOR_PATH, else a fetched copy in the model cache, else none."""
-    if settings.detector_path is not None:
-        if not settings.detector_path.is_file():
-            raise FervidError(f"FERVID_DETECTOR_PATH {settings.detector_path} does not exist",
-                              code="detector_unavailable")
-        return settings.detector_path
-    cached = settings.model_cache_dir / YUNET_FILENAME
-    return cached if cached.is_file() else None
+@dataclass(frozen=True)
+class DetectorPlan:
+    """Which detector a process would start, and why, decided from files and settings alone (no download)."""
+
+    yunet_file: Path | None  # a YuNet file to load as it is
+    download_url: str  # else, when not empty, where to fetch YuNet from into the cache first
+    reason: str
+
+    def describe(self) -> str:
+        if self.yunet_file is not None:
+            return f"yunet ({self.reason})"
+        if self.download_url:
+            return f"yunet after a first-use download ({self.reason}; haar if that download fails)"
+        return f"haar ({self.reason}; {WHAT_TO_DO})"
 
 
-def load_detector(settings: Settings | None = None) -> FaceDetector:
-    settings = settings or get_settings()
-    path = yunet_path(settings)
-    if path is not None:
-        log.info("face detector: YuNet from %s", path)
-        return YuNetDetector(path)
-    log.info("face detector: Haar cascade (no YuNet file; `fervid models fetch` downloads it)")
-    return HaarDetector()
+def plan_detector(detector_path: Path | None, model_cache_dir: Path, detector_url: str) -> DetectorPlan:
+    """FERVID_DETECTOR_PATH, else a fetched copy in the model cache, else a download from FERVID_DETECTOR_URL, else
+    Haar. A configured path that does not exist is an error, not a fallback: someone meant a file."""
+    if detector_path is not None:
+        if not detector_path.is_file():
+            raise FervidError(f"FERVID_DETECTOR_PATH {detector_path} does not exist", code="detector_unavailable")
+        return DetectorPlan(detector_path, "", f"FERVID_DETECTOR_PATH {detector_path}")
+    cached = model_cache_dir / YUNET_FILENAME
+    if cached.is_file():
+        return DetectorPlan(cached, "", f"cached at {cached}")
+    if detector_url:
+        return DetectorPlan(None, detector_url, f"from {detector_url} into {model_cache_dir}")
+    return DetectorPlan(None, "", f"no YuNet in {model_cache_dir} and FERVID_DETECTOR_URL is empty (no download)")
 
 
-def fetch_yunet(target_dir: Path, url: str = YUNET_URL) -> Path:
-    """Downloads YuNet into target_dir, refusing a file whose sha256 differs from the published one."""
-    target = target_dir / YUNET_FILENAME
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == YUNET_SHA256:
-        return target
-    target_dir.mkdir(parents=True, exist_ok=True)
+# One download attempt per process start: a worker's pool processes, forked after the parent tried, reuse its
+# outcome instead of each retrying (and each outlasting Celery's wait for a pool process to come up).
+_failed_downloads: dict[tuple[Path, str], str] = {}
+
+
+def find_or_fetch_yunet(settings: Settings) -> tuple[Path | None, str]:
+    """The YuNet file to load and why, downloading it into the model cache when the plan says so; (None, why not)
+    when it cannot be had."""
+    plan = plan_detector(settings.detector_path, settings.model_cache_dir, settings.detector_url)
+    if plan.yunet_file is not None or not plan.download_url:
+        return plan.yunet_file, plan.reason
+    attempt = (settings.model_cache_dir, plan.download_url)
+    if attempt in _failed_downloads:
+        return None, _failed_downloads[attempt]
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - https or a test's loopback
-            payload = response.read(16 << 20)
-    except OSError as error:
-        raise FervidError(f"could not download {url}: {error}. Copy {YUNET_FILENAME} into {target_dir} "
-                          "or set FERVID_DETECTOR_PATH", code="download_failed") from error
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != YUNET_SHA256:
-        raise FervidError(f"downloaded YuNet has sha256 {digest}, expected {YUNET_SHA256}; not installed",
-                          code="checksum_mismatch")
-    with tempfile.NamedTemporaryFile(dir=target_dir, delete=False) as partial:
-        partial.write(payload)
-    Path(partial.name).replace(target)
+        path = fetch_yunet(settings.model_cache_dir, plan.download_url, on_progress=_log_progress)
+    except FervidError as error:
+        _failed_downloads[attempt] = f"{error.code}: {error.message}"
+        return None, _failed_downloads[attempt]
+    return path, f"downloaded from {plan.download_url} to {path}"
+
+
+def load_detector(settings: Settings) -> FaceDetector:
+    """YuNet, downloaded first when needed; the Haar cascade, with a warning naming why, when it cannot be had."""
+    path, reason = find_or_fetch_yunet(settings)
+    if path is not None:
+        log.info("face detector: YuNet (%s)", reason)
+        return YuNetDetector(path, reason=reason)
+    log.warning("face detector: falling back to the Haar cascade, which finds fewer faces than YuNet (%s); %s",
+                reason, WHAT_TO_DO)
+    return HaarDetector(reason=reason)
+
+
+def _log_progress(done: int, total: int | None) -> None:
+    log.info("downloading YuNet: %d / %s bytes", done, total if total is not None else "?")
+
+
+def fetch_yunet(target_dir: Path, url: str, on_progress: Callable[[int, int | None], None] | None = None, *,
+                deadline_s: float = DOWNLOAD_DEADLINE_S, max_bytes: int = YUNET_MAX_BYTES) -> Path:
+    """Downloads YuNet into target_dir, refusing a file whose sha256 differs from the published one.
+
+    Processes starting together take turns on a file lock, so one downloads and the others find its file;
+    the file appears whole or not at all. `on_progress(bytes so far, total or None)` follows the download.
+    """
+    target = target_dir / YUNET_FILENAME
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        # The lock waits out another process's download, which is itself bounded by the deadline.
+        with filelock.FileLock(target_dir / f"{YUNET_FILENAME}.lock", timeout=deadline_s + READ_TIMEOUT_S):
+            if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == YUNET_SHA256:
+                return target
+            payload = _download(url, target_dir, on_progress, deadline_s, max_bytes)
+            digest = hashlib.sha256(payload).hexdigest()
+            if digest != YUNET_SHA256:
+                raise FervidError(f"the file at {url} has sha256 {digest}, not YuNet's {YUNET_SHA256}; not installed",
+                                  code="checksum_mismatch")
+            with tempfile.NamedTemporaryFile(dir=target_dir, prefix=f".{YUNET_FILENAME}.", delete=False) as partial:
+                partial.write(payload)
+            os.replace(partial.name, target)
+    except OSError as error:  # an unwritable cache, or a lock held past the deadline
+        raise FervidError(f"could not install YuNet in {target_dir}: {error}. Set FERVID_MODEL_CACHE_DIR to a "
+                          "writable folder or FERVID_DETECTOR_PATH to a copy", code="download_failed") from error
     return target
+
+
+def _download(url: str, target_dir: Path, on_progress: Callable[[int, int | None], None] | None, deadline_s: float,
+              max_bytes: int) -> bytes:
+    def failed(why: str) -> FervidError:
+        return FervidError(f"could not download {url}: {why}. Copy {YUNET_FILENAME} into {target_dir} or set "
+                           "FERVID_DETECTOR_PATH", code="download_failed")
+
+    deadline = time.monotonic() + deadline_s
+    chunks: list[bytes] = []
+    done = 0
+    try:
+        # https, or a test's loopback server
+        with urllib.request.urlopen(url, timeout=min(READ_TIMEOUT_S, deadline_s)) as response:  # noqa: S310
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None and total > max_bytes:
+                raise failed(f"it is {total} bytes, more than the {max_bytes} a YuNet file can be")
+            while chunk := response.read1(DOWNLOAD_CHUNK):  # what has arrived, so a trickle meets the deadline
+                done += len(chunk)
+                if done > max_bytes:
+                    raise failed(f"it is more than the {max_bytes} bytes a YuNet file can be")
+                if time.monotonic() > deadline:
+                    raise failed(f"it took more than {deadline_s:g} s")
+                chunks.append(chunk)
+                if on_progress is not None:
+                    on_progress(done, total)
+    except OSError as error:
+        raise failed(str(error)) from error
+    return b"".join(chunks)

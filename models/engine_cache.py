@@ -21,8 +21,7 @@ from typing import Any, Protocol
 
 import filelock
 
-from fervid.errors import FervidError
-from fervid.settings import get_settings
+from fervid.errors import ENGINE_BUILD_TIMEOUT, INVALID_BATCH_PROFILE, FervidError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class BatchProfile:
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
             raise FervidError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}",
-                              code="invalid_batch_profile")
+                              code=INVALID_BATCH_PROFILE)
 
     @classmethod
     def up_to(cls, max_batch: int) -> BatchProfile:
@@ -176,7 +175,7 @@ class EngineCache:
         except filelock.Timeout as timeout:
             raise FervidError(f"waited {self.lock_timeout_s:.0f} s for another process building {lock_path.name}; "
                               "if no worker is building it, run `fervid engines clear`",
-                              code="engine_build_timeout") from timeout
+                              code=ENGINE_BUILD_TIMEOUT) from timeout
 
     def manifests(self) -> list[EngineManifest]:
         found = []
@@ -205,6 +204,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
     partial.write_bytes(data)
     os.replace(partial, path)
 
-
-def default_cache() -> EngineCache:
-    return EngineCache(get_settings().engine_cache_dir)

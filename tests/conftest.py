@@ -118,6 +118,7 @@ def fervid_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pyte
     monkeypatch.setenv("FERVID_DATABASE_URL", f"sqlite:///{tmp_path / 'fervid.db'}")
     monkeypatch.setenv("FERVID_STORAGE_URL", (tmp_path / "storage").as_uri())
     monkeypatch.setenv("FERVID_MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
+    monkeypatch.setenv("FERVID_DETECTOR_URL", "")  # this machine has no internet: tests that download serve YuNet
     monkeypatch.setenv("FERVID_ENGINE_CACHE_DIR", str(tmp_path / "engine-cache"))
     monkeypatch.setenv("FERVID_DOWNLOAD_CACHE_DIR", str(tmp_path / "download-cache"))
     monkeypatch.setenv("FERVID_S3_SOURCE_PREFIXES", "s3://videos,s3://b")  # the buckets API tests name

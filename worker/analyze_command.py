@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from fervid import results
 from fervid.db import session_scope
-from fervid.errors import FervidError, InvalidRequest
+from fervid.errors import DEMO_MEDIA_MISSING, JOB_FAILED, FervidError, InvalidRequest
 from fervid.jobs import job_to_dict
 from fervid.labels import EMOTIONS
 from fervid.migrate import upgrade
-from fervid.settings import get_settings
+from fervid.settings import Settings, get_settings
 from fervid.tables import Job, JobStatus
 from fervid.utc import utc_now
 from worker import pipeline
@@ -30,20 +30,20 @@ from worker import pipeline
 LOCAL_TENANT = "local"
 
 
-def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> str:
+def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progress: bool = True) -> str:
     """Runs one file through the whole pipeline in this process; returns the job id (succeeded or failed)."""
     if not (sample_fps > 0 and math.isfinite(sample_fps)):  # nan and inf too: `float` parses both
         raise InvalidRequest(f"--fps must be a number > 0, not {sample_fps}")
     if not path.is_file():
         raise InvalidRequest(f"{path} does not exist or is not a file")
-    settings = get_settings()
     upgrade(settings.database_url)  # the embedded database creates itself on first use
-    analyzer = pipeline.get_analyzer()
+    analyzer = pipeline.build_analyzer(settings)
     job_id = str(uuid.uuid4())
     with session_scope() as session:
-        session.add(Job(id=job_id, tenant=LOCAL_TENANT, status=JobStatus.queued, source_uri=path.resolve().as_uri(),
-                        filename=path.name, sample_fps=sample_fps, warnings=[], created_at=utc_now()))
-    indices = pipeline.prepare_job(job_id, analyzer.model_info)
+        session.add(Job(id=job_id, tenant=LOCAL_TENANT, queue=settings.queue, status=JobStatus.queued,
+                        source_uri=path.resolve().as_uri(), filename=path.name, sample_fps=sample_fps, warnings=[],
+                        created_at=utc_now()))
+    indices = pipeline.prepare_job(job_id, analyzer.model_info, settings)
     job = pipeline.load_job(job_id)
     assert job is not None
     with tqdm(total=job.frames_total or 0, unit="frame", desc=path.name, file=sys.stderr,
@@ -54,7 +54,7 @@ def analyze_file(path: Path, sample_fps: float, show_progress: bool = True) -> s
             def advance(done: int, start: int = segment_start) -> None:
                 bar.update(start + done - bar.n)
 
-            pipeline.process_segment(job_id, index, analyzer, on_frames=advance)
+            pipeline.process_segment(job_id, index, analyzer, settings, on_frames=advance)
     return job_id
 
 
@@ -62,7 +62,7 @@ def job_failure(job_id: str) -> FervidError | None:
     job = pipeline.load_job(job_id)
     if job is None or job.status == JobStatus.succeeded:
         return None
-    return FervidError(job.error_message or f"the job ended {job.status}", code=job.error_code or "job_failed")
+    return FervidError(job.error_message or f"the job ended {job.status}", code=job.error_code or JOB_FAILED)
 
 
 def write_output(job_id: str, fmt: str, stream: TextIO) -> None:
@@ -88,7 +88,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    job_id = analyze_file(args.path, args.fps, show_progress=not args.no_progress)
+    job_id = analyze_file(args.path, args.fps, get_settings(), show_progress=not args.no_progress)
     failure = job_failure(job_id)
     if failure is not None:
         raise failure
@@ -108,7 +108,7 @@ def make_public_domain_clip(target: Path) -> Path:
     portrait = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     if portrait is None:
         raise FervidError("matplotlib's sample portrait is missing; pass a clip to `fervid analyze` instead",
-                          code="demo_media_missing")
+                          code=DEMO_MEDIA_MISSING)
     height, width = portrait.shape[:2]
     with av.open(str(target), "w") as container:
         stream = container.add_stream("mpeg4", rate=10)
@@ -134,7 +134,8 @@ def print_summary(job_id: str, stream: TextIO) -> None:
         summary = results.summary(session, job_id)
         timeline = results.full_timeline(session, job_id)
     media, model = described["media"], described["model"]
-    print(f"model    {model['name']} {model['version']} on {model['backend']}", file=stream)
+    print(f"model    {model['name']} {model['version']} on {model['backend']} ({model['precision']}), faces found by "
+          f"{model['detector']}", file=stream)
     print(f"media    {job.filename}: {media['kind']} {media['width']}x{media['height']}, "
           f"{media['duration_ms'] / 1000:.2f} s, {media['frame_count']} frames; sampled {len(timeline)} "
           f"at {job.sample_fps:g} fps", file=stream)
@@ -170,11 +171,11 @@ def run_demo(args: argparse.Namespace) -> int:
     shared_clip = development_shared_file("media", "single_face.mp4")
     shared_yunet = development_shared_file("models", "face_detection_yunet_2023mar.onnx")
     if settings.detector_path is None and shared_yunet is not None:
-        settings.detector_path = shared_yunet
+        settings = settings.model_copy(update={"detector_path": shared_yunet})  # the cached settings stay as read
     with tempfile.TemporaryDirectory() as scratch:
         clip = shared_clip or make_public_domain_clip(Path(scratch) / "grace_hopper.mp4")
         print(f"fervid demo: analysing {clip} on {settings.database_url}", file=sys.stderr)
-        job_id = analyze_file(clip, args.fps)
+        job_id = analyze_file(clip, args.fps, settings)
     failure = job_failure(job_id)
     if failure is not None:
         raise failure

@@ -9,8 +9,8 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -20,23 +20,29 @@ from numpy.typing import NDArray
 from fervid.db import session_scope
 from fervid.errors import MediaError
 from fervid.media_store import local_copy
-from fervid.settings import Settings, get_settings
+from fervid.settings import Settings
 from fervid.tables import Job, JobStatus, PlanRow
-from models.backends import select_backend
+from fervid.worker_status import WorkerStatus
+from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
 from models.detectors import FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
 from worker.media.decode import decode_planned
+from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
 from worker.media.probe import probe
+from worker.prefetch import Prefetched
 from worker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
 FaceFound = tuple[int, tuple[int, int, int, int], float]  # local track, box, detector score
+_PendingFrame = tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]  # a frame, its faces and their crops
 HEARTBEAT_EVERY_FRAMES = 8  # progress and liveness are written this often (and at least once per batch)
+# Decoded frames waiting for detection: enough to hide decoding, few enough that memory stays a few frames.
+PREFETCH_FRAMES = 4
 
 
 @dataclass
@@ -50,50 +56,71 @@ class Analyzer:
     @property
     def model_info(self) -> record_store.ModelInfo:
         spec = self.classifier.spec
-        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=self.classifier.backend.name)
+        backend = self.classifier.backend
+        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=backend.name,
+                                      precision=backend.precision, detector=self.detector.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
                 on_progress: Callable[[int], bool] | None = None) -> list[record_store.FrameRecord]:
-        """Runs detection and tracking frame by frame and classification on batches gathered across frames.
+        """Runs detection and tracking frame by frame and classification on batches gathered across frames, the
+        three overlapped: frames are decoded ahead on one thread, and each batch is classified on another while
+        the next one is detected. Records come out in frame order.
 
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
         what is returned must not be stored (the job was cancelled or taken over).
         """
         tracker = FaceTracker()
         records: list[record_store.FrameRecord] = []
-        pending: list[tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]] = []
-        pending_faces = 0
+        pending: list[_PendingFrame] = []
+        in_flight: tuple[list[_PendingFrame], Future[NDArray[np.float32]]] | None = None
 
-        def flush() -> bool:
-            nonlocal pending_faces
-            crops = [crop for _, _, frame_crops in pending for crop in frame_crops]
-            probs = self.classifier.classify(crops)
+        def collect() -> bool:
+            """Records of the batch being classified, then progress; False when the work must stop."""
+            nonlocal in_flight
+            if in_flight is None:
+                return True
+            batch, probs_ready = in_flight
+            in_flight = None
+            probs = probs_ready.result()
             row = 0
-            for planned, faces, _ in pending:
+            for planned, faces, _ in batch:
                 face_records = []
                 for face_index, (track, box, score) in enumerate(faces):
                     face_records.append(record_store.FaceRecord(face_index=face_index, local_track=track, box=box,
                                                                 score=score, probs=probs[row].tolist()))
                     row += 1
                 records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
-            pending.clear()
-            pending_faces = 0
             return on_progress is None or on_progress(len(records))
 
-        since_heartbeat = 0
-        for planned, image in frames:
-            detections = self.detector.detect(image)
-            boxes = [d.box for d in detections]
-            tracks = tracker.update(planned.timestamp_ms, boxes)
-            faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
-            pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side) for d in detections]))
-            pending_faces += len(faces)
-            since_heartbeat += 1
-            if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
-                since_heartbeat = 0
-                if not flush():
-                    return records
-        flush()
+        def submit(classifying: ThreadPoolExecutor) -> bool:
+            """Hands the pending frames to the classifier thread once the batch before them is collected (one
+            batch in the classifier at a time)."""
+            nonlocal pending, in_flight
+            if not collect():
+                return False
+            crops = [crop for _, _, frame_crops in pending for crop in frame_crops]
+            in_flight = (pending, classifying.submit(self.classifier.classify, crops))
+            pending = []
+            return True
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fervid-classify") as classifying, \
+                Prefetched(frames, PREFETCH_FRAMES) as decoded:
+            pending_faces = since_heartbeat = 0
+            for planned, image in decoded:
+                detections = self.detector.detect(image)
+                tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
+                faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
+                pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side)
+                                                 for d in detections]))
+                pending_faces += len(faces)
+                since_heartbeat += 1
+                if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
+                    pending_faces = since_heartbeat = 0
+                    if not submit(classifying):
+                        return records
+            if pending and not submit(classifying):
+                return records
+            collect()
         return records
 
 
@@ -102,20 +129,23 @@ def build_analyzer(settings: Settings) -> Analyzer:
         cv2.setNumThreads(settings.inference_threads)
     model_path = settings.model_path or DEFAULT_MODEL_PATH
     spec = read_model_spec(model_path)
-    backend = select_backend(model_path, settings.backend, max_batch=max(settings.classify_batch, 1))
+    backend = select_backend(model_path, settings.backend, max_batch=max(settings.classify_batch, 1),
+                             options=BackendOptions.from_settings(settings))
     log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
              settings.classify_batch)
     return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch)
 
 
-@lru_cache(maxsize=1)
-def get_analyzer() -> Analyzer:
-    """The process's analyzer, built on first use (a worker builds it when its process starts)."""
-    return build_analyzer(get_settings())
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_status(analyzer: Analyzer) -> WorkerStatus:
+    """What this process runs, as /readyz shows it."""
+    model = analyzer.model_info
+    return WorkerStatus(name=worker_name(), detector=model.detector, detector_reason=analyzer.detector.reason,
+                        backend=model.backend, precision=model.precision, model_name=model.name,
+                        model_version=model.version)
 
 
 def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:
@@ -131,13 +161,12 @@ def load_job(job_id: str) -> Job | None:
         return session.get(Job, job_id)
 
 
-def probe_segments(path: Path, job: Job) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
-    settings = get_settings()
-    info, plan = probe(path, job.sample_fps)
+def probe_segments(path: Path, job: Job, settings: Settings) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
+    info, plan = probe(path, job.sample_fps, MediaLimits.from_settings(settings))
     return info, split_plan(plan, settings.segment_seconds * 1000.0)
 
 
-def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
+def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) -> list[int]:
     """Probes the job's media and creates its segments; returns the segments to process.
 
     Bad media fails the job with its code; nothing raises for it.
@@ -146,8 +175,8 @@ def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
     if job is None:
         return []
     try:
-        with local_copy(job.source_uri, cache_key=job_id) as path:
-            media, segments = probe_segments(path, job)
+        with local_copy(job.source_uri, settings, cache_key=job_id) as path:
+            media, segments = probe_segments(path, job, settings)
     except MediaError as error:
         log.info("job %s failed: %s: %s", job_id, error.code, error.message)
         record_store.fail_job(job_id, error.code, error.message)
@@ -155,7 +184,7 @@ def prepare_job(job_id: str, model: record_store.ModelInfo) -> list[int]:
     return record_store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
 
 
-def process_segment(job_id: str, index: int, analyzer: Analyzer,
+def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Settings,
                     on_frames: Callable[[int], None] | None = None) -> bool:
     """Analyzes and stores one segment; returns True when this call ended the job (completed it, or failed it for
     bad media), so the caller sends its webhook.
@@ -173,13 +202,13 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer,
 
     try:
         # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
-        with local_copy(job.source_uri, cache_key=job_id) as path:
+        with local_copy(job.source_uri, settings, cache_key=job_id) as path:
             rows = record_store.claim_segment(job_id, index, worker_name())
             if rows is None:
                 # Done already (a redelivery): finish the job in case the worker that stored it died first.
                 return record_store.finish_job_if_complete(job_id)
             plan = from_plan_rows(rows)
-            records = analyzer.analyze(decode_planned(path, plan, warnings), on_progress)
+            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress)
     except MediaError as error:
         return record_store.fail_job(job_id, error.code, error.message)
     if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):

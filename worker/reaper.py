@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select, update
 
 from fervid.db import session_scope
 from fervid.queue import send_prepare, send_segment
-from fervid.settings import get_settings
+from fervid.settings import Settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import utc_now
 from fervid.webhooks import notify_finished
@@ -36,9 +36,8 @@ class ReapReport:
         return self.stale_segments + self.lost_segments + self.queued_jobs + self.finished_jobs
 
 
-def reap_once(now: datetime | None = None) -> ReapReport:
+def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
     """One pass; the re-sends happen after the claiming transaction commits."""
-    settings = get_settings()
     now = now or utc_now()
     stale_before = now - timedelta(seconds=settings.stale_after_s)
     lost_before = now - timedelta(seconds=settings.requeue_after_s)
@@ -73,14 +72,14 @@ def reap_once(now: datetime | None = None) -> ReapReport:
         ).all()
     queues = _queues({job_id for job_id, _ in [*stale, *lost]} | set(queued))
     for job_id, index in [*stale, *lost]:
-        send_segment(job_id, index, queues.get(job_id))
+        send_segment(job_id, index, queues.get(job_id, settings.queue))
     for job_id in queued:
-        send_prepare(job_id, queues.get(job_id))
+        send_prepare(job_id, queues.get(job_id, settings.queue))
     finished = 0
     for job_id in _complete_running_jobs():
         if finish_job_if_complete(job_id):
             finished += 1
-            notify_finished(job_id)
+            notify_finished(job_id, settings)
     return ReapReport(len(stale), len(lost), len(queued), finished)
 
 
@@ -102,14 +101,15 @@ def _complete_running_jobs() -> list[str]:
                                                          ~unfinished.exists())))
 
 
-def start_reaper_thread(interval_s: float) -> threading.Event:
-    """Runs reap_once every `interval_s` in a daemon thread until the returned event is set."""
+def start_reaper_thread(settings: Settings) -> threading.Event:
+    """Runs reap_once every `settings.reaper_interval_s` in a daemon thread until the returned event is set."""
+    interval_s = settings.reaper_interval_s
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
-                report = reap_once()
+                report = reap_once(settings)
             except Exception:  # a database or broker outage: logged, and the next pass tries again
                 log.exception("reaper pass failed; retrying in %.0f s", interval_s)
                 continue

@@ -64,6 +64,8 @@ class ModelInfo:
     name: str
     version: str
     backend: str
+    precision: str  # what the backend computes in: "int8" | "fp32" | "fp16"
+    detector: str  # the face detector: "yunet" | "haar"
 
 
 def _update(entity: type[Job] | type[Segment]) -> Update:
@@ -110,7 +112,8 @@ def start_job(job_id: str, media: MediaInfo, segment_plans: list[list[PlanRow]],
             media_kind=media.kind, width=media.width, height=media.height, fps=media.fps,
             duration_ms=media.duration_ms, frame_count=media.frame_count,
             frames_total=sum(len(plan) for plan in segment_plans),
-            model_name=model.name, model_version=model.version, model_backend=model.backend))
+            model_name=model.name, model_version=model.version, model_backend=model.backend,
+            model_precision=model.precision, model_detector=model.detector))
         if not started:
             return []
         existing_plans = session.scalars(select(Segment.plan).where(Segment.job_id == job_id)).all()

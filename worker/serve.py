@@ -16,12 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    queues = args.queues or settings.queue
-    # Split the cores between the worker processes so inference threads do not fight each other.
-    os.environ.setdefault("FERVID_INFERENCE_THREADS", str(max(1, (os.cpu_count() or 1) // args.concurrency)))
-    from worker.tasks import app  # imported here: loading tasks pulls in the ML runtime
+    from worker.tasks import WorkerLayout, app, configure_worker, usable_cores  # loading tasks pulls in the ML runtime
 
+    # The usable cores are split between the worker processes so inference threads do not fight each other;
+    # the children are forked from this process, so they inherit these settings.
+    layout = WorkerLayout.split(get_settings(), usable_cores(), args.concurrency)
+    configure_worker(layout)
+    queues = args.queues or layout.settings.queue
     name = args.name or f"fervid-{queues.replace(',', '-')}@%h-{os.getpid()}"
     app.worker_main(["worker", f"--concurrency={args.concurrency}", f"--queues={queues}", f"--loglevel={args.loglevel}",
                      f"--hostname={name}", "--pool=prefork", "--without-gossip", "--without-mingle"])

@@ -1,19 +1,29 @@
-"""Celery tasks: thin, they take ids and call the plain pipeline functions."""
+"""Celery tasks: thin, they take ids and call the plain pipeline functions.
+
+The settings enter here once per worker: `fervid worker` calls `configure_worker` before the pool forks, so every
+forked child inherits the same settings (with the inference thread split for its process) and builds its
+analyzer from them when it starts.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
+from fervid.errors import INTERNAL_ERROR
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
-from fervid.settings import get_settings
+from fervid.settings import Settings, get_settings
 from fervid.webhooks import notify_finished
+from fervid.worker_status import start_publishing
+from models.detectors import find_or_fetch_yunet
 from worker import pipeline, record_store
 from worker.reaper import start_reaper_thread
 
@@ -27,49 +37,114 @@ RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60
          "max_retries": 12}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's CPU set), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    """What `fervid worker` settles before its pool forks: the settings every child uses, and why its threads."""
+
+    settings: Settings
+    usable_cores: int
+    concurrency: int
+
+    @classmethod
+    def split(cls, settings: Settings, usable_cores: int, concurrency: int) -> WorkerLayout:
+        """The usable cores shared between `concurrency` processes, unless FERVID_INFERENCE_THREADS says otherwise."""
+        if "inference_threads" not in settings.model_fields_set:
+            threads = max(1, usable_cores // max(1, concurrency))
+            settings = settings.model_copy(update={"inference_threads": threads})
+        return cls(settings, usable_cores, concurrency)
+
+
+class _ThisWorker:
+    """This process's share of the worker: the layout (inherited by forked children) and the child's analyzer."""
+
+    layout: WorkerLayout | None = None
+    analyzer: pipeline.Analyzer | None = None
+
+
+def configure_worker(layout: WorkerLayout) -> None:
+    """Called by `fervid worker` in the parent, before Celery forks its pool."""
+    _ThisWorker.layout = layout
+
+
+def _layout() -> WorkerLayout:
+    if _ThisWorker.layout is None:  # started by `celery worker` directly: one process's view of the settings
+        _ThisWorker.layout = WorkerLayout(get_settings(), usable_cores(), 1)
+    return _ThisWorker.layout
+
+
+def _settings() -> Settings:
+    return _layout().settings
+
+
+def _analyzer() -> pipeline.Analyzer:
+    if _ThisWorker.analyzer is None:
+        _ThisWorker.analyzer = pipeline.build_analyzer(_settings())
+    return _ThisWorker.analyzer
+
+
+@worker_init.connect
+def _fetch_detector(**_: Any) -> None:
+    # In the main process, before the pool starts: its processes then find YuNet cached (or this attempt's failure)
+    # instead of each downloading within the few seconds Celery gives a pool process to come up.
+    find_or_fetch_yunet(_settings())
+
+
 @worker_process_init.connect
 def _load_models(**_: Any) -> None:
-    pipeline.get_analyzer()  # once per worker process, before its first task
+    layout = _layout()
+    log.info("inference threads: %d (of %d usable cores, concurrency %d)", layout.settings.inference_threads,
+             layout.usable_cores, layout.concurrency)
+    _analyzer()  # once per worker process, before its first task
+    start_publishing(pipeline.worker_status(_analyzer()), _settings().reaper_interval_s)
 
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
-    start_reaper_thread(get_settings().reaper_interval_s)
+    start_reaper_thread(_settings())
 
 
 def _fail_unexpected(job_id: str, error: Exception) -> None:
     log.exception("job %s: unexpected error", job_id)
-    record_store.fail_job(job_id, "internal_error", f"the worker hit an unexpected error ({type(error).__name__}); "
+    record_store.fail_job(job_id, INTERNAL_ERROR, f"the worker hit an unexpected error ({type(error).__name__}); "
                           "retry the job, and report it if it happens again")
-    notify_finished(job_id)
+    notify_finished(job_id, _settings())
 
 
 @app.task(name=PREPARE_TASK, bind=True, **RETRY)
 def prepare_job(self: Task, job_id: str) -> None:
+    settings = _settings()
     try:
-        indices = pipeline.prepare_job(job_id, pipeline.get_analyzer().model_info)
+        indices = pipeline.prepare_job(job_id, _analyzer().model_info, settings)
     except TRANSIENT:
         raise
     except Exception as error:
         _fail_unexpected(job_id, error)
         return
     if not indices:
-        notify_finished(job_id)  # only a failed (or vanished) job gets here without segments
+        notify_finished(job_id, settings)  # only a failed (or vanished) job gets here without segments
         return
     record_store.mark_enqueued(job_id, indices)
     job = pipeline.load_job(job_id)
     for index in indices:
-        send_segment(job_id, index, job.queue if job else None)
+        send_segment(job_id, index, job.queue if job else settings.queue)
 
 
 @app.task(name=SEGMENT_TASK, bind=True, **RETRY)
 def process_segment(self: Task, job_id: str, index: int) -> None:
+    settings = _settings()
     try:
-        finished = pipeline.process_segment(job_id, index, pipeline.get_analyzer())
+        finished = pipeline.process_segment(job_id, index, _analyzer(), settings)
     except TRANSIENT:
         raise
     except Exception as error:
         _fail_unexpected(job_id, error)
         return
     if finished:
-        notify_finished(job_id)
+        notify_finished(job_id, settings)

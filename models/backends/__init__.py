@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fervid.errors import FervidError
-from models.backends.base import BackendProbe, BackendUnavailable, InferenceBackend
+from fervid.errors import UNKNOWN_BACKEND, FervidError
+from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable, InferenceBackend
 
 log = logging.getLogger(__name__)
 
-# name -> module defining `probe(name) -> BackendProbe` and `create(name, model_path, max_batch)`.
+# name -> module defining `probe(name) -> BackendProbe` and `create(name, model_path, max_batch, options)`.
 # Adding a backend means adding its file and one line here.
 BACKEND_MODULES: dict[str, str] = {
     "tensorrt": "models.backends.tensorrt",
@@ -43,13 +43,13 @@ def probe_backend(name: str) -> BackendProbe:
     return importlib.import_module(BACKEND_MODULES[name]).probe(name)  # type: ignore[no-any-return]
 
 
-def resolve_backend(model_path: Path, preference: str = "auto",
-                    max_batch: int = 256) -> tuple[InferenceBackend, BackendChoice]:
+def resolve_backend(model_path: Path, preference: str = "auto", max_batch: int = 256, *,
+                    options: BackendOptions) -> tuple[InferenceBackend, BackendChoice]:
     """The backend for `preference` and the reason it was chosen; an explicit choice that cannot run raises."""
     check_preference(preference)
     if preference != "auto":
         try:
-            backend = _create(preference, model_path, max_batch)
+            backend = _create(preference, model_path, max_batch, options)
         except BackendUnavailable as unavailable:
             raise BackendUnavailable(f"backend {preference!r} was asked for (FERVID_BACKEND) but cannot run here: "
                                      f"{unavailable.message}. Unset FERVID_BACKEND to fall back automatically, or "
@@ -58,7 +58,7 @@ def resolve_backend(model_path: Path, preference: str = "auto",
     skipped: list[str] = []
     for name in AUTO_ORDER:
         try:
-            backend = _create(name, model_path, max_batch)
+            backend = _create(name, model_path, max_batch, options)
         except BackendUnavailable as unavailable:
             skipped.append(f"{name}: {unavailable.message}")
             continue
@@ -68,9 +68,10 @@ def resolve_backend(model_path: Path, preference: str = "auto",
     raise BackendUnavailable(f"no inference backend can run here: {'; '.join(skipped)}")
 
 
-def select_backend(model_path: Path, preference: str = "auto", max_batch: int = 256) -> InferenceBackend:
+def select_backend(model_path: Path, preference: str = "auto", max_batch: int = 256, *,
+                   options: BackendOptions) -> InferenceBackend:
     """The backend for `preference` (callers pass settings.backend); the choice is logged once per process."""
-    backend, choice = resolve_backend(model_path, preference, max_batch)
+    backend, choice = resolve_backend(model_path, preference, max_batch, options=options)
     if choice not in _logged_choices:
         _logged_choices.add(choice)
         log.info("inference backend %s: %s", choice.name, choice.reason)
@@ -80,16 +81,16 @@ def select_backend(model_path: Path, preference: str = "auto", max_batch: int = 
 def check_preference(preference: str) -> None:
     if preference not in PREFERENCES:
         raise FervidError(f"unknown inference backend {preference!r}; FERVID_BACKEND must be one of "
-                          f"{', '.join(PREFERENCES)}", code="unknown_backend")
+                          f"{', '.join(PREFERENCES)}", code=UNKNOWN_BACKEND)
 
 
-def _create(name: str, model_path: Path, max_batch: int) -> InferenceBackend:
+def _create(name: str, model_path: Path, max_batch: int, options: BackendOptions) -> InferenceBackend:
     module = importlib.import_module(BACKEND_MODULES[name])
     found: BackendProbe = module.probe(name)
     if not found.available:
         raise BackendUnavailable(found.detail)
-    return module.create(name, model_path, max_batch)  # type: ignore[no-any-return]
+    return module.create(name, model_path, max_batch, options)  # type: ignore[no-any-return]
 
 
-__all__ = ["BackendChoice", "BackendProbe", "BackendUnavailable", "InferenceBackend", "probe_backend",
+__all__ = ["BackendChoice", "BackendOptions", "BackendProbe", "BackendUnavailable", "InferenceBackend", "probe_backend",
            "resolve_backend", "select_backend"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fervid.errors import FervidError
+from fervid.errors import BACKEND_UNAVAILABLE, FervidError
+from fervid.settings import Settings
 
 
 class InferenceBackend(Protocol):
@@ -27,9 +29,6 @@ def run_in_batches(backend: InferenceBackend, batch: NDArray[np.float32]) -> NDA
     return np.concatenate([backend.run(batch[start : start + step]) for start in range(0, len(batch), step)])
 
 
-BACKEND_UNAVAILABLE = "backend_unavailable"
-
-
 class BackendUnavailable(FervidError):
     """A backend cannot run here; the message says why and what to install or choose instead."""
 
@@ -44,3 +43,18 @@ class BackendProbe:
     name: str
     available: bool
     detail: str  # why it can or cannot run, e.g. "cannot import tensorrt (No module named 'tensorrt')"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What backends take from the settings; built at the edge (`from_settings`) and passed to `create`."""
+
+    threads: int  # intra-op threads (ONNX Runtime); 0: the runtime's own choice
+    model_cache_dir: Path  # where the INT8 check's verdict is remembered
+    engine_cache_dir: Path  # TensorRT engines
+    tensorrt_precision: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BackendOptions:
+        return cls(settings.inference_threads, settings.model_cache_dir, settings.engine_cache_dir,
+                   settings.tensorrt_precision)

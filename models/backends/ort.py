@@ -9,8 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from fervid.settings import get_settings
-from models.backends.base import BackendProbe, BackendUnavailable
+from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +69,11 @@ def probe(name: str) -> BackendProbe:
                                      f"(providers: {', '.join(providers)}); install onnxruntime-gpu")
 
 
-def create(name: str, model_path: Path, max_batch: int) -> OrtBackend:
-    settings = get_settings()
-    threads = settings.inference_threads
+def create(name: str, model_path: Path, max_batch: int, options: BackendOptions) -> OrtBackend:
+    threads = options.threads
     if name == "ort-cpu":
         return OrtBackend(model_path, [CPU_PROVIDER], max_batch, threads,
-                          as_float=not int8_trusted(model_path, settings.model_cache_dir, threads))
+                          as_float=not int8_trusted(model_path, options.model_cache_dir, threads))
     backend = OrtBackend(model_path, [CUDA_PROVIDER, CPU_PROVIDER], max_batch, threads)
     # onnxruntime-gpu falls back to the CPU silently when CUDA cannot start (no device, driver mismatch).
     if backend.name != "ort-cuda":

@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.backends.base import BackendProbe, BackendUnavailable
+from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
 from models.backends.cuda_memory import CudaAllocator, process_allocator
-from models.engine_cache import TENSORRT_PRECISIONS, BatchProfile, EngineCache, EngineKey, default_cache
+from models.engine_cache import TENSORRT_PRECISIONS, BatchProfile, EngineCache, EngineKey
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRECISION = "fp16"
 WORKSPACE_BYTES = 2 << 30
 
 
@@ -201,7 +200,7 @@ def build_engine(model_path: Path, precision: str, profile: BatchProfile) -> byt
     return bytes(serialized)
 
 
-def cached_engine(model_path: Path, precision: str, profile: BatchProfile, cache: EngineCache | None = None,
+def cached_engine(model_path: Path, precision: str, profile: BatchProfile, cache: EngineCache,
                   allocator: CudaAllocator | None = None) -> tuple[bytes, EngineKey]:
     """The engine for this model on this GPU: loaded from the cache, or built once and cached."""
     from fervid.files import sha256_file
@@ -209,7 +208,6 @@ def cached_engine(model_path: Path, precision: str, profile: BatchProfile, cache
     trt = import_tensorrt()
     device = (allocator or process_allocator()).device_info()
     key = EngineKey(sha256_file(model_path), str(trt.__version__), device.compute_capability, precision, profile)
-    cache = cache or default_cache()
     engine = cache.get_or_build(key, device, lambda: build_engine(model_path, precision, profile), model_path)
     return engine, key
 
@@ -217,10 +215,10 @@ def cached_engine(model_path: Path, precision: str, profile: BatchProfile, cache
 class TrtBackend:
     name = "tensorrt"
 
-    def __init__(self, model_path: Path, precision: str = DEFAULT_PRECISION, profile: BatchProfile | None = None,
-                 cache: EngineCache | None = None, allocator: CudaAllocator | None = None) -> None:
+    def __init__(self, model_path: Path, precision: str, profile: BatchProfile, cache: EngineCache,
+                 allocator: CudaAllocator | None = None) -> None:
         trt = import_tensorrt()
-        self.profile = profile or BatchProfile.up_to(256)
+        self.profile = profile
         self.max_batch = self.profile.max
         self.precision = precision
         self.allocator = allocator or process_allocator()
@@ -266,7 +264,6 @@ class TrtBackend:
         self.allocator.synchronize()
         return self.output.host[:rows].copy()
 
-def create(name: str, model_path: Path, max_batch: int) -> TrtBackend:
-    from fervid.settings import get_settings
-
-    return TrtBackend(model_path, get_settings().tensorrt_precision, BatchProfile.up_to(max_batch))
+def create(name: str, model_path: Path, max_batch: int, options: BackendOptions) -> TrtBackend:
+    return TrtBackend(model_path, options.tensorrt_precision, BatchProfile.up_to(max_batch),
+                      EngineCache(options.engine_cache_dir))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.backends.base import BackendProbe, BackendUnavailable
+from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
 from models.graph_rewrites import restore_fp32_weights
 from models.spec import read_model_spec
 
@@ -102,5 +102,5 @@ class TorchCudaBackend:
                 outputs = raw[0].cpu().numpy()
         return np.asarray(outputs, dtype=np.float32)
 
-def create(name: str, model_path: Path, max_batch: int) -> TorchCudaBackend:
+def create(name: str, model_path: Path, max_batch: int, options: BackendOptions) -> TorchCudaBackend:
     return TorchCudaBackend(model_path, max_batch)

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from fervid.errors import FervidError
 from fervid.settings import get_settings
 from models.detectors import YUNET_FILENAME, fetch_yunet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("fetch", help=f"download {YUNET_FILENAME} into the model cache (sha256-checked)")
+    actions.add_parser("fetch", help=f"download {YUNET_FILENAME} from FERVID_DETECTOR_URL into the model cache "
+                                     "(sha256-checked)")
+
+
+def print_progress(done: int, total: int | None) -> None:
+    print(f"\rdownloading YuNet: {done} / {total if total is not None else '?'} bytes", end="", file=sys.stderr,
+          flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = fetch_yunet(get_settings().model_cache_dir)
+    settings = get_settings()
+    if not settings.detector_url:
+        raise FervidError(f"FERVID_DETECTOR_URL is empty, so nothing is downloaded; copy {YUNET_FILENAME} into "
+                          f"{settings.model_cache_dir} or set FERVID_DETECTOR_PATH", code="download_failed")
+    try:
+        path = fetch_yunet(settings.model_cache_dir, settings.detector_url, on_progress=print_progress)
+    finally:
+        print(file=sys.stderr)  # ends the progress line
     print(f"YuNet face detector at {path}")
     return 0

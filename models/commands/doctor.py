@@ -1,18 +1,20 @@
 """`fervid doctor`: for each inference backend, whether it can run on this machine, which one would be used, and
-why; the CPU's features and whether its integer kernels compute the INT8 model as its float graph does (checked once
-per model, CPU and onnxruntime, then remembered). No engine is built. Exits 1 when the configured backend cannot
-run."""
+why; which face detector workers would run and why (without downloading it); the CPU's features and whether its
+integer kernels compute the INT8 model as its float graph does (checked once per model, CPU and onnxruntime, then
+remembered). No engine is built. Exits 1 when the configured backend cannot run."""
 
 from __future__ import annotations
 
 import argparse
 
+from fervid.errors import FervidError
 from fervid.settings import get_settings
 from models.backends import AUTO_ORDER, BACKEND_MODULES, check_preference, probe_backend
 from models.backends.base import BackendProbe
 from models.backends.ort import is_quantized
 from models.cpu_features import read_cpu_features
-from models.engine_cache import default_cache
+from models.detectors import plan_detector
+from models.engine_cache import EngineCache
 from models.spec import DEFAULT_MODEL_PATH
 
 
@@ -54,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         from models.int8_check import cached_int8_check
 
         print(f"int8 on this CPU: {cached_int8_check(model_path, settings.model_cache_dir).describe()}")
-    cache = default_cache()
+    # From files and settings only: the doctor never downloads.
+    try:
+        detector = plan_detector(settings.detector_path, settings.model_cache_dir, settings.detector_url).describe()
+    except FervidError as error:
+        detector = f"none: {error.message}"
+    print(f"detector: workers would run {detector}")
+    cache = EngineCache(settings.engine_cache_dir)
     engines = len(cache.manifests()) if cache.directory.is_dir() else 0
     print(f"engine cache: {cache.directory} ({engines} engine(s); `fervid engines list`)")
     return 0 if chosen else 1

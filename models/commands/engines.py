@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fervid.errors import FervidError
+from fervid.errors import NOT_FOUND, FervidError
 from fervid.files import sha256_file
-from fervid.settings import get_settings
-from models.engine_cache import DEFAULT_OPT_BATCH, TENSORRT_PRECISIONS, BatchProfile, EngineCache, default_cache
+from fervid.settings import Settings, get_settings
+from models.engine_cache import DEFAULT_OPT_BATCH, TENSORRT_PRECISIONS, BatchProfile, EngineCache
 from models.spec import DEFAULT_MODEL_PATH
 
 
@@ -29,19 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cache = default_cache()
+    settings = get_settings()
+    cache = EngineCache(settings.engine_cache_dir)
     if args.action == "build":
-        return _build(args, cache)
+        return _build(args, settings, cache)
     if args.action == "list":
         return _list(cache)
     if args.model and not args.model.is_file():
-        raise FervidError(f"model {args.model} not found", code="not_found")
+        raise FervidError(f"model {args.model} not found", code=NOT_FOUND)
     removed = cache.clear(sha256_file(args.model) if args.model else None)
     print(f"removed {removed} engine(s) from {cache.directory}")
     return 0
 
 
-def _build(args: argparse.Namespace, cache: EngineCache) -> int:
+def _build(args: argparse.Namespace, settings: Settings, cache: EngineCache) -> int:
     # Imported here: `engines list/clear` must work where TensorRT cannot be imported.
     from models.backends.base import BackendUnavailable
     from models.backends.tensorrt import cached_engine, probe
@@ -49,7 +50,6 @@ def _build(args: argparse.Namespace, cache: EngineCache) -> int:
     found = probe("tensorrt")
     if not found.available:
         raise BackendUnavailable(f"cannot build TensorRT engines here: {found.detail}")
-    settings = get_settings()
     model_path = args.model or settings.model_path or DEFAULT_MODEL_PATH
     max_batch = args.max_batch or max(settings.classify_batch, 1)
     profile = BatchProfile(args.min_batch, args.opt_batch or min(DEFAULT_OPT_BATCH, max_batch), max_batch)

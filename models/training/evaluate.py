@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fervid.errors import FervidError
+from fervid.errors import DATA_NOT_FOUND, INVALID_MODEL, INVALID_REQUEST, FervidError
 from fervid.files import sha256_file
 from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier
@@ -60,7 +60,7 @@ def onnx_predictor(model: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predic
     try:
         spec = read_model_spec(model)
     except (FileNotFoundError, ValueError) as error:
-        raise FervidError(str(error), code="invalid_model") from error
+        raise FervidError(str(error), code=INVALID_MODEL) from error
     backend = OrtBackend(model, max_batch=batch_size)
 
     def predict(faces: NDArray[np.uint8], tta: bool) -> NDArray[np.float32]:
@@ -169,16 +169,16 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
                    against: Path | None = None) -> dict[str, Any]:
     """Evaluates one checkpoint or ONNX model; writes DIR/metrics.json and the confusion PNGs; returns the report."""
     if (checkpoint is None) == (onnx_model is None):
-        raise FervidError("give exactly one of --checkpoint or --onnx", code="invalid_request")
+        raise FervidError("give exactly one of --checkpoint or --onnx", code=INVALID_REQUEST)
     if tta not in TTA_CHOICES:
-        raise FervidError(f"--tta must be one of {tuple(TTA_CHOICES)}, not {tta!r}", code="invalid_request")
+        raise FervidError(f"--tta must be one of {tuple(TTA_CHOICES)}, not {tta!r}", code=INVALID_REQUEST)
     unknown = [name for name in splits if name not in EVAL_SPLITS]
     if unknown or not splits:
-        raise FervidError(f"--splits must name some of {EVAL_SPLITS}, not {list(splits)}", code="invalid_request")
+        raise FervidError(f"--splits must name some of {EVAL_SPLITS}, not {list(splits)}", code=INVALID_REQUEST)
     if int8 and calibration_size <= 0:
-        raise FervidError("--calibration-size must be positive", code="invalid_request")
+        raise FervidError("--calibration-size must be positive", code=INVALID_REQUEST)
     if not data_path.is_file():
-        raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code="data_not_found")
+        raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code=DATA_NOT_FOUND)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = [load_split(data_path, name) for name in splits]
     if limit:

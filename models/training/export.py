@@ -27,7 +27,15 @@ from numpy.typing import NDArray
 from onnx import numpy_helper
 from torch import Tensor
 
-from fervid.errors import FervidError
+from fervid.errors import (
+    CHECKPOINT_NOT_FOUND,
+    DATA_NOT_FOUND,
+    EXPORT_FAILED,
+    EXPORT_MISMATCH,
+    INVALID_CHECKPOINT,
+    INVALID_REQUEST,
+    FervidError,
+)
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.graph_rewrites import (
@@ -95,16 +103,16 @@ class Checkpoint:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Reads a `fervid train` checkpoint (best.pt / last.pt) or a single-network `fervid export` (.onnx)."""
     if not path.is_file():
-        raise FervidError(f"checkpoint {path} not found; train one with `fervid train`", code="checkpoint_not_found")
+        raise FervidError(f"checkpoint {path} not found; train one with `fervid train`", code=CHECKPOINT_NOT_FOUND)
     if path.suffix == ".onnx":
         return _load_exported(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for a torn or foreign file
-        raise FervidError(f"{path} is not a readable checkpoint ({error})", code="invalid_checkpoint") from error
+        raise FervidError(f"{path} is not a readable checkpoint ({error})", code=INVALID_CHECKPOINT) from error
     if not isinstance(state, dict) or "network" not in state:
         raise FervidError(f"{path} has no 'network' state dict; is it a `fervid train` checkpoint?",
-                          code="invalid_checkpoint")
+                          code=INVALID_CHECKPOINT)
     return Checkpoint(path=path, state_dict=state["network"], config=dict(state.get("config", {})),
                       epoch=int(state.get("epoch", -1)), best_public=float(state.get("best_public", float("nan"))))
 
@@ -113,18 +121,18 @@ def _load_exported(path: Path) -> Checkpoint:
     try:
         model = restore_fp32_weights(onnx.load(str(path)))
     except Exception as error:  # onnx raises protobuf's DecodeError and others for a foreign file
-        raise FervidError(f"{path} is not a readable ONNX model ({error})", code="invalid_checkpoint") from error
+        raise FervidError(f"{path} is not a readable ONNX model ({error})", code=INVALID_CHECKPOINT) from error
     meta = {prop.key: prop.value for prop in model.metadata_props}
     if int(meta.get(MEMBERS_KEY, "1")) != 1 or meta.get(WEIGHTS_KEY) not in WEIGHT_FORMATS:
         raise FervidError(f"{path} is not a single network exported by `fervid export` (an ensemble or a quantized "
-                          "model cannot be a member)", code="invalid_checkpoint")
+                          "model cannot be a member)", code=INVALID_CHECKPOINT)
     weights = {init.name: init for init in model.graph.initializer}
     state = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1).state_dict()
     # BatchNorm's step counter is not exported and matters only in training: it keeps its fresh value.
     missing = [key for key in state if key not in weights and not key.endswith("num_batches_tracked")]
     if missing:
         raise FervidError(f"{path} lacks {len(missing)} EmotionResNet50 weights (first: {', '.join(missing[:3])})",
-                          code="invalid_checkpoint")
+                          code=INVALID_CHECKPOINT)
     for key in state:
         if key in weights:
             state[key] = torch.from_numpy(numpy_helper.to_array(weights[key]).copy())
@@ -231,28 +239,28 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
     """
     paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
     if not paths:
-        raise FervidError("export needs at least one checkpoint", code="invalid_request")
+        raise FervidError("export needs at least one checkpoint", code=INVALID_REQUEST)
     if weights not in WEIGHT_FORMATS:
-        raise FervidError(f"--weights must be one of {WEIGHT_FORMATS}, not {weights!r}", code="invalid_request")
+        raise FervidError(f"--weights must be one of {WEIGHT_FORMATS}, not {weights!r}", code=INVALID_REQUEST)
     if data_path is not None and not data_path.is_file():
-        raise FervidError(f"data file {data_path} not found", code="data_not_found")
+        raise FervidError(f"data file {data_path} not found", code=DATA_NOT_FOUND)
     members = [load_checkpoint(path) for path in paths]
     size = members[0].input_size
     if any(member.input_size != size for member in members):
         raise FervidError(f"ensemble members take different input sizes "
                           f"({_member_values(members, lambda m: m.input_size)}); they must share one",
-                          code="invalid_request")
+                          code=INVALID_REQUEST)
     data_shas = {_training_data_sha(member, data_path) for member in members}
     if len(data_shas) > 1:
         raise FervidError(f"ensemble members were trained on different data files ({', '.join(sorted(data_shas))})",
-                          code="invalid_request")
+                          code=INVALID_REQUEST)
     networks = [build_network(member, _ProbabilityNetwork) for member in members]
     network: torch.nn.Module = networks[0] if len(networks) == 1 else _Ensemble(networks).eval()
     model = _to_onnx(network, size)
     try:
         store_weights(model, weights)
     except WeightStorageError as error:
-        raise FervidError(str(error), code="export_failed") from error
+        raise FervidError(str(error), code=EXPORT_FAILED) from error
 
     digest = weights_digest(network.state_dict())
     preprocess = Preprocess(size=(size, size), channels=1, scale=1 / 255, mean=(PIXEL_MEAN,), std=(PIXEL_STD,),
@@ -286,7 +294,7 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
               f"(limit {TOLERANCE[weights]:.0e}, {weights} weights)", flush=True)
         if not difference <= TOLERANCE[weights]:
             raise FervidError(f"ONNX probabilities differ from PyTorch by {difference:.2e} (limit "
-                              f"{TOLERANCE[weights]:.0e}); nothing written to {out}", code="export_mismatch")
+                              f"{TOLERANCE[weights]:.0e}); nothing written to {out}", code=EXPORT_MISMATCH)
         pending.replace(out)
     finally:
         pending.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from fervid.errors import FervidError
+from fervid.errors import INVALID_REQUEST, FervidError
 from models.graph_rewrites import WEIGHTS_KEY, float_graph
 from models.network_io import preprocess_faces
 from models.spec import MEMBERS_KEY, NAME_KEY, PER_MEMBER_KEYS, VERSION_KEY, Preprocess
@@ -75,7 +75,7 @@ def member_graph(model: onnx.ModelProto, member: int) -> onnx.ModelProto:
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     members = int(metadata.get(MEMBERS_KEY, "1"))
     if not 1 <= member <= members:
-        raise FervidError(f"--member {member}: the model has {members} member network(s)", code="invalid_request")
+        raise FervidError(f"--member {member}: the model has {members} member network(s)", code=INVALID_REQUEST)
     prefix = f"/members.{member - 1}/"  # the ensemble's ModuleList, as torch.onnx names its nodes
     (softmax, *_) = [node for node in model.graph.node if node.op_type == "Softmax" and node.name.startswith(prefix)]
     output = model.graph.output[0]
@@ -116,7 +116,7 @@ def quantize_int8(model: Path, out: Path, calibration_faces: NDArray[np.uint8], 
     """
     if calibration_faces.ndim != 3 or len(calibration_faces) == 0:
         raise FervidError(f"calibration faces must be a non-empty (N, H, W) array, got {calibration_faces.shape}",
-                          code="invalid_request")
+                          code=INVALID_REQUEST)
     source = onnx.load(str(model))
     if member is not None:
         source = member_graph(source, member)

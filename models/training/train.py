@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fervid.errors import FervidError
+from fervid.errors import INVALID_REQUEST, FervidError
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
@@ -211,7 +211,7 @@ def save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optim
 def train(config: TrainConfig) -> Path:
     """Trains, checkpointing every epoch; returns the path of the best (PublicTest) checkpoint."""
     if config.ferplus_weight > 0 and config.ferplus is None:
-        raise FervidError("a FER+ weight needs the FER+ votes file (fer2013_meta.npz)", code="invalid_request")
+        raise FervidError("a FER+ weight needs the FER+ votes file (fer2013_meta.npz)", code=INVALID_REQUEST)
     if config.threads:
         torch.set_num_threads(config.threads)
     config.out_dir.mkdir(parents=True, exist_ok=True)

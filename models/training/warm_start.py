@@ -21,7 +21,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
-from fervid.errors import FervidError
+from fervid.errors import INVALID_MODEL, INVALID_REQUEST, FervidError
 from fervid.labels import EMOTIONS
 from models.graph_rewrites import float_graph
 from models.network import EmotionResNet50
@@ -56,14 +56,14 @@ def exported_member(path: Path, member: int) -> ExportedNetwork:
     try:
         model = float_graph(onnx.load(str(path)))
     except Exception as error:  # onnx raises protobuf's DecodeError and others for a foreign file
-        raise FervidError(f"{path} is not a readable ONNX model ({error})", code="invalid_model") from error
+        raise FervidError(f"{path} is not a readable ONNX model ({error})", code=INVALID_MODEL) from error
     meta = {prop.key: prop.value for prop in model.metadata_props}
     if PREPROCESS_KEY not in meta:
-        raise FervidError(f"{path} has no {PREPROCESS_KEY} metadata; is it a `fervid export`?", code="invalid_model")
+        raise FervidError(f"{path} has no {PREPROCESS_KEY} metadata; is it a `fervid export`?", code=INVALID_MODEL)
     members = int(meta.get(MEMBERS_KEY, "1"))
     if not 0 <= member < members:
         raise FervidError(f"{path} holds {members} network(s); --init-member must be 0..{members - 1}",
-                          code="invalid_request")
+                          code=INVALID_REQUEST)
     prefix = f"members.{member}." if members > 1 else ""
     found = _state_dict_tensors(model)
     network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
@@ -84,10 +84,10 @@ def exported_member(path: Path, member: int) -> ExportedNetwork:
             state[key] = value
     if missing:
         raise FervidError(f"{path} lacks {len(missing)} ResNet50 weights of network {member} "
-                          f"(first: {', '.join(missing[:3])})", code="invalid_model")
+                          f"(first: {', '.join(missing[:3])})", code=INVALID_MODEL)
     size = Preprocess.from_json(meta[PREPROCESS_KEY]).size
     if size[0] != size[1]:
-        raise FervidError(f"{path} takes {size[0]}x{size[1]} inputs; training needs square ones", code="invalid_model")
+        raise FervidError(f"{path} takes {size[0]}x{size[1]} inputs; training needs square ones", code=INVALID_MODEL)
     inits, epochs = meta.get(INIT_KEY, "").split(","), meta.get(EPOCHS_KEY, "").split(",")
     return ExportedNetwork(
         state_dict=state, folded=folded, input_size=size[0],
@@ -148,10 +148,10 @@ def warm_start_network(path: Path, member: int, input_size: int, data_sha256: st
     source = exported_member(path, member)
     if source.input_size != input_size:
         raise FervidError(f"{path} takes {source.input_size}x{source.input_size} faces; train it with "
-                          f"--input-size {source.input_size}", code="invalid_request")
+                          f"--input-size {source.input_size}", code=INVALID_REQUEST)
     if source.data_sha256 not in (None, data_sha256):
         raise FervidError(f"{path} was trained on another data file (sha256 {source.data_sha256[:12]}...)",
-                          code="invalid_request")
+                          code=INVALID_REQUEST)
     network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1)
     network.load_state_dict(source.state_dict)
     if source.folded:

@@ -26,11 +26,14 @@ class ServiceEnv:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start_worker(self, concurrency: int = 1, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 1, extra: dict[str, str] | None = None,
+                     prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """`fervid worker`; `prefix` runs it under another command (e.g. `taskset -c 0`)."""
         log_path = Path(self.values["FERVID_TEST_LOG_DIR"]) / f"worker-{len(self.workers)}.log"
         log = log_path.open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "fervid.cli", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"],
+            [*prefix, sys.executable, "-m", "fervid.cli", "worker", "--concurrency", str(concurrency),
+             "--loglevel", "INFO"],
             env={**os.environ, **self.values, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a test can SIGKILL the worker and its children
         )
@@ -63,6 +66,7 @@ def service_env(pg_url: str, redis_url: str, yunet_path: Path, tmp_path: Path,
         "FERVID_STORAGE_URL": (tmp_path / "storage").as_uri(),
         "FERVID_API_KEYS": "alice:alice-key,bob:bob-key",
         "FERVID_DETECTOR_PATH": str(yunet_path),
+        "FERVID_DETECTOR_URL": "",  # never the internet (none here); a test that downloads serves YuNet itself
         "FERVID_MODEL_PATH": str(build_tiny_classifier(tmp_path / "tiny.onnx", size=24)),
         "FERVID_MODEL_CACHE_DIR": str(tmp_path / "model-cache"),
         "FERVID_ENGINE_CACHE_DIR": str(tmp_path / "engine-cache"),

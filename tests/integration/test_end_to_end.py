@@ -57,10 +57,22 @@ def all_timeline_items(client: TestClient, job_id: str, limit: int = 4) -> list[
             return items
 
 
+def forget_earlier_workers() -> None:
+    """The session's database outlives each test's workers; their rows would stay listed for FERVID_STALE_AFTER_S."""
+    from sqlalchemy import delete
+
+    from fervid.db import session_scope
+    from fervid.tables import Worker
+
+    with session_scope() as session:
+        session.execute(delete(Worker))
+
+
 def test_single_face_clip_gives_one_track_on_every_sampled_frame(
     service_env: ServiceEnv, client: TestClient, shared_dir: Path
 ) -> None:
     # given a running worker and a 2.4 s, 30 fps clip of one face
+    forget_earlier_workers()
     service_env.start_worker()
     # when it is submitted at 5 fps
     job_id = submit_file(client, shared_dir / "media" / "single_face.mp4", sample_fps=5)
@@ -70,7 +82,14 @@ def test_single_face_clip_gives_one_track_on_every_sampled_frame(
     assert job["media"]["kind"] == "video" and job["media"]["frame_count"] == 72
     assert (job["media"]["width"], job["media"]["height"]) == (640, 360)
     assert job["progress"] == {"frames_done": 12, "frames_total": 12}
-    assert job["model"]["name"] == "tiny-test-classifier" and job["model"]["backend"] == "ort-cpu"
+    assert job["model"] == {"name": "tiny-test-classifier", "version": "tiny-0", "backend": "ort-cpu",
+                            "precision": "fp32", "detector": "yunet"}
+    # and /readyz lists the worker process with what it runs
+    ready = client.get("/readyz").json()
+    (worker,) = ready["workers"]
+    assert (worker["detector"], worker["backend"], worker["precision"]) == ("yunet", "ort-cpu", "fp32")
+    assert worker["detector_reason"] == f"FERVID_DETECTOR_PATH {service_env.values['FERVID_DETECTOR_PATH']}"
+    assert ready["warnings"] == []
     items = all_timeline_items(client, job_id)
     assert [item["frame_index"] for item in items] == [6 * k for k in range(12)]
     assert all(len(item["faces"]) == 1 for item in items)
@@ -131,6 +150,27 @@ def test_segments_shared_by_two_workers_give_the_same_timeline_with_one_track(
     assert [i["frame_index"] for i in whole_items] == [i["frame_index"] for i in split_items]
     assert [len(i["faces"]) for i in whole_items] == [len(i["faces"]) for i in split_items]
     assert len({f["track_id"] for i in split_items for f in i["faces"]}) == 1
+
+
+def test_a_worker_that_cannot_have_yunet_runs_haar_and_says_so_in_jobs_and_readyz(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker with no FERVID_DETECTOR_PATH, an empty model cache and FERVID_DETECTOR_URL empty (air-gapped)
+    monkeypatch.delenv("FERVID_DETECTOR_PATH")
+    del service_env.values["FERVID_DETECTOR_PATH"]
+    forget_earlier_workers()
+    service_env.start_worker()
+    # when a still is analysed
+    job = wait_finished(client, service_env, submit_file(client, shared_dir / "media" / "astronaut.png"))
+    # then the job names the Haar cascade it ran, /readyz warns about the worker (still ready), and so did its log
+    assert job["status"] == "succeeded" and job["model"]["detector"] == "haar", job
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    (worker,) = ready.json()["workers"]
+    assert worker["detector"] == "haar" and "FERVID_DETECTOR_URL is empty" in worker["detector_reason"]
+    (warning,) = ready.json()["warnings"]
+    assert worker["name"] in warning and "Haar" in warning and "fervid models fetch" in warning
+    assert "falling back to the Haar cascade" in service_env.worker_logs()
 
 
 def test_a_face_that_appears_is_only_on_the_later_frames(

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from fervid.db import session_scope
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK
+from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
 from tests.integration.conftest import wait_for
 from tests.integration.test_record_store import load_job, make_job, process, started_job
@@ -96,8 +97,8 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     make_job(enqueued_at=now)
     make_job()  # created just now, not sent yet: the API is about to send it
     # when the reaper runs, and runs again right away
-    first = reap_once(now)
-    second = reap_once(now)
+    first = reap_once(get_settings(), now)
+    second = reap_once(get_settings(), now)
     # then the stale and the lost segments and the two lost jobs were re-sent, once
     assert first == ReapReport(stale_segments=1, lost_segments=1, queued_jobs=2, finished_jobs=0)
     assert second == ReapReport()
@@ -116,8 +117,8 @@ def test_a_segment_never_sent_is_resent_once_its_job_has_waited_long_enough(queu
     # given a job whose prepare created segments but died before sending them
     job_id, _ = started_job(segments=2)
     # when the reaper runs now, and later than FERVID_REQUEUE_AFTER_S
-    now_report = reap_once()
-    later = reap_once(datetime.now(UTC) + LONG_AGO)
+    now_report = reap_once(get_settings())
+    later = reap_once(get_settings(), datetime.now(UTC) + LONG_AGO)
     # then only the later pass re-sends them
     assert now_report == ReapReport()
     assert later.lost_segments == 2
@@ -129,7 +130,7 @@ def test_reaper_finishes_a_job_whose_last_worker_stored_but_did_not_finish(queue
     job_id, plans = started_job(segments=2)
     assert process(job_id, 0, plans[0]) and process(job_id, 1, plans[1])
     # when the reaper runs
-    report = reap_once()
+    report = reap_once(get_settings())
     # then it finished the job, and nothing was re-sent
     assert report == ReapReport(finished_jobs=1)
     assert load_job(job_id).status == JobStatus.succeeded
@@ -148,7 +149,7 @@ def test_many_reapers_at_once_send_each_stale_segment_once(queue: str, redis_url
 
     def reap() -> None:
         barrier.wait(timeout=30)
-        reports.append(reap_once())
+        reports.append(reap_once(get_settings()))
 
     # when four reapers run at the same moment
     threads = [threading.Thread(target=reap) for _ in range(4)]
@@ -173,7 +174,7 @@ def test_reaper_thread_survives_a_database_outage(queue: str, redis_url: str, da
     fervid_env.setenv("FERVID_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
     get_settings.cache_clear()
     caplog.set_level(logging.INFO, logger="worker.reaper")
-    stop = start_reaper_thread(0.2)
+    stop = start_reaper_thread(get_settings().model_copy(update={"reaper_interval_s": 0.2}))
     try:
         # when the pass fails, and then the database is back
         wait_for(lambda: "reaper pass failed" in caplog.text, timeout=60)
@@ -196,7 +197,7 @@ def test_reaper_resends_to_the_queue_of_each_job(queue: str, redis_url: str) -> 
     set_segment(job_id, 0, status=SegmentStatus.running, heartbeat_at=datetime.now(UTC) - LONG_AGO)
     try:
         # when the reaper (whose own queue is `queue`) runs
-        reap_once()
+        reap_once(get_settings())
         # then the segment went to the job's queue, not the reaper's
         assert sent(redis_url, other_queue) == [(SEGMENT_TASK, [job_id, 0])]
         assert sent(redis_url, queue) == []

@@ -21,7 +21,8 @@ from worker.record_store import FaceRecord, FrameRecord, ModelInfo
 
 pytestmark = pytest.mark.integration
 
-MODEL = ModelInfo(name="tiny-test-classifier", version="tiny-0", backend="ort-cpu")
+MODEL = ModelInfo(name="tiny-test-classifier", version="tiny-0", backend="ort-cpu", precision="fp32",
+                  detector="yunet")
 MEDIA = MediaInfo(kind="video", width=640, height=360, fps=25.0, duration_ms=6000.0, frame_count=150, rotation=0)
 FRAME_MS = 200.0  # 5 fps sampling of a 25 fps clip: every fifth frame
 LEFT, RIGHT = (100, 100, 80, 80), (450, 120, 70, 70)
@@ -136,6 +137,7 @@ def test_start_job_creates_the_segments_once(database: str) -> None:
     assert job.status == JobStatus.running and job.started_at == started_at
     assert (job.media_kind, job.width, job.height, job.frame_count, job.frames_total) == ("video", 640, 360, 150, 12)
     assert (job.model_name, job.model_version, job.model_backend) == ("tiny-test-classifier", "tiny-0", "ort-cpu")
+    assert (job.model_precision, job.model_detector) == ("fp32", "yunet")
     with session_scope() as session:
         segments = session.scalars(select(Segment).where(Segment.job_id == job_id).order_by(Segment.index)).all()
     assert [s.plan for s in segments] == plans
@@ -393,7 +395,7 @@ def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
     get_settings.cache_clear()
     job_id, _ = started_job(segments=2)
     # when a worker processes one of its segments
-    ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()))
+    ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()), get_settings())
     # then that call ended the job (so the task sends the job's webhook), failed with the reason
     job = load_job(job_id)
     assert ended is True and (job.status, job.error_code) == (JobStatus.failed, "source_unavailable")

@@ -14,12 +14,14 @@ import onnxruntime as ort
 import pytest
 
 import models.backends as backends
-from fervid.errors import FervidError
-from models.backends import resolve_backend, select_backend
-from models.backends.base import BACKEND_UNAVAILABLE, BackendUnavailable, run_in_batches
+from fervid.errors import BACKEND_UNAVAILABLE, FervidError
+from fervid.settings import Settings
+from models.backends import BackendOptions, resolve_backend, select_backend
+from models.backends.base import BackendUnavailable, run_in_batches
 from tests.conftest import ROOT
 
 REGISTRY_LOGGER = "models.backends"
+OPTIONS = BackendOptions.from_settings(Settings.model_construct())  # the defaults, not this environment
 
 
 @pytest.fixture
@@ -45,8 +47,8 @@ def test_auto_falls_back_to_ort_cpu_with_one_log_line_giving_the_reason(
     caplog.set_level(logging.INFO, logger=REGISTRY_LOGGER)
 
     # when the worker selects twice (two analyzers in one process)
-    backend = select_backend(tiny_model_path, "auto", max_batch=32)
-    select_backend(tiny_model_path, "auto", max_batch=32)
+    backend = select_backend(tiny_model_path, "auto", max_batch=32, options=OPTIONS)
+    select_backend(tiny_model_path, "auto", max_batch=32, options=OPTIONS)
 
     # then ort-cpu, and exactly one line that says why TensorRT and ORT CUDA were passed over
     assert backend.name == "ort-cpu" and backend.max_batch == 32
@@ -62,7 +64,7 @@ def test_explicit_tensorrt_that_cannot_run_raises_backend_unavailable(
 
     # when / then asking for it is an error that says why, not a silent fallback
     with pytest.raises(BackendUnavailable) as raised:
-        select_backend(tiny_model_path, "tensorrt")
+        select_backend(tiny_model_path, "tensorrt", options=OPTIONS)
     assert raised.value.code == BACKEND_UNAVAILABLE == "backend_unavailable"
     assert "cannot import tensorrt" in raised.value.message and "fervid doctor" in raised.value.message
 
@@ -70,19 +72,19 @@ def test_explicit_tensorrt_that_cannot_run_raises_backend_unavailable(
 def test_explicit_ort_cuda_without_onnxruntime_gpu_raises(no_cuda_provider: None, tiny_model_path: Path) -> None:
     # given / when / then
     with pytest.raises(BackendUnavailable, match="install onnxruntime-gpu"):
-        select_backend(tiny_model_path, "ort-cuda")
+        select_backend(tiny_model_path, "ort-cuda", options=OPTIONS)
 
 
 def test_unknown_backend_name_is_refused(tiny_model_path: Path) -> None:
     # given / when / then
     with pytest.raises(FervidError) as raised:
-        select_backend(tiny_model_path, "tensorflow")
+        select_backend(tiny_model_path, "tensorflow", options=OPTIONS)
     assert raised.value.code == "unknown_backend" and "ort-cpu" in raised.value.message
 
 
 def test_explicit_ort_cpu_is_chosen_as_asked(tiny_model_path: Path) -> None:
     # given / when
-    backend, choice = resolve_backend(tiny_model_path, "ort-cpu")
+    backend, choice = resolve_backend(tiny_model_path, "ort-cpu", options=OPTIONS)
 
     # then
     assert (backend.name, choice.name) == ("ort-cpu", "ort-cpu")
@@ -95,7 +97,7 @@ def test_ort_cpu_backend_matches_a_direct_onnxruntime_session(tiny_model_path: P
     session = ort.InferenceSession(str(tiny_model_path), providers=["CPUExecutionProvider"])
 
     # when
-    probs = select_backend(tiny_model_path, "ort-cpu").run(batch)
+    probs = select_backend(tiny_model_path, "ort-cpu", options=OPTIONS).run(batch)
 
     # then
     np.testing.assert_allclose(probs, session.run(None, {"faces": batch})[0], rtol=1e-6, atol=1e-7)
@@ -103,8 +105,10 @@ def test_ort_cpu_backend_matches_a_direct_onnxruntime_session(tiny_model_path: P
 
 def test_choosing_a_backend_imports_neither_torch_nor_tensorrt(tiny_model_path: Path) -> None:
     # given a fresh interpreter (this one has imported torch for other tests)
-    script = ("import json, sys; from pathlib import Path; from models.backends import select_backend; "
-              f"b = select_backend(Path({str(tiny_model_path)!r}), 'auto'); "
+    script = ("import json, sys; from pathlib import Path; from fervid.settings import Settings; "
+              "from models.backends import BackendOptions, select_backend; "
+              f"b = select_backend(Path({str(tiny_model_path)!r}), 'auto', "
+              "options=BackendOptions.from_settings(Settings.model_construct())); "
               "print(json.dumps([b.name, 'torch' in sys.modules, 'tensorrt' in sys.modules]))")
 
     # when
@@ -260,3 +264,31 @@ def test_gpu_check_cpu_smoke_runs_here(shared_dir: Path, tiny_model_path: Path, 
     (parity,) = report["parity"]
     assert parity["candidate"] == "ort-cpu fp16-graph" and parity["passed"] is True
     assert "faces/s" in done.stdout
+
+
+def test_doctor_says_which_detector_workers_would_run_and_why_without_downloading(
+        no_tensorrt: None, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # given no YuNet configured or cached, and a download URL nothing may be fetched from
+    from fervid.cli import main
+
+    fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
+    fervid_env.setenv("FERVID_DETECTOR_URL", "http://127.0.0.1:9/face_detection_yunet_2023mar.onnx")
+
+    # when the doctor runs, then again with the URL empty (an air-gapped site)
+    main(["doctor"])
+    planned = capsys.readouterr().out
+    fervid_env.setenv("FERVID_DETECTOR_URL", "")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    main(["doctor"])
+    air_gapped = capsys.readouterr().out
+
+    # then it names the first-use download, then Haar with the reason and what to do; nothing was downloaded
+    (line,) = [line for line in planned.splitlines() if line.startswith("detector:")]
+    assert line.startswith("detector: workers would run yunet after a first-use download (from http://127.0.0.1:9/")
+    (line,) = [line for line in air_gapped.splitlines() if line.startswith("detector:")]
+    assert line.startswith("detector: workers would run haar (no YuNet in")
+    assert "FERVID_DETECTOR_URL is empty" in line and "fervid models fetch" in line
+    assert not any((tmp_path / "model-cache").glob("*.onnx"))

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 import http.server
+import logging
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +16,15 @@ import pytest
 
 from fervid.errors import FervidError
 from fervid.settings import get_settings
-from models.detectors import FaceDetector, HaarDetector, YuNetDetector, fetch_yunet, load_detector
+from models.detectors import (
+    YUNET_FILENAME,
+    FaceDetector,
+    HaarDetector,
+    YuNetDetector,
+    fetch_yunet,
+    load_detector,
+    plan_detector,
+)
 from models.network_io import crop_face
 from models.training.fer2013 import load_split
 from models.training.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas
@@ -51,36 +64,51 @@ def test_no_face_in_a_blank_frame(yunet_path: Path) -> None:
 
 
 def test_detector_choice_follows_settings(fervid_env: pytest.MonkeyPatch, yunet_path: Path) -> None:
-    assert load_detector(get_settings()).name == "haar"  # no YuNet configured or cached
+    assert load_detector(get_settings()).name == "haar"  # no YuNet configured or cached, no download URL
     fervid_env.setenv("FERVID_DETECTOR_PATH", str(yunet_path))
     get_settings.cache_clear()
     assert load_detector(get_settings()).name == "yunet"
 
 
 @pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """A loopback HTTP server for the files in its folder; it records each GET, and sends in 32 KiB pieces a few
+    milliseconds apart so that processes started together overlap while one downloads."""
     root = tmp_path / "served"
     root.mkdir()
+    requests: list[str] = []
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            super().__init__(*args, directory=str(root), **kwargs)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            requests.append(self.path)
+            path = root / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404)
+                return
+            payload = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            for start in range(0, len(payload), 32 << 10):
+                self.wfile.write(payload[start : start + (32 << 10)])
+                self.wfile.flush()
+                time.sleep(0.02)
 
-        def log_message(self, *args):  # type: ignore[no-untyped-def]
+        def log_message(self, *args: object) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    yield f"http://127.0.0.1:{server.server_address[1]}", root, requests
     server.shutdown()
 
 
 def test_fetch_installs_only_a_file_with_the_published_checksum(
-    file_server: tuple[str, Path], yunet_path: Path, tmp_path: Path
+    file_server: tuple[str, Path, list[str]], yunet_path: Path, tmp_path: Path
 ) -> None:
     # given a server offering a tampered file and the genuine one
-    base, root = file_server
+    base, root, _ = file_server
     (root / "tampered.onnx").write_bytes(yunet_path.read_bytes()[:-1] + b"\0")
     (root / "genuine.onnx").write_bytes(yunet_path.read_bytes())
     cache = tmp_path / "cache"
@@ -98,6 +126,127 @@ def test_fetch_reports_an_unreachable_source(tmp_path: Path) -> None:
     with pytest.raises(FervidError) as failed:
         fetch_yunet(tmp_path, "http://127.0.0.1:9/nothing.onnx")
     assert failed.value.code == "download_failed"
+
+
+def test_fetch_refuses_a_file_far_larger_than_yunet(file_server: tuple[str, Path, list[str]], tmp_path: Path) -> None:
+    # given a server offering 5 MB where YuNet is 232,589 bytes
+    base, root, _ = file_server
+    (root / "huge.onnx").write_bytes(b"\0" * (5 << 20))
+    # when / then
+    with pytest.raises(FervidError) as refused:
+        fetch_yunet(tmp_path / "cache", f"{base}/huge.onnx")
+    assert refused.value.code == "download_failed" and "bytes" in refused.value.message
+    assert not (tmp_path / "cache" / YUNET_FILENAME).exists()
+
+
+def test_fetch_gives_up_at_its_deadline(file_server: tuple[str, Path, list[str]], yunet_path: Path,
+                                        tmp_path: Path) -> None:
+    # given the genuine file, sent in pieces 20 ms apart (about 150 ms in all), and a 50 ms deadline
+    base, root, _ = file_server
+    (root / "genuine.onnx").write_bytes(yunet_path.read_bytes())
+    # when / then
+    with pytest.raises(FervidError) as late:
+        fetch_yunet(tmp_path / "cache", f"{base}/genuine.onnx", deadline_s=0.05)
+    assert late.value.code == "download_failed" and "0.05 s" in late.value.message
+
+
+RACER = """
+import logging
+logging.basicConfig(level=logging.INFO)
+from fervid.settings import get_settings
+from models.detectors import load_detector
+detector = load_detector(get_settings())
+print(detector.name, detector.reason)
+"""
+
+
+def test_first_use_downloads_yunet_into_the_cache_once_however_many_processes_start(
+        fervid_env: pytest.MonkeyPatch, file_server: tuple[str, Path, list[str]], yunet_path: Path,
+        tmp_path: Path) -> None:
+    # given no FERVID_DETECTOR_PATH, an empty model cache, and FERVID_DETECTOR_URL on a server holding YuNet
+    base, root, requests = file_server
+    (root / YUNET_FILENAME).write_bytes(yunet_path.read_bytes())
+    cache = tmp_path / "model-cache"
+    env = {**os.environ, "FERVID_DETECTOR_URL": f"{base}/{YUNET_FILENAME}", "FERVID_MODEL_CACHE_DIR": str(cache),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("FERVID_DETECTOR_PATH", None)
+    # when three processes load the detector at once
+    racers = [subprocess.Popen([sys.executable, "-c", RACER], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(3)]
+    outcomes = [racer.communicate(timeout=120) for racer in racers]
+    # then all run YuNet from the cache, which holds the genuine file, downloaded by one request alone
+    for (out, err), racer in zip(outcomes, racers, strict=True):
+        assert racer.returncode == 0, err
+        assert out.startswith("yunet "), (out, err)
+    assert requests == [f"/{YUNET_FILENAME}"]
+    assert (cache / YUNET_FILENAME).read_bytes() == yunet_path.read_bytes()
+    assert [path.name for path in cache.iterdir() if path.suffix == ".onnx"] == [YUNET_FILENAME]
+    # and the download said how far it had got
+    assert any("downloading YuNet: 232589 / 232589 bytes" in err for _, err in outcomes)
+    # and a process that starts later finds it cached without asking again
+    fervid_env.setenv("FERVID_DETECTOR_URL", f"{base}/{YUNET_FILENAME}")
+    get_settings.cache_clear()
+    assert load_detector(get_settings()).reason == f"cached at {cache / YUNET_FILENAME}"
+    assert len(requests) == 1
+
+
+def test_threads_racing_on_first_use_download_once(fervid_env: pytest.MonkeyPatch,
+                                                   file_server: tuple[str, Path, list[str]],
+                                                   yunet_path: Path) -> None:
+    # given an empty model cache and FERVID_DETECTOR_URL on a server holding YuNet
+    base, root, requests = file_server
+    (root / YUNET_FILENAME).write_bytes(yunet_path.read_bytes())
+    fervid_env.setenv("FERVID_DETECTOR_URL", f"{base}/{YUNET_FILENAME}")
+    get_settings.cache_clear()
+    settings = get_settings()
+    names: list[str] = []
+    # when two threads load the detector at once
+    threads = [threading.Thread(target=lambda: names.append(load_detector(settings).name)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # then both run YuNet, downloaded once
+    assert names == ["yunet", "yunet"]
+    assert requests == [f"/{YUNET_FILENAME}"]
+
+
+def test_a_checksum_mismatch_falls_back_to_haar_with_a_warning_naming_why(
+        fervid_env: pytest.MonkeyPatch, file_server: tuple[str, Path, list[str]], yunet_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # given FERVID_DETECTOR_URL on a server whose file is not YuNet
+    base, root, _ = file_server
+    (root / YUNET_FILENAME).write_bytes(yunet_path.read_bytes()[:-1] + b"\0")
+    fervid_env.setenv("FERVID_DETECTOR_URL", f"{base}/{YUNET_FILENAME}")
+    get_settings.cache_clear()
+    # when the detector is loaded
+    with caplog.at_level(logging.WARNING, logger="models.detectors"):
+        detector = load_detector(get_settings())
+    # then it is Haar, the warning says why and what to do, and nothing was installed
+    assert detector.name == "haar" and detector.reason.startswith("checksum_mismatch:")
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "Haar" in warning and "checksum_mismatch" in warning and "fervid models fetch" in warning
+    assert "FERVID_DETECTOR_PATH" in warning
+    assert not (get_settings().model_cache_dir / YUNET_FILENAME).exists()
+
+
+def test_an_empty_url_never_downloads_and_says_so(fervid_env: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # given FERVID_DETECTOR_URL empty (an air-gapped site), as fervid_env sets it, and nothing cached
+    with caplog.at_level(logging.WARNING, logger="models.detectors"):
+        detector = load_detector(get_settings())
+    assert detector.name == "haar" and "FERVID_DETECTOR_URL is empty" in detector.reason
+    assert any("FERVID_DETECTOR_URL is empty" in record.getMessage() for record in caplog.records)
+
+
+def test_the_plan_names_each_source_without_downloading(tmp_path: Path, yunet_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert plan_detector(yunet_path, cache, "").describe() == f"yunet (FERVID_DETECTOR_PATH {yunet_path})"
+    assert plan_detector(None, cache, "http://x/y.onnx").describe().startswith("yunet after a first-use download")
+    assert plan_detector(None, cache, "").describe().startswith("haar (no YuNet in")
+    with pytest.raises(FervidError):
+        plan_detector(tmp_path / "missing.onnx", cache, "")
+    assert not cache.exists()
 
 
 def framing_overlap(detector: FaceDetector, faces: np.ndarray, side: float) -> float:

@@ -118,20 +118,21 @@ def test_the_check_is_run_once_per_model_and_cpu(tiny_int8_path: Path, tmp_path:
 
 
 def test_a_worker_runs_the_float_graph_where_the_int8_check_failed(
-        tiny_int8_path: Path, fervid_env: pytest.MonkeyPatch, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        tiny_int8_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # given the check's record for this CPU says the fused kernels disagreed. No CPU here miscomputes (the ones that
     # do lack VNNI), so the record stands in for that CPU's result; the code path after it is the real one.
-    from fervid.settings import get_settings
+    from models.backends.base import BackendOptions
 
-    cache = get_settings().model_cache_dir
+    options = BackendOptions(threads=0, model_cache_dir=tmp_path / "model-cache", engine_cache_dir=tmp_path / "engines",
+                             tensorrt_precision="fp16")
+    cache = options.model_cache_dir
     good = cached_int8_check(tiny_int8_path, cache)
     (record,) = cache.glob("int8-check-*.json")
     record.write_text(json.dumps(asdict(replace(good, agreement=0.73))))
 
     # when the worker builds its CPU backend
     with caplog.at_level(logging.WARNING):
-        backend = create("ort-cpu", tiny_int8_path, 16)
+        backend = create("ort-cpu", tiny_int8_path, 16, options)
 
     # then it computes in float, says why once, and still classifies
     assert backend.precision == "fp32"
@@ -140,7 +141,7 @@ def test_a_worker_runs_the_float_graph_where_the_int8_check_failed(
     np.testing.assert_allclose(backend.run(batch).sum(axis=1), 1.0, atol=1e-5)
     # and with the record as this CPU really measured it, INT8 is kept
     record.write_text(json.dumps(asdict(good)))
-    assert create("ort-cpu", tiny_int8_path, 16).precision == "int8"
+    assert create("ort-cpu", tiny_int8_path, 16, options).precision == "int8"
 
 
 def test_cpu_features_name_what_decides_the_integer_kernels(tmp_path: Path) -> None:

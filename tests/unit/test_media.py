@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,21 +27,21 @@ from bench.media_factory import (
     write_video,
 )
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
+from fervid.settings import Settings
 from fervid.tables import PlanColumn, PlanRow
 from worker.media.decode import decode_planned
+from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame, split_plan
 from worker.media.probe import probe
 from worker.pipeline import from_plan_rows, to_plan_rows
 
-
-@pytest.fixture(autouse=True)
-def isolated_settings(fervid_env: pytest.MonkeyPatch) -> None:
-    """Limits come from a clean environment, not the developer's."""
+# The limits the settings default to, whatever the developer's environment says.
+LIMITS = MediaLimits.from_settings(Settings.model_construct())
 
 
 def decode_all(path: Path, plan: list[PlannedFrame]) -> tuple[list[tuple[PlannedFrame, np.ndarray]], list[str]]:
     warnings: list[str] = []
-    return list(decode_planned(path, plan, warnings)), warnings
+    return list(decode_planned(path, plan, warnings, LIMITS.max_pixels)), warnings
 
 
 def seeks_logged(caplog: pytest.LogCaptureFixture) -> int:
@@ -59,7 +60,7 @@ def seeks_logged(caplog: pytest.LogCaptureFixture) -> int:
 def test_every_planned_frame_decodes_to_its_own_pixels(tmp_path: Path, name: str, codec: str, pix_fmt: str) -> None:
     # given a 2 s clip whose frames show their index, in one of several containers and codecs
     clip = write_video(tmp_path / name, frame_count=48, codec=codec, pix_fmt=pix_fmt)
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     # when the plan is decoded
     frames, warnings = decode_all(clip, plan)
     # then each planned frame comes once, in order, upright BGR, and shows the index it was planned as
@@ -74,7 +75,7 @@ def test_a_raw_stream_without_timestamps_is_planned_by_its_frame_rate(tmp_path: 
     # given a raw H.264 elementary stream (no container, no timestamps; FFmpeg assumes 25 fps)
     clip = write_video(tmp_path / "clip.h264", frame_count=50)
     # when probed at 5 fps and decoded
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     frames, warnings = decode_all(clip, plan)
     # then every fifth frame is taken and decoded in order
     assert info.frame_count == 50 and info.fps == 25.0
@@ -91,7 +92,7 @@ def test_segments_decode_the_same_frames_as_the_whole_plan(
     # given 10 s at 24 fps sampled once a second; keyframes every 6 frames (gaps seek) or only the first;
     # MPEG-TS has no keyframe index, so its seeks land by timestamp search
     clip = write_video(tmp_path / name, frame_count=240, gop=gop)
-    _, plan = probe(clip, 1)
+    _, plan = probe(clip, 1, LIMITS)
     # when decoded whole, and segment by segment
     with caplog.at_level(logging.DEBUG, logger="worker.media.decode"):
         whole, _ = decode_all(clip, plan)
@@ -110,7 +111,7 @@ def test_recordings_joined_end_to_end_play_in_order(tmp_path: Path) -> None:
     # given three MPEG-TS recordings joined with `cat`: each restarts its timestamps
     clip = write_joined_recordings(tmp_path / "joined.ts", parts=3, frame_count=48)
     # when probed at 4 fps and decoded whole, and from its middle on
-    info, plan = probe(clip, 4)
+    info, plan = probe(clip, 4, LIMITS)
     whole, warnings = decode_all(clip, plan)
     tail, _ = decode_all(clip, plan[10:])
     # then all 6 s play once, in order, timed by the frame rate (sorting the timestamps would interleave them)
@@ -127,8 +128,8 @@ def test_recordings_joined_end_to_end_play_in_order(tmp_path: Path) -> None:
 
 def test_a_plan_survives_its_trip_through_the_database(tmp_path: Path) -> None:
     # given plans timed by timestamps and by order
-    timed = probe(write_video(tmp_path / "clip.mp4", frame_count=24), 5)[1]
-    ordered = probe(write_joined_recordings(tmp_path / "joined.ts", parts=2, frame_count=24), 5)[1]
+    timed = probe(write_video(tmp_path / "clip.mp4", frame_count=24), 5, LIMITS)[1]
+    ordered = probe(write_joined_recordings(tmp_path / "joined.ts", parts=2, frame_count=24), 5, LIMITS)[1]
     # when stored as segment rows and read back, also as rows written before `by_order` existed
     # then they come back unchanged
     assert from_plan_rows(stored_and_read(to_plan_rows(timed))) == timed
@@ -149,7 +150,7 @@ def stored_and_read(rows: list[PlanRow], fields: int = 5) -> list[PlanRow]:
 def test_the_last_frame_of_an_unindexed_stream_is_found_by_seeking_earlier(tmp_path: Path) -> None:
     # given an MPEG-TS clip (no keyframe index) and a segment holding only its last sampled frame
     clip = write_video(tmp_path / "clip.ts", frame_count=48, gop=12)
-    _, plan = probe(clip, 5)
+    _, plan = probe(clip, 5, LIMITS)
     # when only that segment is decoded (a seek to its keyframe lands past every keyframe)
     frames, warnings = decode_all(clip, plan[-1:])
     # then the frame is still found
@@ -159,7 +160,7 @@ def test_the_last_frame_of_an_unindexed_stream_is_found_by_seeking_earlier(tmp_p
 def test_shared_clip_segments_match_the_whole_decode(shared_dir: Path) -> None:
     # given a real HEVC clip from a phone, with B-frames and several keyframes
     clip = shared_dir / "media" / "face_noface.mov"
-    info, plan = probe(clip, 10)
+    info, plan = probe(clip, 10, LIMITS)
     # when decoded whole and in 1 s segments
     whole, warnings = decode_all(clip, plan)
     parts = [frame for segment in split_plan(plan, 1000.0) for frame in decode_all(clip, segment)[0]]
@@ -174,7 +175,7 @@ def test_rotated_video_comes_out_upright(tmp_path: Path, rotation: int) -> None:
     # given frames stored turned, with a display matrix telling viewers to turn them back `rotation` clockwise
     clip = write_video(tmp_path / "rotated.mp4", frame_count=24, rotation_cw=rotation)
     # when probed and decoded
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     frames, _ = decode_all(clip, plan)
     # then the reported size and the pixels are what a viewer sees
     assert (info.width, info.height, info.rotation) == (WIDTH, HEIGHT, rotation)
@@ -187,7 +188,7 @@ def test_mirrored_video_comes_out_as_a_viewer_sees_it(tmp_path: Path, rotation: 
     # given frames stored mirrored (and turned), with a display matrix that mirrors them back (and turns them)
     clip = write_video(tmp_path / "mirrored.mp4", frame_count=24, rotation_cw=rotation, mirrored=True)
     # when probed and decoded
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     frames, _ = decode_all(clip, plan)
     # then the pixels read the right way round (a mirrored or upside-down index reads as another number)
     assert (info.width, info.height, info.rotation, info.mirrored) == (WIDTH, HEIGHT, rotation, True)
@@ -204,7 +205,7 @@ def test_anamorphic_video_is_decoded_to_square_pixels(tmp_path: Path, name: str,
     # given frames stored squeezed, with pixels that a player stretches back by `pixel_aspect` (DV, HDV, DVD)
     clip = write_video(tmp_path / name, frame_count=24, pixel_aspect=pixel_aspect)
     # when probed and decoded
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     frames, _ = decode_all(clip, plan)
     # then sizes and pixels are those of the picture as displayed (faces keep their proportions)
     assert (info.width, info.height) == display_size
@@ -217,7 +218,7 @@ def test_interlaced_video_is_analysed_one_field_at_a_time(tmp_path: Path) -> Non
     # given interlaced frames whose two fields show different moments (a moving scene, combed when woven)
     clip = write_video(tmp_path / "interlaced.mkv", frame_count=24, interlaced=True)
     # when probed and decoded
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     frames, _ = decode_all(clip, plan)
     # then each image is one moment at full size: the top field, which carries the index
     assert [image.shape for _, image in frames] == [(HEIGHT, WIDTH, 3)] * len(plan)
@@ -229,7 +230,7 @@ def test_jpeg_exif_orientation_is_applied(tmp_path: Path, orientation: int, rota
     # given a JPEG stored turned, with the EXIF orientation that turns it upright
     still = write_still(tmp_path / "photo.jpg", exif_orientation=orientation)
     # when probed and decoded
-    info, plan = probe(still, 1)
+    info, plan = probe(still, 1, LIMITS)
     frames, _ = decode_all(still, plan)
     # then it is upright
     assert (info.kind, info.width, info.height, info.rotation) == ("image", WIDTH, HEIGHT, rotation)
@@ -241,7 +242,7 @@ def test_an_iphone_style_heic_photo_is_one_upright_image(tmp_path: Path, orienta
     # given a HEIC photo (HEVC in a HEIF container, phones' default) stored turned, with the turn as a property
     still = write_still(tmp_path / "photo.heic", exif_orientation=orientation)
     # when probed and decoded
-    info, plan = probe(still, 5)
+    info, plan = probe(still, 5, LIMITS)
     frames, _ = decode_all(still, plan)
     # then it is a photo, not a one-frame video, and it comes out upright
     assert (info.kind, info.fps, info.width, info.height) == ("image", None, WIDTH, HEIGHT)
@@ -252,7 +253,7 @@ def test_an_animated_webp_is_a_video_timed_by_its_frame_durations(tmp_path: Path
     # given an animated WebP (FFmpeg has no decoder for it) of 12 frames lasting 100 ms, then 6 lasting 200 ms
     animation = write_animation(tmp_path / "sticker.webp", [100] * 12 + [200] * 6)
     # when probed at 2 fps and decoded
-    info, plan = probe(animation, 2)
+    info, plan = probe(animation, 2, LIMITS)
     frames, warnings = decode_all(animation, plan)
     # then it is a 2.4 s video and each sample is the frame showing at 0, 0.5, 1.0, ... s
     assert (info.kind, info.frame_count, info.duration_ms, info.width, info.height) == ("video", 18, 2400.0,
@@ -272,7 +273,7 @@ def test_a_multi_picture_jpeg_is_a_photo_not_a_video(tmp_path: Path) -> None:
     primary.save(mpo, format="MPO", save_all=True, append_images=[primary], exif=exif, quality=95)
     assert exif[ExifTags.Base.Orientation] == 6
     # when probed and decoded
-    info, plan = probe(mpo, 5)
+    info, plan = probe(mpo, 5, LIMITS)
     frames, _ = decode_all(mpo, plan)
     # then it is one upright image, as for a plain JPEG
     assert (info.kind, info.fps, info.duration_ms, info.width, info.height) == ("image", None, 0.0, WIDTH, HEIGHT)
@@ -286,7 +287,7 @@ def test_a_16_bit_grey_png_keeps_its_tones(tmp_path: Path) -> None:
     still = tmp_path / "grey16.png"
     Image.fromarray(np.full((HEIGHT, WIDTH), 30000, dtype=np.uint16)).save(still)
     # when probed and decoded
-    info, plan = probe(still, 5)
+    info, plan = probe(still, 5, LIMITS)
     frames, _ = decode_all(still, plan)
     # then the frame is that grey, not clipped to white
     assert info.kind == "image" and frames[0][1].shape == (HEIGHT, WIDTH, 3)
@@ -297,7 +298,7 @@ def test_shared_still_decodes_as_one_bgr_frame(shared_dir: Path) -> None:
     # given a real JPEG
     still = shared_dir / "media" / "messi5.jpg"
     # when probed and decoded
-    info, plan = probe(still, 5)
+    info, plan = probe(still, 5, LIMITS)
     frames, _ = decode_all(still, plan)
     # then one frame of its size comes out, in BGR order (the same pixels as OpenCV reads)
     import cv2
@@ -306,9 +307,9 @@ def test_shared_still_decodes_as_one_bgr_frame(shared_dir: Path) -> None:
     assert len(frames) == 1 and np.array_equal(frames[0][1], cv2.imread(str(still)))
 
 
-def expect_media_error(path: Path, code: str) -> MediaError:
+def expect_media_error(path: Path, code: str, limits: MediaLimits = LIMITS) -> MediaError:
     with pytest.raises(MediaError) as caught:
-        probe(path, 5)
+        probe(path, 5, limits)
     assert caught.value.code == code, caught.value.message
     assert len(caught.value.message) > 10
     return caught.value
@@ -369,7 +370,7 @@ def test_an_mp4_cut_after_its_index_keeps_the_frames_that_are_there(tmp_path: Pa
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(data[: len(data) * 2 // 3])
     # when every frame is planned and decoded
-    _, plan = probe(truncated, 24)
+    _, plan = probe(truncated, 24, LIMITS)
     frames, warnings = decode_all(truncated, plan)
     # then the frames present come out right, at most one warning names what was lost, and nothing raises
     assert 0 < len(frames) < 72 and len(warnings) <= 1
@@ -394,7 +395,7 @@ def test_damage_in_the_middle_keeps_the_frames_around_it_with_one_warning(tmp_pa
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(bytes(data))
     # when every frame is planned and decoded
-    info, plan = probe(damaged, 24)
+    info, plan = probe(damaged, 24, LIMITS)
     frames, warnings = decode_all(damaged, plan)
     # then the frames before the damage come out intact, decoding recovers at the next keyframe after it, and
     # one warning counts the lost frames
@@ -425,38 +426,37 @@ def test_a_png_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> 
     expect_media_error(bomb, MEDIA_TOO_LARGE)
 
 
-def test_an_image_over_the_pixel_limit_is_refused(tmp_path: Path, fervid_env: pytest.MonkeyPatch) -> None:
+def test_an_image_over_the_pixel_limit_is_refused(tmp_path: Path) -> None:
     # given a 160x96 still (15360 pixels) and a 10000-pixel limit
-    fervid_env.setenv("FERVID_MAX_PIXELS", "10000")
+    limits = replace(LIMITS, max_pixels=10000)
     still = write_still(tmp_path / "still.png")
     # when / then
-    assert "160x96" in expect_media_error(still, MEDIA_TOO_LARGE).message
+    assert "160x96" in expect_media_error(still, MEDIA_TOO_LARGE, limits).message
 
 
-def test_a_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path,
-                                                                 fervid_env: pytest.MonkeyPatch) -> None:
+def test_a_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
     # given a 160x96 clip and a 10000-pixel limit (the decoder itself would refuse such frames: a decode error)
-    fervid_env.setenv("FERVID_MAX_PIXELS", "10000")
+    limits = replace(LIMITS, max_pixels=10000)
     clip = write_video(tmp_path / "clip.mp4", frame_count=12)
     # when / then the header check answers first
-    error = expect_media_error(clip, MEDIA_TOO_LARGE)
+    error = expect_media_error(clip, MEDIA_TOO_LARGE, limits)
     assert "160x96" in error.message and "FERVID_MAX_PIXELS" in error.message
 
 
-def test_a_video_over_the_duration_limit_is_refused(tmp_path: Path, fervid_env: pytest.MonkeyPatch) -> None:
+def test_a_video_over_the_duration_limit_is_refused(tmp_path: Path) -> None:
     # given a 3 s clip and a 2 s limit
-    fervid_env.setenv("FERVID_MAX_DURATION_S", "2")
+    limits = replace(LIMITS, max_duration_s=2)
     clip = write_video(tmp_path / "clip.mkv", frame_count=72)
     # when / then
-    assert "FERVID_MAX_DURATION_S" in expect_media_error(clip, MEDIA_TOO_LARGE).message
+    assert "FERVID_MAX_DURATION_S" in expect_media_error(clip, MEDIA_TOO_LARGE, limits).message
 
 
-def test_a_video_with_more_frames_than_the_limit_is_refused(tmp_path: Path, fervid_env: pytest.MonkeyPatch) -> None:
+def test_a_video_with_more_frames_than_the_limit_is_refused(tmp_path: Path) -> None:
     # given a 72-frame clip and a 50-frame limit
-    fervid_env.setenv("FERVID_MAX_FRAMES", "50")
+    limits = replace(LIMITS, max_frames=50)
     clip = write_video(tmp_path / "clip.mp4", frame_count=72)
     # when / then
-    assert "FERVID_MAX_FRAMES" in expect_media_error(clip, MEDIA_TOO_LARGE).message
+    assert "FERVID_MAX_FRAMES" in expect_media_error(clip, MEDIA_TOO_LARGE, limits).message
 
 
 def test_decoding_bad_input_raises_only_media_errors(tmp_path: Path) -> None:
@@ -471,7 +471,7 @@ def test_decoding_bad_input_raises_only_media_errors(tmp_path: Path) -> None:
     with pytest.raises(MediaError) as caught:
         decode_all(noise, [frame])
     assert caught.value.code == UNSUPPORTED_MEDIA
-    _, plan = probe(cut, 1)
+    _, plan = probe(cut, 1, LIMITS)
     with pytest.raises(MediaError) as caught:
         decode_all(cut, plan)
     assert caught.value.code == DECODE_ERROR

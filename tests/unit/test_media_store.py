@@ -50,9 +50,9 @@ def test_a_job_downloads_its_media_once_per_machine(fervid_env: pytest.MonkeyPat
     uri = f"{server.base}/clip.mp4"
     # when segments of one job read it three times, and another job once
     for _ in range(3):
-        with local_copy(uri, cache_key="job-1") as path:
+        with local_copy(uri, get_settings(), cache_key="job-1") as path:
             assert path.read_bytes() == b"x" * 4096
-    with local_copy(uri, cache_key="job-2") as path:
+    with local_copy(uri, get_settings(), cache_key="job-2") as path:
         assert path.stat().st_size == 4096
     # then job-1 fetched it once, job-2 once more
     assert server.hits[0] == 2
@@ -64,7 +64,7 @@ def test_the_download_cache_keeps_within_its_budget(fervid_env: pytest.MonkeyPat
     get_settings.cache_clear()
     # when several jobs download
     for job in range(4):
-        with local_copy(f"{server.base}/clip.mp4", cache_key=f"job-{job}") as path:
+        with local_copy(f"{server.base}/clip.mp4", get_settings(), cache_key=f"job-{job}") as path:
             assert path.exists()  # the file in use is never pruned
     # then only the most recent download is kept
     kept = [p for p in get_settings().download_cache_dir.iterdir() if p.suffix == ".mp4"]
@@ -74,6 +74,6 @@ def test_the_download_cache_keeps_within_its_budget(fervid_env: pytest.MonkeyPat
 def test_unreadable_sources_are_media_errors(fervid_env: pytest.MonkeyPatch, server: CountingServer,
                                              tmp_path: Path) -> None:
     for uri in (f"{server.base}/missing.txt", (tmp_path / "absent.mp4").as_uri(), "ftp://host/clip.mp4"):
-        with pytest.raises(MediaError) as failed, local_copy(uri, cache_key="job"):
+        with pytest.raises(MediaError) as failed, local_copy(uri, get_settings(), cache_key="job"):
             pass
         assert failed.value.code == "source_unavailable"

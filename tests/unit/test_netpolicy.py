@@ -28,14 +28,14 @@ def strict(fervid_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://localhost/x", "http://10.1.2.3/x",
                                  "http://169.254.169.254/latest/meta-data", "http://[::1]/x", "http:///nohost"])
 def test_non_public_hosts_are_named(strict: pytest.MonkeyPatch, url: str) -> None:
-    assert non_public_address(url) is not None
+    assert non_public_address(url, get_settings().allow_private_urls) is not None
 
 
 def test_public_addresses_and_the_development_switch_pass(strict: pytest.MonkeyPatch) -> None:
-    assert non_public_address("http://93.184.216.34/clip.mp4") is None
+    assert non_public_address("http://93.184.216.34/clip.mp4", get_settings().allow_private_urls) is None
     strict.setenv("FERVID_ALLOW_PRIVATE_URLS", "true")
     get_settings.cache_clear()
-    assert non_public_address("http://127.0.0.1/clip.mp4") is None
+    assert non_public_address("http://127.0.0.1/clip.mp4", get_settings().allow_private_urls) is None
 
 
 def test_a_loopback_source_is_refused_before_any_request(strict: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -43,7 +43,8 @@ def test_a_loopback_source_is_refused_before_any_request(strict: pytest.MonkeyPa
     server = CountingServer(b"x" * 10)
     try:
         # when a job names it as its source
-        with pytest.raises(MediaError) as refused, local_copy(f"{server.base}/clip.mp4", cache_key="job"):
+        source = f"{server.base}/clip.mp4"
+        with pytest.raises(MediaError) as refused, local_copy(source, get_settings(), cache_key="job"):
             pass
         # then it is refused with its own code and the server never saw a request
         assert refused.value.code == "source_not_allowed" and server.hits[0] == 0
@@ -91,7 +92,7 @@ def test_a_redirect_into_the_internal_network_is_refused(
     try:
         # when a download follows the redirect
         with pytest.raises(netpolicy.NonPublicAddress) as refused:
-            netpolicy.open_public(f"{redirector.base}/clip.mp4", timeout=5)
+            netpolicy.open_public(f"{redirector.base}/clip.mp4", timeout=5, allow_private=False)
 
         # then the first hop was made, the internal server never saw a request, and the error names the address
         assert redirector.hits[0] == 1 and internal.hits[0] == 0
@@ -104,10 +105,10 @@ def test_a_name_that_resolves_differently_at_connect_time_is_refused(
     strict: pytest.MonkeyPatch, internal: CountingServer
 ) -> None:
     # given a host whose check passed (as when DNS answers a public address first, then an internal one)
-    strict.setattr(media_store, "non_public_address", lambda url: None)
+    strict.setattr(media_store, "non_public_address", lambda url, allow_private: None)
 
     # when a job's source connects to what turns out to be loopback
-    with pytest.raises(MediaError) as refused, local_copy(f"{internal.base}/clip.mp4", cache_key="job"):
+    with pytest.raises(MediaError) as refused, local_copy(f"{internal.base}/clip.mp4", get_settings(), cache_key="job"):
         pass
 
     # then the connection is dropped before any request, with the same code as the up-front check
@@ -121,5 +122,5 @@ def test_the_development_switch_lets_connections_reach_loopback(
     assert get_settings().allow_private_urls
 
     # when / then the same internal server is read
-    with netpolicy.open_public(f"{internal.base}/clip.mp4", timeout=5) as response:
+    with netpolicy.open_public(f"{internal.base}/clip.mp4", timeout=5, allow_private=True) as response:
         assert response.read() == b"secret" * 10

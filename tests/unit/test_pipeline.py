@@ -9,10 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from fervid.settings import get_settings
+from fervid.settings import Settings, get_settings
 from worker.media.decode import decode_planned
+from worker.media.limits import MediaLimits
 from worker.media.probe import probe
 from worker.pipeline import Analyzer, build_analyzer
+
+# The limits the settings default to, whatever the developer's environment says.
+LIMITS = MediaLimits.from_settings(Settings.model_construct())
 
 
 @pytest.fixture
@@ -45,9 +49,9 @@ Face = tuple[int, tuple[int, int, int, int]]  # track id, box
 
 def analyze(analyzer: Analyzer, clip: Path, fps: float = 10) -> list[list[Face]]:
     """(track id, box) of the faces of every sampled frame."""
-    _, plan = probe(clip, fps)
+    _, plan = probe(clip, fps, LIMITS)
     return [[(face.local_track, face.box) for face in record.faces]
-            for record in analyzer.analyze(decode_planned(clip, plan, []))]
+            for record in analyzer.analyze(decode_planned(clip, plan, [], LIMITS.max_pixels))]
 
 
 @pytest.mark.parametrize("rotation", [90, 270])
@@ -60,7 +64,7 @@ def test_a_phone_clip_stored_sideways_is_analysed_upright(
     clip = write_clip(tmp_path / "portrait.mp4", frames, rotation_cw=rotation)
     (upright,) = analyzer.detector.detect(frames[0])
     # when it is analysed
-    info, _ = probe(clip, 10)
+    info, _ = probe(clip, 10, LIMITS)
     faces = analyze(analyzer, clip)
     # then the frames are the upright ones: the same size, and the face where it is in the upright first frame
     assert (info.width, info.height) == (face.shape[1], face.shape[0])

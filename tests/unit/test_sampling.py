@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 
 from bench.media_factory import write_still, write_video
+from fervid.settings import Settings
+from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
 from worker.media.probe import probe
 
-
-@pytest.fixture(autouse=True)
-def isolated_settings(fervid_env: pytest.MonkeyPatch) -> None:
-    """Limits come from a clean environment, not the developer's."""
+# The limits the settings default to, whatever the developer's environment says.
+LIMITS = MediaLimits.from_settings(Settings.model_construct())
 
 
 def test_constant_rate_clip_is_sampled_at_the_first_frame_at_or_after_each_tick(tmp_path: Path) -> None:
     # given 72 frames at 24 fps (3 s), with B-frames and a keyframe every 12 frames
     clip = write_video(tmp_path / "clip.mp4", frame_count=72, fps=24, gop=12)
     # when sampled at 5 fps
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     # then ticks k/5 s pick frame ceil(24k/5), k = 0..14, at that frame's own timestamp
     assert info == MediaInfo(kind="video", width=160, height=96, fps=24.0, duration_ms=3000.0, frame_count=72,
                              rotation=0)
@@ -34,7 +34,7 @@ def test_keyframe_pts_is_the_last_keyframe_at_or_before_each_planned_frame(tmp_p
     # given a clip with a keyframe every 10 frames
     clip = write_video(tmp_path / "clip.mp4", frame_count=50, fps=25, gop=10)
     # when every frame is planned
-    _, plan = probe(clip, 25)
+    _, plan = probe(clip, 25, LIMITS)
     # then each frame points at the keyframe that opens its group
     ticks_per_frame = plan[1].pts - plan[0].pts
     assert [f.frame_index for f in plan] == list(range(50))
@@ -45,7 +45,7 @@ def test_a_rate_above_the_frame_rate_takes_each_frame_once(tmp_path: Path) -> No
     # given 24 frames at 24 fps
     clip = write_video(tmp_path / "clip.mp4", frame_count=24, fps=24)
     # when sampled at 60 fps (several ticks fall on the same frame)
-    _, plan = probe(clip, 60)
+    _, plan = probe(clip, 60, LIMITS)
     # then every frame is planned exactly once, in order
     assert [f.frame_index for f in plan] == list(range(24))
 
@@ -54,7 +54,7 @@ def test_a_rate_below_one_frame_per_second_still_starts_at_frame_zero(tmp_path: 
     # given a 3 s clip
     clip = write_video(tmp_path / "clip.mp4", frame_count=72, fps=24)
     # when sampled every 2.5 s
-    _, plan = probe(clip, 0.4)
+    _, plan = probe(clip, 0.4, LIMITS)
     # then ticks 0 s and 2.5 s are taken
     assert [f.frame_index for f in plan] == [0, 60]
 
@@ -64,7 +64,7 @@ def test_variable_frame_rate_follows_the_container_timestamps(tmp_path: Path) ->
     pts_ms = [0, 40, 80, 200, 210, 220, 600, 1000, 1010, 1500]
     clip = write_video(tmp_path / "vfr.mp4", pts_ms=pts_ms)
     # when sampled at 5 fps (ticks every 200 ms up to the 1500 ms frame plus its duration)
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     # then, by hand: 0->#0, 200->#3, 400->#6 (600), 600->#6, 800->#7 (1000), 1000->#7, 1200->#9, 1400->#9
     assert [f.frame_index for f in plan] == [0, 3, 6, 7, 9]
     assert [f.timestamp_ms for f in plan] == pytest.approx([0, 200, 600, 1000, 1500])
@@ -75,7 +75,7 @@ def test_an_image_is_one_frame_at_time_zero(tmp_path: Path) -> None:
     # given a PNG still
     still = write_still(tmp_path / "still.png")
     # when probed at any rate
-    info, plan = probe(still, 30)
+    info, plan = probe(still, 30, LIMITS)
     # then it is one frame, index 0, t = 0, pts 0
     assert info == MediaInfo(kind="image", width=160, height=96, fps=None, duration_ms=0.0, frame_count=1,
                              rotation=0)
@@ -86,7 +86,7 @@ def test_the_shared_clip_is_sampled_from_its_real_timestamps(shared_dir: Path) -
     # given the shared 640x360 clip of 72 frames at 30 fps
     clip = shared_dir / "media" / "single_face.mp4"
     # when sampled at 5 fps
-    info, plan = probe(clip, 5)
+    info, plan = probe(clip, 5, LIMITS)
     # then every sixth frame is taken over its 2.4 s
     assert (info.kind, info.width, info.height, info.frame_count) == ("video", 640, 360, 72)
     assert info.duration_ms == pytest.approx(2400.0)
@@ -97,7 +97,7 @@ def test_edit_list_frames_before_the_start_are_not_counted(shared_dir: Path) -> 
     # given a shared clip whose first packets fall before its edit list's start (negative pts)
     clip = shared_dir / "media" / "no_face.mp4"
     # when probed
-    info, plan = probe(clip, 1000)
+    info, plan = probe(clip, 1000, LIMITS)
     # then only the frames a player shows are counted, the first at t = 0
     assert info.frame_count == 95 and len(plan) == 95
     assert plan[0].timestamp_ms == 0.0 and plan[0].keyframe_pts < plan[0].pts
@@ -109,7 +109,7 @@ def test_sample_fps_must_be_positive(tmp_path: Path, sample_fps: float) -> None:
     clip = write_video(tmp_path / "clip.mp4", frame_count=5)
     # when / then
     with pytest.raises(ValueError, match="sample_fps"):
-        probe(clip, sample_fps)
+        probe(clip, sample_fps, LIMITS)
 
 
 def planned(times_ms: list[float]) -> list[PlannedFrame]:

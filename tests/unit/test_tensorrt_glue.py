@@ -266,7 +266,8 @@ def test_an_engine_built_ahead_by_the_cli_is_the_one_workers_load(
     # given TensorRT and CUDA faked for the whole process, as the registry and the CLI would find them
     import models.backends.tensorrt as trt_backend
     from fervid.cli import main
-    from models.backends import select_backend
+    from fervid.settings import get_settings
+    from models.backends import BackendOptions, select_backend
 
     fake = install_fake(monkeypatch, "10.3.0")
     allocator = FakeAllocator(fake)
@@ -275,7 +276,8 @@ def test_an_engine_built_ahead_by_the_cli_is_the_one_workers_load(
 
     # when the engine is built ahead with the CLI's defaults, then a worker selects TensorRT with its batch
     built = main(["engines", "build", "--model", str(tiny_model_path)])
-    backend = select_backend(tiny_model_path, "tensorrt", max_batch=48)
+    backend = select_backend(tiny_model_path, "tensorrt", max_batch=48,
+                             options=BackendOptions.from_settings(get_settings()))
 
     # then the worker loaded the CLI's engine instead of building another, and it runs
     assert built == 0 and '"precision": "fp16"' in capsys.readouterr().out
@@ -289,7 +291,7 @@ def test_workers_build_at_the_configured_precision(
         monkeypatch: pytest.MonkeyPatch, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path) -> None:
     # given workers configured for int8 engines, and a float model
     from fervid.settings import get_settings
-    from models.backends import tensorrt
+    from models.backends import BackendOptions, tensorrt
     from models.backends.tensorrt import create
 
     fake = install_fake(monkeypatch, "10.3.0")
@@ -298,5 +300,5 @@ def test_workers_build_at_the_configured_precision(
     get_settings.cache_clear()
     # when / then the worker's backend asks for int8, and says why this model cannot have it
     with pytest.raises(BackendUnavailable, match="QuantizeLinear/DequantizeLinear"):
-        create("tensorrt", tiny_model_path, 16)
+        create("tensorrt", tiny_model_path, 16, BackendOptions.from_settings(get_settings()))
     assert fake.calls.builds == 0

@@ -54,7 +54,7 @@ def test_a_receiver_that_answers_garbage_is_a_failed_delivery(finished_job: str)
     _set_webhook(finished_job, f"http://127.0.0.1:{server.getsockname()[1]}/hook")
     try:
         # when the job's webhook is sent
-        delivered = webhooks.notify_finished(finished_job)
+        delivered = webhooks.notify_finished(finished_job, get_settings())
     finally:
         server.close()
     # then it reports no delivery instead of raising
@@ -65,7 +65,7 @@ def test_a_url_urllib_cannot_send_to_is_a_failed_delivery(finished_job: str) -> 
     # given a stored webhook URL with a port that is not a number (accepted before submissions checked it)
     _set_webhook(finished_job, "http://127.0.0.1:abc/hook")
     # when / then the job's webhook reports no delivery instead of raising
-    assert webhooks.notify_finished(finished_job) is False
+    assert webhooks.notify_finished(finished_job, get_settings()) is False
 
 
 class RecordingReceiver:
@@ -99,7 +99,7 @@ def deliver(job_id: str) -> tuple[dict[str, str], bytes]:
     receiver = RecordingReceiver()
     _set_webhook(job_id, receiver.url)
     try:
-        assert webhooks.notify_finished(job_id) is True
+        assert webhooks.notify_finished(job_id, get_settings()) is True
     finally:
         receiver.close()
     ((headers, body),) = receiver.received

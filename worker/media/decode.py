@@ -26,14 +26,14 @@ REORDER_DEPTH = 8
 SEEK_RETRIES = 3  # earlier and earlier seeks (1 s, 2 s, 4 s before the keyframe) when one lands too late
 
 
-def decode_planned(path: Path, plan: list[PlannedFrame],
-                   warnings: list[str]) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+def decode_planned(path: Path, plan: list[PlannedFrame], warnings: list[str],
+                   max_pixels: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
     """Decode only what the plan needs and yield (planned frame, upright BGR image) in plan order.
     Frames that cannot be decoded are skipped and described once in `warnings` (appended, human-readable)."""
     if not plan:
         return
     file_size(path)
-    image = open_pillow(path)
+    image = open_pillow(path, max_pixels)
     if image is not None:
         with image:
             if not is_pillow_animation(image):
@@ -41,15 +41,15 @@ def decode_planned(path: Path, plan: list[PlannedFrame],
                 return
             yield from decode_animation(image, plan)
         return
-    yield from _decode_video(path, plan, warnings)
+    yield from _decode_video(path, plan, warnings, max_pixels)
 
 
-def _decode_video(path: Path, plan: list[PlannedFrame],
-                  warnings: list[str]) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+def _decode_video(path: Path, plan: list[PlannedFrame], warnings: list[str],
+                  max_pixels: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
     with open_container(path) as container:
-        stream = video_stream(container)
+        stream = video_stream(container, max_pixels)
         stream.thread_type = "AUTO"
-        check_pixels(stream.codec_context.width, stream.codec_context.height)
+        check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
         decoder = _PlanDecoder(container, stream, plan)
         yield from decoder.frames()
     warnings.extend(decoder.warnings())

@@ -10,13 +10,12 @@ import av
 import av.error
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
-from fervid.settings import get_settings
 from worker.media.plan import StreamIndex
 
 log = logging.getLogger(__name__)
 
 
-def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+def video_stream(container: av.container.InputContainer, max_pixels: int) -> av.video.stream.VideoStream:
     # Cover art in audio files is a one-picture "video" stream; it is not a video.
     videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not videos:
@@ -26,7 +25,7 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
         raise MediaError(UNSUPPORTED_MEDIA, f"this file ({container.format.name}) holds pictures in a format with no "
                                             "decoder available (vector images such as SVG are not supported)")
     # The decoder refuses frames past the limit even where the container header understates them.
-    stream.codec_context.options = {"max_pixels": str(get_settings().max_pixels)}
+    stream.codec_context.options = {"max_pixels": str(max_pixels)}
     return stream
 
 
@@ -59,8 +58,8 @@ def decoded(packet: av.Packet, stream: av.video.stream.VideoStream) -> list[av.V
         return []  # a damaged packet: its frames are missing, the caller counts them
 
 
-def index_stream(container: av.container.InputContainer,
-                 stream: av.video.stream.VideoStream) -> tuple[StreamIndex, av.VideoFrame | None]:
+def index_stream(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 max_frames: int) -> tuple[StreamIndex, av.VideoFrame | None]:
     """Demuxes every packet of the stream (decoding only until the first frame comes out)."""
     durations: dict[int, int] = {}
     keyframes: list[int] = []
@@ -68,7 +67,6 @@ def index_stream(container: av.container.InputContainer,
     last_dts: int | None = None
     dts_went_back = False
     first_frame: av.VideoFrame | None = None
-    max_frames = get_settings().max_frames
     for count, packet in enumerate(packets(container, stream), start=1):
         if count > max_frames:  # the header can understate: counted before the index outgrows memory
             raise MediaError(MEDIA_TOO_LARGE, f"the video has over {max_frames} frames (FERVID_MAX_FRAMES)")

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError
-from fervid.settings import get_settings
+from fervid.settings import Settings
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What a probe or decode refuses: built from the settings at the edge and passed down."""
+
+    max_pixels: int  # per decoded frame (FERVID_MAX_PIXELS)
+    max_duration_s: float  # FERVID_MAX_DURATION_S
+    max_frames: int  # video frames (packets) in one file (FERVID_MAX_FRAMES)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MediaLimits:
+        return cls(settings.max_pixels, settings.max_duration_s, settings.max_frames)
 
 
 def file_size(path: Path) -> int:
@@ -20,14 +34,12 @@ def pixel_limit_error(width: int, height: int, limit: int) -> MediaError:
                                        "(FERVID_MAX_PIXELS)")
 
 
-def check_pixels(width: int, height: int) -> None:
-    limit = get_settings().max_pixels
+def check_pixels(width: int, height: int, limit: int) -> None:
     if width * height > limit:
         raise pixel_limit_error(width, height, limit)
 
 
-def check_duration(duration_s: float | None) -> None:
-    limit = get_settings().max_duration_s
+def check_duration(duration_s: float | None, limit: float) -> None:
     if duration_s is not None and duration_s > limit:
         raise MediaError(MEDIA_TOO_LARGE, f"the video lasts {duration_s:.1f} s, over the {limit:g}-second limit "
                                           "(FERVID_MAX_DURATION_S)")

@@ -12,25 +12,25 @@ from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MediaError
 from worker.media.exif import EXIF_MIRRORED, EXIF_ROTATION, exif_orientation
 from worker.media.geometry import Display, pixel_aspect
 from worker.media.index import header_duration_s, index_stream, video_stream
-from worker.media.limits import check_duration, check_pixels, file_size
+from worker.media.limits import MediaLimits, check_duration, check_pixels, file_size
 from worker.media.plan import MediaInfo, PlannedFrame, plan_frames
 from worker.media.sniff import open_container
 from worker.media.stills import is_pillow_animation, open_pillow, probe_animation
 
 
-def probe(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
+def probe(path: Path, sample_fps: float, limits: MediaLimits) -> tuple[MediaInfo, list[PlannedFrame]]:
     """Identify the media, check limits, and plan which frames the sampling rule selects, in time order."""
     if not (sample_fps > 0 and math.isfinite(sample_fps)):
         raise ValueError(f"sample_fps must be a positive number, not {sample_fps}")
     if file_size(path) == 0:
         raise MediaError(EMPTY_MEDIA, "the file is 0 bytes")
-    image = open_pillow(path)
+    image = open_pillow(path, limits.max_pixels)
     if image is not None:
         with image:
             if is_pillow_animation(image):
-                return probe_animation(image, sample_fps)
+                return probe_animation(image, sample_fps, limits)
             return _probe_still(image)
-    return _probe_video(path, sample_fps)
+    return _probe_video(path, sample_fps, limits)
 
 
 def _probe_still(image: Image.Image) -> tuple[MediaInfo, list[PlannedFrame]]:
@@ -43,12 +43,12 @@ def _probe_still(image: Image.Image) -> tuple[MediaInfo, list[PlannedFrame]]:
     return info, [PlannedFrame(0, 0.0, 0, 0)]
 
 
-def _probe_video(path: Path, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
+def _probe_video(path: Path, sample_fps: float, limits: MediaLimits) -> tuple[MediaInfo, list[PlannedFrame]]:
     with open_container(path) as container:
-        stream = video_stream(container)
-        check_duration(header_duration_s(container, stream))
-        check_pixels(stream.codec_context.width, stream.codec_context.height)
-        index, first_frame = index_stream(container, stream)
+        stream = video_stream(container, limits.max_pixels)
+        check_duration(header_duration_s(container, stream), limits.max_duration_s)
+        check_pixels(stream.codec_context.width, stream.codec_context.height, limits.max_pixels)
+        index, first_frame = index_stream(container, stream, limits.max_frames)
         fps = float(stream.average_rate) if stream.average_rate else None
         if index.by_order:
             fps = float(1 / index.time_base)  # the rate the frames are timed by
@@ -59,8 +59,8 @@ def _probe_video(path: Path, sample_fps: float) -> tuple[MediaInfo, list[Planned
         raise MediaError(DECODE_ERROR, f"none of the {len(index.frame_pts)} frames of the video stream could be "
                                        "decoded; the file is damaged or its codec is not supported")
     duration_s: Fraction = (index.end_pts - index.first_pts) * index.time_base
-    check_duration(float(duration_s))
-    check_pixels(first_frame.width, first_frame.height)
+    check_duration(float(duration_s), limits.max_duration_s)
+    check_pixels(first_frame.width, first_frame.height, limits.max_pixels)
     display = Display.of(first_frame, aspect)
     width, height = display.size(first_frame.width, first_frame.height)
     info = MediaInfo("video", width, height, fps, float(duration_s * 1000), len(index.frame_pts),

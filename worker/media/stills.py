@@ -13,8 +13,7 @@ from pi_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
-from fervid.settings import get_settings
-from worker.media.limits import check_duration, pixel_limit_error
+from worker.media.limits import MediaLimits, check_duration, pixel_limit_error
 from worker.media.plan import MediaInfo, PlannedFrame, StreamIndex, plan_frames
 
 # HEIC/HEIF photos (phones' default) open as stills: libheif assembles the tile grid phones write and applies
@@ -28,12 +27,12 @@ PILLOW_ONLY_ANIMATIONS = frozenset({"WEBP"})
 DEFAULT_ANIMATION_FRAME_MS = 100  # what browsers show a frame that declares no duration for
 
 
-def open_pillow(path: Path) -> Image.Image | None:
+def open_pillow(path: Path, max_pixels: int) -> Image.Image | None:
     """The file opened lazily (header read, no pixels) when Pillow is the one to decode it: a single still image,
     or an animation FFmpeg cannot decode (`is_pillow_animation`); None for the rest.
 
     Other animated and multi-frame images, and MPEG streams Pillow can only identify, go to PyAV as video."""
-    limit = get_settings().max_pixels
+    limit = max_pixels
     Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses past twice this; our own check below covers the rest
     try:
         with py_warnings.catch_warnings():
@@ -62,10 +61,10 @@ def is_pillow_animation(image: Image.Image) -> bool:
     return image.format in PILLOW_ONLY_ANIMATIONS and bool(getattr(image, "is_animated", False))
 
 
-def probe_animation(image: Image.Image, sample_fps: float) -> tuple[MediaInfo, list[PlannedFrame]]:
+def probe_animation(image: Image.Image, sample_fps: float, limits: MediaLimits) -> tuple[MediaInfo, list[PlannedFrame]]:
     width, height = image.size  # within the pixel limit: `open_pillow` checked it
     count = int(getattr(image, "n_frames", 1))
-    if count > get_settings().max_frames:
+    if count > limits.max_frames:
         raise MediaError(MEDIA_TOO_LARGE, f"the animation has {count} frames, over FERVID_MAX_FRAMES")
     starts_ms: list[int] = []
     elapsed_ms = 0
@@ -78,7 +77,7 @@ def probe_animation(image: Image.Image, sample_fps: float) -> tuple[MediaInfo, l
     except PIL_ERRORS as error:
         raise MediaError(DECODE_ERROR, f"the animation could not be decoded ({error}); the file is damaged") from error
     duration_s = Fraction(elapsed_ms, 1000)
-    check_duration(float(duration_s))
+    check_duration(float(duration_s), limits.max_duration_s)
     timing = StreamIndex(starts_ms, starts_ms, 0, Fraction(elapsed_ms), Fraction(1, 1000))  # every frame is whole
     info = MediaInfo("video", width, height, float(count / duration_s), float(elapsed_ms), count, 0)
     return info, plan_frames(timing, duration_s, sample_fps)

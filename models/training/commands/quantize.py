@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fervid.errors import FervidError
+from fervid.errors import DATA_NOT_FOUND, INVALID_REQUEST, FervidError
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from models.training.commands.data_paths import DEFAULT_DATA_PATH
 from models.training.quantize import DEFAULT_CALIBRATION_SIZE, TARGETS, calibration_faces, quantize_int8
@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.calibration_size <= 0:
-        raise FervidError("--calibration-size must be positive", code="invalid_request")
+        raise FervidError("--calibration-size must be positive", code=INVALID_REQUEST)
     if not args.data.is_file():
-        raise FervidError(f"data file {args.data} not found; pass --data PATH to fer2013.npz", code="data_not_found")
+        raise FervidError(f"data file {args.data} not found; pass --data PATH to fer2013.npz", code=DATA_NOT_FOUND)
     faces = calibration_faces(args.data, args.calibration_size)
     out = quantize_int8(args.model, args.out, faces, read_model_spec(args.model).preprocess, args.target, args.member)
     print(f"wrote {out} ({args.target}, calibrated on {len(faces)} train faces)")

@@ -50,8 +50,10 @@ def test_int8_model_stays_close_to_fp32_and_keeps_its_metadata(tiny_model_path: 
     # and the runtime reads it like the original, under a suffixed name
     before, after = metadata(tiny_model_path), metadata(out)
     assert after["fervid.name"] == "tiny-test-classifier-int8"
-    assert {key: after[key] for key in before if key != "fervid.name"} == {
-        key: value for key, value in before.items() if key != "fervid.name"}
+    renewed = ("fervid.name", "fervid.version")  # new weights: a new version, never the float file's
+    assert {key: after[key] for key in before if key not in renewed} == {
+        key: value for key, value in before.items() if key not in renewed}
+    assert after["fervid.version"] != before["fervid.version"]
     assert after["fervid.weights"] == "int8" and after[CALIBRATION_KEY].startswith("64 train faces")
     assert read_model_spec(out).preprocess == spec.preprocess
 
