@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 
-from api.auth import SessionDep, TenantDep, authenticate, bearer
+from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer
 from api.routes import ERRORS
 from api.schemas import MediaLink
 from api.stills import frame_jpeg
@@ -25,7 +25,6 @@ from fervid import jobs, results
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.media_store import local_copy
-from fervid.settings import get_settings
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once
@@ -77,10 +76,11 @@ def tenant_for_media_token(token: str, job_id: str, tenants_by_key: dict[str, st
 
 
 def media_tenant(job_id: str, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 settings: SettingsDep,
                  token: Annotated[str | None, Query(description="from POST .../media-link")] = None) -> str:
     if token is None:
-        return authenticate(credentials)
-    tenant = tenant_for_media_token(token, job_id, get_settings().tenants_by_key(), time.time())
+        return authenticate(credentials, settings)
+    tenant = tenant_for_media_token(token, job_id, settings.tenants_by_key(), time.time())
     if tenant is None:
         raise Unauthorized("the media link has expired or is not valid; ask for a new one with POST "
                            f"/v1/jobs/{job_id}/media-link")
@@ -102,10 +102,11 @@ def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep,
                summary="The job's media as submitted (answers HTTP Range requests)",
                responses={200: {"content": {"video/*": {}, "image/*": {}}},
                           206: {"description": "the byte range asked for"}})
-def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], session: SessionDep) -> FileResponse:
+def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], session: SessionDep,
+              settings: SettingsDep) -> FileResponse:
     job = jobs.get_job(session, tenant, job_id)
     # A remote source is fetched once into this machine's download cache, which outlives the response.
-    with local_copy(job.source_uri, cache_key=job.id) as path:
+    with local_copy(job.source_uri, settings, cache_key=job.id) as path:
         media_type = mimetypes.guess_type(job.filename or path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
@@ -113,11 +114,12 @@ def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], sessio
 @viewer_v1.get("/jobs/{job_id}/frames/{frame_index}.jpg", response_class=Response,
                summary="One sampled frame as JPEG, upright, decoded from the stored media",
                responses={200: {"content": {"image/jpeg": {}}}})
-def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, session: SessionDep) -> Response:
+def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, session: SessionDep,
+                    settings: SettingsDep) -> Response:
     job = jobs.get_job(session, tenant, job_id)
     planned = results.planned_frame(session, job_id, frame_index)
     if planned is None:
         raise NotFound(f"frame {frame_index} is not a sampled frame of job {job_id}; the timeline lists them")
-    with local_copy(job.source_uri, cache_key=job.id) as path:
+    with local_copy(job.source_uri, settings, cache_key=job.id) as path:
         jpeg = frame_jpeg(path, job.media_kind, planned)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -229,7 +229,7 @@ def render_plot_png(series: Sequence[TrackSeries], title: str, sample_interval_m
                   loc="outside lower center", ncols=len(EMOTIONS), fontsize=8, frameon=False)
     lane.set_title("dominant emotion per track", fontsize=10)
     lane.set_yticks(range(len(series)), [f"track {track.track_id}" for track in series], fontsize=8)
-    lane.set_ylim(len(series) - 0.5, -0.5)
+    lane.set_ylim(max(1, len(series)) - 0.5, -0.5)
     lane.tick_params(axis="x", labelbottom=True)
     half = sample_interval_ms / 2000.0
     for row, track in enumerate(series):

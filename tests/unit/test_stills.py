@@ -12,7 +12,9 @@ from PIL import Image
 
 from api.stills import frame_jpeg
 from bench.media_factory import HEIGHT, WIDTH, read_index, write_still, write_video
+from fervid.settings import Settings
 from fervid.tables import PlanRow
+from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame
 from worker.media.probe import probe
 
@@ -28,12 +30,12 @@ def _row(planned: PlannedFrame) -> PlanRow:
 @pytest.mark.parametrize(("rotation_cw", "pixel_aspect"), [(0, Fraction(1)), (90, Fraction(1)), (270, Fraction(1)),
                                                            (180, Fraction(1)), (0, Fraction(2))])
 def test_each_sampled_frame_comes_back_upright_at_the_displayed_size(
-    fervid_env: pytest.MonkeyPatch, tmp_path: Path, rotation_cw: int, pixel_aspect: Fraction
+    tmp_path: Path, rotation_cw: int, pixel_aspect: Fraction
 ) -> None:
     # given a clip of indexed frames stored turned (or squeezed), and the worker's plan of its sampled frames
     clip = write_video(tmp_path / "clip.mp4", frame_count=72, fps=24, gop=12, rotation_cw=rotation_cw,
                        pixel_aspect=pixel_aspect)
-    info, plan = probe(clip, 5.0)
+    info, plan = probe(clip, 5.0, MediaLimits.from_settings(Settings.model_construct()))
     # when every sampled frame is asked for out of order (each one a seek)
     stills = {planned.frame_index: _bgr(frame_jpeg(clip, "video", _row(planned))) for planned in plan[::-1]}
     # then each is its own frame, upright, at the size the timeline's boxes are measured in
