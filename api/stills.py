@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fervid.errors import DECODE_ERROR, FervidError, MediaError
+from fervid.errors import DECODE_ERROR, NOT_CONFIGURED, FervidError, MediaError
 from fervid.tables import PlanRow
 
 if TYPE_CHECKING:
@@ -27,8 +27,7 @@ def frame_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes:
     try:
         from PIL import Image, ImageOps
     except ImportError as error:
-        raise FervidError("frame stills need PyAV and Pillow on the API: install it with the `viewer` extra",
-                          code="not_configured", http_status=501) from error
+        raise _viewer_extra_missing() from error
     if media_kind == "image":
         try:
             with Image.open(path) as image:
@@ -42,13 +41,17 @@ def frame_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes:
     return buffer.getvalue()
 
 
+def _viewer_extra_missing() -> FervidError:
+    return FervidError("frame stills need PyAV and Pillow on the API: install it with the `viewer` extra",
+                       code=NOT_CONFIGURED, http_status=501)
+
+
 def _video_frame(path: Path, planned: PlanRow) -> Image:
     try:
         import av
         import av.error
     except ImportError as error:
-        raise FervidError("frame stills need PyAV and Pillow on the API: install it with the `viewer` extra",
-                          code="not_configured", http_status=501) from error
+        raise _viewer_extra_missing() from error
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
