@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import metrics
 from api.routes import health, v1
+from api.viewer import install_viewer
 from fervid.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -37,4 +38,5 @@ def create_app() -> FastAPI:
     app.include_router(v1)
     app.include_router(health)
     app.include_router(metrics)
+    install_viewer(app)  # the page at / and its routes
     return app

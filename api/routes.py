@@ -269,14 +269,15 @@ def get_summary(job_id: str, tenant: TenantDep, session: SessionDep) -> Summary:
 
 
 @v1.get("/jobs/{job_id}/plot.png", response_class=Response, summary="A chart of each track's emotions over time",
-        responses={200: {"content": {"image/png": {}}, "description": "one subplot per track (at most 8)"},
+        responses={200: {"content": {"image/png": {}}, "description": "a swimlane of each track's dominant "
+                         "emotion, then per track its 7 probabilities stacked over time (at most 8 tracks)"},
                    404: ERRORS[404]})
 def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     # A plain `def` route: FastAPI runs it in a worker thread, so rendering never blocks the event loop.
     job = jobs.get_job(session, tenant, job_id)
     series = results.plot_series(session, job_id)
     title = f"{job.filename or job.id} ({job.status}, {job.sample_fps:g} fps sampled)"
-    return Response(results.render_plot_png(series, title), media_type="image/png")
+    return Response(results.render_plot_png(series, title, 1000.0 / job.sample_fps), media_type="image/png")
 
 
 @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",

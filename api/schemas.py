@@ -234,3 +234,9 @@ class TimelineCursor(Cursor):
 class JobListCursor(Cursor):
     created_at: datetime
     job_id: str
+
+
+class MediaLink(BaseModel):
+    url: str = Field(description="the job's media, for elements that cannot send a header (<video>, <img>); "
+                                 "answers HTTP Range requests")
+    expires_at: datetime

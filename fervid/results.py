@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
-from fervid.labels import EMOTIONS
-from fervid.tables import EMOTION_COLUMNS, Face, Frame
+from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.tables import EMOTION_COLUMNS, Face, Frame, PlanRow, Segment
 
 MAX_PLOT_TRACKS = 8
 CSV_HEADER = ("frame_index", "timestamp_ms", "track_id", "x", "y", "w", "h", "score", *EMOTIONS, "dominant")
@@ -198,32 +198,71 @@ def plot_series(session: Session, job_id: str, max_tracks: int = MAX_PLOT_TRACKS
     return [series[track_id] for track_id in sorted(series)]
 
 
-def render_plot_png(series: Sequence[TrackSeries], title: str) -> bytes:
-    """A PNG with one subplot per track and one line per emotion. Uses matplotlib's object API (no pyplot
-    global state), so it is safe to call from a worker thread."""
+def track_runs(timestamps_ms: Sequence[float], sample_interval_ms: float) -> list[slice]:
+    """The stretches of a track's samples without a gap: a gap is more than 1.5 sampling intervals between two."""
+    runs, start = [], 0
+    for position in range(1, len(timestamps_ms) + 1):
+        if position == len(timestamps_ms) or timestamps_ms[position] - timestamps_ms[position - 1] > \
+                1.5 * sample_interval_ms:
+            runs.append(slice(start, position))
+            start = position
+    return runs
+
+
+def render_plot_png(series: Sequence[TrackSeries], title: str, sample_interval_ms: float) -> bytes:
+    """A PNG read top down: a swimlane of each track's dominant emotion over time (who showed what, when), then
+    per track a stacked area of the 7 probabilities, blank where the track is absent. Colours: EMOTION_COLOURS.
+    Uses matplotlib's object API (no pyplot global state), so it is safe to call from a worker thread."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     rows = max(1, len(series))
-    figure = Figure(figsize=(10, 2.6 * rows + 0.6), dpi=100, layout="constrained")
+    lane_height = 0.5 + 0.3 * rows
+    figure = Figure(figsize=(10, lane_height + 2.2 * rows + 0.9), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, 1, squeeze=False, sharex=True)[:, 0]
+    lane, *areas = figure.subplots(rows + 1, 1, squeeze=False, sharex=True,
+                                   height_ratios=[lane_height] + [2.2] * rows)[:, 0]
     figure.suptitle(title)
+    colours = [EMOTION_COLOURS[label] for label in EMOTIONS]
+    figure.legend(handles=[Patch(color=colour, label=label) for label, colour in zip(EMOTIONS, colours, strict=True)],
+                  loc="outside lower center", ncols=len(EMOTIONS), fontsize=8, frameon=False)
+    lane.set_title("dominant emotion per track", fontsize=10)
+    lane.set_yticks(range(len(series)), [f"track {track.track_id}" for track in series], fontsize=8)
+    lane.set_ylim(max(1, len(series)) - 0.5, -0.5)
+    lane.tick_params(axis="x", labelbottom=True)
+    half = sample_interval_ms / 2000.0
+    for row, track in enumerate(series):
+        for position, ms in enumerate(track.timestamps_ms):
+            label = dominant({name: values[position] for name, values in track.probabilities.items()})
+            lane.broken_barh([(ms / 1000.0 - half, 2 * half)], (row - 0.4, 0.8), color=EMOTION_COLOURS[label])
     if not series:
-        axes[0].text(0.5, 0.5, "no faces found", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_axis_off()
-    for ax, track in zip(axes, series, strict=False):
-        seconds = [ms / 1000.0 for ms in track.timestamps_ms]
-        for label in EMOTIONS:
-            ax.plot(seconds, track.probabilities[label], label=label, linewidth=1.2, marker="." if
-                    len(seconds) < 3 else None)
+        areas[0].text(0.5, 0.5, "no faces found", ha="center", va="center", transform=areas[0].transAxes)
+        areas[0].set_axis_off()
+        lane.set_axis_off()
+    for ax, track in zip(areas, series, strict=False):
+        for run in track_runs(track.timestamps_ms, sample_interval_ms):
+            seconds = [ms / 1000.0 for ms in track.timestamps_ms[run]]
+            stacked = [track.probabilities[label][run] for label in EMOTIONS]
+            if len(seconds) == 1:  # a sample alone: as wide as the interval it stands for
+                seconds = [seconds[0] - half, seconds[0] + half]
+                stacked = [values + values for values in stacked]
+            ax.stackplot(seconds, stacked, colors=colours, linewidth=0)
         means = {label: sum(values) / len(values) for label, values in track.probabilities.items()}
         ax.set_title(f"track {track.track_id}: mostly {dominant(means)}", fontsize=10)
         ax.set_ylim(0.0, 1.0)
         ax.set_ylabel("probability")
-        ax.legend(loc="upper right", fontsize=7, ncols=len(EMOTIONS))
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("time (s)")
+    areas[-1].set_xlabel("time (s)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def planned_frame(session: Session, job_id: str, frame_index: int) -> PlanRow | None:
+    """The sampled frame's place in the media (pts, keyframe) from its segment's plan; None if it was not sampled."""
+    for plan in session.scalars(select(Segment.plan).where(Segment.job_id == job_id).order_by(Segment.index)):
+        for row in plan or ():
+            if row.frame_index == frame_index:
+                return row
+    return None

@@ -39,7 +39,7 @@ def test_the_api_builds_and_draws_a_plot_without_importing_an_ml_runtime(fervid_
     script = ("import importlib, json, sys; importlib.import_module('api.serve'); "
               "from api.app import create_app; create_app(); "
               "from fervid.labels import EMOTIONS; from fervid.results import TrackSeries, render_plot_png; "
-              "png = render_plot_png([TrackSeries(1, [0.0, 200.0], {e: [0.1, 0.2] for e in EMOTIONS})], 'job'); "
+              "png = render_plot_png([TrackSeries(1, [0.0, 200.0], {e: [0.1, 0.2] for e in EMOTIONS})], 'job', 200.0); "
               f"print(json.dumps([png[:4].hex(), [m for m in {ML_RUNTIME_MODULES!r} if m in sys.modules]]))")
 
     # when

@@ -1,0 +1,125 @@
+"""The viewer page at `/` (static HTML, JavaScript and SVG, no build step) and the routes only it needs: the emotion
+palette, a job's media (HTTP Range, for <video>) and single sampled frames as JPEG (for media a browser cannot
+play)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import mimetypes
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi.responses import FileResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.staticfiles import StaticFiles
+
+from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer
+from api.routes import ERRORS
+from api.schemas import MediaLink
+from api.stills import frame_jpeg
+from fervid import jobs, results
+from fervid.errors import NotFound, Unauthorized
+from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.media_store import local_copy
+
+STATIC_DIR = Path(__file__).with_name("static")
+MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once
+# The page loads only its own files and talks only to this API; media and stills come as same-origin or blob URLs.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+page = APIRouter(include_in_schema=False)
+viewer_v1 = APIRouter(prefix="/v1", tags=["viewer"], responses={401: ERRORS[401], 404: ERRORS[404]})
+
+
+def install_viewer(app: FastAPI) -> None:
+    app.include_router(page)
+    app.include_router(viewer_v1)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+@page.get("/")
+def viewer_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+
+@page.get("/viewer/palette.json")
+def palette() -> dict[str, object]:
+    """The emotions in FER order and their colours: the page draws with the same palette as plot.png."""
+    return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS}
+
+
+def media_token(api_key: str, job_id: str, expires: int) -> str:
+    """A job-scoped, expiring capability signed with the tenant's own API key (which never enters a URL)."""
+    signature = hmac.new(api_key.encode(), f"media\n{job_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{signature}"
+
+
+def tenant_for_media_token(token: str, job_id: str, tenants_by_key: dict[str, str], now: float) -> str | None:
+    """The tenant whose key signed `token` for `job_id`, if it has not expired; every key is compared."""
+    expires, _, _ = token.partition(".")
+    if not expires.isdigit() or int(expires) < now:
+        return None
+    tenant = None
+    for key, owner in tenants_by_key.items():
+        if hmac.compare_digest(token.encode(), media_token(key, job_id, int(expires)).encode()):
+            tenant = owner
+    return tenant
+
+
+def media_tenant(job_id: str, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 settings: SettingsDep,
+                 token: Annotated[str | None, Query(description="from POST .../media-link")] = None) -> str:
+    if token is None:
+        return authenticate(credentials, settings)
+    tenant = tenant_for_media_token(token, job_id, settings.tenants_by_key(), time.time())
+    if tenant is None:
+        raise Unauthorized("the media link has expired or is not valid; ask for a new one with POST "
+                           f"/v1/jobs/{job_id}/media-link")
+    return tenant
+
+
+@viewer_v1.post("/jobs/{job_id}/media-link", response_model=MediaLink,
+                summary="A link to the job's media for elements that cannot send a header")
+def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> MediaLink:
+    jobs.get_job(session, tenant, job_id)
+    assert credentials is not None  # authenticated above
+    expires = int(time.time()) + MEDIA_LINK_TTL_S
+    return MediaLink(url=f"/v1/jobs/{job_id}/media?token={media_token(credentials.credentials, job_id, expires)}",
+                     expires_at=datetime.fromtimestamp(expires, UTC))
+
+
+@viewer_v1.get("/jobs/{job_id}/media", response_class=FileResponse,
+               summary="The job's media as submitted (answers HTTP Range requests)",
+               responses={200: {"content": {"video/*": {}, "image/*": {}}},
+                          206: {"description": "the byte range asked for"}})
+def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], session: SessionDep,
+              settings: SettingsDep) -> FileResponse:
+    job = jobs.get_job(session, tenant, job_id)
+    # A remote source is fetched once into this machine's download cache, which outlives the response.
+    with local_copy(job.source_uri, settings, cache_key=job.id) as path:
+        media_type = mimetypes.guess_type(job.filename or path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@viewer_v1.get("/jobs/{job_id}/frames/{frame_index}.jpg", response_class=Response,
+               summary="One sampled frame as JPEG, upright, decoded from the stored media",
+               responses={200: {"content": {"image/jpeg": {}}}})
+def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, session: SessionDep,
+                    settings: SettingsDep) -> Response:
+    job = jobs.get_job(session, tenant, job_id)
+    planned = results.planned_frame(session, job_id, frame_index)
+    if planned is None:
+        raise NotFound(f"frame {frame_index} is not a sampled frame of job {job_id}; the timeline lists them")
+    with local_copy(job.source_uri, settings, cache_key=job.id) as path:
+        jpeg = frame_jpeg(path, job.media_kind, planned)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,62 @@
+"""The viewer's frame stills (api/stills.py): the sampled frame itself, upright as the worker analysed it."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from api.stills import frame_jpeg
+from bench.media_factory import HEIGHT, WIDTH, read_index, write_still, write_video
+from fervid.settings import Settings
+from fervid.tables import PlanRow
+from worker.media.limits import MediaLimits
+from worker.media.plan import PlannedFrame
+from worker.media.probe import probe
+
+
+def _bgr(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))[:, :, ::-1]
+
+
+def _row(planned: PlannedFrame) -> PlanRow:
+    return PlanRow(planned.frame_index, planned.timestamp_ms, planned.pts, planned.keyframe_pts, planned.by_order)
+
+
+@pytest.mark.parametrize(("rotation_cw", "pixel_aspect"), [(0, Fraction(1)), (90, Fraction(1)), (270, Fraction(1)),
+                                                           (180, Fraction(1)), (0, Fraction(2))])
+def test_each_sampled_frame_comes_back_upright_at_the_displayed_size(
+    tmp_path: Path, rotation_cw: int, pixel_aspect: Fraction
+) -> None:
+    # given a clip of indexed frames stored turned (or squeezed), and the worker's plan of its sampled frames
+    clip = write_video(tmp_path / "clip.mp4", frame_count=72, fps=24, gop=12, rotation_cw=rotation_cw,
+                       pixel_aspect=pixel_aspect)
+    info, plan = probe(clip, 5.0, MediaLimits.from_settings(Settings.model_construct()))
+    # when every sampled frame is asked for out of order (each one a seek)
+    stills = {planned.frame_index: _bgr(frame_jpeg(clip, "video", _row(planned))) for planned in plan[::-1]}
+    # then each is its own frame, upright, at the size the timeline's boxes are measured in
+    assert (info.width, info.height) == (WIDTH, HEIGHT)
+    for index, image in stills.items():
+        assert image.shape[:2] == (HEIGHT, WIDTH)
+        assert read_index(image) == index
+        assert image[-4:, :, 1].mean() > image[:4, 20:, 1].mean() - 50  # the green half is at the bottom
+
+
+def test_frames_timed_by_order_are_counted_from_the_start(tmp_path: Path) -> None:
+    # given a plan row timed by order (no usable timestamps): pts is the frame's position in output order
+    clip = write_video(tmp_path / "clip.mp4", frame_count=30, fps=24, gop=12)
+    # when / then
+    assert read_index(_bgr(frame_jpeg(clip, "video", PlanRow(17, 708.3, 17, 12, True)))) == 17
+
+
+def test_an_image_is_turned_by_its_exif_orientation(tmp_path: Path) -> None:
+    # given frame 7 as a JPEG stored sideways, with an EXIF orientation saying so
+    photo = write_still(tmp_path / "photo.jpg", exif_orientation=6)
+    # when
+    image = _bgr(frame_jpeg(photo, "image", PlanRow(0, 0.0, 0, 0)))
+    # then it is upright
+    assert image.shape[:2] == (HEIGHT, WIDTH) and read_index(image) == 7
