@@ -8,14 +8,18 @@ import pytest
 from fervid.labels import EMOTIONS
 
 
-@pytest.fixture
-def small_fer_file(tmp_path: Path) -> Path:
-    """A FER-2013-shaped .npz of random faces: training mechanics need the file's layout, not its pictures."""
-    rng = np.random.default_rng(7)
+def write_fer_file(path: Path, counts: tuple[int, int, int], seed: int) -> Path:
+    """A FER-2013-shaped .npz of random faces (train, public, private counts): training mechanics need the file's
+    layout, not its pictures."""
+    rng = np.random.default_rng(seed)
     arrays = {}
-    for split, count in (("train", 96), ("public", 32), ("private", 32)):
+    for split, count in zip(("train", "public", "private"), counts, strict=True):
         arrays[f"x_{split}"] = rng.integers(0, 256, (count, 48, 48), dtype=np.uint8)
         arrays[f"y_{split}"] = rng.integers(0, len(EMOTIONS), count).astype(np.int64)
-    path = tmp_path / "fer_small.npz"
     np.savez(path, **arrays)
     return path
+
+
+@pytest.fixture
+def small_fer_file(tmp_path: Path) -> Path:
+    return write_fer_file(tmp_path / "fer_small.npz", (96, 32, 32), seed=7)

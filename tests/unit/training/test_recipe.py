@@ -22,6 +22,7 @@ from models.training.export import build_network, export_onnx, load_checkpoint
 from models.training.precision import choose_precision
 from models.training.train import TrainConfig, predict_probs, resolve_recipe, to_input, train
 from models.training.warm_start import exported_member
+from tests.unit.training.conftest import write_fer_file
 from tests.unit.training.test_export import write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -223,13 +224,7 @@ def test_tencrop_is_ten_views_and_predict_probs_averages_them() -> None:
 
 def test_the_gpu_command_runs_on_the_cpu_and_returns_its_checkpoint_in_parts(tmp_path: Path) -> None:
     # given a FER-2013-shaped file with 256 training faces
-    rng = np.random.default_rng(5)
-    arrays = {}
-    for split, count in (("train", 256), ("public", 32), ("private", 8)):
-        arrays[f"x_{split}"] = rng.integers(0, 256, (count, 48, 48), dtype=np.uint8)
-        arrays[f"y_{split}"] = rng.integers(0, len(EMOTIONS), count).astype(np.int64)
-    data = tmp_path / "fer.npz"
-    np.savez(data, **arrays)
+    data = write_fer_file(tmp_path / "fer.npz", (256, 32, 8), seed=5)
 
     # when bench/device_train.py runs one epoch on the CPU (small input: speed is not the point)
     parts_dir = tmp_path / "out"
