@@ -23,6 +23,8 @@ from starlette.datastructures import FormData, UploadFile
 from api.auth import SessionDep, SettingsDep, TenantDep
 from api.errors import error_response
 from api.schemas import (
+    INT32_MAX,
+    INT32_MIN,
     ErrorBody,
     Health,
     JobFromUri,
@@ -94,6 +96,12 @@ def _stored_name(filename: str | None) -> str:
     return "media" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
 
 
+def _display_name(filename: str | None) -> str | None:
+    # Shown back to the tenant only; PostgreSQL refuses NUL in text.
+    shown = "".join(char for char in filename or "" if char.isprintable())[:255]
+    return shown or None
+
+
 def _submit_upload(session: Session, tenant: str, form: FormData, settings: Settings) -> tuple[Job, bool]:
     fields = {name: value for name, value in form.multi_items()
               if name != "file" and isinstance(value, str) and value.strip()}
@@ -115,7 +123,7 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
         job, created = jobs.create_job(
             session, tenant=tenant, queue=settings.queue, source_uri=uri, sample_fps=options.sample_fps,
             client_request_token=token, webhook_url=options.webhook_url,
-            filename=upload.filename[:255] if upload.filename else None, stored_media_key=key, job_id=job_id)
+            filename=_display_name(upload.filename), stored_media_key=key, job_id=job_id)
     except BaseException:
         storage.delete(key)
         raise
@@ -238,7 +246,8 @@ def get_timeline(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     from_ms: Annotated[float | None, Query(ge=0, description="only frames at or after this time")] = None,
     to_ms: Annotated[float | None, Query(ge=0, description="only frames at or before this time")] = None,
-    track_id: Annotated[int | None, Query(description="only frames where this track appears, with just it")] = None,
+    track_id: Annotated[int | None, Query(ge=INT32_MIN, le=INT32_MAX,
+                                          description="only frames where this track appears, with just it")] = None,
 ) -> TimelinePage:
     jobs.get_job(session, tenant, job_id)
     after = TimelineCursor.decode(cursor).frame_index if cursor else None

@@ -25,9 +25,17 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+def _is_job_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
+
+
 def get_job(session: Session, tenant: str, job_id: str) -> Job:
     """The tenant's job, or NotFound: another tenant's job is indistinguishable from a missing one."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+    # Ids are UUIDs: anything else is missing without a query (and NUL never reaches PostgreSQL).
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant)) if _is_job_id(job_id) else None
     if job is None:
         raise NotFound(f"no job {job_id!r}; list your jobs with GET /v1/jobs")
     return job
