@@ -6,10 +6,11 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.limits import count, current, key_subject, limits_redis, refuse_if_over
 from fervid.db import session_scope
 from fervid.errors import Unauthorized
 from fervid.settings import Settings, get_settings
@@ -32,13 +33,20 @@ def tenant_for_key(presented: str, tenants_by_key: dict[str, str]) -> str | None
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def authenticate(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  settings: SettingsDep) -> str:
-    if credentials is None:
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    tenant = tenant_for_key(credentials.credentials, settings.tenants_by_key())
-    if tenant is None:
-        raise Unauthorized("the API key is not valid; check FERVID_API_KEYS or ask for a key")
+    connection = limits_redis(settings.limits_url or settings.broker_url)
+    address = request.client.host if request.client else "unknown"
+    # An address past its failures is refused before its key is looked at, so guessing gains nothing from 429s.
+    failures, retry_after_s = current(connection, "auth-failed", address)
+    refuse_if_over(failures + 1, settings.failed_auth_per_minute, retry_after_s, "failed authentications")
+    tenant = None if credentials is None else tenant_for_key(credentials.credentials, settings.tenants_by_key())
+    if credentials is None or tenant is None:
+        count(connection, "auth-failed", address)
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'" if credentials is None else
+                           "the API key is not valid; check FERVID_API_KEYS or ask for a key")
+    requests, retry_after_s = count(connection, "key", key_subject(credentials.credentials))
+    refuse_if_over(requests, settings.requests_per_minute, retry_after_s, "requests with this API key")
     return tenant
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fervid.errors import Conflict, NotFound
+from fervid.errors import QUOTA_EXCEEDED, Conflict, NotFound, TooManyRequests
 from fervid.media_store import Storage
 from fervid.queue import send_prepare
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
@@ -50,15 +50,18 @@ def job_by_token(session: Session, tenant: str, client_request_token: str) -> Jo
 def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sample_fps: float,
                client_request_token: str | None = None, webhook_url: str | None = None,
                filename: str | None = None, stored_media_key: str | None = None,
-               job_id: str | None = None) -> tuple[Job, bool]:
+               job_id: str | None = None, max_active_jobs: int | None = None) -> tuple[Job, bool]:
     """Inserts and commits a queued job, then enqueues it; returns (job, created).
 
     A repeated `client_request_token` returns the tenant's existing job with created=False, also when two
     requests race (the unique constraint decides). A broker that is down leaves the job queued with
-    enqueued_at NULL, for the reaper to send again; it is logged, not raised.
+    enqueued_at NULL, for the reaper to send again; it is logged, not raised. A tenant with `max_active_jobs`
+    queued or running jobs is refused (429) until one ends.
     """
     if client_request_token is not None and (existing := job_by_token(session, tenant, client_request_token)):
         return existing, False
+    if max_active_jobs is not None:
+        refuse_past_active_quota(session, tenant, max_active_jobs)
     job = Job(id=job_id or new_job_id(), tenant=tenant, queue=queue, status=JobStatus.queued, source_uri=source_uri,
               stored_media_key=stored_media_key, filename=filename, sample_fps=sample_fps,
               client_request_token=client_request_token, webhook_url=webhook_url, warnings=[],
@@ -74,6 +77,15 @@ def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sa
         return existing, False
     enqueue_job(session, job)
     return job, True
+
+
+def refuse_past_active_quota(session: Session, tenant: str, max_active_jobs: int) -> None:
+    # Checked, not locked: concurrent submissions may pass it together by a few jobs.
+    active = session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant == tenant, Job.status.in_(ACTIVE_JOB_STATUSES))) or 0
+    if active >= max_active_jobs:
+        raise TooManyRequests(f"you have {active} queued or running jobs, the most allowed (FERVID_MAX_ACTIVE_JOBS); "
+                              "submit again when one finishes, or cancel one", retry_after_s=30, code=QUOTA_EXCEEDED)
 
 
 def enqueue_job(session: Session, job: Job) -> bool:

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 5.0
     # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
     webhook_secret: str = ""
+    # Redis holding the API processes' shared rate-limit counters; empty: FERVID_BROKER_URL.
+    limits_url: str = ""
+    requests_per_minute: int = 1200  # per API key
+    failed_auth_per_minute: int = 120  # per client address; past it the address gets 429 even with a valid key
+    max_active_jobs: int = 200  # queued and running jobs per tenant: one tenant's backlog cannot fill the queue
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
 

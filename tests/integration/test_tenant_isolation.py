@@ -30,7 +30,7 @@ def job_routes(app: FastAPI) -> list[tuple[str, str]]:
     """(method, path template) of every route with a job id in its path."""
     # iter_route_contexts: included routers nest, this walks them with their prefixes.
     return sorted((method, route.path) for route in iter_route_contexts(app.routes)
-                  if PLACEHOLDER in route.path for method in route.methods or ())
+                  if route.path and PLACEHOLDER in route.path for method in route.methods or ())
 
 
 def seen(response: httpx.Response, job_id: str) -> tuple[int, str, dict[str, str]]:
