@@ -126,7 +126,7 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
             session, tenant=tenant, queue=settings.queue, source_uri=uri, sample_fps=options.sample_fps,
             client_request_token=token, webhook_url=options.webhook_url,
             filename=_display_name(upload.filename), stored_media_key=key, job_id=job_id,
-            max_active_jobs=settings.max_active_jobs)
+            stored_media_bytes=upload.size, quota=settings.tenant_quota())
     except BaseException:
         storage.delete(key)
         raise
@@ -193,7 +193,7 @@ def _location_holds(location: str, uri: str) -> bool:
                 "http(s)://). 202 with the queued job; 200 with the existing job when `client_request_token` "
                 "was used before by this tenant.",
     responses={200: {"model": JobOut, "description": "the job already submitted with this client_request_token"},
-               429: {"model": ErrorBody, "description": "past FERVID_MAX_ACTIVE_JOBS queued and running jobs"},
+               429: {"model": ErrorBody, "description": "past a quota: active jobs, stored media or frames a day"},
                400: {"model": ErrorBody, "description": "a malformed body"},
                413: {"model": ErrorBody, "description": "the upload exceeds FERVID_MAX_UPLOAD_MB"},
                415: {"model": ErrorBody, "description": "neither multipart/form-data nor JSON"}},
@@ -212,7 +212,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, s
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
                                     sample_fps=spec.sample_fps, client_request_token=spec.client_request_token,
-                                    webhook_url=spec.webhook_url, max_active_jobs=settings.max_active_jobs))
+                                    webhook_url=spec.webhook_url, quota=settings.tenant_quota()))
     else:
         raise FervidError("send multipart/form-data with a `file` part, or application/json with a `source_uri`",
                           code=UNSUPPORTED_MEDIA_TYPE, http_status=415)

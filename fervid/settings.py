@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import platformdirs
 from pydantic import Field
@@ -12,6 +12,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path(platformdirs.user_data_dir("fervid"))
 CACHE_DIR = Path(platformdirs.user_cache_dir("fervid"))
+
+
+class TenantQuota(NamedTuple):
+    """What one tenant may hold at once; a submission past any of them is a 429."""
+
+    max_active_jobs: int
+    max_stored_bytes: int
+    max_frames_per_day: int
 
 
 class Settings(BaseSettings):
@@ -63,6 +71,11 @@ class Settings(BaseSettings):
     requests_per_minute: int = 1200  # per API key
     failed_auth_per_minute: int = 120  # per client address; past it the address gets 429 even with a valid key
     max_active_jobs: int = 200  # queued and running jobs per tenant: one tenant's backlog cannot fill the queue
+    max_stored_mb: int = 100 * 1024  # uploaded media kept per tenant
+    max_frames_per_day: int = 5_000_000  # sampled frames of the jobs a tenant submitted in the last 24 h
+
+    def tenant_quota(self) -> TenantQuota:
+        return TenantQuota(self.max_active_jobs, self.max_stored_mb << 20, self.max_frames_per_day)
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
 

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -94,6 +95,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     source_uri: Mapped[str] = mapped_column(Text)  # where workers read the media (storage URI or user URI)
     stored_media_key: Mapped[str | None] = mapped_column(Text)  # set for uploads: deleted with the job
+    stored_media_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the upload's size, for the tenant's quota
     filename: Mapped[str | None] = mapped_column(String(255))
     sample_fps: Mapped[float] = mapped_column(Float)
     client_request_token: Mapped[str | None] = mapped_column(String(128))
