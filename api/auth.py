@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.limits import count, current, key_subject, limits_redis, refuse_if_over
+from fervid.api_keys import KeySource
 from fervid.db import session_scope
 from fervid.errors import Unauthorized
 from fervid.settings import Settings, get_settings
@@ -19,14 +21,14 @@ from fervid.settings import Settings, get_settings
 bearer = HTTPBearer(auto_error=False, description="an API key from FERVID_API_KEYS")
 
 
-def tenant_for_key(presented: str, tenants_by_key: dict[str, str]) -> str | None:
-    """The tenant owning `presented`, comparing against every key in constant time (no early exit)."""
-    tenant = None
-    candidate = presented.encode()
-    for key, owner in tenants_by_key.items():
-        if hmac.compare_digest(candidate, key.encode()):
-            tenant = owner
-    return tenant
+@lru_cache(maxsize=8)
+def key_source(entries: str, keys_file: Path | None, allow_weak: bool) -> KeySource:
+    """The process's keys for these settings: built once (a weak key raises), the file re-read when it changes."""
+    return KeySource(entries, keys_file, allow_weak=allow_weak)
+
+
+def keys_of(settings: Settings) -> KeySource:
+    return key_source(settings.api_keys, settings.api_keys_file, settings.allow_weak_api_keys)
 
 
 # The settings enter the API here: routes and dependencies take them as a dependency, never read them themselves.
@@ -40,7 +42,7 @@ def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCrede
     # An address past its failures is refused before its key is looked at, so guessing gains nothing from 429s.
     failures, retry_after_s = current(connection, "auth-failed", address)
     refuse_if_over(failures + 1, settings.failed_auth_per_minute, retry_after_s, "failed authentications")
-    tenant = None if credentials is None else tenant_for_key(credentials.credentials, settings.tenants_by_key())
+    tenant = None if credentials is None else keys_of(settings).current().tenant_for(credentials.credentials)
     if credentials is None or tenant is None:
         count(connection, "auth-failed", address)
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'" if credentials is None else

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DATA_DIR / 'fervid.db'}"
     broker_url: str = "redis://127.0.0.1:6379/0"
     storage_url: str = f"file://{DATA_DIR / 'media'}"
-    api_keys: str = ""  # "tenant:key,tenant2:key2"
+    api_keys: str = ""  # "tenant:key,tenant2:sha256:<hex of the key's SHA-256>"
+    api_keys_file: Path | None = None  # more entries, one a line; re-read when it changes (rotation, no restart)
+    allow_weak_api_keys: bool = False  # development and tests only: short or low-entropy keys are refused otherwise
     max_upload_mb: int = 2048
     max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
     max_duration_s: float = 6 * 3600
@@ -78,16 +80,6 @@ class Settings(BaseSettings):
         return TenantQuota(self.max_active_jobs, self.max_stored_mb << 20, self.max_frames_per_day)
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
-
-    def tenants_by_key(self) -> dict[str, str]:
-        """Maps each API key to its tenant; a malformed entry is a configuration error, not a silent skip."""
-        keys: dict[str, str] = {}
-        for entry in filter(None, (part.strip() for part in self.api_keys.split(","))):
-            tenant, sep, key = entry.partition(":")
-            if not sep or not tenant or not key:
-                raise ValueError(f"FERVID_API_KEYS entry {entry!r} is not tenant:key")
-            keys[key] = tenant
-        return keys
 
 
 @lru_cache(maxsize=1)
