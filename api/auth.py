@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.limits import count, current, key_subject, limits_redis, refuse_if_over
 from fervid.api_keys import KeySource
+from fervid.audit import AUTH_FAILED, KEY_USED, record
 from fervid.db import session_scope
 from fervid.errors import Unauthorized
 from fervid.settings import Settings, get_settings
@@ -35,6 +36,11 @@ def keys_of(settings: Settings) -> KeySource:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def _audit(action: str, **fields: str) -> None:
+    with session_scope() as session:
+        record(session, action, **fields)
+
+
 def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  settings: SettingsDep) -> str:
     connection = limits_redis(settings.limits_url or settings.broker_url)
@@ -44,10 +50,15 @@ def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCrede
     refuse_if_over(failures + 1, settings.failed_auth_per_minute, retry_after_s, "failed authentications")
     tenant = None if credentials is None else keys_of(settings).current().tenant_for(credentials.credentials)
     if credentials is None or tenant is None:
-        count(connection, "auth-failed", address)
+        failures, _ = count(connection, "auth-failed", address)
+        if failures == 1:  # the audit log gets one row per failing address a minute, not one per guess
+            _audit(AUTH_FAILED, client=address)
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'" if credentials is None else
                            "the API key is not valid; check FERVID_API_KEYS or ask for a key")
-    requests, retry_after_s = count(connection, "key", key_subject(credentials.credentials))
+    key_id = key_subject(credentials.credentials)
+    requests, retry_after_s = count(connection, "key", key_id)
+    if requests == 1:
+        _audit(KEY_USED, tenant=tenant, key_id=key_id[:16], client=address)
     refuse_if_over(requests, settings.requests_per_minute, retry_after_s, "requests with this API key")
     return tenant
 

@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from fervid import audit
 from fervid.errors import QUOTA_EXCEEDED, Conflict, NotFound, TooManyRequests
 from fervid.media_store import Storage
 from fervid.queue import send_prepare
@@ -195,10 +196,12 @@ def cancel_job(session: Session, job: Job) -> Job:
     return job
 
 
-def delete_job(session: Session, job: Job, storage: Storage) -> None:
-    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload."""
+def delete_job(session: Session, job: Job, storage: Storage, *, action: str = audit.JOB_DELETED) -> None:
+    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload; the audit
+    log records `action` in the same transaction."""
     key = job.stored_media_key
     session.execute(delete(Job).where(Job.id == job.id).execution_options(synchronize_session=False))
+    audit.record(session, action, tenant=job.tenant, job_id=job.id)
     session.commit()
     session.expunge(job)
     if key is None:

@@ -234,3 +234,19 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_workers_seen_at", "seen_at"),)
+
+
+class AuditEvent(Base):
+    """Who did what: deletes, expiries, and key use (one row per key, or per failing address, per minute)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(32))  # fervid.audit's constants
+    tenant: Mapped[str | None] = mapped_column(String(64))  # None for a key that named no tenant
+    job_id: Mapped[str | None] = mapped_column(String(36))  # not a foreign key: the job may be gone
+    key_id: Mapped[str | None] = mapped_column(String(16))  # a prefix of the key's SHA-256, never the key
+    client: Mapped[str | None] = mapped_column(String(64))  # the client's address
+
+    __table_args__ = (Index("ix_audit_events_tenant_at", "tenant", "at"),)
