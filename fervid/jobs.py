@@ -196,17 +196,22 @@ def cancel_job(session: Session, job: Job) -> Job:
     return job
 
 
-def delete_job(session: Session, job: Job, storage: Storage, *, action: str = audit.JOB_DELETED) -> None:
+def delete_job(session: Session, job: Job, storage: Storage, *, action: str = audit.JOB_DELETED) -> bool:
     """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload; the audit
-    log records `action` in the same transaction."""
+    log records `action` in the same transaction. False when another process deleted it first."""
     key = job.stored_media_key
-    session.execute(delete(Job).where(Job.id == job.id).execution_options(synchronize_session=False))
+    deleted = session.scalar(delete(Job).where(Job.id == job.id).returning(Job.id)
+                             .execution_options(synchronize_session=False))
+    if deleted is None:
+        session.rollback()
+        return False
     audit.record(session, action, tenant=job.tenant, job_id=job.id)
     session.commit()
     session.expunge(job)
     if key is None:
-        return
+        return True
     try:
         storage.delete(key)
     except Exception:  # the rows are gone either way; an orphaned file must not turn the delete into an error
         log.exception("job %s: deleted, but its stored media %r could not be removed", job.id, key)
+    return True

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_download_mb: int = 4096  # for http(s) source URIs
     download_cache_dir: Path = CACHE_DIR / "downloads"  # remote media kept while a worker processes its segments
     download_cache_mb: int = 20480
+    # Finished jobs (rows, results and uploaded media) are deleted this many days after they end; faces are
+    # biometric data. None: kept until their tenant deletes them.
+    retention_days: Annotated[float, Field(gt=0)] | None = None
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
     # Empty: file:// is refused, so no tenant can make a worker read its local files.
     file_uri_roots: str = ""
