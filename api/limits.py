@@ -6,6 +6,7 @@ import hashlib
 import logging
 import time
 from functools import lru_cache
+from urllib.parse import urlparse
 
 import redis
 
@@ -17,8 +18,16 @@ WINDOW_S = 60
 KEY_PREFIX = "fervid:limit"
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 @lru_cache(maxsize=4)
-def limits_redis(url: str) -> redis.Redis:
+def limits_redis(url: str) -> redis.Redis | None:
+    """The counters' Redis; None (no rate limits, said once) when the URL is another broker, e.g. RabbitMQ."""
+    if urlparse(url).scheme not in REDIS_SCHEMES:
+        log.warning("no Redis for rate limits at %s: requests are not rate-limited; set FERVID_LIMITS_URL",
+                    urlparse(url).scheme + "://")
+        return None
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
@@ -28,9 +37,11 @@ def _window() -> tuple[int, int]:
     return int(now // WINDOW_S), WINDOW_S - int(now % WINDOW_S)
 
 
-def count(connection: redis.Redis, kind: str, subject: str) -> tuple[int, int]:
+def count(connection: redis.Redis | None, kind: str, subject: str) -> tuple[int, int]:
     """Adds one to `subject`'s counter for this window; returns (the count, seconds until it resets)."""
     window, retry_after_s = _window()
+    if connection is None:
+        return 0, retry_after_s
     key = f"{KEY_PREFIX}:{kind}:{subject}:{window}"
     pipeline = connection.pipeline()
     pipeline.incr(key)
@@ -42,8 +53,10 @@ def count(connection: redis.Redis, kind: str, subject: str) -> tuple[int, int]:
     return int(counted), retry_after_s
 
 
-def current(connection: redis.Redis, kind: str, subject: str) -> tuple[int, int]:
+def current(connection: redis.Redis | None, kind: str, subject: str) -> tuple[int, int]:
     window, retry_after_s = _window()
+    if connection is None:
+        return 0, retry_after_s
     try:
         value = connection.get(f"{KEY_PREFIX}:{kind}:{subject}:{window}")
     except redis.RedisError as error:

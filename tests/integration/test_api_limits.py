@@ -123,3 +123,14 @@ def test_a_tenant_past_its_frames_of_the_day_waits_until_the_oldest_job_is_a_day
     assert_error(refused, 429, "quota_exceeded")
     assert 3500 <= int(refused.headers["Retry-After"]) <= 3700
     assert submit_uri(api, headers=BOB).status_code == 202
+
+
+def test_without_a_redis_for_counters_requests_are_not_limited(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a RabbitMQ broker and no FERVID_LIMITS_URL (nothing is connected to: the URL is only looked at)
+    fervid_env.setenv("FERVID_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//")
+    fervid_env.setenv("FERVID_REQUESTS_PER_MINUTE", "1")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    # when / then the API answers (no rate limits) instead of failing every request
+    assert [api.client.get("/v1/jobs", headers=ALICE).status_code for _ in range(3)] == [200] * 3
