@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from api.auth import keys_of
 from api.errors import install_error_handlers
 from api.metrics import metrics
 from api.routes import health, v1
@@ -28,8 +29,9 @@ def _version() -> str:
 
 
 def create_app() -> FastAPI:
-    """A new app on the current settings (FERVID_*); a malformed FERVID_API_KEYS fails here, not per request."""
-    if not get_settings().tenants_by_key():
+    """A new app on the current settings (FERVID_*); a malformed or weak FERVID_API_KEYS fails here, not per
+    request."""
+    if not keys_of(get_settings()).current().tenants_by_digest:
         log.warning("FERVID_API_KEYS is empty: every /v1 request will be refused with 401")
     app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION,
                   openapi_tags=[{"name": "jobs", "description": "analysis jobs and their results"},

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.limits import count, current, key_subject, limits_redis, refuse_if_over
+from fervid.api_keys import KeySource
+from fervid.audit import AUTH_FAILED, KEY_USED, record
 from fervid.db import session_scope
 from fervid.errors import Unauthorized
 from fervid.settings import Settings, get_settings
@@ -18,27 +22,44 @@ from fervid.settings import Settings, get_settings
 bearer = HTTPBearer(auto_error=False, description="an API key from FERVID_API_KEYS")
 
 
-def tenant_for_key(presented: str, tenants_by_key: dict[str, str]) -> str | None:
-    """The tenant owning `presented`, comparing against every key in constant time (no early exit)."""
-    tenant = None
-    candidate = presented.encode()
-    for key, owner in tenants_by_key.items():
-        if hmac.compare_digest(candidate, key.encode()):
-            tenant = owner
-    return tenant
+@lru_cache(maxsize=8)
+def key_source(entries: str, keys_file: Path | None, allow_weak: bool) -> KeySource:
+    """The process's keys for these settings: built once (a weak key raises), the file re-read when it changes."""
+    return KeySource(entries, keys_file, allow_weak=allow_weak)
+
+
+def keys_of(settings: Settings) -> KeySource:
+    return key_source(settings.api_keys, settings.api_keys_file, settings.allow_weak_api_keys)
 
 
 # The settings enter the API here: routes and dependencies take them as a dependency, never read them themselves.
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def authenticate(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+def _audit(action: str, **fields: str) -> None:
+    with session_scope() as session:
+        record(session, action, **fields)
+
+
+def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  settings: SettingsDep) -> str:
-    if credentials is None:
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    tenant = tenant_for_key(credentials.credentials, settings.tenants_by_key())
-    if tenant is None:
-        raise Unauthorized("the API key is not valid; check FERVID_API_KEYS or ask for a key")
+    connection = limits_redis(settings.limits_url or settings.broker_url)
+    address = request.client.host if request.client else "unknown"
+    # An address past its failures is refused before its key is looked at, so guessing gains nothing from 429s.
+    failures, retry_after_s = current(connection, "auth-failed", address)
+    refuse_if_over(failures + 1, settings.failed_auth_per_minute, retry_after_s, "failed authentications")
+    tenant = None if credentials is None else keys_of(settings).current().tenant_for(credentials.credentials)
+    if credentials is None or tenant is None:
+        failures, _ = count(connection, "auth-failed", address)
+        if failures == 1:  # the audit log gets one row per failing address a minute, not one per guess
+            _audit(AUTH_FAILED, client=address)
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'" if credentials is None else
+                           "the API key is not valid; check FERVID_API_KEYS or ask for a key")
+    key_id = key_subject(credentials.credentials)
+    requests, retry_after_s = count(connection, "key", key_id)
+    if requests == 1:
+        _audit(KEY_USED, tenant=tenant, key_id=key_id[:16], client=address)
+    refuse_if_over(requests, settings.requests_per_minute, retry_after_s, "requests with this API key")
     return tenant
 
 

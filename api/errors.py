@@ -23,6 +23,7 @@ from fervid.errors import (
     UNAUTHORIZED,
     UNSUPPORTED_MEDIA_TYPE,
     FervidError,
+    TooManyRequests,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 async def _fervid_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, FervidError)
     headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+    if isinstance(error, TooManyRequests):
+        headers = {"Retry-After": str(error.retry_after_s)}
     if error.http_status >= 500:
         log.error("%s: %s", error.code, error.message)
     return error_response(error.http_status, error.code, error.message, headers)

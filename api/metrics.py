@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 
 from api.auth import SettingsDep, bearer
+from api.schemas import ErrorBody
 from fervid.db import session_scope
 from fervid.errors import NOT_CONFIGURED, FervidError, Unauthorized
 from fervid.queue import celery_app
@@ -25,6 +26,8 @@ from fervid.utc import as_utc, utc_now
 
 log = logging.getLogger(__name__)
 metrics = APIRouter(tags=["health"])
+# Errors are JSON even where the route answers text/plain.
+ERROR_JSON = {"content": {"application/json": {"schema": ErrorBody.model_json_schema()}}}
 
 
 def require_metrics_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -67,7 +70,9 @@ def _render(jobs: dict[str, int], segments: dict[str, int], oldest_queued_s: flo
 
 
 @metrics.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_metrics_token)],
-             summary="Prometheus metrics: jobs, segments, queue lengths (needs FERVID_METRICS_TOKEN)")
+             summary="Prometheus metrics: jobs, segments, queue lengths (needs FERVID_METRICS_TOKEN)",
+             responses={401: {**ERROR_JSON, "description": "no FERVID_METRICS_TOKEN, or not the right one"},
+                        404: {**ERROR_JSON, "description": "metrics are off (no FERVID_METRICS_TOKEN)"}})
 def get_metrics(settings: SettingsDep) -> PlainTextResponse:
     with session_scope() as session:
         jobs = {str(status): int(count) for status, count in

@@ -22,6 +22,8 @@ from starlette.datastructures import FormData, UploadFile
 from api.auth import SessionDep, SettingsDep, TenantDep
 from api.errors import error_response
 from api.schemas import (
+    INT32_MAX,
+    INT32_MIN,
     ErrorBody,
     Health,
     JobFromUri,
@@ -69,7 +71,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "invalid parameters"},
 }
 
-v1 = APIRouter(prefix="/v1", tags=["jobs"], responses={401: ERRORS[401], 422: ERRORS[422]})
+ERRORS[429] = {"model": ErrorBody, "description": "too many requests with this key, or failed authentications "
+               "from this address, in a minute; see Retry-After"}
+v1 = APIRouter(prefix="/v1", tags=["jobs"], responses={401: ERRORS[401], 422: ERRORS[422], 429: ERRORS[429]})
 health = APIRouter(tags=["health"])
 
 
@@ -90,6 +94,12 @@ def _validated(model: type[ModelT], payload: Any) -> ModelT:
 # Uploads are stored without the user's file name or suffix: workers tell the format by content, so a suffix can
 # never steer FFmpeg to a demuxer (an .m3u8 playlist, a concat list) that opens other files or URLs.
 STORED_MEDIA_NAME = "media"
+
+
+def _display_name(filename: str | None) -> str | None:
+    # Shown back to the tenant only; PostgreSQL refuses NUL in text.
+    shown = "".join(char for char in filename or "" if char.isprintable())[:255]
+    return shown or None
 
 
 def _submit_upload(session: Session, tenant: str, form: FormData, settings: Settings) -> tuple[Job, bool]:
@@ -113,7 +123,8 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
         job, created = jobs.create_job(
             session, tenant=tenant, queue=settings.queue, source_uri=uri, sample_fps=options.sample_fps,
             client_request_token=token, webhook_url=options.webhook_url,
-            filename=upload.filename[:255] if upload.filename else None, stored_media_key=key, job_id=job_id)
+            filename=_display_name(upload.filename), stored_media_key=key, job_id=job_id,
+            stored_media_bytes=upload.size, quota=settings.tenant_quota())
     except BaseException:
         storage.delete(key)
         raise
@@ -180,6 +191,7 @@ def _location_holds(location: str, uri: str) -> bool:
                 "http(s)://). 202 with the queued job; 200 with the existing job when `client_request_token` "
                 "was used before by this tenant.",
     responses={200: {"model": JobOut, "description": "the job already submitted with this client_request_token"},
+               429: {"model": ErrorBody, "description": "past a quota: active jobs, stored media or frames a day"},
                400: {"model": ErrorBody, "description": "a malformed body"},
                413: {"model": ErrorBody, "description": "the upload exceeds FERVID_MAX_UPLOAD_MB"},
                415: {"model": ErrorBody, "description": "neither multipart/form-data nor JSON"}},
@@ -198,7 +210,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, s
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
                                     sample_fps=spec.sample_fps, client_request_token=spec.client_request_token,
-                                    webhook_url=spec.webhook_url))
+                                    webhook_url=spec.webhook_url, quota=settings.tenant_quota()))
     else:
         raise FervidError("send multipart/form-data with a `file` part, or application/json with a `source_uri`",
                           code=UNSUPPORTED_MEDIA_TYPE, http_status=415)
@@ -236,7 +248,8 @@ def get_timeline(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     from_ms: Annotated[float | None, Query(ge=0, description="only frames at or after this time")] = None,
     to_ms: Annotated[float | None, Query(ge=0, description="only frames at or before this time")] = None,
-    track_id: Annotated[int | None, Query(description="only frames where this track appears, with just it")] = None,
+    track_id: Annotated[int | None, Query(ge=INT32_MIN, le=INT32_MAX,
+                                          description="only frames where this track appears, with just it")] = None,
 ) -> TimelinePage:
     jobs.get_job(session, tenant, job_id)
     after = TimelineCursor.decode(cursor).frame_index if cursor else None

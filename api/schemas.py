@@ -14,8 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fervid.errors import InvalidRequest
 from fervid.labels import EMOTIONS
 from fervid.tables import JobStatus
+from fervid.utc import as_utc
 
 SOURCE_SCHEMES = ("file", "s3", "http", "https")
+# Integer columns are 32-bit: a number outside them is a 422 here, not a database error later.
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 WEBHOOK_SCHEMES = ("http", "https")
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -24,7 +27,15 @@ EmotionName = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "n
 assert EmotionName.__args__ == EMOTIONS  # type: ignore[attr-defined]
 
 
+def _check_printable(value: str, what: str) -> str:
+    # PostgreSQL refuses NUL in text, and no URI or token needs control characters.
+    if not value.isprintable():
+        raise ValueError(f"{what} has control characters")
+    return value
+
+
 def _check_uri(value: str, schemes: tuple[str, ...], what: str) -> str:
+    _check_printable(value, what)
     parsed = urlparse(value)
     if parsed.scheme.lower() not in schemes:
         raise ValueError(f"{what} must use one of {', '.join(f'{s}://' for s in schemes)}, not {value!r}")
@@ -52,6 +63,11 @@ class JobOptions(BaseModel):
         None, min_length=1, max_length=128,
         description="idempotency key: the same tenant and token always get the same job back")
     webhook_url: str | None = Field(None, max_length=2048, description="POSTed to when the job finishes")
+
+    @field_validator("client_request_token")
+    @classmethod
+    def _printable_token(cls, value: str | None) -> str | None:
+        return None if value is None else _check_printable(value, "client_request_token")
 
     @field_validator("webhook_url")
     @classmethod
@@ -223,17 +239,31 @@ class Cursor(BaseModel):
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
             return cls.model_validate(json.loads(raw))
-        except (binascii.Error, ValueError, ValidationError, UnicodeDecodeError) as error:
+        # RecursionError: JSON nested deeper than the parser's stack.
+        except (binascii.Error, ValueError, ValidationError, UnicodeDecodeError, RecursionError) as error:
             raise InvalidRequest("the cursor is not one this API returned; start again without it") from error
 
 
 class TimelineCursor(Cursor):
-    frame_index: int
+    frame_index: int = Field(ge=0, le=INT32_MAX)
 
 
 class JobListCursor(Cursor):
     created_at: datetime
-    job_id: str
+    job_id: str = Field(max_length=36)
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        try:
+            return as_utc(value)
+        except OverflowError as error:  # e.g. year 1 at +14:00 has no UTC time
+            raise ValueError("created_at is out of range") from error
+
+    @field_validator("job_id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        return _check_printable(value, "job_id")
 
 
 class MediaLink(BaseModel):

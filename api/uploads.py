@@ -60,6 +60,6 @@ async def read_json(request: Request) -> Any:
     body = b"".join([chunk async for chunk in counted_body(request, MAX_JSON_BYTES, refusal)])
     try:
         return json.loads(body)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser's stack
         raise InvalidRequest(f"the body is not valid JSON: {error}", code=BAD_REQUEST,
                              http_status=400) from error

@@ -12,16 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 
-from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer
+from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
 from api.routes import ERRORS
 from api.schemas import MediaLink
 from api.stills import frame_jpeg
 from fervid import jobs, results
+from fervid.api_keys import key_digest
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.media_store import local_copy
@@ -57,30 +58,32 @@ def palette() -> dict[str, object]:
     return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS}
 
 
-def media_token(api_key: str, job_id: str, expires: int) -> str:
-    """A job-scoped, expiring capability signed with the tenant's own API key (which never enters a URL)."""
-    signature = hmac.new(api_key.encode(), f"media\n{job_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
+def media_token(signing_key: bytes, job_id: str, expires: int) -> str:
+    """A job-scoped, expiring capability signed with the digest of the tenant's API key: the server holds it for raw
+    and hashed key entries alike, and neither the key nor its digest enters a URL."""
+    signature = hmac.new(signing_key, f"media\n{job_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
     return f"{expires}.{signature}"
 
 
-def tenant_for_media_token(token: str, job_id: str, tenants_by_key: dict[str, str], now: float) -> str | None:
+def tenant_for_media_token(token: str, job_id: str, tenants_by_digest: dict[bytes, str], now: float) -> str | None:
     """The tenant whose key signed `token` for `job_id`, if it has not expired; every key is compared."""
     expires, _, _ = token.partition(".")
     if not expires.isdigit() or int(expires) < now:
         return None
     tenant = None
-    for key, owner in tenants_by_key.items():
-        if hmac.compare_digest(token.encode(), media_token(key, job_id, int(expires)).encode()):
+    for digest, owner in tenants_by_digest.items():
+        if hmac.compare_digest(token.encode(), media_token(digest, job_id, int(expires)).encode()):
             tenant = owner
     return tenant
 
 
-def media_tenant(job_id: str, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-                 settings: SettingsDep,
+def media_tenant(request: Request, job_id: str,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], settings: SettingsDep,
                  token: Annotated[str | None, Query(description="from POST .../media-link")] = None) -> str:
     if token is None:
-        return authenticate(credentials, settings)
-    tenant = tenant_for_media_token(token, job_id, settings.tenants_by_key(), time.time())
+        return authenticate(request, credentials, settings)
+    tenants = keys_of(settings).current().tenants_by_digest
+    tenant = tenant_for_media_token(token, job_id, tenants, time.time())
     if tenant is None:
         raise Unauthorized("the media link has expired or is not valid; ask for a new one with POST "
                            f"/v1/jobs/{job_id}/media-link")
@@ -94,7 +97,8 @@ def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep,
     jobs.get_job(session, tenant, job_id)
     assert credentials is not None  # authenticated above
     expires = int(time.time()) + MEDIA_LINK_TTL_S
-    return MediaLink(url=f"/v1/jobs/{job_id}/media?token={media_token(credentials.credentials, job_id, expires)}",
+    token = media_token(key_digest(credentials.credentials), job_id, expires)
+    return MediaLink(url=f"/v1/jobs/{job_id}/media?token={token}",
                      expires_at=datetime.fromtimestamp(expires, UTC))
 
 

@@ -19,6 +19,8 @@ UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # the request's Content-Type,
 HTTP_ERROR = "http_error"  # any other 4xx Starlette raises
 NOT_CONFIGURED = "not_configured"  # a feature the operator has not turned on (metrics, webhook signing)
 NOT_READY = "not_ready"  # /readyz: the database or the broker does not answer
+RATE_LIMITED = "rate_limited"  # too many requests (or failed authentications) in a minute; see Retry-After
+QUOTA_EXCEEDED = "quota_exceeded"  # the tenant has as many queued and running jobs as FERVID_MAX_ACTIVE_JOBS
 JOB_FAILED = "job_failed"  # a job that ended without success and without a code of its own
 
 # Media error codes: a job fails with one of these.
@@ -91,6 +93,17 @@ class InvalidRequest(FervidError):
 class PayloadTooLarge(FervidError):
     code = PAYLOAD_TOO_LARGE
     http_status = 413
+
+
+class TooManyRequests(FervidError):
+    """429: answered with a Retry-After header of `retry_after_s`."""
+
+    code = RATE_LIMITED
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class Conflict(FervidError):

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fervid.errors import Conflict, NotFound
+from fervid import audit
+from fervid.errors import QUOTA_EXCEEDED, Conflict, NotFound, TooManyRequests
 from fervid.media_store import Storage
 from fervid.queue import send_prepare
+from fervid.settings import TenantQuota
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import as_utc, iso_utc, utc_now
 
@@ -25,9 +27,17 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+def _is_job_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
+
+
 def get_job(session: Session, tenant: str, job_id: str) -> Job:
     """The tenant's job, or NotFound: another tenant's job is indistinguishable from a missing one."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+    # Ids are UUIDs: anything else is missing without a query (and NUL never reaches PostgreSQL).
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant)) if _is_job_id(job_id) else None
     if job is None:
         raise NotFound(f"no job {job_id!r}; list your jobs with GET /v1/jobs")
     return job
@@ -42,17 +52,22 @@ def job_by_token(session: Session, tenant: str, client_request_token: str) -> Jo
 def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sample_fps: float,
                client_request_token: str | None = None, webhook_url: str | None = None,
                filename: str | None = None, stored_media_key: str | None = None,
-               job_id: str | None = None) -> tuple[Job, bool]:
+               job_id: str | None = None, stored_media_bytes: int | None = None,
+               quota: TenantQuota | None = None) -> tuple[Job, bool]:
     """Inserts and commits a queued job, then enqueues it; returns (job, created).
 
     A repeated `client_request_token` returns the tenant's existing job with created=False, also when two
     requests race (the unique constraint decides). A broker that is down leaves the job queued with
-    enqueued_at NULL, for the reaper to send again; it is logged, not raised.
+    enqueued_at NULL, for the reaper to send again; it is logged, not raised. A tenant past its `quota` is
+    refused with a 429.
     """
     if client_request_token is not None and (existing := job_by_token(session, tenant, client_request_token)):
         return existing, False
+    if quota is not None:
+        refuse_past_quota(session, tenant, quota, stored_media_bytes or 0)
     job = Job(id=job_id or new_job_id(), tenant=tenant, queue=queue, status=JobStatus.queued, source_uri=source_uri,
-              stored_media_key=stored_media_key, filename=filename, sample_fps=sample_fps,
+              stored_media_key=stored_media_key, stored_media_bytes=stored_media_bytes, filename=filename,
+              sample_fps=sample_fps,
               client_request_token=client_request_token, webhook_url=webhook_url, warnings=[],
               created_at=utc_now())
     session.add(job)
@@ -66,6 +81,32 @@ def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sa
         return existing, False
     enqueue_job(session, job)
     return job, True
+
+
+def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_bytes: int) -> None:
+    """TooManyRequests (quota_exceeded) when the tenant's active jobs, stored bytes or last day's frames are at
+    their limits. Checked, not locked: concurrent submissions may pass together by a few jobs."""
+    day_ago = utc_now() - timedelta(days=1)
+    counted_active, counted_bytes, counted_frames, oldest = session.execute(select(
+        func.count().filter(Job.status.in_(ACTIVE_JOB_STATUSES)),
+        func.coalesce(func.sum(Job.stored_media_bytes), 0),
+        func.coalesce(func.sum(Job.frames_total).filter(Job.created_at >= day_ago), 0),
+        func.min(Job.created_at).filter(Job.created_at >= day_ago),
+    ).where(Job.tenant == tenant)).one()
+    active, stored, frames = int(counted_active or 0), int(counted_bytes or 0), int(counted_frames or 0)
+    if active >= quota.max_active_jobs:
+        raise TooManyRequests(f"you have {active} queued or running jobs, the most allowed (FERVID_MAX_ACTIVE_JOBS); "
+                              "submit again when one finishes, or cancel one", retry_after_s=30, code=QUOTA_EXCEEDED)
+    if stored + new_bytes > quota.max_stored_bytes:
+        raise TooManyRequests(f"your uploads would take {(stored + new_bytes) / (1 << 20):.0f} MB, past the "
+                              f"{quota.max_stored_bytes >> 20} MB allowed (FERVID_MAX_STORED_MB); delete jobs you "
+                              "no longer need", retry_after_s=3600, code=QUOTA_EXCEEDED)
+    if frames >= quota.max_frames_per_day:
+        # Room comes back when the oldest of the last day's jobs is a day old.
+        wait_s = (as_utc(oldest) + timedelta(days=1) - utc_now()).total_seconds() if oldest else 60
+        raise TooManyRequests(f"your jobs of the last 24 h sample {frames} frames, the most allowed "
+                              "(FERVID_MAX_FRAMES_PER_DAY)", retry_after_s=max(1, int(wait_s) + 1),
+                              code=QUOTA_EXCEEDED)
 
 
 def enqueue_job(session: Session, job: Job) -> bool:
@@ -155,15 +196,22 @@ def cancel_job(session: Session, job: Job) -> Job:
     return job
 
 
-def delete_job(session: Session, job: Job, storage: Storage) -> None:
-    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload."""
+def delete_job(session: Session, job: Job, storage: Storage, *, action: str = audit.JOB_DELETED) -> bool:
+    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload; the audit
+    log records `action` in the same transaction. False when another process deleted it first."""
     key = job.stored_media_key
-    session.execute(delete(Job).where(Job.id == job.id).execution_options(synchronize_session=False))
+    deleted = session.scalar(delete(Job).where(Job.id == job.id).returning(Job.id)
+                             .execution_options(synchronize_session=False))
+    if deleted is None:
+        session.rollback()
+        return False
+    audit.record(session, action, tenant=job.tenant, job_id=job.id)
     session.commit()
     session.expunge(job)
     if key is None:
-        return
+        return True
     try:
         storage.delete(key)
     except Exception:  # the rows are gone either way; an orphaned file must not turn the delete into an error
         log.exception("job %s: deleted, but its stored media %r could not be removed", job.id, key)
+    return True

@@ -145,6 +145,21 @@ def _prune_downloads(directory: Path, max_bytes: int, keep: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
+def cached_download_prefix(cache_key: str) -> str:
+    # The job id leads the name, so a sweep can tell which job each cached copy belongs to.
+    return f"{cache_key}."
+
+
+def cached_download_owners(directory: Path) -> dict[str, list[Path]]:
+    """The download cache's files (locks and partial downloads too) by the job id their names start with."""
+    owners: dict[str, list[Path]] = {}
+    for path in directory.iterdir() if directory.is_dir() else ():
+        owner, sep, _ = path.name.partition(".")
+        if sep:
+            owners.setdefault(owner, []).append(path)
+    return owners
+
+
 @contextmanager
 def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> Iterator[Path]:
     """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://.
@@ -169,7 +184,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> It
         return
     directory = settings.download_cache_dir
     directory.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(f"{cache_key}\n{uri}".encode()).hexdigest()[:32] + suffix
+    name = cached_download_prefix(cache_key) + hashlib.sha256(f"{cache_key}\n{uri}".encode()).hexdigest()[:32] + suffix
     target = directory / name
     with FileLock(str(directory / f"{name}.lock")):  # workers on one machine download a job's media once
         if not target.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import platformdirs
 from pydantic import Field
@@ -14,13 +14,23 @@ DATA_DIR = Path(platformdirs.user_data_dir("fervid"))
 CACHE_DIR = Path(platformdirs.user_cache_dir("fervid"))
 
 
+class TenantQuota(NamedTuple):
+    """What one tenant may hold at once; a submission past any of them is a 429."""
+
+    max_active_jobs: int
+    max_stored_bytes: int
+    max_frames_per_day: int
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERVID_", extra="ignore")
 
     database_url: str = f"sqlite:///{DATA_DIR / 'fervid.db'}"
     broker_url: str = "redis://127.0.0.1:6379/0"
     storage_url: str = f"file://{DATA_DIR / 'media'}"
-    api_keys: str = ""  # "tenant:key,tenant2:key2"
+    api_keys: str = ""  # "tenant:key,tenant2:sha256:<hex of the key's SHA-256>"
+    api_keys_file: Path | None = None  # more entries, one a line; re-read when it changes (rotation, no restart)
+    allow_weak_api_keys: bool = False  # development and tests only: short or low-entropy keys are refused otherwise
     max_upload_mb: int = 2048
     max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
     max_duration_s: float = 6 * 3600
@@ -28,6 +38,9 @@ class Settings(BaseSettings):
     max_download_mb: int = 4096  # for http(s) source URIs
     download_cache_dir: Path = CACHE_DIR / "downloads"  # remote media kept while a worker processes its segments
     download_cache_mb: int = 20480
+    # Finished jobs (rows, results and uploaded media) are deleted this many days after they end; faces are
+    # biometric data. None: kept until their tenant deletes them.
+    retention_days: Annotated[float, Field(gt=0)] | None = None
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
     # Empty: file:// is refused, so no tenant can make a worker read its local files.
     file_uri_roots: str = ""
@@ -58,18 +71,18 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 5.0
     # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
     webhook_secret: str = ""
+    # Redis holding the API processes' shared rate-limit counters; empty: FERVID_BROKER_URL.
+    limits_url: str = ""
+    requests_per_minute: int = 1200  # per API key
+    failed_auth_per_minute: int = 120  # per client address; past it the address gets 429 even with a valid key
+    max_active_jobs: int = 200  # queued and running jobs per tenant: one tenant's backlog cannot fill the queue
+    max_stored_mb: int = 100 * 1024  # uploaded media kept per tenant
+    max_frames_per_day: int = 5_000_000  # sampled frames of the jobs a tenant submitted in the last 24 h
+
+    def tenant_quota(self) -> TenantQuota:
+        return TenantQuota(self.max_active_jobs, self.max_stored_mb << 20, self.max_frames_per_day)
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
-
-    def tenants_by_key(self) -> dict[str, str]:
-        """Maps each API key to its tenant; a malformed entry is a configuration error, not a silent skip."""
-        keys: dict[str, str] = {}
-        for entry in filter(None, (part.strip() for part in self.api_keys.split(","))):
-            tenant, sep, key = entry.partition(":")
-            if not sep or not tenant or not key:
-                raise ValueError(f"FERVID_API_KEYS entry {entry!r} is not tenant:key")
-            keys[key] = tenant
-        return keys
 
 
 @lru_cache(maxsize=1)

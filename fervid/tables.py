@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -94,6 +95,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     source_uri: Mapped[str] = mapped_column(Text)  # where workers read the media (storage URI or user URI)
     stored_media_key: Mapped[str | None] = mapped_column(Text)  # set for uploads: deleted with the job
+    stored_media_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the upload's size, for the tenant's quota
     filename: Mapped[str | None] = mapped_column(String(255))
     sample_fps: Mapped[float] = mapped_column(Float)
     client_request_token: Mapped[str | None] = mapped_column(String(128))
@@ -232,3 +234,19 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_workers_seen_at", "seen_at"),)
+
+
+class AuditEvent(Base):
+    """Who did what: deletes, expiries, and key use (one row per key, or per failing address, per minute)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(32))  # fervid.audit's constants
+    tenant: Mapped[str | None] = mapped_column(String(64))  # None for a key that named no tenant
+    job_id: Mapped[str | None] = mapped_column(String(36))  # not a foreign key: the job may be gone
+    key_id: Mapped[str | None] = mapped_column(String(16))  # a prefix of the key's SHA-256, never the key
+    client: Mapped[str | None] = mapped_column(String(64))  # the client's address
+
+    __table_args__ = (Index("ix_audit_events_tenant_at", "tenant", "at"),)

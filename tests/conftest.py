@@ -123,6 +123,10 @@ def fervid_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pyte
     monkeypatch.setenv("FERVID_DOWNLOAD_CACHE_DIR", str(tmp_path / "download-cache"))
     monkeypatch.setenv("FERVID_S3_SOURCE_PREFIXES", "s3://videos,s3://b")  # the buckets API tests name
     monkeypatch.setenv("FERVID_ALLOW_PRIVATE_URLS", "true")  # tests serve http on loopback; test_netpolicy unsets it
+    monkeypatch.setenv("FERVID_ALLOW_WEAK_API_KEYS", "true")  # tests name their tenants' keys alice-key, ...
+    # Every test shares the key alice-key and the client address: rate limits are off unless a test sets them.
+    monkeypatch.setenv("FERVID_REQUESTS_PER_MINUTE", "1000000000")
+    monkeypatch.setenv("FERVID_FAILED_AUTH_PER_MINUTE", "1000000000")
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()

@@ -20,6 +20,7 @@ from fervid.tables import Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import utc_now
 from fervid.webhooks import notify_finished
 from worker.record_store import finish_job_if_complete
+from worker.retention import retention_pass
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,15 @@ def start_reaper_thread(settings: Settings) -> threading.Event:
         while not stop.wait(interval_s):
             try:
                 report = reap_once(settings)
+                expired, swept = retention_pass(settings)
             except Exception:  # a database or broker outage: logged, and the next pass tries again
                 log.exception("reaper pass failed; retrying in %.0f s", interval_s)
                 continue
             if report.total:
                 log.info("reaper: re-sent %d stale and %d lost segments and %d queued jobs; finished %d jobs",
                          report.stale_segments, report.lost_segments, report.queued_jobs, report.finished_jobs)
+            if expired or swept:
+                log.info("retention: deleted %d expired jobs and %d cached downloads", expired, swept)
 
     threading.Thread(target=loop, name="fervid-reaper", daemon=True).start()
     return stop

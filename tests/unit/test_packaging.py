@@ -35,7 +35,7 @@ def _names(requirements: list[str]) -> set[str]:
 def test_the_api_builds_and_draws_a_plot_without_importing_an_ml_runtime(fervid_env: pytest.MonkeyPatch) -> None:
     # given a fresh interpreter (this one has imported the ML runtimes for other tests) and the path `fervid api`
     # takes: its command module, the app factory, and the plot route's renderer (matplotlib, imported lazily)
-    fervid_env.setenv("FERVID_API_KEYS", "demo:change-me")
+    fervid_env.setenv("FERVID_API_KEYS", "demo:packaging-test-key")
     script = ("import importlib, json, sys; importlib.import_module('api.serve'); "
               "from api.app import create_app; create_app(); "
               "from fervid.labels import EMOTIONS; from fervid.results import TrackSeries, render_plot_png; "

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from api.auth import tenant_for_key
 from api.errors import describe_validation_errors
 from api.schemas import JobFromUri, JobListCursor, JobOptions, Summary, TimelineCursor
+from fervid.api_keys import KeyRing
 from fervid.errors import InvalidRequest
 from fervid.labels import EMOTIONS
 from fervid.results import dominant
@@ -123,11 +123,11 @@ def test_validation_errors_are_described_by_field() -> None:
 
 def test_the_key_decides_the_tenant_and_an_unknown_key_none() -> None:
     # given two tenants
-    keys = {"alice-key": "alice", "bob-key": "bob"}
+    keys = KeyRing.parse("alice:alice-key,bob:bob-key", allow_weak=True)
     # when / then
-    assert tenant_for_key("bob-key", keys) == "bob"
-    assert tenant_for_key("bob-ke", keys) is None
-    assert tenant_for_key("", keys) is None
+    assert keys.tenant_for("bob-key") == "bob"
+    assert keys.tenant_for("bob-ke") is None
+    assert keys.tenant_for("") is None
 
 
 def test_the_dominant_emotion_is_the_argmax_and_ties_go_to_fer_order() -> None:

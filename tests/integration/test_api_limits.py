@@ -1,0 +1,136 @@
+"""Rate limits and quotas on the real Redis and PostgreSQL: failed authentications per client address, requests
+per key, queued and running jobs per tenant; each a 429 with Retry-After in the error envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.test_api import ALICE, BOB, Api, assert_error, running_api, submit_uri
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str) -> Iterator[Api]:
+    with running_api(pg_url, redis_url, fervid_env) as running:
+        for key in running.redis.scan_iter("fervid:limit:*"):  # the test client's address is shared by all tests
+            running.redis.delete(key)
+        yield running
+        for key in running.redis.scan_iter("fervid:limit:*"):
+            running.redis.delete(key)
+
+
+def assert_too_many(response: httpx.Response, code: str) -> None:
+    assert_error(response, 429, code)
+    assert 0 < int(response.headers["Retry-After"]) <= 3600
+
+
+def test_failed_authentications_are_limited_per_address_even_for_a_valid_key_afterwards(
+        api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given at most 20 failed authentications a minute from one address
+    fervid_env.setenv("FERVID_FAILED_AUTH_PER_MINUTE", "20")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    # when 30 wrong keys are tried
+    statuses = [api.client.get("/v1/jobs", headers={"Authorization": f"Bearer guess-{n}"}).status_code
+                for n in range(30)]
+    # then the first 20 are 401 and the rest 429, and a right key from there is refused too until the window ends
+    assert statuses == [401] * 20 + [429] * 10
+    assert_too_many(api.client.get("/v1/jobs", headers={"Authorization": "Bearer guess"}), "rate_limited")
+    assert_too_many(api.client.get("/v1/jobs", headers=ALICE), "rate_limited")
+
+
+def test_requests_are_limited_per_key_and_other_keys_go_on(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given 5 requests a minute per key
+    fervid_env.setenv("FERVID_REQUESTS_PER_MINUTE", "5")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    # when alice sends 6
+    statuses = [api.client.get("/v1/jobs", headers=ALICE).status_code for _ in range(6)]
+    # then the 6th is refused, while bob's key still answers
+    assert statuses == [200] * 5 + [429]
+    assert_too_many(api.client.get("/v1/jobs", headers=ALICE), "rate_limited")
+    assert api.client.get("/v1/jobs", headers=BOB).status_code == 200
+
+
+def test_a_tenant_past_its_active_jobs_is_refused_until_one_ends(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given at most 2 queued or running jobs per tenant
+    fervid_env.setenv("FERVID_MAX_ACTIVE_JOBS", "2")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    first = submit_uri(api).json()["job_id"]
+    assert submit_uri(api, client_request_token="t2").status_code == 202
+    # when alice submits a third, by JSON and by upload
+    refused = submit_uri(api)
+    uploaded = api.client.post("/v1/jobs", headers=ALICE, files={"file": ("clip.mp4", b"data", "video/mp4")})
+    # then both are 429 quota_exceeded and nothing is stored; a retried token and bob's backlog are not affected
+    assert_too_many(refused, "quota_exceeded")
+    assert_too_many(uploaded, "quota_exceeded")
+    assert api.stored_files() == []
+    assert submit_uri(api, client_request_token="t2").status_code == 200
+    assert submit_uri(api, headers=BOB).status_code == 202
+    # and once one of alice's jobs ends she may submit again
+    assert api.client.post(f"/v1/jobs/{first}/cancel", headers=ALICE).status_code == 200
+    assert submit_uri(api).status_code == 202
+
+
+def test_uploads_past_the_tenants_stored_bytes_are_refused(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given at most 1 MB of uploads per tenant
+    fervid_env.setenv("FERVID_MAX_STORED_MB", "1")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    half = b"x" * (600 << 10)
+    first = api.client.post("/v1/jobs", headers=ALICE, files={"file": ("a.mp4", half, "video/mp4")})
+    assert first.status_code == 202, first.text
+    # when a second 600 KB upload would pass 1 MB
+    second = api.client.post("/v1/jobs", headers=ALICE, files={"file": ("b.mp4", half, "video/mp4")})
+    # then it is refused and not kept; bob's store is his own; deleting the first makes room again
+    assert_too_many(second, "quota_exceeded")
+    assert len(api.stored_files()) == 1
+    assert api.client.post("/v1/jobs", headers=BOB, files={"file": ("b.mp4", half, "video/mp4")}).status_code == 202
+    assert api.client.delete(f"/v1/jobs/{first.json()['job_id']}", headers=ALICE).status_code == 204
+    assert api.client.post("/v1/jobs", headers=ALICE, files={"file": ("b.mp4", half, "video/mp4")}).status_code == 202
+
+
+def test_a_tenant_past_its_frames_of_the_day_waits_until_the_oldest_job_is_a_day_old(
+        api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given at most 1,000 sampled frames a day, and alice's job of 23 h ago that sampled 1,000
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from fervid.db import session_scope
+    from fervid.settings import get_settings
+    from fervid.tables import Job, JobStatus
+    from fervid.utc import utc_now
+
+    fervid_env.setenv("FERVID_MAX_FRAMES_PER_DAY", "1000")
+    get_settings.cache_clear()
+    job_id = submit_uri(api).json()["job_id"]
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            frames_total=1000, status=JobStatus.succeeded, created_at=utc_now() - timedelta(hours=23)))
+    # when she submits again
+    refused = submit_uri(api)
+    # then 429, to retry in about an hour; bob is not affected
+    assert_error(refused, 429, "quota_exceeded")
+    assert 3500 <= int(refused.headers["Retry-After"]) <= 3700
+    assert submit_uri(api, headers=BOB).status_code == 202
+
+
+def test_without_a_redis_for_counters_requests_are_not_limited(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a RabbitMQ broker and no FERVID_LIMITS_URL (nothing is connected to: the URL is only looked at)
+    fervid_env.setenv("FERVID_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//")
+    fervid_env.setenv("FERVID_REQUESTS_PER_MINUTE", "1")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    # when / then the API answers (no rate limits) instead of failing every request
+    assert [api.client.get("/v1/jobs", headers=ALICE).status_code for _ in range(3)] == [200] * 3

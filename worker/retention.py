@@ -1,0 +1,58 @@
+"""Retention, run by every worker's reaper thread: finished jobs past FERVID_RETENTION_DAYS are deleted (rows and
+stored media, with an audit row), and this machine's download cache drops the copies of jobs that are gone."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from fervid.audit import JOB_EXPIRED
+from fervid.db import session_scope
+from fervid.jobs import delete_job
+from fervid.media_store import cached_download_owners, storage_from_url
+from fervid.settings import Settings
+from fervid.tables import ACTIVE_JOB_STATUSES, Job
+from fervid.utc import utc_now
+
+log = logging.getLogger(__name__)
+
+EXPIRE_BATCH = 100  # per pass: a large backlog drains over a few passes instead of one long transaction
+
+
+def expire_jobs(retention_days: float, storage_url: str, now: datetime | None = None) -> int:
+    """Deletes up to EXPIRE_BATCH finished jobs that ended more than `retention_days` ago; returns how many."""
+    ended_before = (now or utc_now()) - timedelta(days=retention_days)
+    storage = storage_from_url(storage_url)
+    expired = 0
+    with session_scope() as session:
+        jobs = session.scalars(select(Job).where(Job.status.not_in(ACTIVE_JOB_STATUSES),
+                                                 Job.finished_at < ended_before).limit(EXPIRE_BATCH)).all()
+        for job in jobs:
+            expired += delete_job(session, job, storage, action=JOB_EXPIRED)  # False: another reaper got it
+    return expired
+
+
+def sweep_download_cache(directory: Path) -> int:
+    """Removes cached downloads (and their locks) of jobs no longer in the database; returns the files removed."""
+    owners = cached_download_owners(directory)
+    if not owners:
+        return 0
+    with session_scope() as session:
+        alive = set(session.scalars(select(Job.id).where(Job.id.in_(list(owners)))))
+    removed = 0
+    for job_id, paths in owners.items():
+        if job_id in alive:
+            continue
+        for path in paths:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def retention_pass(settings: Settings) -> tuple[int, int]:
+    """(jobs expired, cached files removed) in one pass."""
+    expired = expire_jobs(settings.retention_days, settings.storage_url) if settings.retention_days else 0
+    return expired, sweep_download_cache(settings.download_cache_dir)
