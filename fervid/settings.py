@@ -55,11 +55,30 @@ class Settings(BaseSettings):
     stale_after_s: float = 60.0  # a running segment with no heartbeat for this long is requeued
     requeue_after_s: float = 300.0  # a queued segment not started for this long is re-sent (lost message)
     reaper_interval_s: float = 15.0
+    # A job's prepare and each of its segments get this many deliveries; past them the job fails processing_failed
+    # (a file that kills or stalls every worker it reaches must not be redelivered forever).
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    # Celery time limits in seconds; 0: scaled to FERVID_SEGMENT_SECONDS (segments) or the download limit (prepare).
+    # Past the soft limit the job fails processing_failed; past the hard one (soft + 60 s) the worker process is
+    # killed and the delivery counts as one attempt.
+    segment_time_limit_s: Annotated[float, Field(ge=0.0)] = 0.0
+    prepare_time_limit_s: Annotated[float, Field(ge=0.0)] = 0.0
+    # Test seam, never set in production: "prepare:NAME" or "segment:NAME" makes a worker process exit at once
+    # (os._exit) on a job whose uploaded filename is NAME, there; the crash-every-time file of the tests.
+    test_crash_on: str = ""
     webhook_timeout_s: float = 5.0
     # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
     webhook_secret: str = ""
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
+
+    def segment_soft_limit_s(self) -> float:
+        # CPU inference runs a few sampled frames a second: 60 s per second of segment is far past any healthy run.
+        return self.segment_time_limit_s or 120.0 + 60.0 * self.segment_seconds
+
+    def prepare_soft_limit_s(self) -> float:
+        # The download (at the minimum rate a source must keep) and the probe.
+        return self.prepare_time_limit_s or 1800.0
 
     def tenants_by_key(self) -> dict[str, str]:
         """Maps each API key to its tenant; a malformed entry is a configuration error, not a silent skip."""
