@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     max_duration_s: float = 6 * 3600
     max_frames: int = 2_000_000  # video frames (packets) in one file: 6 h at 90 fps
     max_download_mb: int = 4096  # for http(s) source URIs
+    # An http(s) source must arrive whole within this, and keep at least the minimum rate once 30 s have passed,
+    # so a source dripping a byte every few seconds cannot hold a worker.
+    download_deadline_s: Annotated[float, Field(gt=0.0)] = 1500.0
+    download_min_rate_kbps: Annotated[float, Field(ge=0.0)] = 512.0  # KiB/s
     download_cache_dir: Path = CACHE_DIR / "downloads"  # remote media kept while a worker processes its segments
     download_cache_mb: int = 20480
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
@@ -66,7 +70,8 @@ class Settings(BaseSettings):
     # Test seam, never set in production: "prepare:NAME" or "segment:NAME" makes a worker process exit at once
     # (os._exit) on a job whose uploaded filename is NAME, there; the crash-every-time file of the tests.
     test_crash_on: str = ""
-    webhook_timeout_s: float = 5.0
+    webhook_timeout_s: float = 5.0  # per read
+    webhook_deadline_s: Annotated[float, Field(gt=0.0)] = 15.0  # per attempt, the whole exchange
     # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
     webhook_secret: str = ""
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.

@@ -22,7 +22,7 @@ from fervid.queue import send_prepare, send_segment
 from fervid.settings import Settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import utc_now
-from fervid.webhooks import notify_finished
+from fervid.webhooks import queue_webhook
 from worker.record_store import exhausted_message, fail_job, finish_job_if_complete
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,12 @@ def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
     for job_id in [*queued, *stale_prepares]:
         send_prepare(job_id, queues.get(job_id, settings.queue))
     for job_id in exhausted:
-        notify_finished(job_id, settings)
+        queue_webhook(job_id)
     finished = 0
     for job_id in _complete_running_jobs():
         if finish_job_if_complete(job_id):
             finished += 1
-            notify_finished(job_id, settings)
+            queue_webhook(job_id)
     return ReapReport(len(stale), len(lost), len(queued), finished, len(stale_prepares), len(exhausted))
 
 

@@ -20,9 +20,9 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
 from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
-from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
+from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app, send_segment
 from fervid.settings import Settings, get_settings
-from fervid.webhooks import notify_finished
+from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
 from fervid.worker_status import start_publishing
 from models.detectors import find_or_fetch_yunet
 from worker import pipeline, record_store
@@ -92,6 +92,7 @@ def _analyzer() -> pipeline.Analyzer:
 
 # Past the soft time limit the task fails its job; this much later the pool kills the process that ignored it.
 HARD_LIMIT_GRACE_S = 60.0
+WEBHOOK_SLACK_S = 10.0  # past the webhook's own deadline: the job lookup and signing
 
 
 @worker_init.connect
@@ -106,7 +107,8 @@ def _set_time_limits(**_: Any) -> None:
     # The pool (in the main process) reads the limits off the task when it hands a message to a child.
     settings = _settings()
     for task, soft_s in ((prepare_job, settings.prepare_soft_limit_s()),
-                         (process_segment, settings.segment_soft_limit_s())):
+                         (process_segment, settings.segment_soft_limit_s()),
+                         (send_job_webhook, settings.webhook_deadline_s + WEBHOOK_SLACK_S)):
         task.soft_time_limit = soft_s
         task.time_limit = soft_s + HARD_LIMIT_GRACE_S
 
@@ -129,14 +131,14 @@ def _fail_unexpected(job_id: str, error: Exception) -> None:
     log.exception("job %s: unexpected error", job_id)
     record_store.fail_job(job_id, INTERNAL_ERROR, f"the worker hit an unexpected error ({type(error).__name__}); "
                           "retry the job, and report it if it happens again")
-    notify_finished(job_id, _settings())
+    queue_webhook(job_id)
 
 
 def _fail_slow(job_id: str, what: str, limit_s: float) -> None:
     log.warning("job %s: %s passed its soft time limit of %.0f s", job_id, what, limit_s)
     record_store.fail_job(job_id, PROCESSING_FAILED, f"{what} took longer than its limit of {limit_s:.0f} s; send "
                           "a shorter or re-encoded copy of the media")
-    notify_finished(job_id, _settings())
+    queue_webhook(job_id)
 
 
 @app.task(name=PREPARE_TASK, bind=True, **RETRY)
@@ -155,7 +157,7 @@ def prepare_job(self: Task, job_id: str) -> None:
         _fail_unexpected(job_id, error)
         return
     if not indices:
-        notify_finished(job_id, settings)  # only a failed (or vanished) job gets here without segments
+        queue_webhook(job_id)  # only a failed (or vanished) job gets here without segments
         return
     record_store.mark_enqueued(job_id, indices)
     job = pipeline.load_job(job_id)
@@ -177,4 +179,12 @@ def process_segment(self: Task, job_id: str, index: int) -> None:
         _fail_unexpected(job_id, error)
         return
     if finished:
-        notify_finished(job_id, settings)
+        queue_webhook(job_id)
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, max_retries=len(RETRY_DELAYS_S))
+def send_job_webhook(self: Task, job_id: str, event_id: str) -> None:
+    """One attempt per run; a failed one is retried on RETRY_DELAYS_S with the same event id."""
+    delivery = deliver(job_id, event_id, _settings())
+    if delivery is Delivery.failed and self.request.retries < len(RETRY_DELAYS_S):
+        raise self.retry(countdown=RETRY_DELAYS_S[self.request.retries])

@@ -7,6 +7,8 @@ sets it.
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,3 +75,77 @@ def test_a_file_that_kills_every_worker_fails_after_max_attempts(
     # and the worker still serves other jobs
     other = submit(client, shared_dir / "media" / "single_face.mp4", "single_face.mp4")
     assert wait_ended(client, service_env, other, timeout=60)["status"] == "succeeded", service_env.worker_logs()
+
+
+class DrippingReceiver:
+    """A loopback webhook receiver that reads the POST, then answers one byte every 2 s; it records when each
+    connection opened and when the sender gave up on it."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.connections: list[tuple[float, float | None]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(connection,), daemon=True).start()
+
+    def _drip(self, connection: socket.socket) -> None:
+        slot = len(self.connections)
+        self.connections.append((time.monotonic(), None))
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 10:
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    break
+                try:
+                    if connection.recv(65536, socket.MSG_DONTWAIT) == b"":  # the sender closed
+                        break
+                except BlockingIOError:  # still open, nothing more sent
+                    pass
+                except OSError:
+                    break
+                time.sleep(2)
+        self.connections[slot] = (self.connections[slot][0], time.monotonic())
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_dripping_webhook_receiver_holds_neither_the_api_nor_a_worker(
+        service_env: ServiceEnv, client: TestClient) -> None:
+    # given a worker whose webhook attempts have a 3 s deadline, and alice's jobs with a webhook to a receiver that
+    # drips its answer one byte every 2 s
+    deadline_s = 3.0
+    service_env.start_worker(extra={"FERVID_WEBHOOK_DEADLINE_S": str(deadline_s)})
+    receiver = DrippingReceiver()
+    try:
+        job_ids = []
+        for _ in range(5):
+            response = client.post("/v1/jobs", headers=ALICE, json={
+                "source_uri": "http://127.0.0.1:9/clip.mp4", "webhook_url": receiver.url})
+            assert response.status_code == 202, response.text
+            job_ids.append(response.json()["job_id"])
+        # when alice cancels them, each cancel queues its webhook and answers at once
+        for job_id in job_ids:
+            started = time.monotonic()
+            client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE)
+            assert time.monotonic() - started < 2.0
+        # then another tenant is answered while the receiver drips
+        wait_for(lambda: receiver.connections, 30, describe=service_env.worker_logs)
+        started = time.monotonic()
+        assert client.get("/v1/jobs", headers={"Authorization": "Bearer bob-key"}).status_code == 200
+        assert time.monotonic() - started < 2.0
+        # and the worker gives up on each attempt at its deadline, not when the receiver stops
+        wait_for(lambda: any(end is not None for _, end in receiver.connections), 20, describe=service_env.worker_logs)
+        durations = [end - start for start, end in receiver.connections if end is not None]
+        assert durations and all(duration < deadline_s + 2.5 for duration in durations), durations
+    finally:
+        receiver.close()
