@@ -22,7 +22,10 @@ class Settings(BaseSettings):
     storage_url: str = f"file://{DATA_DIR / 'media'}"
     api_keys: str = ""  # "tenant:key,tenant2:key2"
     max_upload_mb: int = 2048
-    max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
+    max_pixels: int = 40_000_000  # per decoded frame: refuses decompression bombs before decoding
+    # Frames x pixels per frame a job's media may make its workers decode, checked before decoding: 6 h of 1080p
+    # at 90 fps fits; a many-frame animation of huge frames does not.
+    max_decoded_pixels: int = 5_000_000_000_000
     max_duration_s: float = 6 * 3600
     max_frames: int = 2_000_000  # video frames (packets) in one file: 6 h at 90 fps
     max_download_mb: int = 4096  # for http(s) source URIs
