@@ -57,7 +57,7 @@ from fervid.queue import celery_app
 from fervid.settings import Settings
 from fervid.tables import Job
 from fervid.utc import utc_now
-from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, notify_finished, tenant_signing_key
+from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, queue_webhook, tenant_signing_key
 from fervid.worker_status import live_workers, worker_to_dict
 
 log = logging.getLogger(__name__)
@@ -295,10 +295,9 @@ def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
 
 @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
          responses={404: ERRORS[404], 409: {"model": ErrorBody, "description": "the job already finished"}})
-def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep,
-               background: BackgroundTasks) -> JobOut:
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, background: BackgroundTasks) -> JobOut:
     job = jobs.cancel_job(session, jobs.get_job(session, tenant, job_id))
-    background.add_task(notify_finished, job.id, settings)  # runs after the response, so after the commit
+    background.add_task(queue_webhook, job.id)  # after the response, so after the commit; sent by a worker
     return _job_out(session, job)
 
 

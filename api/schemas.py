@@ -21,7 +21,7 @@ SOURCE_SCHEMES = ("file", "s3", "http", "https")
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 WEBHOOK_SCHEMES = ("http", "https")
 
-JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatusName = Literal["queued", "preparing", "running", "succeeded", "failed", "cancelled"]
 assert set(JobStatusName.__args__) == {status.value for status in JobStatus}  # type: ignore[attr-defined]
 EmotionName = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 assert EmotionName.__args__ == EMOTIONS  # type: ignore[attr-defined]

@@ -88,7 +88,7 @@ def new_job(plans: list[Plan]) -> str:
                         sample_fps=5.0, warnings=[], created_at=datetime.now(UTC)))
     record_store.start_job(job_id, MEDIA, plans, MODEL)
     for index in range(len(plans)):
-        record_store.claim_segment(job_id, index, "bench")
+        record_store.claim_segment(job_id, index, "bench", max_attempts=3)
     return job_id
 
 

@@ -30,6 +30,7 @@ MEDIA_TOO_LARGE = "media_too_large"  # frame pixels or duration past the limits 
 DECODE_ERROR = "decode_error"  # a recognised container whose frames cannot be decoded
 SOURCE_UNAVAILABLE = "source_unavailable"  # the source URI cannot be read by the worker
 SOURCE_NOT_ALLOWED = "source_not_allowed"  # the source names a place workers may not read for tenants
+PROCESSING_FAILED = "processing_failed"  # the media killed or outlasted a worker on every attempt (FERVID_MAX_ATTEMPTS)
 
 # Models and inference backends.
 BACKEND_UNAVAILABLE = "backend_unavailable"  # an inference backend cannot run here

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 from urllib.parse import unquote, urlparse
@@ -16,7 +19,7 @@ from urllib.parse import unquote, urlparse
 from filelock import FileLock
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
-from fervid.netpolicy import NonPublicAddress, RefusedDestination, non_public_address, open_public
+from fervid.netpolicy import DeadlinePassed, NonPublicAddress, RefusedDestination, non_public_address, open_public
 from fervid.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,23 @@ CHUNK = 1 << 20
 # network the workers sit in, so those go to the worker's log only.
 SOURCE_UNAVAILABLE_TEXT = ("the source could not be read (no answer, refused, or not a 2xx HTTP reply); check that "
                            "it is reachable from the workers and submit the job again")
+
+RATE_GRACE_S = 30.0  # a source's minimum rate is checked from this long after the request on
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How much and how slowly a worker may fetch one remote source (FERVID_MAX_DOWNLOAD_MB, FERVID_DOWNLOAD_*)."""
+
+    max_bytes: int
+    allow_private: bool
+    deadline_s: float
+    min_bytes_per_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DownloadLimits:
+        return cls(settings.max_download_mb << 20, settings.allow_private_urls, settings.download_deadline_s,
+                   settings.download_min_rate_kbps * 1024)
 
 
 class Storage(Protocol):
@@ -106,7 +126,23 @@ def storage_from_url(url: str) -> Storage:
     raise ValueError(f"FERVID_STORAGE_URL must be file:///dir or s3://bucket/prefix, not {url!r}")
 
 
-def _download(uri: str, target: BinaryIO, max_bytes: int, allow_private: bool) -> None:
+def _copy_paced(response: http.client.HTTPResponse, target: BinaryIO, limits: DownloadLimits) -> None:
+    """Copies an http(s) body, failing a source slower than `limits.min_bytes_per_s` (the deadline is
+    open_public's): read1 returns what has arrived, so a dripping source is measured rather than waited on."""
+    started = time.monotonic()
+    written = 0
+    while chunk := response.read1(CHUNK):
+        written += len(chunk)
+        if written > limits.max_bytes:
+            raise PayloadTooLarge(f"the source exceeds the {limits.max_bytes >> 20} MB limit (FERVID_MAX_DOWNLOAD_MB)")
+        target.write(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > RATE_GRACE_S and written < limits.min_bytes_per_s * elapsed:
+            raise MediaError(SOURCE_UNAVAILABLE, f"the source sent {written >> 10} KiB in {elapsed:.0f} s, below "
+                             f"the minimum of {limits.min_bytes_per_s / 1024:g} KiB/s (FERVID_DOWNLOAD_MIN_RATE_KBPS)")
+
+
+def _download(uri: str, target: BinaryIO, limits: DownloadLimits) -> None:
     parsed = urlparse(uri)
     try:
         if parsed.scheme == "s3":
@@ -114,10 +150,11 @@ def _download(uri: str, target: BinaryIO, max_bytes: int, allow_private: bool) -
 
             boto3.client("s3").download_fileobj(parsed.netloc, parsed.path.lstrip("/"), target)
         elif parsed.scheme in ("http", "https"):
-            if (address := non_public_address(uri, allow_private)) is not None:
+            if (address := non_public_address(uri, limits.allow_private)) is not None:
                 raise NonPublicAddress(parsed.hostname or "", address)
-            with open_public(uri, timeout=30, allow_private=allow_private) as response:
-                _copy_limited(response, target, max_bytes)
+            with open_public(uri, timeout=30, allow_private=limits.allow_private,
+                             deadline_s=limits.deadline_s) as response:
+                _copy_paced(response, target, limits)
         else:
             raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
                              "use file://, s3:// or http(s)://")
@@ -128,6 +165,9 @@ def _download(uri: str, target: BinaryIO, max_bytes: int, allow_private: bool) -
         raise MediaError(SOURCE_NOT_ALLOWED, str(error)) from error
     except MediaError:
         raise
+    except DeadlinePassed as error:  # names no address: the deadline is the tenant's to know
+        raise MediaError(SOURCE_UNAVAILABLE, f"the source did not arrive within {limits.deadline_s:g} s "
+                         "(FERVID_DOWNLOAD_DEADLINE_S); serve it faster or closer to the workers") from error
     except Exception as error:  # network and S3 failures all mean the same thing to the user
         log.warning("source %s could not be read: %r", uri, error)
         raise MediaError(SOURCE_UNAVAILABLE, SOURCE_UNAVAILABLE_TEXT) from error
@@ -175,10 +215,10 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> It
         yield path
         return
     suffix = Path(parsed.path).suffix[:16]
-    max_bytes, allow_private = settings.max_download_mb << 20, settings.allow_private_urls
+    limits = DownloadLimits.from_settings(settings)
     if cache_key is None:
         with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
-            _download(uri, cast(BinaryIO, spool), max_bytes, allow_private)
+            _download(uri, cast(BinaryIO, spool), limits)
             spool.flush()
             yield Path(spool.name)
         return
@@ -191,7 +231,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> It
             partial = directory / f"{name}.part"
             try:
                 with partial.open("wb") as stream:
-                    _download(uri, stream, max_bytes, allow_private)
+                    _download(uri, stream, limits)
                 partial.replace(target)
             finally:
                 partial.unlink(missing_ok=True)

@@ -4,15 +4,21 @@ Only http and https are spoken, redirects included (urllib's default opener woul
 read file: and data: URLs). Each connection resolves its host once, checks every address it got, and connects to
 those very addresses, with the name kept for the Host header and TLS's SNI: a DNS answer that changes between a
 check and the connection (rebinding) never reaches the internal network, and nothing is sent to a refused peer.
+`open_public` also takes a total deadline: socket timeouts bound one read, so a peer dripping a byte every few
+seconds would otherwise hold the caller forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import ipaddress
 import socket
+import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import urljoin, urlparse
 
@@ -48,6 +54,37 @@ class ForbiddenScheme(RefusedDestination):
     def __init__(self, scheme: str) -> None:
         super().__init__("only http:// and https:// URLs are followed, redirects included")
         self.scheme = scheme
+
+
+class DeadlinePassed(TimeoutError):
+    """The peer did not finish within the total deadline (it may have kept sending, slowly)."""
+
+
+class _Deadline:
+    """One request's total deadline over every connection it opens (redirects included): past it each socket is
+    shut down, which wakes a read blocked in the caller's thread."""
+
+    def __init__(self, deadline_at: float | None) -> None:
+        self.deadline_at = deadline_at
+        self.expired = False
+        self._timers: list[threading.Timer] = []
+
+    def arm(self, sock: socket.socket) -> None:
+        if self.deadline_at is None:
+            return
+        timer = threading.Timer(max(0.0, self.deadline_at - time.monotonic()), self._cut, [sock])
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
 
 
 def is_public_address(text: str) -> bool:
@@ -90,7 +127,7 @@ def non_public_address(url: str, allow_private: bool) -> str | None:
 
 
 def _connect_pinned(address: tuple[str, int], timeout: float | None, source_address: tuple[str, int] | None,
-                    allow_private: bool) -> socket.socket:
+                    allow_private: bool, deadline: _Deadline) -> socket.socket:
     """socket.create_connection, except that the addresses connected to are the ones checked."""
     host, port = address
     infos = resolve(host, port)
@@ -107,6 +144,7 @@ def _connect_pinned(address: tuple[str, int], timeout: float | None, source_addr
             if source_address is not None:
                 sock.bind(source_address)
             sock.connect(sockaddr)
+            deadline.arm(sock)
             return sock
         except OSError as error:
             sock.close()
@@ -115,34 +153,36 @@ def _connect_pinned(address: tuple[str, int], timeout: float | None, source_addr
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, allow_private: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, allow_private: bool, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # http.client connects through this hook (HTTPS too, before wrapping with SNI of the name)
-        self._create_connection = functools.partial(_connect_pinned, allow_private=allow_private)
+        self._create_connection = functools.partial(_connect_pinned, allow_private=allow_private, deadline=deadline)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, allow_private: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, allow_private: bool, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = functools.partial(_connect_pinned, allow_private=allow_private)
+        self._create_connection = functools.partial(_connect_pinned, allow_private=allow_private, deadline=deadline)
 
 
 class _PinnedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, allow_private: bool) -> None:
+    def __init__(self, allow_private: bool, deadline: _Deadline) -> None:
         super().__init__()
-        self.allow_private = allow_private
+        self.allow_private, self.deadline = allow_private, deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_PinnedHTTPConnection, allow_private=self.allow_private), req)
+        return self.do_open(functools.partial(_PinnedHTTPConnection, allow_private=self.allow_private,
+                                              deadline=self.deadline), req)
 
 
 class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, allow_private: bool) -> None:
+    def __init__(self, allow_private: bool, deadline: _Deadline) -> None:
         super().__init__()
-        self.allow_private = allow_private
+        self.allow_private, self.deadline = allow_private, deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_PinnedHTTPSConnection, allow_private=self.allow_private), req,
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, allow_private=self.allow_private,
+                                              deadline=self.deadline), req,
                             context=self._context)  # type: ignore[attr-defined]
 
 
@@ -160,25 +200,39 @@ class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-@functools.cache
-def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+def _opener(allow_private: bool, deadline: _Deadline) -> urllib.request.OpenerDirector:
     # Built by hand: build_opener would add the ftp, file and data handlers.
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
-                    _PinnedHTTPHandler(allow_private), _PinnedHTTPSHandler(allow_private),
+                    _PinnedHTTPHandler(allow_private, deadline), _PinnedHTTPSHandler(allow_private, deadline),
                     urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirectHandler(),
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
 
 
-def open_public(request: str | urllib.request.Request, timeout: float,
-                allow_private: bool) -> http.client.HTTPResponse:
+@contextlib.contextmanager
+def open_public(request: str | urllib.request.Request, timeout: float, allow_private: bool,
+                deadline_s: float | None = None) -> Iterator[http.client.HTTPResponse]:
     """urllib's urlopen for http(s) only, redirects included (ForbiddenScheme otherwise), where every connection
     must reach a public address unless `allow_private` (FERVID_ALLOW_PRIVATE_URLS); NonPublicAddress otherwise.
-    Behind an HTTP proxy the proxy is the peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS."""
+    Behind an HTTP proxy the proxy is the peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS.
+
+    `timeout` bounds each read; `deadline_s` bounds the whole exchange, reading the response inside the block
+    included: past it the connection is cut and DeadlinePassed raised."""
     url = request.full_url if isinstance(request, urllib.request.Request) else request
     scheme = urlparse(url).scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise ForbiddenScheme(scheme)
-    return _opener(allow_private).open(request, timeout=timeout)  # type: ignore[no-any-return]
+    deadline = _Deadline(None if deadline_s is None else time.monotonic() + deadline_s)
+    try:
+        with _opener(allow_private, deadline).open(request, timeout=timeout) as response:
+            yield response
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if deadline.expired:
+            raise DeadlinePassed(f"no complete answer within {deadline_s:g} s") from error
+        raise
+    finally:
+        deadline.cancel()
+    if deadline.expired:  # the cut looked like the end of the body to the reader
+        raise DeadlinePassed(f"no complete answer within {deadline_s:g} s")

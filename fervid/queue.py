@@ -10,6 +10,7 @@ from fervid.settings import get_settings
 
 PREPARE_TASK = "fervid.prepare_job"
 SEGMENT_TASK = "fervid.process_segment"
+WEBHOOK_TASK = "fervid.send_webhook"
 
 # Longer than any segment can take: Redis redelivers an unacknowledged message only after this.
 VISIBILITY_TIMEOUT_S = 6 * 3600
@@ -47,4 +48,14 @@ def send_prepare(job_id: str, queue: str) -> None:
 
 def send_segment(job_id: str, segment_index: int, queue: str) -> None:
     celery_app().send_task(SEGMENT_TASK, args=[job_id, segment_index], queue=queue,
+                           retry_policy=SEND_RETRY_POLICY)
+
+
+def webhook_queue(queue: str) -> str:
+    """The queue of the webhooks of jobs on `queue`: its own, so slow receivers never wait behind analysis."""
+    return f"{queue}.webhooks"
+
+
+def send_webhook(job_id: str, event_id: str, queue: str) -> None:
+    celery_app().send_task(WEBHOOK_TASK, args=[job_id, event_id], queue=webhook_queue(queue),
                            retry_policy=SEND_RETRY_POLICY)

@@ -32,10 +32,17 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None  # more entries, one a line; re-read when it changes (rotation, no restart)
     allow_weak_api_keys: bool = False  # development and tests only: short or low-entropy keys are refused otherwise
     max_upload_mb: int = 2048
-    max_pixels: int = 100_000_000  # per decoded frame: refuses decompression bombs before decoding
+    max_pixels: int = 40_000_000  # per decoded frame: refuses decompression bombs before decoding
+    # Frames x pixels per frame a job's media may make its workers decode, checked before decoding: 6 h of 1080p
+    # at 90 fps fits; a many-frame animation of huge frames does not.
+    max_decoded_pixels: int = 5_000_000_000_000
     max_duration_s: float = 6 * 3600
     max_frames: int = 2_000_000  # video frames (packets) in one file: 6 h at 90 fps
     max_download_mb: int = 4096  # for http(s) source URIs
+    # An http(s) source must arrive whole within this, and keep at least the minimum rate once 30 s have passed,
+    # so a source dripping a byte every few seconds cannot hold a worker.
+    download_deadline_s: Annotated[float, Field(gt=0.0)] = 1500.0
+    download_min_rate_kbps: Annotated[float, Field(ge=0.0)] = 512.0  # KiB/s
     download_cache_dir: Path = CACHE_DIR / "downloads"  # remote media kept while a worker processes its segments
     download_cache_mb: int = 20480
     # Finished jobs (rows, results and uploaded media) are deleted this many days after they end; faces are
@@ -68,7 +75,19 @@ class Settings(BaseSettings):
     stale_after_s: float = 60.0  # a running segment with no heartbeat for this long is requeued
     requeue_after_s: float = 300.0  # a queued segment not started for this long is re-sent (lost message)
     reaper_interval_s: float = 15.0
-    webhook_timeout_s: float = 5.0
+    # A job's prepare and each of its segments get this many deliveries; past them the job fails processing_failed
+    # (a file that kills or stalls every worker it reaches must not be redelivered forever).
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    # Celery time limits in seconds; 0: scaled to FERVID_SEGMENT_SECONDS (segments) or the download limit (prepare).
+    # Past the soft limit the job fails processing_failed; past the hard one (soft + 60 s) the worker process is
+    # killed and the delivery counts as one attempt.
+    segment_time_limit_s: Annotated[float, Field(ge=0.0)] = 0.0
+    prepare_time_limit_s: Annotated[float, Field(ge=0.0)] = 0.0
+    # Test seam, never set in production: "prepare:NAME" or "segment:NAME" makes a worker process exit at once
+    # (os._exit) on a job whose uploaded filename is NAME, there; the crash-every-time file of the tests.
+    test_crash_on: str = ""
+    webhook_timeout_s: float = 5.0  # per read
+    webhook_deadline_s: Annotated[float, Field(gt=0.0)] = 15.0  # per attempt, the whole exchange
     # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
     webhook_secret: str = ""
     # Redis holding the API processes' shared rate-limit counters; empty: FERVID_BROKER_URL.
@@ -83,6 +102,14 @@ class Settings(BaseSettings):
         return TenantQuota(self.max_active_jobs, self.max_stored_mb << 20, self.max_frames_per_day)
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
+
+    def segment_soft_limit_s(self) -> float:
+        # CPU inference runs a few sampled frames a second: 60 s per second of segment is far past any healthy run.
+        return self.segment_time_limit_s or 120.0 + 60.0 * self.segment_seconds
+
+    def prepare_soft_limit_s(self) -> float:
+        # The download (at the minimum rate a source must keep) and the probe.
+        return self.prepare_time_limit_s or 1800.0
 
 
 @lru_cache(maxsize=1)

@@ -40,7 +40,8 @@ class Base(DeclarativeBase):
 
 
 class JobStatus(enum.StrEnum):
-    queued = "queued"
+    queued = "queued"  # its prepare is sent (or about to be)
+    preparing = "preparing"  # a worker is fetching and probing its media, heartbeating jobs.heartbeat_at
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
@@ -48,7 +49,7 @@ class JobStatus(enum.StrEnum):
 
 
 # The statuses a job can still change from (and be cancelled in); the others are terminal.
-ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
+ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.preparing, JobStatus.running)
 
 
 class SegmentStatus(enum.StrEnum):
@@ -124,6 +125,8 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    prepare_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # prepares claimed
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the preparing worker's liveness
 
     segments: Mapped[list[Segment]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Segment.index"

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +168,36 @@ def probe_segments(path: Path, job: Job, settings: Settings) -> tuple[MediaInfo,
     return info, split_plan(plan, settings.segment_seconds * 1000.0)
 
 
+def crash_if_test_file(stage: str, job: Job, settings: Settings) -> None:
+    """The test seam FERVID_TEST_CRASH_ON="<stage>:<filename>": this process dies here, as a decoder crash would."""
+    if settings.test_crash_on and job.filename and settings.test_crash_on == f"{stage}:{job.filename}":
+        log.error("job %s: FERVID_TEST_CRASH_ON=%s: exiting", job.id, settings.test_crash_on)
+        os._exit(70)
+
+
+@contextmanager
+def prepare_heartbeats(job_id: str, interval_s: float) -> Iterator[None]:
+    """Refreshes the preparing job's heartbeat every `interval_s` from a thread while the block runs (a long
+    download or probe), so the reaper does not hand the prepare to another worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                if not record_store.prepare_heartbeat(job_id):
+                    return
+            except Exception:  # a database blip: the next beat tries again
+                log.warning("job %s: prepare heartbeat failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"fervid-prepare-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) -> list[int]:
     """Probes the job's media and creates its segments; returns the segments to process.
 
@@ -175,7 +207,9 @@ def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) 
     if job is None:
         return []
     try:
-        with local_copy(job.source_uri, settings, cache_key=job_id) as path:
+        with prepare_heartbeats(job_id, settings.stale_after_s / 4), \
+                local_copy(job.source_uri, settings, cache_key=job_id) as path:
+            crash_if_test_file("prepare", job, settings)
             media, segments = probe_segments(path, job, settings)
     except MediaError as error:
         log.info("job %s failed: %s: %s", job_id, error.code, error.message)
@@ -203,10 +237,13 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Setti
     try:
         # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
         with local_copy(job.source_uri, settings, cache_key=job_id) as path:
-            rows = record_store.claim_segment(job_id, index, worker_name())
+            rows = record_store.claim_segment(job_id, index, worker_name(), settings.max_attempts)
             if rows is None:
+                if record_store.fail_exhausted_segment(job_id, index, settings.max_attempts):
+                    return True
                 # Done already (a redelivery): finish the job in case the worker that stored it died first.
                 return record_store.finish_job_if_complete(job_id)
+            crash_if_test_file("segment", job, settings)
             plan = from_plan_rows(rows)
             records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress)
     except MediaError as error:

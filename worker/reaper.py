@@ -1,5 +1,8 @@
 """The reaper: re-sends work whose message or worker was lost, and finishes jobs whose finisher was lost.
 
+Work that has had FERVID_MAX_ATTEMPTS deliveries is not re-sent: its job fails processing_failed, so a file that
+kills every worker it reaches ends instead of being redelivered forever.
+
 Every step claims its rows with one atomic UPDATE ... RETURNING, so many reapers (one per worker process) can run
 at once and each stale row is re-sent by one of them; a duplicate message is harmless anyway.
 """
@@ -14,12 +17,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 
 from fervid.db import session_scope
+from fervid.errors import PROCESSING_FAILED
 from fervid.queue import send_prepare, send_segment
 from fervid.settings import Settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import utc_now
-from fervid.webhooks import notify_finished
-from worker.record_store import finish_job_if_complete
+from fervid.webhooks import queue_webhook
+from worker.record_store import exhausted_message, fail_job, finish_job_if_complete
 from worker.retention import retention_pass
 
 log = logging.getLogger(__name__)
@@ -31,10 +35,13 @@ class ReapReport:
     lost_segments: int = 0  # pending for too long (message lost): re-sent
     queued_jobs: int = 0  # queued for too long (message lost, or never sent): prepare re-sent
     finished_jobs: int = 0  # running with every segment done (the finisher was lost): finished here
+    stale_prepares: int = 0  # preparing, but their worker stopped heartbeating: back to queued and re-sent
+    exhausted_jobs: int = 0  # stale work that had its FERVID_MAX_ATTEMPTS: the job failed processing_failed
 
     @property
     def total(self) -> int:
-        return self.stale_segments + self.lost_segments + self.queued_jobs + self.finished_jobs
+        return (self.stale_segments + self.lost_segments + self.queued_jobs + self.finished_jobs
+                + self.stale_prepares + self.exhausted_jobs)
 
 
 def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
@@ -43,13 +50,35 @@ def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
     stale_before = now - timedelta(seconds=settings.stale_after_s)
     lost_before = now - timedelta(seconds=settings.requeue_after_s)
     running_jobs = select(Job.id).where(Job.status == JobStatus.running)
+    max_attempts = settings.max_attempts
+    stale_segment = and_(Segment.status == SegmentStatus.running, Segment.job_id.in_(running_jobs),
+                         or_(Segment.heartbeat_at < stale_before, Segment.heartbeat_at.is_(None)))
     with session_scope() as session:
         stale = session.execute(
-            update(Segment).where(
-                Segment.status == SegmentStatus.running, Segment.job_id.in_(running_jobs),
-                or_(Segment.heartbeat_at < stale_before, Segment.heartbeat_at.is_(None)))
+            update(Segment).where(stale_segment, Segment.attempts < max_attempts)
             .values(status=SegmentStatus.pending, worker=None, enqueued_at=now)
             .returning(Segment.job_id, Segment.index).execution_options(synchronize_session=False)
+        ).all()
+    with session_scope() as session:
+        exhausted_segments = session.execute(
+            select(Segment.job_id, Segment.index).where(stale_segment, Segment.attempts >= max_attempts)).all()
+    exhausted = [job_id for job_id, index in exhausted_segments
+                 if fail_job(job_id, PROCESSING_FAILED, exhausted_message(f"segment {index}", max_attempts))]
+    stale_prepare = and_(Job.status == JobStatus.preparing,
+                         or_(Job.heartbeat_at < stale_before, Job.heartbeat_at.is_(None)))
+    with session_scope() as session:
+        # Back to queued: the prepare re-sent below claims it again, counting one more attempt.
+        stale_prepares = session.scalars(
+            update(Job).where(stale_prepare, Job.prepare_attempts < max_attempts)
+            .values(status=JobStatus.queued, enqueued_at=now)
+            .returning(Job.id).execution_options(synchronize_session=False)
+        ).all()
+    with session_scope() as session:
+        exhausted += session.scalars(
+            update(Job).where(stale_prepare, Job.prepare_attempts >= max_attempts)
+            .values(status=JobStatus.failed, error_code=PROCESSING_FAILED, finished_at=now,
+                    error_message=exhausted_message("fetching and probing the media", max_attempts))
+            .returning(Job.id).execution_options(synchronize_session=False)
         ).all()
     with session_scope() as session:
         # Never sent (enqueued_at NULL) counts from when the job started: the sender may have died before sending.
@@ -71,17 +100,19 @@ def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
             .values(enqueued_at=now)
             .returning(Job.id).execution_options(synchronize_session=False)
         ).all()
-    queues = _queues({job_id for job_id, _ in [*stale, *lost]} | set(queued))
+    queues = _queues({job_id for job_id, _ in [*stale, *lost]} | set(queued) | set(stale_prepares))
     for job_id, index in [*stale, *lost]:
         send_segment(job_id, index, queues.get(job_id, settings.queue))
-    for job_id in queued:
+    for job_id in [*queued, *stale_prepares]:
         send_prepare(job_id, queues.get(job_id, settings.queue))
+    for job_id in exhausted:
+        queue_webhook(job_id)
     finished = 0
     for job_id in _complete_running_jobs():
         if finish_job_if_complete(job_id):
             finished += 1
-            notify_finished(job_id, settings)
-    return ReapReport(len(stale), len(lost), len(queued), finished)
+            queue_webhook(job_id)
+    return ReapReport(len(stale), len(lost), len(queued), finished, len(stale_prepares), len(exhausted))
 
 
 def _queues(job_ids: set[str]) -> dict[str, str]:
@@ -116,8 +147,9 @@ def start_reaper_thread(settings: Settings) -> threading.Event:
                 log.exception("reaper pass failed; retrying in %.0f s", interval_s)
                 continue
             if report.total:
-                log.info("reaper: re-sent %d stale and %d lost segments and %d queued jobs; finished %d jobs",
-                         report.stale_segments, report.lost_segments, report.queued_jobs, report.finished_jobs)
+                log.info("reaper: re-sent %d stale and %d lost segments, %d queued jobs and %d stale prepares; "
+                         "finished %d jobs; failed %d out of attempts", report.stale_segments, report.lost_segments,
+                         report.queued_jobs, report.stale_prepares, report.finished_jobs, report.exhausted_jobs)
             if expired or swept:
                 log.info("retention: deleted %d expired jobs and %d cached downloads", expired, swept)
 

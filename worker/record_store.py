@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from fervid.db import session_scope
+from fervid.errors import PROCESSING_FAILED
 from fervid.labels import EMOTIONS
 from fervid.tables import ACTIVE_JOB_STATUSES, Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
 from fervid.utc import utc_now
@@ -144,16 +145,57 @@ def fail_job(job_id: str, code: str, message: str) -> bool:
         return failed == 1
 
 
-def claim_segment(job_id: str, index: int, worker: str) -> list[PlanRow] | None:
-    """Takes a segment of a running job for `worker` and returns its plan; None when there is nothing to do."""
+def exhausted_message(what: str, attempts: int) -> str:
+    """The error message of a job failed PROCESSING_FAILED after `attempts` deliveries of its `what`."""
+    return (f"{what} stopped or outlasted a worker on each of its {attempts} attempts (FERVID_MAX_ATTEMPTS), so "
+            "it is not tried again; check that the file plays, or send a shorter or re-encoded copy")
+
+
+def claim_prepare(job_id: str, retrying: bool) -> bool:
+    """Takes a queued job's prepare for this worker: preparing, one more attempt, a first heartbeat.
+
+    False when there is nothing to do: another worker prepares it (a redelivered message), or it moved on. The
+    reaper sends a prepare whose heartbeat stopped back to queued, or fails the job once its attempts are spent.
+    `retrying`: the task's own retry after a transient error, which keeps the claim it made.
+    """
+    statuses = (JobStatus.queued, JobStatus.preparing) if retrying else (JobStatus.queued,)
+    with session_scope() as session:
+        return _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(
+            status=JobStatus.preparing, heartbeat_at=utc_now(),
+            prepare_attempts=Job.prepare_attempts + (0 if retrying else 1))) == 1
+
+
+def prepare_heartbeat(job_id: str) -> bool:
+    """Records that the job's prepare is alive; False when it is no longer preparing (cancelled, taken over)."""
+    with session_scope() as session:
+        return _rowcount(session, _update(Job).where(Job.id == job_id, Job.status == JobStatus.preparing)
+                         .values(heartbeat_at=utc_now())) == 1
+
+
+def claim_segment(job_id: str, index: int, worker: str, max_attempts: int) -> list[PlanRow] | None:
+    """Takes a segment of a running job for `worker` and returns its plan; None when there is nothing to do, or
+    when the segment has had its `max_attempts` (see fail_exhausted_segment)."""
     with session_scope() as session:
         return session.execute(
             _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
-                                   Segment.status.in_(OPEN_SEGMENT_STATUSES), _job_is_running(job_id))
+                                   Segment.status.in_(OPEN_SEGMENT_STATUSES), Segment.attempts < max_attempts,
+                                   _job_is_running(job_id))
             .values(status=SegmentStatus.running, attempts=Segment.attempts + 1, heartbeat_at=utc_now(), worker=worker,
                     frames_done=0)
             .returning(Segment.plan)
         ).scalar_one_or_none()
+
+
+def fail_exhausted_segment(job_id: str, index: int, max_attempts: int) -> bool:
+    """Fails the job PROCESSING_FAILED when its segment is unfinished after `max_attempts` claims; True when this
+    call ended the job."""
+    with session_scope() as session:
+        exhausted = session.scalar(select(Segment.index).where(
+            Segment.job_id == job_id, Segment.index == index, Segment.status.in_(OPEN_SEGMENT_STATUSES),
+            Segment.attempts >= max_attempts))
+    if exhausted is None:
+        return False
+    return fail_job(job_id, PROCESSING_FAILED, exhausted_message(f"segment {index}", max_attempts))
 
 
 def heartbeat(job_id: str, index: int, frames_done: int) -> bool:

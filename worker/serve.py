@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from fervid.queue import webhook_queue
 from fervid.settings import get_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="worker processes (one per core is typical)")
-    parser.add_argument("--queues", default=None, help="comma list (default: FERVID_QUEUE, i.e. cpu)")
+    parser.add_argument("--queues", default=None,
+                        help="comma list (default: FERVID_QUEUE and its webhooks, i.e. cpu,cpu.webhooks)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--name", default=None, help="Celery node name (default fervid-<queue>@<host>-<pid>)")
 
@@ -22,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     # the children are forked from this process, so they inherit these settings.
     layout = WorkerLayout.split(get_settings(), usable_cores(), args.concurrency)
     configure_worker(layout)
-    queues = args.queues or layout.settings.queue
-    name = args.name or f"fervid-{queues.replace(',', '-')}@%h-{os.getpid()}"
+    queues = args.queues or f"{layout.settings.queue},{webhook_queue(layout.settings.queue)}"
+    name = args.name or f"fervid-{layout.settings.queue}@%h-{os.getpid()}"
     app.worker_main(["worker", f"--concurrency={args.concurrency}", f"--queues={queues}", f"--loglevel={args.loglevel}",
                      f"--hostname={name}", "--pool=prefork", "--without-gossip", "--without-mingle"])
     return 0

@@ -15,13 +15,14 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
-from fervid.errors import INTERNAL_ERROR
-from fervid.queue import PREPARE_TASK, SEGMENT_TASK, celery_app, send_segment
+from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
+from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app, send_segment
 from fervid.settings import Settings, get_settings
-from fervid.webhooks import notify_finished
+from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
 from fervid.worker_status import start_publishing
 from models.detectors import find_or_fetch_yunet
 from worker import pipeline, record_store
@@ -89,11 +90,27 @@ def _analyzer() -> pipeline.Analyzer:
     return _ThisWorker.analyzer
 
 
+# Past the soft time limit the task fails its job; this much later the pool kills the process that ignored it.
+HARD_LIMIT_GRACE_S = 60.0
+WEBHOOK_SLACK_S = 10.0  # past the webhook's own deadline: the job lookup and signing
+
+
 @worker_init.connect
 def _fetch_detector(**_: Any) -> None:
     # In the main process, before the pool starts: its processes then find YuNet cached (or this attempt's failure)
     # instead of each downloading within the few seconds Celery gives a pool process to come up.
     find_or_fetch_yunet(_settings())
+
+
+@worker_init.connect
+def _set_time_limits(**_: Any) -> None:
+    # The pool (in the main process) reads the limits off the task when it hands a message to a child.
+    settings = _settings()
+    for task, soft_s in ((prepare_job, settings.prepare_soft_limit_s()),
+                         (process_segment, settings.segment_soft_limit_s()),
+                         (send_job_webhook, settings.webhook_deadline_s + WEBHOOK_SLACK_S)):
+        task.soft_time_limit = soft_s
+        task.time_limit = soft_s + HARD_LIMIT_GRACE_S
 
 
 @worker_process_init.connect
@@ -114,21 +131,33 @@ def _fail_unexpected(job_id: str, error: Exception) -> None:
     log.exception("job %s: unexpected error", job_id)
     record_store.fail_job(job_id, INTERNAL_ERROR, f"the worker hit an unexpected error ({type(error).__name__}); "
                           "retry the job, and report it if it happens again")
-    notify_finished(job_id, _settings())
+    queue_webhook(job_id)
+
+
+def _fail_slow(job_id: str, what: str, limit_s: float) -> None:
+    log.warning("job %s: %s passed its soft time limit of %.0f s", job_id, what, limit_s)
+    record_store.fail_job(job_id, PROCESSING_FAILED, f"{what} took longer than its limit of {limit_s:.0f} s; send "
+                          "a shorter or re-encoded copy of the media")
+    queue_webhook(job_id)
 
 
 @app.task(name=PREPARE_TASK, bind=True, **RETRY)
 def prepare_job(self: Task, job_id: str) -> None:
     settings = _settings()
+    if not record_store.claim_prepare(job_id, retrying=bool(self.request.retries)):
+        return  # another worker prepares it (this is a redelivery), or the job moved on
     try:
         indices = pipeline.prepare_job(job_id, _analyzer().model_info, settings)
     except TRANSIENT:
         raise
+    except SoftTimeLimitExceeded:
+        _fail_slow(job_id, "fetching and probing the media", settings.prepare_soft_limit_s())
+        return
     except Exception as error:
         _fail_unexpected(job_id, error)
         return
     if not indices:
-        notify_finished(job_id, settings)  # only a failed (or vanished) job gets here without segments
+        queue_webhook(job_id)  # only a failed (or vanished) job gets here without segments
         return
     record_store.mark_enqueued(job_id, indices)
     job = pipeline.load_job(job_id)
@@ -143,8 +172,19 @@ def process_segment(self: Task, job_id: str, index: int) -> None:
         finished = pipeline.process_segment(job_id, index, _analyzer(), settings)
     except TRANSIENT:
         raise
+    except SoftTimeLimitExceeded:
+        _fail_slow(job_id, f"segment {index}", settings.segment_soft_limit_s())
+        return
     except Exception as error:
         _fail_unexpected(job_id, error)
         return
     if finished:
-        notify_finished(job_id, settings)
+        queue_webhook(job_id)
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, max_retries=len(RETRY_DELAYS_S))
+def send_job_webhook(self: Task, job_id: str, event_id: str) -> None:
+    """One attempt per run; a failed one is retried on RETRY_DELAYS_S with the same event id."""
+    delivery = deliver(job_id, event_id, _settings())
+    if delivery is Delivery.failed and self.request.retries < len(RETRY_DELAYS_S):
+        raise self.retry(countdown=RETRY_DELAYS_S[self.request.retries])

@@ -110,7 +110,7 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     # and the stale segment is pending again, so its old worker's next heartbeat tells it to stop
     assert record_store.heartbeat(job_id, 0, 3) is False
     assert record_store.heartbeat(job_id, 1, 3) is True
-    assert record_store.claim_segment(job_id, 0, "alive:2") is not None
+    assert record_store.claim_segment(job_id, 0, "alive:2", max_attempts=3) is not None
 
 
 def test_a_segment_never_sent_is_resent_once_its_job_has_waited_long_enough(queue: str, redis_url: str) -> None:
@@ -203,3 +203,29 @@ def test_reaper_resends_to_the_queue_of_each_job(queue: str, redis_url: str) -> 
         assert sent(redis_url, queue) == []
     finally:
         redis.Redis.from_url(redis_url).delete(other_queue)
+
+
+def test_reaper_fails_work_that_had_its_attempts_and_resends_a_stalled_prepare(queue: str, redis_url: str) -> None:
+    # given a running job whose stale segment was claimed FERVID_MAX_ATTEMPTS times, and two jobs whose prepare
+    # stopped heartbeating: one with attempts left, one without
+    now = datetime.now(UTC)
+    max_attempts = get_settings().max_attempts
+    crashing, _ = started_job(segments=2)
+    set_segment(crashing, 0, status=SegmentStatus.running, heartbeat_at=now - LONG_AGO, attempts=max_attempts)
+    stalled = make_job(status=JobStatus.preparing, heartbeat_at=now - LONG_AGO, prepare_attempts=1)
+    spent = make_job(status=JobStatus.preparing, heartbeat_at=now - LONG_AGO, prepare_attempts=max_attempts)
+    alive = make_job(status=JobStatus.preparing, heartbeat_at=now, prepare_attempts=max_attempts)
+    # when the reaper runs
+    report = reap_once(get_settings(), now)
+    # then the spent work failed its jobs with processing_failed, and the stalled prepare is queued again
+    assert report == ReapReport(stale_prepares=1, exhausted_jobs=2)
+    for job_id in (crashing, spent):
+        failed = load_job(job_id)
+        assert (failed.status, failed.error_code) == (JobStatus.failed, "processing_failed")
+        assert f"{max_attempts} attempts" in (failed.error_message or "")
+    assert load_job(stalled).status == JobStatus.queued
+    assert load_job(alive).status == JobStatus.preparing
+    # and a prepare claims the queued job once, counting its attempt
+    assert record_store.claim_prepare(stalled, retrying=False) is True
+    assert record_store.claim_prepare(stalled, retrying=False) is False
+    assert load_job(stalled).prepare_attempts == 2

@@ -121,7 +121,7 @@ def cancel(job_id: str) -> None:
 
 def process(job_id: str, index: int, plan: list[PlanRow], boxes: Callable[[int], Any] = one_face,
             warnings: list[str] | None = None) -> bool:
-    assert record_store.claim_segment(job_id, index, "test-worker") == plan
+    assert record_store.claim_segment(job_id, index, "test-worker", max_attempts=3) == plan
     return record_store.store_segment(job_id, index, records(plan, boxes), warnings or [])
 
 
@@ -161,7 +161,8 @@ def test_storing_a_segment_twice_leaves_identical_rows(database: str) -> None:
     # given a segment claimed by two workers (a redelivered message) and stored by one of them
     job_id, plans = started_job()
     results = records(plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
-    claims = [record_store.claim_segment(job_id, 1, "host:1"), record_store.claim_segment(job_id, 1, "host:2")]
+    claims = [record_store.claim_segment(job_id, 1, "host:1", max_attempts=3),
+              record_store.claim_segment(job_id, 1, "host:2", max_attempts=3)]
     assert claims == [plans[1], plans[1]]
     assert record_store.store_segment(job_id, 1, results, [])
     first = result_rows(job_id)
@@ -177,7 +178,7 @@ def test_storing_again_replaces_the_segment_whole(database: str) -> None:
     # given a segment, claimed twice, stored with two faces per frame next to a stored neighbour
     job_id, plans = started_job()
     assert process(job_id, 0, plans[0])
-    record_store.claim_segment(job_id, 1, "host:1")
+    record_store.claim_segment(job_id, 1, "host:1", max_attempts=3)
     assert process(job_id, 1, plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
     neighbour = [row for row in result_rows(job_id)[1] if row[3] == 0]
     # when the other claimant stores it with one face per frame
@@ -192,7 +193,7 @@ def test_storing_again_replaces_the_segment_whole(database: str) -> None:
 def test_store_after_cancel_returns_false_and_writes_nothing(database: str) -> None:
     # given a claimed segment whose job is then cancelled
     job_id, plans = started_job()
-    assert record_store.claim_segment(job_id, 0, "test-worker") == plans[0]
+    assert record_store.claim_segment(job_id, 0, "test-worker", max_attempts=3) == plans[0]
     cancel(job_id)
     # when the worker stores its results
     stored = record_store.store_segment(job_id, 0, records(plans[0], one_face), [])
@@ -201,7 +202,7 @@ def test_store_after_cancel_returns_false_and_writes_nothing(database: str) -> N
     assert result_rows(job_id) == ([], [])
     assert segment_states(job_id)[0][1] == SegmentStatus.cancelled
     assert record_store.heartbeat(job_id, 0, 5) is False
-    assert record_store.claim_segment(job_id, 1, "test-worker") is None
+    assert record_store.claim_segment(job_id, 1, "test-worker", max_attempts=3) is None
 
 
 def test_store_for_a_deleted_or_failed_job_returns_false(database: str) -> None:
@@ -217,7 +218,7 @@ def test_store_for_a_deleted_or_failed_job_returns_false(database: str) -> None:
 def test_frames_outside_the_plan_are_refused_and_nothing_is_written(database: str) -> None:
     # given a claimed segment
     job_id, plans = started_job()
-    record_store.claim_segment(job_id, 0, "test-worker")
+    record_store.claim_segment(job_id, 0, "test-worker", max_attempts=3)
     # when the results carry a frame of another segment
     with pytest.raises(ValueError, match="not in the plan"):
         record_store.store_segment(job_id, 0, records(plans[0] + plans[1][:1], one_face), [])
@@ -230,7 +231,7 @@ def test_claim_and_heartbeat_follow_the_segment(database: str) -> None:
     # given a running job
     job_id, plans = started_job(segments=2)
     # when a segment is claimed, beats, and is stored
-    assert record_store.claim_segment(job_id, 0, "host:1") == plans[0]
+    assert record_store.claim_segment(job_id, 0, "host:1", max_attempts=3) == plans[0]
     assert record_store.heartbeat(job_id, 0, 4) is True
     with session_scope() as session:
         segment = session.get(Segment, (job_id, 0))
@@ -238,15 +239,15 @@ def test_claim_and_heartbeat_follow_the_segment(database: str) -> None:
         assert (segment.status, segment.worker, segment.attempts, segment.frames_done) == ("running", "host:1", 1, 4)
     assert record_store.store_segment(job_id, 0, records(plans[0], one_face), [])
     # then a done segment is not claimed again and its heartbeat says stop; an unknown one neither
-    assert record_store.claim_segment(job_id, 0, "host:2") is None
+    assert record_store.claim_segment(job_id, 0, "host:2", max_attempts=3) is None
     assert record_store.heartbeat(job_id, 0, 10) is False
-    assert record_store.claim_segment(job_id, 7, "host:2") is None
+    assert record_store.claim_segment(job_id, 7, "host:2", max_attempts=3) is None
 
 
 def test_fail_job_is_terminal_and_only_from_active_states(database: str) -> None:
     # given a running job with a claimed segment
     job_id, plans = started_job(segments=2)
-    record_store.claim_segment(job_id, 0, "host:1")
+    record_store.claim_segment(job_id, 0, "host:1", max_attempts=3)
     # when it fails, and a late second failure arrives
     record_store.fail_job(job_id, "decode_error", "the frames of this video cannot be decoded")
     record_store.fail_job(job_id, "internal_error", "late")
@@ -265,7 +266,7 @@ def test_progress_sums_the_segments(database: str) -> None:
     record_store.start_job(job_id, MEDIA, plans, MODEL)
     # when one segment is stored and another reports progress
     assert process(job_id, 0, plans[0])
-    record_store.claim_segment(job_id, 1, "host:1")
+    record_store.claim_segment(job_id, 1, "host:1", max_attempts=3)
     record_store.heartbeat(job_id, 1, 4)
     # then progress is their sum out of every planned frame
     assert record_store.job_progress(job_id) == (14, 30)
@@ -296,7 +297,7 @@ def test_two_workers_finishing_the_last_two_segments_at_once_succeed_the_job_onc
         # given a job with two claimed segments
         job_id, plans = started_job(segments=2, frames_per_segment=20)
         for index in (0, 1):
-            record_store.claim_segment(job_id, index, f"host:{index}")
+            record_store.claim_segment(job_id, index, f"host:{index}", max_attempts=3)
         barrier = threading.Barrier(2)
         outcomes: dict[int, bool | BaseException] = {}
 

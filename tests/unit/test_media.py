@@ -12,6 +12,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy.dialects import sqlite
 
 from bench.media_factory import (
@@ -482,3 +483,25 @@ def test_an_empty_plan_decodes_nothing(tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.mp4", frame_count=5)
     # when / then
     assert decode_all(clip, []) == ([], [])
+
+
+def test_an_animation_over_the_decoded_pixel_budget_is_refused_before_its_frames_are_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given an animated WebP of 40 frames of 160x96 and a budget of 39 such frames
+    animation = write_animation(tmp_path / "many.webp", [100] * 40)
+    limits = replace(LIMITS, max_decoded_pixels=39 * 160 * 96)
+    decoded: list[int] = []
+    original_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1) or original_load(self))
+    # when it is probed, then it is refused media_too_large, naming the budget, and no frame was decoded
+    error = expect_media_error(animation, MEDIA_TOO_LARGE, limits)
+    assert "FERVID_MAX_DECODED_PIXELS" in error.message and "40 frames" in error.message
+    assert decoded == []
+
+
+def test_a_video_over_the_decoded_pixel_budget_is_refused_before_its_segments_are_decoded(tmp_path: Path) -> None:
+    # given a 12-frame 160x96 clip and a budget of 11 such frames
+    clip = write_video(tmp_path / "clip.mp4", frame_count=12)
+    limits = replace(LIMITS, max_decoded_pixels=11 * 160 * 96)
+    # when / then the probe refuses it
+    assert "FERVID_MAX_DECODED_PIXELS" in expect_media_error(clip, MEDIA_TOO_LARGE, limits).message

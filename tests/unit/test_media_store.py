@@ -3,6 +3,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,50 @@ def test_an_unreachable_source_names_nothing_of_the_network(fervid_env: pytest.M
     assert messages[0] == messages[1]
     for leak in ("Errno", "Connection refused", "SSH", "db-7", "127.0.0.1", str(closed_port), str(banner.port)):
         assert leak not in messages[0]
+
+
+class DrippingServer:
+    """A real HTTP server on loopback that promises a body and sends it one byte every `interval_s`, for as long as
+    the client stays; each byte comes well within any per-read timeout."""
+
+    def __init__(self, interval_s: float) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+                self.send_response(200)
+                self.send_header("Content-Length", str(10 << 20))
+                self.end_headers()
+                try:
+                    for _ in range(1000):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(interval_s)
+                except OSError:
+                    return
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.mark.parametrize("cache_key", [None, "job-1"])
+def test_a_dripping_source_fails_at_its_deadline(fervid_env: pytest.MonkeyPatch, cache_key: str | None) -> None:
+    # given a source dripping a byte every 0.5 s and a 2 s download deadline
+    fervid_env.setenv("FERVID_DOWNLOAD_DEADLINE_S", "2")
+    get_settings.cache_clear()
+    server = DrippingServer(0.5)
+    started = time.monotonic()
+    try:
+        # when a worker fetches it, then it fails source_unavailable at the deadline, not when the source stops
+        with pytest.raises(MediaError) as failed, local_copy(f"{server.base}/clip.mp4", get_settings(),
+                                                             cache_key=cache_key):
+            pass
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    assert failed.value.code == "source_unavailable"
+    assert "within 2 s" in failed.value.message
+    assert time.monotonic() - started < 4.0

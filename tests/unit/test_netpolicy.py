@@ -135,8 +135,9 @@ def test_a_redirect_into_the_internal_network_is_refused(
     strict.setattr(netpolicy, "is_public_address", lambda address: address == "127.0.0.2" or public(address))
     try:
         # when a download follows the redirect
-        with pytest.raises(netpolicy.NonPublicAddress) as refused:
-            netpolicy.open_public(f"{redirector.base}/clip.mp4", timeout=5, allow_private=False)
+        with pytest.raises(netpolicy.NonPublicAddress) as refused, \
+                netpolicy.open_public(f"{redirector.base}/clip.mp4", timeout=5, allow_private=False):
+            pass
 
         # then the first hop was made, the internal server never saw a request, and the address is kept for the
         # log but not written in the message
@@ -185,8 +186,9 @@ def test_public_addresses(address: str) -> None:
 def test_translated_and_mapped_loopback_urls_are_refused_before_connecting(
     strict: pytest.MonkeyPatch, listener: ConnectionCounter, host: str
 ) -> None:
-    with pytest.raises(netpolicy.NonPublicAddress):
-        netpolicy.open_public(f"http://{host}:{listener.port}/clip.mp4", timeout=5, allow_private=False)
+    with pytest.raises(netpolicy.NonPublicAddress), \
+            netpolicy.open_public(f"http://{host}:{listener.port}/clip.mp4", timeout=5, allow_private=False):
+        pass
     assert listener.connections() == 0
 
 

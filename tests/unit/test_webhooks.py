@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import threading
 import time
@@ -26,7 +27,6 @@ def finished_job(fervid_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str
     with session_scope() as session:
         session.add(Job(id="job-1", tenant="alice", status=JobStatus.succeeded, source_uri="file:///x.mp4",
                         sample_fps=5.0, warnings=[], created_at=datetime.now(UTC)))
-    fervid_env.setattr(webhooks.time, "sleep", lambda _: None)  # the retry pauses, not the requests
     yield "job-1"
 
 
@@ -55,18 +55,18 @@ def test_a_receiver_that_answers_garbage_is_a_failed_delivery(finished_job: str)
     _set_webhook(finished_job, f"http://127.0.0.1:{server.getsockname()[1]}/hook")
     try:
         # when the job's webhook is sent
-        delivered = webhooks.notify_finished(finished_job, get_settings())
+        delivered = webhooks.deliver(finished_job, "event-1", get_settings())
     finally:
         server.close()
     # then it reports no delivery instead of raising
-    assert delivered is False
+    assert delivered is webhooks.Delivery.failed
 
 
-def test_a_url_urllib_cannot_send_to_is_a_failed_delivery(finished_job: str) -> None:
+def test_a_url_urllib_cannot_send_to_is_dropped(finished_job: str) -> None:
     # given a stored webhook URL with a port that is not a number (accepted before submissions checked it)
     _set_webhook(finished_job, "http://127.0.0.1:abc/hook")
     # when / then the job's webhook reports no delivery instead of raising
-    assert webhooks.notify_finished(finished_job, get_settings()) is False
+    assert webhooks.deliver(finished_job, "event-1", get_settings()) is webhooks.Delivery.dropped
 
 
 class RecordingReceiver:
@@ -100,7 +100,7 @@ def deliver(job_id: str) -> tuple[dict[str, str], bytes]:
     receiver = RecordingReceiver()
     _set_webhook(job_id, receiver.url)
     try:
-        assert webhooks.notify_finished(job_id, get_settings()) is True
+        assert webhooks.deliver(job_id, "event-1", get_settings()) is webhooks.Delivery.delivered
     finally:
         receiver.close()
     ((headers, body),) = receiver.received
@@ -138,9 +138,47 @@ def test_a_webhook_redirected_to_ftp_reaches_nothing(finished_job: str) -> None:
     _set_webhook(finished_job, f"{redirector.base}/hook")
     try:
         # when the job's webhook is sent
-        delivered = webhooks.notify_finished(finished_job, get_settings())
-        # then it is not delivered, tried once (never retried), and nothing reached the internal port
-        assert not delivered and redirector.hits[0] == 1 and listener.connections() == 0
+        delivered = webhooks.deliver(finished_job, "event-1", get_settings())
+        # then it is dropped (never retried), and nothing reached the internal port
+        assert delivered is webhooks.Delivery.dropped and redirector.hits[0] == 1 and listener.connections() == 0
     finally:
         redirector.server.shutdown()
         listener.close()
+
+
+def test_each_event_carries_its_event_id(finished_job: str) -> None:
+    # when the webhook is sent, then its body names the event, so a receiver can drop a repeated attempt
+    _, body = deliver(finished_job)
+    assert json.loads(body)["event_id"] == "event-1"
+
+
+def test_a_receiver_dripping_its_answer_is_cut_off_at_the_deadline(finished_job: str,
+                                                                  fervid_env: pytest.MonkeyPatch) -> None:
+    # given a receiver that answers one byte every 0.5 s (each read well within the per-read timeout), forever
+    fervid_env.setenv("FERVID_WEBHOOK_TIMEOUT_S", "5")
+    fervid_env.setenv("FERVID_WEBHOOK_DEADLINE_S", "1.5")
+    get_settings.cache_clear()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def drip() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\n" * 100:
+                    connection.sendall(bytes([byte]))
+                    time.sleep(0.5)
+            except OSError:
+                return
+
+    threading.Thread(target=drip, daemon=True).start()
+    _set_webhook(finished_job, f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+    # when the webhook is sent
+    started = time.monotonic()
+    try:
+        delivered = webhooks.deliver(finished_job, "event-1", get_settings())
+    finally:
+        server.close()
+    # then the attempt fails (to be retried) at its deadline, not when the receiver stops
+    assert delivered is webhooks.Delivery.failed
+    assert time.monotonic() - started < 3.0

@@ -16,10 +16,11 @@ class MediaLimits:
     max_pixels: int  # per decoded frame (FERVID_MAX_PIXELS)
     max_duration_s: float  # FERVID_MAX_DURATION_S
     max_frames: int  # video frames (packets) in one file (FERVID_MAX_FRAMES)
+    max_decoded_pixels: int  # frames x pixels per frame of one file (FERVID_MAX_DECODED_PIXELS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaLimits:
-        return cls(settings.max_pixels, settings.max_duration_s, settings.max_frames)
+        return cls(settings.max_pixels, settings.max_duration_s, settings.max_frames, settings.max_decoded_pixels)
 
 
 def file_size(path: Path) -> int:
@@ -43,3 +44,10 @@ def check_duration(duration_s: float | None, limit: float) -> None:
     if duration_s is not None and duration_s > limit:
         raise MediaError(MEDIA_TOO_LARGE, f"the video lasts {duration_s:.1f} s, over the {limit:g}-second limit "
                                           "(FERVID_MAX_DURATION_S)")
+
+
+def check_decoded_pixels(frames: int, width: int, height: int, limit: int) -> None:
+    """Refuses media whose frames, all decoded, exceed the job's budget: checked before the first is decoded."""
+    if frames * width * height > limit:
+        raise MediaError(MEDIA_TOO_LARGE, f"{frames} frames of {width}x{height} pixels exceed the budget of {limit} "
+                                          "decoded pixels per job (FERVID_MAX_DECODED_PIXELS)")

@@ -12,7 +12,7 @@ from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MediaError
 from worker.media.exif import EXIF_MIRRORED, EXIF_ROTATION, exif_orientation
 from worker.media.geometry import Display, pixel_aspect
 from worker.media.index import header_duration_s, index_stream, video_stream
-from worker.media.limits import MediaLimits, check_duration, check_pixels, file_size
+from worker.media.limits import MediaLimits, check_decoded_pixels, check_duration, check_pixels, file_size
 from worker.media.plan import MediaInfo, PlannedFrame, plan_frames
 from worker.media.sniff import open_container
 from worker.media.stills import is_pillow_animation, open_pillow, probe_animation
@@ -61,6 +61,7 @@ def _probe_video(path: Path, sample_fps: float, limits: MediaLimits) -> tuple[Me
     duration_s: Fraction = (index.end_pts - index.first_pts) * index.time_base
     check_duration(float(duration_s), limits.max_duration_s)
     check_pixels(first_frame.width, first_frame.height, limits.max_pixels)
+    check_decoded_pixels(len(index.frame_pts), first_frame.width, first_frame.height, limits.max_decoded_pixels)
     display = Display.of(first_frame, aspect)
     width, height = display.size(first_frame.width, first_frame.height)
     info = MediaInfo("video", width, height, fps, float(duration_s * 1000), len(index.frame_pts),

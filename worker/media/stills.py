@@ -13,7 +13,7 @@ from pi_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
-from worker.media.limits import MediaLimits, check_duration, pixel_limit_error
+from worker.media.limits import MediaLimits, check_decoded_pixels, check_duration, pixel_limit_error
 from worker.media.plan import MediaInfo, PlannedFrame, StreamIndex, plan_frames
 
 # HEIC/HEIF photos (phones' default) open as stills: libheif assembles the tile grid phones write and applies
@@ -66,6 +66,8 @@ def probe_animation(image: Image.Image, sample_fps: float, limits: MediaLimits) 
     count = int(getattr(image, "n_frames", 1))
     if count > limits.max_frames:
         raise MediaError(MEDIA_TOO_LARGE, f"the animation has {count} frames, over FERVID_MAX_FRAMES")
+    # Reading the frames' durations decodes every frame, so the budget is checked first.
+    check_decoded_pixels(count, width, height, limits.max_decoded_pixels)
     starts_ms: list[int] = []
     elapsed_ms = 0
     try:
