@@ -4,6 +4,7 @@ owner gets an answer. A route added later is covered without touching this file.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -42,18 +43,21 @@ def seen(response: httpx.Response, job_id: str) -> tuple[int, str, dict[str, str
 def isolation_leaks(api: Api, client: TestClient) -> dict[str, str]:
     """For each job route: what differs between another tenant's job and a missing id, or an owner refused."""
     leaks = {}
-    for method, template in job_routes(client.app):  # type: ignore[arg-type]
+    for method, route in job_routes(client.app):  # type: ignore[arg-type]
+        # Path parameters besides the job id get a well-formed value (a frame index 0): the matrix asks about the
+        # job, and a job of alice's that has not run yet has no frame 0, so the owner's 404 is then about the frame.
+        template = re.sub(r"\{(?!job_id\})[a-z_]+\}", "0", route)
         job_id = submit_uri(api).json()["job_id"]  # a fresh job of alice's for each route: DELETE consumes it
         missing = str(uuid.uuid4())
         other = seen(client.request(method, template.replace(PLACEHOLDER, job_id), headers=BOB), job_id)
         absent = seen(client.request(method, template.replace(PLACEHOLDER, missing), headers=BOB), missing)
         owner = client.request(method, template.replace(PLACEHOLDER, job_id), headers=ALICE)
         if other != absent:
-            leaks[f"{method} {template}"] = f"other tenant {other} != missing {absent}"
+            leaks[f"{method} {route}"] = f"other tenant {other} != missing {absent}"
         elif other[0] != 404:
-            leaks[f"{method} {template}"] = f"other tenant got {other[0]}, not 404"
-        elif owner.status_code == 404:
-            leaks[f"{method} {template}"] = "the owner got 404"
+            leaks[f"{method} {route}"] = f"other tenant got {other[0]}, not 404"
+        elif owner.status_code == 404 and template == route:
+            leaks[f"{method} {route}"] = "the owner got 404"
     return leaks
 
 
