@@ -25,6 +25,9 @@ class OrtBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle intra-op threads would spin-wait for the next batch, taking the cores that decoding and detection
+        # run on meanwhile (the pipeline overlaps them).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = providers or [CPU_PROVIDER]
         quantized = is_quantized(model_path)
         # CUDA would run every Quantize/Dequantize pair around float kernels: it gets the float graph too.
