@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -46,6 +47,13 @@ class OrtBackend:
 
 def is_quantized(model_path: Path) -> bool:
     """Whether the file is QDQ-quantized (what `fervid quantize` writes)."""
+    stat = model_path.stat()
+    return _is_quantized(model_path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _is_quantized(model_path: Path, size: int, mtime_ns: int) -> bool:
+    # Parsing the graph costs a third of a second for the shipped file; a worker start asks twice.
     import onnx
 
     from models.graph_rewrites import has_qdq
