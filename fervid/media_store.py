@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,17 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def _write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` into a `.part` file beside `path`, renamed into place when it completes: readers never see half."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        with partial.open("wb") as target:
+            write(target)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _copy_limited(stream: BinaryIO, target: BinaryIO, max_bytes: int) -> int:
     written = 0
     while chunk := stream.read(CHUNK):
@@ -78,13 +89,7 @@ class FileStorage:
     def save(self, key: str, stream: BinaryIO, max_bytes: int) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        try:
-            with partial.open("wb") as target:
-                _copy_limited(stream, target, max_bytes)
-            partial.replace(path)
-        finally:
-            partial.unlink(missing_ok=True)
+        _write_whole(path, lambda target: _copy_limited(stream, target, max_bytes))
         return path.as_uri()
 
     def delete(self, key: str) -> None:
@@ -228,13 +233,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> It
     target = directory / name
     with FileLock(str(directory / f"{name}.lock")):  # workers on one machine download a job's media once
         if not target.exists():
-            partial = directory / f"{name}.part"
-            try:
-                with partial.open("wb") as stream:
-                    _download(uri, stream, limits)
-                partial.replace(target)
-            finally:
-                partial.unlink(missing_ok=True)
+            _write_whole(target, lambda stream: _download(uri, stream, limits))
         os.utime(target)  # recently used: pruned last
     _prune_downloads(directory, settings.download_cache_mb << 20, keep=target)
     yield target
