@@ -25,6 +25,7 @@ from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
 from fervid.worker_status import start_publishing
 from models.detectors import find_or_fetch_yunet
+from models.spec import DEFAULT_MODEL_PATH
 from worker import pipeline, record_store
 from worker.reaper import start_reaper_thread
 
@@ -100,6 +101,17 @@ def _fetch_detector(**_: Any) -> None:
     # In the main process, before the pool starts: its processes then find YuNet cached (or this attempt's failure)
     # instead of each downloading within the few seconds Celery gives a pool process to come up.
     find_or_fetch_yunet(_settings())
+
+
+@worker_init.connect
+def _check_int8(**_: Any) -> None:
+    # The INT8 self-check takes seconds on a cold cache, past the few seconds Celery gives a pool process to come up:
+    # run once here, its verdict is remembered in the model cache, where every pool process then reads it.
+    settings = _settings()
+    if settings.backend in ("auto", "ort-cpu"):
+        from models.backends.ort import int8_trusted
+
+        int8_trusted(settings.model_path or DEFAULT_MODEL_PATH, settings.model_cache_dir, settings.inference_threads)
 
 
 @worker_init.connect
