@@ -79,7 +79,9 @@ def member_graph(model: onnx.ModelProto, member: int) -> onnx.ModelProto:
     prefix = f"/members.{member - 1}/"  # the ensemble's ModuleList, as torch.onnx names its nodes
     (softmax, *_) = [node for node in model.graph.node if node.op_type == "Softmax" and node.name.startswith(prefix)]
     output = model.graph.output[0]
-    extracted = onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], [softmax.output[0]])
+    # The extractor needs the shapes of the tensors it cuts at, which an export need not store.
+    extracted = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(
+        [model.graph.input[0].name], [softmax.output[0]])
     extracted.graph.node.append(onnx.helper.make_node("Identity", [softmax.output[0]], [output.name]))
     del extracted.graph.output[:]
     extracted.graph.output.append(output)

@@ -30,6 +30,7 @@ from models.spec import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROC
 # Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields; the
 # state-dict key sits in between.
 _ONNX_NAME = re.compile(r"^(?:ConvBnFusion_(?:W|BN_B)_)?(?P<key>.*?)(?:_DequantizeLinear_Output)?$")
+_ENSEMBLE_MEMBER = re.compile(r"^members\.(\d+)\.")
 
 
 def _state_dict_tensors(model: onnx.ModelProto) -> dict[str, Tensor]:
@@ -39,6 +40,15 @@ def _state_dict_tensors(model: onnx.ModelProto) -> dict[str, Tensor]:
         if match is not None and init.data_type == onnx.TensorProto.FLOAT:
             tensors[match["key"]] = torch.from_numpy(numpy_helper.to_array(init).copy())
     return tensors
+
+
+def _network_prefix(found: dict[str, Tensor], members: int, member: int) -> str:
+    """The prefix of network `member`'s state-dict keys. A network cut out of an ensemble (`fervid quantize
+    --member N`) is alone in its file but keeps the ensemble's name for it."""
+    if members > 1:
+        return f"members.{member}."
+    cut = {match[1] for key in found if (match := _ENSEMBLE_MEMBER.match(key))}
+    return f"members.{cut.pop()}." if len(cut) == 1 else ""
 
 
 @dataclass(frozen=True)
@@ -65,13 +75,13 @@ def exported_member(path: Path, member: int) -> ExportedNetwork:
     if not 0 <= member < members:
         raise FervidError(f"{path} holds {members} network(s); --init-member must be 0..{members - 1}",
                           code=INVALID_REQUEST)
-    prefix = f"members.{member}." if members > 1 else ""
     stems = meta.get(STEM_KEY, ",".join([LEGACY_STEM] * members)).split(",")
     stem = stems[member] if len(stems) == members else ""
     if stem not in STEMS:
         raise FervidError(f"{path}: {STEM_KEY} {meta.get(STEM_KEY)!r} names no stem of {STEMS} for network {member}",
                           code=INVALID_MODEL)
     found = _state_dict_tensors(model)
+    prefix = _network_prefix(found, members, member)
     network = EmotionResNet50(num_classes=len(EMOTIONS), in_channels=1, stem=stem)
     state = network.state_dict()
     folded: list[str] = []

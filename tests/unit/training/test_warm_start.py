@@ -82,6 +82,29 @@ def test_a_member_of_an_unfolded_ensemble_comes_back_exactly(tmp_path: Path) -> 
     assert [key for key in expected if not torch.equal(stored.state_dict[key], expected[key])] == []
 
 
+def test_a_network_quantized_out_of_an_ensemble_comes_back(tmp_path: Path) -> None:
+    # given the second network of an ensemble quantized alone, as the shipped file is (`fervid quantize --member 2`)
+    first = write_checkpoint(tmp_path / "first.pt")
+    second = tmp_path / "second.pt"
+    payload = torch.load(first, weights_only=True)
+    payload["network"] = {key: value * 1.5 if value.is_floating_point() else value
+                          for key, value in payload["network"].items()}
+    torch.save(payload, second)
+    ensemble = export_onnx([first, second], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
+    alone = quantize_int8(ensemble, tmp_path / "member2.onnx", faces(64, seed=1),
+                          read_model_spec(ensemble).preprocess, member=2)
+
+    # when it is rebuilt for training
+    network, _ = warm_start_network(alone, 0, INPUT_SIZE, DATA_SHA, to_input(faces(256, seed=2), INPUT_SIZE))
+
+    # then it computes what the file computes, though the file names its weights as the ensemble did
+    batch = to_input(faces(16, seed=3), INPUT_SIZE).contiguous()
+    session = ort.InferenceSession(dequantize_qdq(onnx.load(str(alone))).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    (expected,) = session.run(["probs"], {"faces": batch.numpy()})
+    np.testing.assert_allclose(torch_probs(network, batch), expected, atol=2e-3)
+
+
 def test_a_wrong_member_or_input_size_is_refused_with_a_code(int8_model: Path, tmp_path: Path) -> None:
     with pytest.raises(FervidError) as wrong_member:
         exported_member(int8_model, 1)
