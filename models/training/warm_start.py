@@ -27,9 +27,9 @@ from models.graph_rewrites import float_graph
 from models.network import LEGACY_STEM, STEMS, EmotionResNet50
 from models.spec import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, STEM_KEY, Preprocess
 
-# Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields; the
-# state-dict key sits in between.
-_ONNX_NAME = re.compile(r"^(?:ConvBnFusion_(?:W|BN_B)_)?(?P<key>.*?)(?:_DequantizeLinear_Output)?$")
+# Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields (once per
+# quantization: a file re-quantized from an INT8 one has it twice); the state-dict key sits in between.
+_ONNX_NAME = re.compile(r"^(?:ConvBnFusion_(?:W|BN_B)_)?(?P<key>.*?)(?:_DequantizeLinear_Output)*$")
 _ENSEMBLE_MEMBER = re.compile(r"^members\.(\d+)\.")
 
 

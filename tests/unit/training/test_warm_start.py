@@ -83,7 +83,8 @@ def test_a_member_of_an_unfolded_ensemble_comes_back_exactly(tmp_path: Path) -> 
 
 
 def test_a_network_quantized_out_of_an_ensemble_comes_back(tmp_path: Path) -> None:
-    # given the second network of an ensemble quantized alone, as the shipped file is (`fervid quantize --member 2`)
+    # given the second network of an INT8 ensemble quantized again alone, as the shipped file is (`fervid quantize
+    # --member 2` of an INT8 file)
     first = write_checkpoint(tmp_path / "first.pt")
     second = tmp_path / "second.pt"
     payload = torch.load(first, weights_only=True)
@@ -91,8 +92,9 @@ def test_a_network_quantized_out_of_an_ensemble_comes_back(tmp_path: Path) -> No
                           for key, value in payload["network"].items()}
     torch.save(payload, second)
     ensemble = export_onnx([first, second], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
-    alone = quantize_int8(ensemble, tmp_path / "member2.onnx", faces(64, seed=1),
-                          read_model_spec(ensemble).preprocess, member=2)
+    preprocess = read_model_spec(ensemble).preprocess
+    int8_ensemble = quantize_int8(ensemble, tmp_path / "ensemble-int8.onnx", faces(64, seed=1), preprocess)
+    alone = quantize_int8(int8_ensemble, tmp_path / "member2.onnx", faces(64, seed=1), preprocess, member=2)
 
     # when it is rebuilt for training
     network, _ = warm_start_network(alone, 0, INPUT_SIZE, DATA_SHA, to_input(faces(256, seed=2), INPUT_SIZE))
