@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from fervid.settings import get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 PREPARE_TASK = "fervid.prepare_job"
 SEGMENT_TASK = "fervid.process_segment"
@@ -19,6 +21,8 @@ VISIBILITY_TIMEOUT_S = 6 * 3600
 @lru_cache(maxsize=1)
 def celery_app() -> Celery:
     """The process's Celery app, built once from the settings (a process-wide singleton)."""
+    from celery import Celery  # here: `fervid analyze` and `fervid demo` run without a broker or its import
+
     settings = get_settings()
     app = Celery("fervid", broker=settings.broker_url)
     app.conf.update(

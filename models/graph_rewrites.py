@@ -20,7 +20,6 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-WEIGHTS_KEY = "fervid.weights"  # metadata: the WeightFormat the initializers are stored in
 FP32_SUFFIX = "__fp32"  # the float32 value that feeds consumers of a stored initializer
 CAST_SUFFIX = "__cast"  # int8-scaled: the int8 values cast to float32, before scaling
 SCALE_SUFFIX = "__scale"  # int8-scaled: per-output-channel scales

@@ -15,18 +15,19 @@ import logging
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 from numpy.typing import NDArray
-from onnx import numpy_helper
 
 from models.cpu_features import read_cpu_features
-from models.graph_rewrites import float_graph
 from models.network_io import crop_face, preprocess_faces, softmax
 from models.spec import read_model_spec
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Int8Check:
 
 def int8_weight_peak(model: onnx.ModelProto) -> int:
     """The largest magnitude among the graph's int8 weight initializers (0 when it has none)."""
+    from onnx import numpy_helper
+
     initializers = {init.name: init for init in model.graph.initializer}
     peak = 0
     for node in model.graph.node:
@@ -139,6 +142,11 @@ def decided_agreement(fused: NDArray[np.float32], as_float: NDArray[np.float32],
 
 def run_int8_check(model_path: Path, threads: int = 0) -> Int8Check:
     """Runs the fused graph and its float equivalent on the check faces, here."""
+    # onnx takes a second to import: only a check that is not remembered pays for it (`cached_int8_check`).
+    import onnx
+
+    from models.graph_rewrites import float_graph
+
     spec = read_model_spec(model_path)
     model = onnx.load(str(model_path))
     peak = int8_weight_peak(model)  # before float_graph, which rewrites the graph in place

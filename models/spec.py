@@ -4,10 +4,9 @@ preprocess faces for it and how to read its output."""
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnxruntime as ort
 
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
@@ -31,6 +30,9 @@ STEM_KEY = "fervid.stem"  # models.network.STEMS; absent: "imagenet", the stem o
 DATA_SHA_KEY = "fervid.data_sha256"
 GIT_COMMIT_KEY = "fervid.git_commit"
 PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
+# How the initializers are stored: fp32 | fp16 | int8-scaled (`fervid export`), or int8 for a QDQ graph
+# (`fervid quantize`); absent in files from before it was written.
+WEIGHTS_KEY = "fervid.weights"
 PER_MEMBER_KEYS = (INIT_KEY, EPOCHS_KEY, PUBLIC_ACC_KEY, STEM_KEY)
 
 
@@ -79,17 +81,76 @@ class ModelSpec:
     tta: str  # "" | "hflip"
     sha256: str
     members: int = 1  # networks averaged inside the graph
+    weights: str = ""  # WEIGHTS_KEY; "": not recorded
+
+
+# ONNX's ModelProto field numbers (onnx.proto): the graph, and metadata_props as StringStringEntryProto messages.
+_GRAPH_FIELD = 7
+_METADATA_FIELD = 14
+_ENTRY_KEY_FIELD, _ENTRY_VALUE_FIELD = 1, 2
+
+
+def _varint(data: bytes | mmap.mmap, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("truncated or malformed protobuf varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: bytes | mmap.mmap, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the message in data[start:end]; the others
+    are skipped."""
+    fields = []
+    at = start
+    while at < end:
+        tag, at = _varint(data, at)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, at = _varint(data, at)
+        elif wire_type == 1:
+            at += 8
+        elif wire_type == 5:
+            at += 4
+        elif wire_type == 2:
+            length, at = _varint(data, at)
+            fields.append((number, at, at + length))
+            at += length
+        else:
+            raise ValueError(f"protobuf wire type {wire_type} is not one ONNX files use")
+    if at != end:
+        raise ValueError("truncated protobuf message")
+    return fields
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The model's metadata_props, read off the file's protobuf framing without parsing the graph (which the onnx
+    package takes a second to import and parse, and ONNX Runtime a session to load): a worker reads it at every
+    start. Raises ValueError for a file that is not an ONNX model."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, not an ONNX model")
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        top = _fields(data, 0, len(data))
+        if not any(number == _GRAPH_FIELD for number, _, _ in top):
+            raise ValueError(f"{path} is not an ONNX model (no graph)")
+        metadata = {}
+        for number, start, end in top:
+            if number == _METADATA_FIELD:
+                entry = {field: bytes(data[a:b]).decode() for field, a, b in _fields(data, start, end)}
+                metadata[entry.get(_ENTRY_KEY_FIELD, "")] = entry.get(_ENTRY_VALUE_FIELD, "")
+        return metadata
 
 
 def read_model_spec(path: Path) -> ModelSpec:
     """Reads and checks the artifact's metadata; a model that does not describe itself is refused."""
     if not path.is_file():
         raise FileNotFoundError(f"emotion model {path} not found (set FERVID_MODEL_PATH or run `fervid export`)")
-    # Metadata only: no graph optimisation (12x cheaper at start-up; the backend builds its own optimised session).
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
+    meta = read_metadata(path)
     missing = [key for key in (LABELS_KEY, PREPROCESS_KEY, OUTPUT_KEY) if key not in meta]
     if missing:
         raise ValueError(f"{path} lacks metadata {missing}; export it with `fervid export`")
@@ -103,5 +164,5 @@ def read_model_spec(path: Path) -> ModelSpec:
     return ModelSpec(
         path=path, name=meta.get(NAME_KEY, path.stem), version=meta.get(VERSION_KEY, sha[:12]), labels=labels,
         preprocess=Preprocess.from_json(meta[PREPROCESS_KEY]), output=output, tta=meta.get(TTA_KEY, ""), sha256=sha,
-        members=int(meta.get(MEMBERS_KEY, "1")),
+        members=int(meta.get(MEMBERS_KEY, "1")), weights=meta.get(WEIGHTS_KEY, ""),
     )

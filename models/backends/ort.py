@@ -11,6 +11,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
+from models.spec import WEIGHTS_KEY, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ def is_quantized(model_path: Path) -> bool:
 
 @functools.cache
 def _is_quantized(model_path: Path, size: int, mtime_ns: int) -> bool:
-    # Parsing the graph costs a third of a second for the shipped file; a worker start asks twice.
-    import onnx
+    weights = read_metadata(model_path).get(WEIGHTS_KEY)
+    if weights:  # what `fervid export` and `fervid quantize` record: no need to import onnx and parse the graph
+        return weights == "int8"
+    import onnx  # a file from before the key: look at the graph
 
     from models.graph_rewrites import has_qdq
 

@@ -40,7 +40,6 @@ from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.graph_rewrites import (
     WEIGHT_FORMATS,
-    WEIGHTS_KEY,
     WeightFormat,
     WeightStorageError,
     restore_fp32_weights,
@@ -62,6 +61,7 @@ from models.spec import (
     STEM_KEY,
     TTA_KEY,
     VERSION_KEY,
+    WEIGHTS_KEY,
     Preprocess,
 )
 from models.training.fer2013 import load_split

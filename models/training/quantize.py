@@ -32,9 +32,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fervid.errors import INVALID_REQUEST, FervidError
-from models.graph_rewrites import WEIGHTS_KEY, float_graph
+from models.graph_rewrites import float_graph
 from models.network_io import preprocess_faces
-from models.spec import MEMBERS_KEY, NAME_KEY, PER_MEMBER_KEYS, VERSION_KEY, Preprocess
+from models.spec import MEMBERS_KEY, NAME_KEY, PER_MEMBER_KEYS, VERSION_KEY, WEIGHTS_KEY, Preprocess
 
 INT8_SUFFIX = "-int8"
 CALIBRATION_KEY = "fervid.calibration"

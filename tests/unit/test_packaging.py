@@ -51,6 +51,28 @@ def test_the_api_builds_and_draws_a_plot_without_importing_an_ml_runtime(fervid_
     assert loaded == []
 
 
+def test_fervid_analyze_loads_its_classifier_without_the_onnx_package_or_celery(
+        fervid_env: pytest.MonkeyPatch) -> None:
+    # given the shipped INT8 model's check on this CPU remembered by an earlier process (a worker's second start)
+    warm_up = ("from fervid.settings import get_settings; from models.backends.ort import int8_trusted; "
+               "from models.spec import DEFAULT_MODEL_PATH; "
+               "int8_trusted(DEFAULT_MODEL_PATH, get_settings().model_cache_dir)")
+    subprocess.run([sys.executable, "-c", warm_up], cwd=ROOT, capture_output=True, text=True, check=True)
+
+    # when a fresh interpreter takes the path `fervid analyze` takes to a ready analyzer
+    script = ("import json, sys; from fervid.settings import get_settings; "
+              "import worker.analyze_command; from worker.pipeline import build_analyzer; "
+              "analyzer = build_analyzer(get_settings()); "
+              "print(json.dumps([analyzer.classifier.backend.precision, "
+              "[m for m in ('onnx', 'celery') if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+
+    # then the INT8 file runs, and the imports that cost a second of every start were not needed for it
+    precision, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert precision in ("int8", "fp32")  # fp32 only where this CPU's integer kernels are not trusted
+    assert loaded == []
+
+
 def test_the_base_install_carries_no_ml_runtime_and_each_worker_extra_one_onnxruntime() -> None:
     # given
     project = _project()
