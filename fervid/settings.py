@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)
     classify_batch: int = 64  # faces per classifier call, gathered across frames
     inference_threads: int = 0  # threads per worker process for detection and ONNX Runtime; 0: the runtime's own
+    # The face detector runs on a sampled frame once this many ms have passed since the last frame it ran on; the
+    # faces of the frames between are carried by tracking (straight-line motion between the two detected frames
+    # around them). 0: every sampled frame is detected. bench/detect_interval.py measures what it costs.
+    detect_interval_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
     stale_after_s: float = 60.0  # a running segment with no heartbeat for this long is requeued
     requeue_after_s: float = 300.0  # a queued segment not started for this long is re-sent (lost message)
     reaper_interval_s: float = 15.0

@@ -47,6 +47,23 @@ HEARTBEAT_EVERY_FRAMES = 8  # progress and liveness are written this often (and 
 PREFETCH_FRAMES = 4
 
 
+def _between(earlier: FaceFound, later: FaceFound, fraction: float) -> FaceFound:
+    """The face `fraction` of the way from its box at one detected frame to its box at the next."""
+    box = tuple(round(a + (b - a) * fraction) for a, b in zip(earlier[1], later[1], strict=True))
+    return earlier[0], (box[0], box[1], box[2], box[3]), earlier[2] + (later[2] - earlier[2]) * fraction
+
+
+def carried_faces(earlier: list[FaceFound], later: list[FaceFound], fraction: float) -> list[FaceFound]:
+    """The faces of a frame the detector skipped, `fraction` of the way (0..1) from one detected frame to the next:
+    a track found at both moves in a straight line between its two boxes; one found at only one of them is kept on
+    that one's half of the gap, where it was last or next seen."""
+    later_by_track = {face[0]: face for face in later}
+    earlier_tracks = {face[0] for face in earlier}
+    faces = [_between(face, later_by_track[face[0]], fraction) if face[0] in later_by_track else face
+             for face in earlier if face[0] in later_by_track or fraction < 0.5]
+    return faces + [face for face in later if face[0] not in earlier_tracks and fraction >= 0.5]
+
+
 @dataclass
 class Analyzer:
     """Everything a worker process loads once: the detector, the classifier and its backend."""
@@ -54,6 +71,10 @@ class Analyzer:
     detector: FaceDetector
     classifier: EmotionClassifier
     batch_size: int
+    # The detector runs on a sampled frame once `detect_interval_ms` have passed since the last one it ran on, and on
+    # the last; the faces of the frames between are carried from the two detected frames around them
+    # (`carried_faces`), as DeepStream's `interval` does but in time, so a job's sampling rate does not stretch it.
+    detect_interval_ms: float = 0.0
 
     @property
     def model_info(self) -> record_store.ModelInfo:
@@ -71,7 +92,6 @@ class Analyzer:
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
         what is returned must not be stored (the job was cancelled or taken over).
         """
-        tracker = FaceTracker()
         records: list[record_store.FrameRecord] = []
         pending: list[_PendingFrame] = []
         in_flight: tuple[list[_PendingFrame], Future[NDArray[np.float32]]] | None = None
@@ -108,12 +128,9 @@ class Analyzer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fervid-classify") as classifying, \
                 Prefetched(frames, PREFETCH_FRAMES) as decoded:
             pending_faces = since_heartbeat = 0
-            for planned, image in decoded:
-                detections = self.detector.detect(image)
-                tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
-                faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
-                pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side)
-                                                 for d in detections]))
+            for planned, image, faces in self._found_faces(decoded):
+                pending.append((planned, faces, [crop_face(image, box, self.detector.crop_side)
+                                                 for _, box, _ in faces]))
                 pending_faces += len(faces)
                 since_heartbeat += 1
                 if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
@@ -125,6 +142,39 @@ class Analyzer:
             collect()
         return records
 
+    def _found_faces(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
+                     ) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8], list[FaceFound]]]:
+        """Each frame with its tracked faces, in order: detected every `detect_interval_ms` and on the last frame,
+        carried between (which holds back the frames of one interval)."""
+        tracker = FaceTracker()
+        skipped: list[tuple[PlannedFrame, NDArray[np.uint8]]] = []
+        detected: tuple[PlannedFrame, list[FaceFound]] | None = None
+
+        def detect(planned: PlannedFrame, image: NDArray[np.uint8],
+                   ) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8], list[FaceFound]]]:
+            nonlocal detected, skipped
+            detections = self.detector.detect(image)
+            tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
+            faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
+            if detected is not None:
+                earlier, earlier_faces = detected
+                span = max(planned.timestamp_ms - earlier.timestamp_ms, 1e-9)
+                for between, between_image in skipped:
+                    fraction = (between.timestamp_ms - earlier.timestamp_ms) / span
+                    yield between, between_image, carried_faces(earlier_faces, faces, fraction)
+            skipped = []
+            detected = (planned, faces)
+            yield planned, image, faces
+
+        for planned, image in frames:
+            if detected is None or planned.timestamp_ms - detected[0].timestamp_ms >= self.detect_interval_ms:
+                yield from detect(planned, image)
+            else:
+                skipped.append((planned, image))
+        if skipped:  # the last frame is always detected: the frames before it have a face to move towards
+            last, last_image = skipped.pop()
+            yield from detect(last, last_image)
+
 
 def build_analyzer(settings: Settings) -> Analyzer:
     if settings.inference_threads:
@@ -135,7 +185,8 @@ def build_analyzer(settings: Settings) -> Analyzer:
                              options=BackendOptions.from_settings(settings))
     log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
              settings.classify_batch)
-    return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch)
+    return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch,
+                    settings.detect_interval_ms)
 
 
 def worker_name() -> str:

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from fervid.settings import Settings, get_settings
+from models.detectors import Detection, FaceDetector
 from worker.media.decode import decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.probe import probe
-from worker.pipeline import Analyzer, build_analyzer
+from worker.pipeline import Analyzer, build_analyzer, carried_faces
+from worker.tracking import iou
 
 # The limits the settings default to, whatever the developer's environment says.
 LIMITS = MediaLimits.from_settings(Settings.model_construct())
@@ -91,3 +93,56 @@ def test_many_faces_each_keep_their_own_track(analyzer: Analyzer, shared_dir: Pa
              for step, frame in enumerate(faces)]
     assert len(cells) == 10 and all(len(frame) == 6 for frame in faces)
     assert all(cell == cells[0] for cell in cells) and sorted(cells[0].values()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_faces_of_skipped_frames_move_between_the_detected_ones() -> None:
+    # given a face seen at two detected frames, one only at the first and one only at the second
+    earlier = [(0, (100, 50, 40, 40), 0.9), (1, (300, 50, 40, 40), 0.8)]
+    later = [(0, (120, 60, 44, 44), 0.7), (2, (500, 50, 40, 40), 0.9)]
+
+    # when frames a quarter and three quarters of the way between them are filled in
+    quarter, three_quarters = carried_faces(earlier, later, 0.25), carried_faces(earlier, later, 0.75)
+
+    # then the face seen twice moves in a straight line; the others are kept on their own half of the gap
+    assert quarter == [(0, (105, 52, 41, 41), pytest.approx(0.85)), (1, (300, 50, 40, 40), 0.8)]
+    assert three_quarters == [(0, (115, 58, 43, 43), pytest.approx(0.75)), (2, (500, 50, 40, 40), 0.9)]
+
+
+class CountingDetector:
+    """The real detector, counting the frames it is given."""
+
+    def __init__(self, detector: FaceDetector) -> None:
+        self.detector, self.calls = detector, 0
+        self.name, self.reason, self.crop_side = detector.name, detector.reason, detector.crop_side
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        self.calls += 1
+        return self.detector.detect(image)
+
+
+@pytest.mark.parametrize("frame_count", [10, 11])
+def test_detecting_every_300_ms_carries_the_face_through_the_frames_between(
+        analyzer: Analyzer, shared_dir: Path, tmp_path: Path, frame_count: int) -> None:
+    # given a real face drifting right at 10 fps, detected on every frame by one analyzer and every 300 ms (every third
+    # frame) by another
+    face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
+    canvas = np.full((face.shape[0], face.shape[1] + 120, 3), 90, np.uint8)
+    frames = []
+    for step in range(frame_count):
+        frame = canvas.copy()
+        frame[:, 12 * step : 12 * step + face.shape[1]] = face
+        frames.append(frame)
+    clip = write_clip(tmp_path / "drift.mp4", frames)
+    every_frame = analyze(analyzer, clip)
+    counting = CountingDetector(analyzer.detector)
+    every_third = Analyzer(counting, analyzer.classifier, analyzer.batch_size, detect_interval_ms=300.0)
+
+    # when
+    carried = analyze(every_third, clip)
+
+    # then the detector saw frames 0, 3, 6, 9 and the last; every frame has the face, on one track, about where the
+    # detector puts it (its own box jitters by a few per cent from frame to frame)
+    assert counting.calls == len(range(0, frame_count, 3)) + ((frame_count - 1) % 3 > 0)
+    assert len(carried) == frame_count and all([track for track, _ in faces] == [0] for faces in carried)
+    for (_, box), (_, expected) in zip([f[0] for f in carried], [f[0] for f in every_frame], strict=True):
+        assert iou(box, expected) > 0.9, (box, expected)
