@@ -7,7 +7,7 @@ import sys
 
 from fervid.errors import DOWNLOAD_FAILED, FervidError
 from fervid.settings import get_settings
-from models.detectors import YUNET_FILENAME, fetch_yunet
+from models.detectors import YUNET_FILENAME, any_size_yunet, fetch_yunet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
         path = fetch_yunet(settings.model_cache_dir, settings.detector_url, on_progress=print_progress)
     finally:
         print(file=sys.stderr)  # ends the progress line
+    any_size_yunet(path, settings.model_cache_dir)  # what workers run, made here so that no worker start pays for it
     print(f"YuNet face detector at {path}")
     return 0

@@ -18,9 +18,11 @@ from fervid.errors import FervidError
 from fervid.settings import get_settings
 from models.detectors import (
     YUNET_FILENAME,
+    YUNET_INPUT_SCALE,
     FaceDetector,
     HaarDetector,
     YuNetDetector,
+    any_size_yunet,
     fetch_yunet,
     load_detector,
     plan_detector,
@@ -49,6 +51,71 @@ def test_yunet_boxes_are_in_frame_pixels_when_the_frame_is_downscaled(shared_dir
     # then the box scales with the frame
     for small_coord, large_coord in zip(small_face.box, large_face.box, strict=True):
         assert abs(large_coord - 4 * small_coord) <= 0.08 * 4 * max(small_face.box[2:])
+
+
+def real_frames(shared_dir: Path, every: int = 5) -> list[np.ndarray]:
+    """Every `every`-th frame of the shared clips, and the stills."""
+    frames = []
+    for clip in ("single_face.mp4", "face_noface.mov", "noface_face.mov"):
+        capture = cv2.VideoCapture(str(shared_dir / "media" / clip))
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                frames.append(frame)
+            index += 1
+    return frames + [cv2.imread(str(shared_dir / "media" / still))
+                     for still in ("single_face.jpg", "astronaut.png", "messi5.jpg")]
+
+
+def test_yunet_on_onnx_runtime_finds_what_opencvs_own_yunet_finds(shared_dir: Path, yunet_path: Path,
+                                                                   tmp_path: Path) -> None:
+    # given OpenCV's FaceDetectorYN, the reference decoder of YuNet's outputs, at the same input size and thresholds
+    detector = YuNetDetector(yunet_path, cache_dir=tmp_path)
+    reference = cv2.FaceDetectorYN.create(str(yunet_path), "", (320, 320), detector.score_threshold,
+                                          detector.nms_threshold, 5000)
+    frames = real_frames(shared_dir)
+    found = faces = 0
+    for frame in frames:
+        # when both look at the frame as the detector shrinks it
+        small = cv2.resize(frame, None, fx=YUNET_INPUT_SCALE, fy=YUNET_INPUT_SCALE, interpolation=cv2.INTER_AREA) \
+            if max(frame.shape[:2]) * YUNET_INPUT_SCALE <= 960 else None
+        if small is None:
+            continue
+        reference.setInputSize((small.shape[1], small.shape[0]))
+        _, expected = reference.detect(small)
+        expected = [] if expected is None else sorted(expected.tolist(), key=lambda f: (f[0], f[1]))
+        ours = detector.detect(frame)
+        # then the same faces, boxes within the pixels of rounding back to the frame, the same scores
+        assert len(ours) == len(expected)
+        for face, (x, y, w, h, *_rest) in zip(ours, expected, strict=True):
+            back = [x / YUNET_INPUT_SCALE, y / YUNET_INPUT_SCALE, w / YUNET_INPUT_SCALE, h / YUNET_INPUT_SCALE]
+            assert all(abs(a - b) <= 3.0 for a, b in zip(face.box, back, strict=True)), (face.box, back)
+            assert abs(face.score - min(1.0, _rest[-1])) < 2e-3  # two runtimes' float rounding
+        faces += len(ours)
+        found += bool(ours)
+    assert faces >= 40 and found >= 40  # the clips' face frames and the stills
+
+
+def test_yunets_open_size_graph_is_made_once_and_kept(yunet_path: Path, tmp_path: Path) -> None:
+    # when the graph is asked for twice with a cache folder
+    first = any_size_yunet(yunet_path, tmp_path)
+    (kept,) = list(tmp_path.glob("yunet-any-size-*.onnx"))
+    kept_at = kept.stat().st_mtime_ns
+    second = any_size_yunet(yunet_path, tmp_path)
+
+    # then the second is the kept file, and both equal what is made without a cache
+    assert first == second == any_size_yunet(yunet_path, None) and kept.stat().st_mtime_ns == kept_at
+
+
+def test_a_detector_file_that_is_not_yunet_is_refused_with_a_code(tmp_path: Path) -> None:
+    bogus = tmp_path / YUNET_FILENAME
+    bogus.write_bytes(b"not a network")
+    with pytest.raises(FervidError) as refused:
+        YuNetDetector(bogus)
+    assert refused.value.code == "detector_unavailable"
 
 
 def test_haar_fallback_finds_a_frontal_face(shared_dir: Path) -> None:
@@ -180,7 +247,8 @@ def test_first_use_downloads_yunet_into_the_cache_once_however_many_processes_st
         assert out.startswith("yunet "), (out, err)
     assert requests == [f"/{YUNET_FILENAME}"]
     assert (cache / YUNET_FILENAME).read_bytes() == yunet_path.read_bytes()
-    assert [path.name for path in cache.iterdir() if path.suffix == ".onnx"] == [YUNET_FILENAME]
+    assert sorted(path.name for path in cache.iterdir() if path.suffix == ".onnx") == \
+        [YUNET_FILENAME, *[path.name for path in cache.glob("yunet-any-size-*.onnx")]]  # and its open-size graph
     # and the download said how far it had got
     assert any("downloading YuNet: 232589 / 232589 bytes" in err for _, err in outcomes)
     # and a process that starts later finds it cached without asking again
