@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     engine_cache_dir: Path = CACHE_DIR / "engines"
     queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)
     classify_batch: int = 64  # faces per classifier call, gathered across frames
-    inference_threads: int = 0  # threads per worker process for detection and ONNX Runtime; 0: the runtime's own
+    inference_threads: int = 0  # the classifier's threads per worker process (ONNX Runtime); 0: the runtime's own
     # The face detector runs on a sampled frame once this many ms have passed since the last frame it ran on; the
     # faces of the frames between are carried by tracking (straight-line motion between the two detected frames
     # around them). 0: every sampled frame is detected. bench/detect_interval.py measures what it costs.

@@ -88,6 +88,7 @@ def _to_detections(raw: list[tuple[float, float, float, float, float]], scale: f
 
 YUNET_STRIDES = (8, 16, 32)  # YuNet's three heads: one prediction per cell of each stride's grid
 YUNET_TOP_K = 5000  # boxes kept for non-maximum suppression, best first
+DETECTOR_THREADS = 1
 ANY_SIZE_REWRITE = "v1"  # in the cached file's name: a change to `any_size_yunet` must not reuse older files
 
 
@@ -271,8 +272,9 @@ def load_detector(settings: Settings) -> FaceDetector:
     path, reason = find_or_fetch_yunet(settings)
     if path is not None:
         log.info("face detector: YuNet (%s)", reason)
-        return YuNetDetector(path, reason=reason, threads=settings.inference_threads,
-                             cache_dir=settings.model_cache_dir)
+        # One thread: YuNet's small convolutions gain little from more, and the classifier runs beside it on the
+        # others (worker/pipeline.py overlaps them); processes, not threads, scale detection out.
+        return YuNetDetector(path, reason=reason, threads=DETECTOR_THREADS, cache_dir=settings.model_cache_dir)
     log.warning("face detector: falling back to the Haar cascade, which finds fewer faces than YuNet (%s); %s",
                 reason, WHAT_TO_DO)
     return HaarDetector(reason=reason)
