@@ -7,12 +7,13 @@ enlarged 3x and set in a canvas twice its size (the border filled by replicating
 since the picture around a FER-2013 face is lost), then found by the product's detectors (YuNet, Haar) as a job
 finds faces. Two steps:
 
-1. Fit, on `train` faces (geometry only, no labels): the square centred on each detector's box that reproduces the
-   FER-2013 crop, as the median of FER-2013 side / box's longer side. The median offsets of the FER-2013 centre
-   from the box centre (same units) are printed too: they show whether centring on the box is right.
+1. Fit, on `train` faces (geometry only, no labels): the square around each detector's box that reproduces the
+   FER-2013 crop, as medians over faces of FER-2013 side / box's longer side and of the offsets of the FER-2013
+   centre from the box centre (same units): `models.network_io.Framing`.
 2. Score, on each split asked for, the classifier (as jobs run it) on the faces each detector finds: the FER-2013
-   crop itself ("direct", the ceiling), the crop side used before it was measured (1.3x the box's longer side),
-   the side the detector ships with (`crop_side`), and the one fitted in step 1.
+   crop itself ("direct", the ceiling), the crop used before it was measured (1.3x the box's longer side,
+   centred), the framing the detector ships with (`FaceDetector.framing`), the fitted side centred on the box, and
+   the fitted side and offsets.
 
 Prints one JSON line per fit and per (detector, border, split). Filling the border is an approximation: crops larger
 than the FER-2013 face show made-up surroundings, where a video frame shows real ones.
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from fervid.settings import get_settings  # noqa: E402
 from models.backends import BackendOptions, select_backend  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.detectors import FaceDetector, HaarDetector, YuNetDetector  # noqa: E402
-from models.network_io import crop_face  # noqa: E402
+from models.network_io import Framing, crop_face  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
 from models.training.commands.data_paths import DEFAULT_DATA_PATH  # noqa: E402
 from models.training.fer2013 import Split, load_split  # noqa: E402
@@ -92,20 +94,23 @@ def main() -> int:
     parser.add_argument("--splits", default="public", help="comma list of public, private")
     parser.add_argument("--fit-faces", type=int, default=2000, help="train faces the framing is fitted on")
     parser.add_argument("--borders", default=",".join(BORDERS), help=f"comma list of {', '.join(BORDERS)}")
+    parser.add_argument("--detectors", default="yunet,haar", help="comma list of yunet, haar")
     args = parser.parse_args()
 
     spec = read_model_spec(args.model)
     options = BackendOptions.from_settings(get_settings())
     classifier = EmotionClassifier(spec, select_backend(args.model, "ort-cpu", options=options))
-    detectors: list[FaceDetector] = [YuNetDetector(args.yunet), HaarDetector()]
+    available: dict[str, Callable[[], FaceDetector]] = {"yunet": lambda: YuNetDetector(args.yunet),
+                                                         "haar": HaarDetector}
+    detectors = [available[name]() for name in args.detectors.split(",")]
     train = load_split(args.data, "train")
     fit_rows = np.random.default_rng(0).choice(len(train), min(args.fit_faces, len(train)), replace=False)
     face_side = train.faces.shape[1] * ENLARGE
-    fitted: dict[str, float] = {}
+    fitted: dict[str, Framing] = {}
     for detector in detectors:
         found = find_faces(detector, train, fit_rows, BORDERS["replicate"])
         fit = fit_side(found, face_side)
-        fitted[detector.name] = fit["side"]
+        fitted[detector.name] = Framing(side=fit["side"], dx=fit["offset_x"], dy=fit["offset_y"])
         print(json.dumps({"fit": detector.name, "train_faces": len(fit_rows), "found": len(found), **fit}),
               flush=True)
 
@@ -117,13 +122,16 @@ def main() -> int:
                 found = find_faces(detector, split, rows, BORDERS[border_name])
                 labels = split.labels[[item.index for item in found]]
                 direct = top1(classifier, [split.faces[item.index] for item in found], labels)
-                sides = {"previous": PREVIOUS_SIDE, "shipped": detector.crop_side, "fitted": fitted[detector.name]}
-                scores = {side: top1(classifier, [crop_face(item.canvas, item.box, side) for item in found], labels)
-                          for side in set(sides.values())}
+                fit = fitted[detector.name]
+                framings = {"previous": Framing(side=PREVIOUS_SIDE), "shipped": detector.framing,
+                            "fitted_side": Framing(side=fit.side), "fitted": fit}
+                scores = {framing: top1(classifier, [crop_face(item.canvas, item.box, framing) for item in found],
+                                        labels)
+                          for framing in set(framings.values())}
                 print(json.dumps({
                     "split": split_name, "detector": detector.name, "border": border_name, "faces": len(split),
                     "found": len(found), "direct": direct,
-                    **{name: scores[side] for name, side in sides.items()},
+                    **{name: scores[framing] for name, framing in framings.items()},
                 }), flush=True)
     return 0
 

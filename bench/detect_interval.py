@@ -50,7 +50,7 @@ class TimedDetector:
 
     def __init__(self, detector: FaceDetector) -> None:
         self.detector, self.calls, self.seconds = detector, 0, 0.0
-        self.name, self.reason, self.crop_side = detector.name, detector.reason, detector.crop_side
+        self.name, self.reason, self.framing = detector.name, detector.reason, detector.framing
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
         start = time.perf_counter()

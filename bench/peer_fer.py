@@ -138,7 +138,7 @@ def main() -> int:
     analyzer.analyze(decode_planned(args.clip, plan[:4], [], max_pixels))  # warm-up: first inference allocates
     decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [], max_pixels)))
     detect_times, detections = timed(args.repeat, lambda: [analyzer.detector.detect(image) for image in frames])
-    crops = [crop_face(image, found.box, analyzer.detector.crop_side)
+    crops = [crop_face(image, found.box, analyzer.detector.framing)
              for image, found_in_frame in zip(frames, detections, strict=True)  # type: ignore[call-overload]
              for found in found_in_frame]
     classify_times, _ = timed(args.repeat, lambda: [analyzer.classifier.classify(crops[i : i + analyzer.batch_size])

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from fervid.errors import CHECKSUM_MISMATCH, DETECTOR_UNAVAILABLE, DOWNLOAD_FAILED, FervidError
 from fervid.netpolicy import RefusedDestination, open_public
 from fervid.settings import Settings
+from models.network_io import Framing
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Detection:
 class FaceDetector(Protocol):
     name: str  # "yunet" | "haar": recorded with every job
     reason: str  # why this detector runs (its file, or why YuNet could not be had)
-    crop_side: float  # the classifier's crop: a square centred on the box, this times the box's longer side
+    framing: Framing  # how its boxes are cropped for the classifier
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
         """Faces in a BGR frame, left to right."""
@@ -139,7 +140,7 @@ class YuNetDetector:
     name = "yunet"
     # The square that reproduces FER-2013's framing, which forehead to chin fills: fitted on 2,000 `train` faces by
     # `bench/crop_framing.py` (models/MODEL_CARD.md, "Framing faces as the network learnt them").
-    crop_side = 1.014
+    framing = Framing(side=1.014)
 
     def __init__(self, model_path: Path, score_threshold: float = 0.7, nms_threshold: float = 0.3,
                  reason: str = "", threads: int = 0, cache_dir: Path | None = None) -> None:
@@ -192,7 +193,7 @@ class HaarDetector:
     """The cascade shipped inside opencv-python: no download, lower recall on non-frontal faces."""
 
     name = "haar"
-    crop_side = 1.029  # fitted as YuNet's
+    framing = Framing(side=1.029)  # fitted as YuNet's
 
     def __init__(self, reason: str = "the Haar cascade was asked for") -> None:
         self.reason = reason

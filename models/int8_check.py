@@ -23,7 +23,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from models.cpu_features import read_cpu_features
-from models.network_io import crop_face, preprocess_faces, softmax
+from models.network_io import Framing, crop_face, preprocess_faces, softmax
 from models.spec import read_model_spec
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def check_faces(count: int = CHECK_FACES) -> NDArray[np.uint8]:
             side = int(max(w, h) * rng.uniform(0.75, 1.5))
             cx, cy = x + w / 2 + rng.uniform(-0.15, 0.15) * side, y + h / 2 + rng.uniform(-0.15, 0.15) * side
             box = (int(cx - side / 2), int(cy - side / 2), side, side)
-        crop = crop_face(grey, box, 1.0)
+        crop = crop_face(grey, box, Framing(side=1.0))
         turn = cv2.getRotationMatrix2D((crop.shape[1] / 2, crop.shape[0] / 2), rng.uniform(-25, 25), 1.0)
         turned = cv2.warpAffine(crop, turn, (crop.shape[1], crop.shape[0]), borderMode=cv2.BORDER_REPLICATE)
         image = cv2.resize(turned, (CHECK_SIZE, CHECK_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)

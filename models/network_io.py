@@ -3,6 +3,8 @@ probabilities from logits. The classifier and the INT8 self-check both feed the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
@@ -10,13 +12,24 @@ from numpy.typing import NDArray
 from models.spec import Preprocess
 
 
-def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], side_per_box: float) -> NDArray[np.uint8]:
-    """A square crop centred on the box, `side_per_box` times the box's longer side; edges are replicated where it
-    leaves the frame. The network learnt FER-2013's tight framing, and each detector draws its box differently around
-    the same face, so `side_per_box` is the detector's own (`FaceDetector.crop_side`)."""
+@dataclass(frozen=True)
+class Framing:
+    """How a detector's box becomes the classifier's crop: a square `side` times the box's longer side, its centre
+    moved from the box's by (`dx`, `dy`) times that longer side (+: right, down). The network learnt FER-2013's tight
+    framing, and each detector draws its box differently around the same face, so each has its own
+    (`FaceDetector.framing`, fitted by bench/crop_framing.py)."""
+
+    side: float
+    dx: float = 0.0
+    dy: float = 0.0
+
+
+def crop_face(frame: NDArray[np.uint8], box: tuple[int, int, int, int], framing: Framing) -> NDArray[np.uint8]:
+    """The square crop `framing` puts around the box; edges are replicated where it leaves the frame."""
     x, y, w, h = box
-    side = max(w, h) * side_per_box
-    cx, cy = x + w / 2.0, y + h / 2.0
+    longer = max(w, h)
+    side = longer * framing.side
+    cx, cy = x + w / 2.0 + framing.dx * longer, y + h / 2.0 + framing.dy * longer
     x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     x1, y1 = x0 + max(1, int(round(side))), y0 + max(1, int(round(side)))
     frame_h, frame_w = frame.shape[:2]

@@ -129,7 +129,7 @@ class Analyzer:
                 Prefetched(frames, PREFETCH_FRAMES) as decoded:
             pending_faces = since_heartbeat = 0
             for planned, image, faces in self._found_faces(decoded):
-                pending.append((planned, faces, [crop_face(image, box, self.detector.crop_side)
+                pending.append((planned, faces, [crop_face(image, box, self.detector.framing)
                                                  for _, box, _ in faces]))
                 pending_faces += len(faces)
                 since_heartbeat += 1

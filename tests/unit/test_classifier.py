@@ -82,13 +82,13 @@ def test_exported_model_through_the_runtime_matches_training_evaluation(shared_d
 
 
 def test_face_crops_are_copies_and_edge_crops_are_padded_not_shifted() -> None:
-    from models.network_io import crop_face
+    from models.network_io import Framing, crop_face
 
     # given a frame whose pixels encode their column, and a face touching its left edge
     frame = np.tile(np.arange(100, dtype=np.uint8), (80, 1))[..., None].repeat(3, axis=2)
     # when the face is cropped with a margin
-    crop = crop_face(frame, (0, 20, 40, 40), side_per_box=1.5)
-    inner = crop_face(frame, (40, 20, 20, 20), side_per_box=1.0)
+    crop = crop_face(frame, (0, 20, 40, 40), Framing(side=1.5))
+    inner = crop_face(frame, (40, 20, 20, 20), Framing(side=1.0))
     # then the crop is square, owns its memory, and the missing left part replicates column 0
     assert crop.shape[:2] == (60, 60) and crop.base is None and inner.base is None
     assert (crop[:, :10, 0] == 0).all() and crop[0, 10, 0] == 0 and crop[0, 30, 0] == 20
@@ -96,16 +96,20 @@ def test_face_crops_are_copies_and_edge_crops_are_padded_not_shifted() -> None:
 
 
 def test_a_crop_is_centred_on_the_box_and_sized_by_its_longer_side() -> None:
-    from models.network_io import crop_face
+    from models.network_io import Framing, crop_face
 
     # given a frame whose pixels encode their column and row, and a box 20 wide and 40 tall centred at (50, 50)
     columns = np.tile(np.arange(100, dtype=np.uint8), (100, 1))
     frame = np.stack([columns, columns.T, columns], axis=2)
 
     # when it is cropped to 1.25 of its height
-    crop = crop_face(frame, (40, 30, 20, 40), side_per_box=1.25)
+    crop = crop_face(frame, (40, 30, 20, 40), Framing(side=1.25))
+    # and with its centre moved a tenth of that height right and a twentieth up
+    moved = crop_face(frame, (40, 30, 20, 40), Framing(side=1.25, dx=0.1, dy=-0.05))
 
-    # then the crop is 50 square, centred on column 50 and row 50
-    assert crop.shape[:2] == (50, 50)
+    # then the crop is 50 square, centred on column 50 and row 50, and the moved one on column 54 and row 48
+    assert crop.shape[:2] == (50, 50) and moved.shape[:2] == (50, 50)
     assert (crop[0, 0, 0], crop[0, -1, 0]) == (25, 74)
     assert (crop[0, 0, 1], crop[-1, 0, 1]) == (25, 74)
+    assert (moved[0, 0, 0], moved[0, -1, 0]) == (29, 78)
+    assert (moved[0, 0, 1], moved[-1, 0, 1]) == (23, 72)

@@ -27,7 +27,7 @@ from models.detectors import (
     load_detector,
     plan_detector,
 )
-from models.network_io import crop_face
+from models.network_io import Framing, crop_face
 from models.training.fer2013 import load_split
 from models.training.fer_canvas import BORDERS, ENLARGE, find_face, in_canvas
 
@@ -317,7 +317,7 @@ def test_the_plan_names_each_source_without_downloading(tmp_path: Path, yunet_pa
     assert not cache.exists()
 
 
-def framing_overlap(detector: FaceDetector, faces: np.ndarray, side: float) -> float:
+def framing_overlap(detector: FaceDetector, faces: np.ndarray, framing: Framing) -> float:
     """Median over faces of the overlap (intersection over union) of the crop a job takes around the detector's box
     with the FER-2013 face it was given (models/training/fer_canvas.py sets each face in a larger picture)."""
     face_side = faces.shape[1] * ENLARGE
@@ -327,7 +327,7 @@ def framing_overlap(detector: FaceDetector, faces: np.ndarray, side: float) -> f
     for face in faces:
         box = find_face(detector, in_canvas(face, BORDERS["replicate"]))
         if box is not None:
-            crop = crop_face(on_face, box, side)
+            crop = crop_face(on_face, box, framing)
             inside = int((crop[..., 0] > 127).sum())
             overlaps.append(inside / (crop.shape[0] * crop.shape[1] + face_side**2 - inside))
     assert len(overlaps) >= len(faces) // 2, "the detector should find most FER-2013 faces"
@@ -342,9 +342,9 @@ def test_the_crop_around_a_detected_face_reproduces_the_framing_the_network_lear
     detector = YuNetDetector(yunet_path) if detector_name == "yunet" else HaarDetector()
 
     # when a detector finds them and each is cropped as jobs crop it
-    shipped = framing_overlap(detector, faces, detector.crop_side)
+    shipped = framing_overlap(detector, faces, detector.framing)
 
     # then the crop covers the FER-2013 face closely, unlike the 15 %-margin crop used before it was measured
     # (measured: YuNet 0.80 against 0.60, Haar 0.86 against 0.63)
     assert shipped >= 0.75
-    assert framing_overlap(detector, faces, 1.3) <= 0.68
+    assert framing_overlap(detector, faces, Framing(side=1.3)) <= 0.68

@@ -113,7 +113,7 @@ class CountingDetector:
 
     def __init__(self, detector: FaceDetector) -> None:
         self.detector, self.calls = detector, 0
-        self.name, self.reason, self.crop_side = detector.name, detector.reason, detector.crop_side
+        self.name, self.reason, self.framing = detector.name, detector.reason, detector.framing
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         self.calls += 1
