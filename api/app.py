@@ -13,6 +13,7 @@ from api.metrics import metrics
 from api.routes import health, v1
 from api.viewer import install_viewer
 from fervid.settings import get_settings
+from fervid.sources import TENANT_PLACEHOLDER, parse_locations
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,13 @@ def _version() -> str:
 def create_app() -> FastAPI:
     """A new app on the current settings (FERVID_*); a malformed or weak FERVID_API_KEYS fails here, not per
     request."""
-    if not keys_of(get_settings()).current().tenants_by_digest:
+    settings = get_settings()
+    if not keys_of(settings).current().tenants_by_digest:
         log.warning("FERVID_API_KEYS is empty: every /v1 request will be refused with 401")
+    for setting, entries, scheme in (("FERVID_FILE_URI_ROOTS", settings.file_uri_roots, "file"),
+                                     ("FERVID_S3_SOURCE_PREFIXES", settings.s3_source_prefixes, "s3")):
+        if shared := [entry for entry in parse_locations(entries, setting, scheme) if TENANT_PLACEHOLDER not in entry]:
+            log.warning("%s: %s open to every tenant (no {tenant} segment)", setting, ", ".join(shared))
     app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION,
                   openapi_tags=[{"name": "jobs", "description": "analysis jobs and their results"},
                                 {"name": "health", "description": "liveness and readiness probes (no key); metrics"}])

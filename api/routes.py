@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import unquote, urlparse
 
 import anyio
 from fastapi import APIRouter, BackgroundTasks, Query, Request
@@ -46,7 +44,6 @@ from fervid.errors import (
     EMPTY_MEDIA,
     NOT_CONFIGURED,
     NOT_READY,
-    SOURCE_NOT_ALLOWED,
     UNSUPPORTED_MEDIA_TYPE,
     FervidError,
     InvalidRequest,
@@ -55,6 +52,7 @@ from fervid.errors import (
 from fervid.media_store import storage_from_url
 from fervid.queue import celery_app
 from fervid.settings import Settings
+from fervid.sources import SourceFence
 from fervid.tables import Job
 from fervid.utc import utc_now
 from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, queue_webhook, tenant_signing_key
@@ -147,43 +145,6 @@ SUBMIT_BODY = {
 }
 
 
-def check_source_allowed(uri: str, settings: Settings) -> None:
-    """file:// and s3:// sources read what the workers can read, so each must lie under a location the operator
-    opened (FERVID_FILE_URI_ROOTS, FERVID_S3_SOURCE_PREFIXES), and never in the upload store, which holds every
-    tenant's uploads. http(s) sources are fenced where they are fetched (public addresses only)."""
-    scheme = urlparse(uri).scheme.lower()
-    if scheme == "file":
-        setting, opened = "FERVID_FILE_URI_ROOTS", settings.file_uri_roots
-        hint = "upload the file or use s3:// or http(s)://"
-    elif scheme == "s3":
-        setting, opened = "FERVID_S3_SOURCE_PREFIXES", settings.s3_source_prefixes
-        hint = "upload the file or use http(s)://"
-    else:
-        return
-    locations = [location.strip() for location in opened.split(",") if location.strip()]
-    if not any(_location_holds(location, uri) for location in locations):
-        raise FervidError(f"{scheme}:// sources are only accepted under {setting} ({opened or 'unset'}); {hint}",
-                          code=SOURCE_NOT_ALLOWED, http_status=422)
-    if _location_holds(settings.storage_url, uri):
-        raise FervidError("the upload store is not a source; upload the file again", code=SOURCE_NOT_ALLOWED,
-                          http_status=422)
-
-
-def _location_holds(location: str, uri: str) -> bool:
-    """Whether `uri` names something inside `location`: a folder (a bare path or file://) or s3://bucket[/prefix],
-    compared a whole path segment at a time after resolving `..`."""
-    target, place = urlparse(uri), urlparse(location if "://" in location else Path(location).as_uri())
-    if target.scheme.lower() != place.scheme.lower():
-        return False
-    if place.scheme.lower() == "file":
-        path, root = Path(unquote(target.path)).resolve(), Path(unquote(place.path)).resolve()
-        return path == root or root in path.parents
-    if target.netloc != place.netloc:  # the bucket
-        return False
-    prefix = place.path.strip("/")
-    return not prefix or target.path.lstrip("/") == prefix or target.path.lstrip("/").startswith(prefix + "/")
-
-
 @v1.post(
     "/jobs", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
     summary="Submit a video or image for analysis",
@@ -206,7 +167,8 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, s
             await form.close()
     elif content_type == "application/json":
         spec = _validated(JobFromUri, await read_json(request))
-        check_source_allowed(spec.source_uri, settings)
+        # file:// and s3:// sources read what the workers can read: only inside the tenant's own locations.
+        SourceFence.from_settings(settings, tenant).check(spec.source_uri)
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
                                     sample_fps=spec.sample_fps, client_request_token=spec.client_request_token,

@@ -8,14 +8,17 @@ import hashlib
 import hmac
 import mimetypes
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
 from api.routes import ERRORS
@@ -26,6 +29,7 @@ from fervid.api_keys import key_digest
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.media_store import local_copy
+from fervid.sources import job_source_fence
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once
@@ -39,6 +43,23 @@ PAGE_HEADERS = {
 
 page = APIRouter(include_in_schema=False)
 viewer_v1 = APIRouter(prefix="/v1", tags=["viewer"], responses={401: ERRORS[401], 404: ERRORS[404]})
+
+
+class HeldFileResponse(FileResponse):
+    """A FileResponse whose path is valid only while `held` is open (held_file's /proc/self/fd/N): closed once the
+    response is sent or abandoned. Without pathsend, which would have the server open the path after that."""
+
+    def __init__(self, held: ExitStack, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.held = held
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = {name: value for name, value in scope.get("extensions", {}).items()
+                      if name != "http.response.pathsend"}
+        try:
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self.held.close()
 
 
 def install_viewer(app: FastAPI) -> None:
@@ -109,10 +130,14 @@ def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep,
 def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], session: SessionDep,
               settings: SettingsDep) -> FileResponse:
     job = jobs.get_job(session, tenant, job_id)
-    # A remote source is fetched once into this machine's download cache, which outlives the response.
-    with local_copy(job.source_uri, settings, cache_key=job.id) as path:
-        media_type = mimetypes.guess_type(job.filename or path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    # A remote source is fetched once into this machine's download cache, which outlives the response; a file the
+    # tenant named is held open (held_file) until the response is sent.
+    held = ExitStack()
+    path = held.enter_context(local_copy(job.source_uri, settings, cache_key=job.id,
+                                         fence=job_source_fence(job, settings)))
+    name = job.filename or PurePosixPath(urlparse(job.source_uri).path).name
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return HeldFileResponse(held, path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
 @viewer_v1.get("/jobs/{job_id}/frames/{frame_index}.jpg", response_class=Response,
@@ -124,6 +149,6 @@ def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, session: S
     planned = results.planned_frame(session, job_id, frame_index)
     if planned is None:
         raise NotFound(f"frame {frame_index} is not a sampled frame of job {job_id}; the timeline lists them")
-    with local_copy(job.source_uri, settings, cache_key=job.id) as path:
+    with local_copy(job.source_uri, settings, cache_key=job.id, fence=job_source_fence(job, settings)) as path:
         jpeg = frame_jpeg(path, job.media_kind, planned)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

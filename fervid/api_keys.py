@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from fervid.sources import is_safe_tenant
+
 log = logging.getLogger(__name__)
 
 # The key docker-compose.yml used to default to: known to everyone who read the file.
@@ -64,6 +66,9 @@ class KeyRing:
             tenant, sep, key = entry.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError(f"FERVID_API_KEYS entry {entry!r} is not tenant:key or tenant:sha256:<hex>")
+            if not is_safe_tenant(tenant):  # it names the tenant's folder in FERVID_FILE_URI_ROOTS' {tenant}
+                raise ValueError(f"FERVID_API_KEYS: tenant {tenant!r} is not a safe name: 1 to 64 letters, digits, "
+                                 "`.`, `_` or `-`, starting with a letter or digit")
             if hashed := HASHED.fullmatch(key):
                 tenants[bytes.fromhex(hashed.group(1))] = tenant
                 continue

@@ -21,6 +21,7 @@ from filelock import FileLock
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
 from fervid.netpolicy import DeadlinePassed, NonPublicAddress, RefusedDestination, non_public_address, open_public
 from fervid.settings import Settings
+from fervid.sources import SourceFence, held_file
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -206,13 +207,22 @@ def cached_download_owners(directory: Path) -> dict[str, list[Path]]:
 
 
 @contextmanager
-def local_copy(uri: str, settings: Settings, cache_key: str | None = None) -> Iterator[Path]:
+def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
+               fence: SourceFence | None) -> Iterator[Path]:
     """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://.
 
     Remote sources are downloaded; with a `cache_key` (the job id) the download is kept in this machine's
-    download cache, so the segments of one job that land on one worker fetch the media once.
+    download cache, so the segments of one job that land on one worker fetch the media once. A source a tenant
+    named comes with its tenant's `fence` (`job_source_fence`): a file is then read only through `held_file`, an
+    s3:// key only inside the tenant's prefixes. None: the upload store's own URIs, and the operator's CLI.
     """
     parsed = urlparse(uri)
+    if fence is not None and parsed.scheme in ("", "file"):
+        with held_file(uri, fence) as path:
+            yield path
+        return
+    if fence is not None:
+        fence.check(uri)
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
         if not path.is_file():

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fervid.sources import parse_locations
 
 DATA_DIR = Path(platformdirs.user_data_dir("fervid"))
 CACHE_DIR = Path(platformdirs.user_cache_dir("fervid"))
@@ -49,10 +51,13 @@ class Settings(BaseSettings):
     # biometric data. None: kept until their tenant deletes them.
     retention_days: Annotated[float, Field(gt=0)] | None = None
     # Folders that file:// source URIs submitted through the API may name (e.g. a shared mount), comma-separated.
-    # Empty: file:// is refused, so no tenant can make a worker read its local files.
+    # `{tenant}` as a whole segment stands for the job's tenant: /mnt/media/{tenant} gives each tenant its own
+    # folder. An entry without it is open to every tenant. Empty: file:// is refused, so no tenant can make a worker
+    # read its local files. The folders and those above them must be writable by the operator only.
     file_uri_roots: str = ""
     # Where s3:// source URIs submitted through the API may point (s3://bucket or s3://bucket/prefix, comma-
-    # separated); workers read them with their own credentials. Empty: s3:// sources are refused.
+    # separated, `{tenant}` as above: s3://media/{tenant}); workers read them with their own credentials.
+    # Empty: s3:// sources are refused.
     s3_source_prefixes: str = ""
     # http(s) sources and webhooks may reach loopback/private addresses only when this is set (development).
     allow_private_urls: bool = False
@@ -114,6 +119,18 @@ class Settings(BaseSettings):
     def prepare_soft_limit_s(self) -> float:
         # The download (at the minimum rate a source must keep) and the probe.
         return self.prepare_time_limit_s or 1800.0
+
+    @field_validator("file_uri_roots")
+    @classmethod
+    def _file_uri_roots(cls, value: str) -> str:
+        parse_locations(value, "FERVID_FILE_URI_ROOTS", "file")
+        return value
+
+    @field_validator("s3_source_prefixes")
+    @classmethod
+    def _s3_source_prefixes(cls, value: str) -> str:
+        parse_locations(value, "FERVID_S3_SOURCE_PREFIXES", "s3")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -43,7 +43,8 @@ def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progres
         session.add(Job(id=job_id, tenant=LOCAL_TENANT, queue=settings.queue, status=JobStatus.queued,
                         source_uri=path.resolve().as_uri(), filename=path.name, sample_fps=sample_fps, warnings=[],
                         created_at=utc_now()))
-    indices = pipeline.prepare_job(job_id, analyzer.model_info, settings)
+    # The operator named the file: no tenant's locations apply.
+    indices = pipeline.prepare_job(job_id, analyzer.model_info, settings, operator_source=True)
     job = pipeline.load_job(job_id)
     assert job is not None
     with tqdm(total=job.frames_total or 0, unit="frame", desc=path.name, file=sys.stderr,
@@ -54,7 +55,7 @@ def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progres
             def advance(done: int, start: int = segment_start) -> None:
                 bar.update(start + done - bar.n)
 
-            pipeline.process_segment(job_id, index, analyzer, settings, on_frames=advance)
+            pipeline.process_segment(job_id, index, analyzer, settings, on_frames=advance, operator_source=True)
     return job_id
 
 

@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from fervid.db import session_scope
 from fervid.errors import MediaError
 from fervid.media_store import local_copy
 from fervid.settings import Settings
+from fervid.sources import job_source_fence
 from fervid.tables import Job, JobStatus, PlanRow
 from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
@@ -249,7 +250,15 @@ def prepare_heartbeats(job_id: str, interval_s: float) -> Iterator[None]:
         thread.join()
 
 
-def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) -> list[int]:
+def job_media(job: Job, settings: Settings, operator_source: bool) -> AbstractContextManager[Path]:
+    """The job's media as a local path, read inside its tenant's locations (FERVID_FILE_URI_ROOTS ...) unless
+    `operator_source`: `fervid analyze` reads the file its operator named."""
+    fence = None if operator_source else job_source_fence(job, settings)
+    return local_copy(job.source_uri, settings, cache_key=job.id, fence=fence)
+
+
+def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings, *,
+                operator_source: bool = False) -> list[int]:
     """Probes the job's media and creates its segments; returns the segments to process.
 
     Bad media fails the job with its code; nothing raises for it.
@@ -259,7 +268,7 @@ def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) 
         return []
     try:
         with prepare_heartbeats(job_id, settings.stale_after_s / 4), \
-                local_copy(job.source_uri, settings, cache_key=job_id) as path:
+                job_media(job, settings, operator_source) as path:
             crash_if_test_file("prepare", job, settings)
             media, segments = probe_segments(path, job, settings)
     except MediaError as error:
@@ -270,7 +279,7 @@ def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings) 
 
 
 def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Settings,
-                    on_frames: Callable[[int], None] | None = None) -> bool:
+                    on_frames: Callable[[int], None] | None = None, *, operator_source: bool = False) -> bool:
     """Analyzes and stores one segment; returns True when this call ended the job (completed it, or failed it for
     bad media), so the caller sends its webhook.
 
@@ -287,7 +296,7 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Setti
 
     try:
         # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
-        with local_copy(job.source_uri, settings, cache_key=job_id) as path:
+        with job_media(job, settings, operator_source) as path:
             rows = record_store.claim_segment(job_id, index, worker_name(), settings.max_attempts)
             if rows is None:
                 if record_store.fail_exhausted_segment(job_id, index, settings.max_attempts):

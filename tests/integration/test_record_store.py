@@ -81,8 +81,8 @@ def one_face(frame_index: int) -> list[tuple[int, tuple[int, int, int, int]]]:
     return [(0, LEFT)]
 
 
-def started_job(segments: int = 3, frames_per_segment: int = 10) -> tuple[str, list[list[PlanRow]]]:
-    job_id = make_job()
+def started_job(segments: int = 3, frames_per_segment: int = 10, **fields: Any) -> tuple[str, list[list[PlanRow]]]:
+    job_id = make_job(**fields)
     plans = make_plans(segments, frames_per_segment)
     assert record_store.start_job(job_id, MEDIA, plans, MODEL) == list(range(segments))
     return job_id, plans
@@ -390,13 +390,13 @@ def test_mark_enqueued_records_when_segments_were_sent(database: str) -> None:
 def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
     database: str, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path
 ) -> None:
-    # given a running job whose media vanished after it was planned
+    # given a running job whose uploaded media vanished after it was planned
     from fervid.settings import get_settings
     from worker import pipeline
 
     fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
     get_settings.cache_clear()
-    job_id, _ = started_job(segments=2)
+    job_id, _ = started_job(segments=2, stored_media_key="gone/media")
     # when a worker processes one of its segments
     ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()), get_settings())
     # then that call ended the job (so the task sends the job's webhook), failed with the reason

@@ -46,7 +46,7 @@ def test_a_loopback_source_is_refused_before_any_request(strict: pytest.MonkeyPa
     try:
         # when a job names it as its source
         source = f"{server.base}/clip.mp4"
-        with pytest.raises(MediaError) as refused, local_copy(source, get_settings(), cache_key="job"):
+        with pytest.raises(MediaError) as refused, local_copy(source, get_settings(), cache_key="job", fence=None):
             pass
         # then it is refused with its own code and the server never saw a request
         assert refused.value.code == "source_not_allowed" and server.hits[0] == 0
@@ -158,7 +158,7 @@ def test_a_redirect_off_http_is_never_followed(fervid_env: pytest.MonkeyPatch, l
     try:
         # when a job reads it
         with pytest.raises(MediaError) as refused, local_copy(f"{redirector.base}/clip.mp4", get_settings(),
-                                                              cache_key="job"):
+                                                              cache_key="job", fence=None):
             pass
     finally:
         redirector.server.shutdown()
@@ -208,7 +208,7 @@ def test_dns_rebinding_reaches_nothing(strict: pytest.MonkeyPatch, listener: Con
 
     # when a job's source names it
     with pytest.raises(MediaError) as refused, local_copy(f"http://media.rebind.test:{listener.port}/clip.mp4",
-                                                          get_settings(), cache_key="job"):
+                                                          get_settings(), cache_key="job", fence=None):
         pass
 
     # then the check passed on the first answer, yet the connection, made to the addresses it checked itself, was
