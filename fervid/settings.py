@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     model_cache_dir: Path = CACHE_DIR / "models"
     engine_cache_dir: Path = CACHE_DIR / "engines"
     queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)
+    # Prepare and segment tasks of one tenant sent to a queue and not finished, at most; the rest wait in the
+    # database and are sent as these finish, so another tenant's work waits behind this many, not a whole backlog.
+    # About the worker processes on the queue: a tenant alone can use that many.
+    tasks_per_tenant: Annotated[int, Field(ge=1)] = 16
     classify_batch: int = 64  # faces per classifier call, gathered across frames
     inference_threads: int = 0  # threads per worker process for detection and ONNX Runtime; 0: the runtime's own
     stale_after_s: float = 60.0  # a running segment with no heartbeat for this long is requeued
