@@ -1,7 +1,8 @@
 """GET /metrics: what an operator scales and alerts on, in Prometheus's text format.
 
-Jobs and segments by status and the age of the oldest queued job come from the database; messages waiting in
-each queue that active jobs use come from the broker (any transport Celery speaks). Off unless
+Jobs and segments by status, the age of the oldest queued job and the tasks waiting for their tenant's window
+come from the database; messages waiting in each queue that active jobs use come from the broker (any transport
+Celery speaks). Off unless
 FERVID_METRICS_TOKEN is set; the scraper then sends it as a bearer token.
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 from api.auth import SettingsDep, bearer
 from api.schemas import ErrorBody
 from fervid.db import session_scope
+from fervid.dispatch import waiting_tasks
 from fervid.errors import NOT_CONFIGURED, FervidError, Unauthorized
 from fervid.queue import celery_app
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
@@ -55,7 +57,8 @@ def _queue_lengths(queues: set[str]) -> dict[str, int]:
     return lengths
 
 
-def _render(jobs: dict[str, int], segments: dict[str, int], oldest_queued_s: float, queues: dict[str, int]) -> str:
+def _render(jobs: dict[str, int], segments: dict[str, int], oldest_queued_s: float, waiting: int,
+            queues: dict[str, int]) -> str:
     lines = ["# HELP fervid_jobs Jobs by status.", "# TYPE fervid_jobs gauge"]
     lines += [f'fervid_jobs{{status="{status}"}} {jobs.get(status, 0)}' for status in JobStatus]
     lines += ["# HELP fervid_segments Segments (one task each) by status.", "# TYPE fervid_segments gauge"]
@@ -63,6 +66,9 @@ def _render(jobs: dict[str, int], segments: dict[str, int], oldest_queued_s: flo
     lines += ["# HELP fervid_oldest_queued_job_age_seconds How long the oldest queued job has waited (0: none).",
               "# TYPE fervid_oldest_queued_job_age_seconds gauge",
               f"fervid_oldest_queued_job_age_seconds {oldest_queued_s:.3f}"]
+    lines += ["# HELP fervid_waiting_tasks Prepare and segment tasks not sent yet: their tenant's "
+              "FERVID_TASKS_PER_TENANT are in flight.", "# TYPE fervid_waiting_tasks gauge",
+              f"fervid_waiting_tasks {waiting}"]
     lines += ["# HELP fervid_queue_messages Messages waiting in the broker, per queue that active jobs use.",
               "# TYPE fervid_queue_messages gauge"]
     lines += [f'fervid_queue_messages{{queue="{queue}"}} {count}' for queue, count in queues.items()]
@@ -80,8 +86,9 @@ def get_metrics(settings: SettingsDep) -> PlainTextResponse:
         segments = {str(status): int(count) for status, count in
                     session.execute(select(Segment.status, func.count()).group_by(Segment.status)).all()}
         oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued))
+        waiting = waiting_tasks(session)
         queues = set(session.scalars(select(Job.queue).where(Job.status.in_(ACTIVE_JOB_STATUSES)).distinct()).all())
     oldest_queued_s = max(0.0, (utc_now() - as_utc(oldest)).total_seconds()) if oldest is not None else 0.0
     queues.add(settings.queue)
-    return PlainTextResponse(_render(jobs, segments, oldest_queued_s, _queue_lengths(queues)),
+    return PlainTextResponse(_render(jobs, segments, oldest_queued_s, waiting, _queue_lengths(queues)),
                              media_type="text/plain; version=0.0.4")

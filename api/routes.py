@@ -120,7 +120,7 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
     try:
         job, created = jobs.create_job(
             session, tenant=tenant, queue=settings.queue, source_uri=uri, sample_fps=options.sample_fps,
-            client_request_token=token, webhook_url=options.webhook_url,
+            tasks_per_tenant=settings.tasks_per_tenant, client_request_token=token, webhook_url=options.webhook_url,
             filename=_display_name(upload.filename), stored_media_key=key, job_id=job_id,
             stored_media_bytes=upload.size, quota=settings.tenant_quota())
     except BaseException:
@@ -171,7 +171,8 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, s
         SourceFence.from_settings(settings, tenant).check(spec.source_uri)
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
-                                    sample_fps=spec.sample_fps, client_request_token=spec.client_request_token,
+                                    sample_fps=spec.sample_fps, tasks_per_tenant=settings.tasks_per_tenant,
+                                    client_request_token=spec.client_request_token,
                                     webhook_url=spec.webhook_url, quota=settings.tenant_quota()))
     else:
         raise FervidError("send multipart/form-data with a `file` part, or application/json with a `source_uri`",

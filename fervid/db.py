@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,3 +62,21 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def lock_for_transaction(session: Session, name: str) -> None:
+    """Holds `name` until the session's transaction ends, so transactions that take the same name (from any
+    process or host) run one after another: a check and the write it allows cannot interleave with another's.
+    Take it before the check.
+
+    PostgreSQL: a transaction-level advisory lock on the name's hash (a collision only serialises two names).
+    SQLite: the database's write lock, which it has one of; taken now because pysqlite begins a transaction only at
+    the first write, which would leave a check that reads first outside it.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
+        return
+    sqlite = connection.connection.driver_connection
+    if connection.dialect.name == "sqlite" and sqlite is not None and not sqlite.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -13,9 +13,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fervid import audit
+from fervid.db import lock_for_transaction
+from fervid.dispatch import dispatch
 from fervid.errors import QUOTA_EXCEEDED, Conflict, NotFound, TooManyRequests
 from fervid.media_store import Storage
-from fervid.queue import send_prepare
 from fervid.settings import TenantQuota
 from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
 from fervid.utc import as_utc, iso_utc, utc_now
@@ -50,20 +51,22 @@ def job_by_token(session: Session, tenant: str, client_request_token: str) -> Jo
 
 
 def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sample_fps: float,
-               client_request_token: str | None = None, webhook_url: str | None = None,
+               tasks_per_tenant: int, client_request_token: str | None = None, webhook_url: str | None = None,
                filename: str | None = None, stored_media_key: str | None = None,
                job_id: str | None = None, stored_media_bytes: int | None = None,
                quota: TenantQuota | None = None) -> tuple[Job, bool]:
-    """Inserts and commits a queued job, then enqueues it; returns (job, created).
+    """Inserts and commits a queued job, then dispatches the tenant's waiting tasks; returns (job, created).
 
     A repeated `client_request_token` returns the tenant's existing job with created=False, also when two
-    requests race (the unique constraint decides). A broker that is down leaves the job queued with
-    enqueued_at NULL, for the reaper to send again; it is logged, not raised. A tenant past its `quota` is
-    refused with a 429.
+    requests race (the unique constraint decides). The job's prepare is sent now when the tenant has fewer than
+    `tasks_per_tenant` tasks sent and unfinished on `queue`, else as they finish (fervid.dispatch); a broker that
+    is down leaves it waiting, logged, not raised. A tenant past its `quota` is refused with a 429; the check and
+    the insert hold the tenant's lock, so concurrent submissions cannot pass it together.
     """
     if client_request_token is not None and (existing := job_by_token(session, tenant, client_request_token)):
         return existing, False
     if quota is not None:
+        lock_for_transaction(session, f"quota:{tenant}")
         refuse_past_quota(session, tenant, quota, stored_media_bytes or 0)
     job = Job(id=job_id or new_job_id(), tenant=tenant, queue=queue, status=JobStatus.queued, source_uri=source_uri,
               stored_media_key=stored_media_key, stored_media_bytes=stored_media_bytes, filename=filename,
@@ -79,13 +82,14 @@ def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sa
         if existing is None:
             raise
         return existing, False
-    enqueue_job(session, job)
+    dispatch(session, tenant, queue, tasks_per_tenant)
+    session.refresh(job)
     return job, True
 
 
 def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_bytes: int) -> None:
     """TooManyRequests (quota_exceeded) when the tenant's active jobs, stored bytes or last day's frames are at
-    their limits. Checked, not locked: concurrent submissions may pass together by a few jobs."""
+    their limits. A check only: create_job holds the tenant's lock around it and the insert."""
     day_ago = utc_now() - timedelta(days=1)
     counted_active, counted_bytes, counted_frames, oldest = session.execute(select(
         func.count().filter(Job.status.in_(ACTIVE_JOB_STATUSES)),
@@ -107,19 +111,6 @@ def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_byt
         raise TooManyRequests(f"your jobs of the last 24 h sample {frames} frames, the most allowed "
                               "(FERVID_MAX_FRAMES_PER_DAY)", retry_after_s=max(1, int(wait_s) + 1),
                               code=QUOTA_EXCEEDED)
-
-
-def enqueue_job(session: Session, job: Job) -> bool:
-    """Sends the job's prepare task (only ever after its row committed) and records when; False if the broker
-    is unreachable."""
-    try:
-        send_prepare(job.id, job.queue)
-    except Exception:  # any broker failure: the reaper re-sends jobs whose enqueued_at is NULL
-        log.exception("job %s: could not enqueue; it stays queued for the reaper to send", job.id)
-        return False
-    job.enqueued_at = utc_now()
-    session.commit()
-    return True
 
 
 def frames_done_by_job(session: Session, job_ids: Sequence[str]) -> dict[str, int]:

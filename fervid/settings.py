@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     model_cache_dir: Path = CACHE_DIR / "models"
     engine_cache_dir: Path = CACHE_DIR / "engines"
     queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)
+    # Prepare and segment tasks of one tenant sent to a queue and not finished, at most; the rest wait in the
+    # database and are sent as these finish, so another tenant's work waits behind this many, not a whole backlog.
+    # About the worker processes on the queue: a tenant alone can use that many.
+    tasks_per_tenant: Annotated[int, Field(ge=1)] = 16
     classify_batch: int = 64  # faces per classifier call, gathered across frames
     inference_threads: int = 0  # the classifier's threads per worker process (ONNX Runtime); 0: the runtime's own
     # The face detector runs on a sampled frame once this many ms have passed since the last frame it ran on; the

@@ -1,4 +1,5 @@
-"""The reaper: re-sends work whose message or worker was lost, and finishes jobs whose finisher was lost.
+"""The reaper: re-sends work whose message or worker was lost, finishes jobs whose finisher was lost, and sends
+waiting work that no dispatch sent (fervid.dispatch: its sender died, or a deleted job freed its tenant's room).
 
 Work that has had FERVID_MAX_ATTEMPTS deliveries is not re-sent: its job fails processing_failed, so a file that
 kills every worker it reaches ends instead of being redelivered forever.
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 
 from fervid.db import session_scope
+from fervid.dispatch import dispatch_waiting
 from fervid.errors import PROCESSING_FAILED
 from fervid.queue import send_prepare, send_segment
 from fervid.settings import Settings
@@ -32,16 +34,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReapReport:
     stale_segments: int = 0  # running, but their worker stopped heartbeating: back to pending and re-sent
-    lost_segments: int = 0  # pending for too long (message lost): re-sent
-    queued_jobs: int = 0  # queued for too long (message lost, or never sent): prepare re-sent
+    lost_segments: int = 0  # sent, but pending for too long (message lost): re-sent
+    queued_jobs: int = 0  # sent, but queued for too long (message lost): prepare re-sent
     finished_jobs: int = 0  # running with every segment done (the finisher was lost): finished here
     stale_prepares: int = 0  # preparing, but their worker stopped heartbeating: back to queued and re-sent
     exhausted_jobs: int = 0  # stale work that had its FERVID_MAX_ATTEMPTS: the job failed processing_failed
+    dispatched: int = 0  # waiting tasks (never sent) sent now, where their tenant had room
 
     @property
     def total(self) -> int:
         return (self.stale_segments + self.lost_segments + self.queued_jobs + self.finished_jobs
-                + self.stale_prepares + self.exhausted_jobs)
+                + self.stale_prepares + self.exhausted_jobs + self.dispatched)
 
 
 def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
@@ -80,23 +83,17 @@ def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
                     error_message=exhausted_message("fetching and probing the media", max_attempts))
             .returning(Job.id).execution_options(synchronize_session=False)
         ).all()
+    # Sent long ago and not started: the message was lost (never sent, enqueued_at NULL, is waiting: see below).
     with session_scope() as session:
-        # Never sent (enqueued_at NULL) counts from when the job started: the sender may have died before sending.
         lost = session.execute(
-            update(Segment).where(
-                Segment.status == SegmentStatus.pending,
-                or_(and_(Segment.enqueued_at < lost_before, Segment.job_id.in_(running_jobs)),
-                    and_(Segment.enqueued_at.is_(None),
-                         Segment.job_id.in_(running_jobs.where(Job.started_at < lost_before)))))
+            update(Segment).where(Segment.status == SegmentStatus.pending, Segment.enqueued_at < lost_before,
+                                  Segment.job_id.in_(running_jobs))
             .values(enqueued_at=now)
             .returning(Segment.job_id, Segment.index).execution_options(synchronize_session=False)
         ).all()
     with session_scope() as session:
-        # Never sent counts from creation: the API may have died between committing the job and sending it.
         queued = session.scalars(
-            update(Job).where(
-                Job.status == JobStatus.queued,
-                or_(Job.enqueued_at < lost_before, and_(Job.enqueued_at.is_(None), Job.created_at < lost_before)))
+            update(Job).where(Job.status == JobStatus.queued, Job.enqueued_at < lost_before)
             .values(enqueued_at=now)
             .returning(Job.id).execution_options(synchronize_session=False)
         ).all()
@@ -112,7 +109,8 @@ def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
         if finish_job_if_complete(job_id):
             finished += 1
             queue_webhook(job_id)
-    return ReapReport(len(stale), len(lost), len(queued), finished, len(stale_prepares), len(exhausted))
+    dispatched = dispatch_waiting(settings.tasks_per_tenant)
+    return ReapReport(len(stale), len(lost), len(queued), finished, len(stale_prepares), len(exhausted), dispatched)
 
 
 def _queues(job_ids: set[str]) -> dict[str, str]:
@@ -148,8 +146,9 @@ def start_reaper_thread(settings: Settings) -> threading.Event:
                 continue
             if report.total:
                 log.info("reaper: re-sent %d stale and %d lost segments, %d queued jobs and %d stale prepares; "
-                         "finished %d jobs; failed %d out of attempts", report.stale_segments, report.lost_segments,
-                         report.queued_jobs, report.stale_prepares, report.finished_jobs, report.exhausted_jobs)
+                         "finished %d jobs; failed %d out of attempts; sent %d waiting tasks", report.stale_segments,
+                         report.lost_segments, report.queued_jobs, report.stale_prepares, report.finished_jobs,
+                         report.exhausted_jobs, report.dispatched)
             if expired or swept:
                 log.info("retention: deleted %d expired jobs and %d cached downloads", expired, swept)
 

@@ -346,11 +346,3 @@ def job_progress(job_id: str) -> tuple[int, int | None]:
         row = session.execute(select(frames_done, Job.frames_total).where(Job.id == job_id)).first()
     return (0, None) if row is None else (int(row.frames_done), row.frames_total)
 
-
-def mark_enqueued(job_id: str, indices: Sequence[int]) -> None:
-    """Records when segments were sent, so the reaper can tell a lost message from a queued one."""
-    if not indices:
-        return
-    with session_scope() as session:
-        session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.index.in_(list(indices)))
-                        .values(enqueued_at=utc_now()))

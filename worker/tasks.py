@@ -19,8 +19,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
+from fervid.dispatch import dispatch_for_job
 from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
-from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app, send_segment
+from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app
 from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
 from fervid.worker_status import start_publishing
@@ -156,8 +157,14 @@ def _fail_slow(job_id: str, what: str, limit_s: float) -> None:
 @app.task(name=PREPARE_TASK, bind=True, **RETRY)
 def prepare_job(self: Task, job_id: str) -> None:
     settings = _settings()
-    if not record_store.claim_prepare(job_id, retrying=bool(self.request.retries)):
-        return  # another worker prepares it (this is a redelivery), or the job moved on
+    # Not claimed: another worker prepares it (this is a redelivery), or the job moved on.
+    if record_store.claim_prepare(job_id, retrying=bool(self.request.retries)):
+        _prepare(job_id, settings)
+    # However it ended, the tenant may have room now: its next waiting tasks (this job's segments first) go out.
+    dispatch_for_job(job_id, settings.tasks_per_tenant)
+
+
+def _prepare(job_id: str, settings: Settings) -> None:
     try:
         indices = pipeline.prepare_job(job_id, _analyzer().model_info, settings)
     except TRANSIENT:
@@ -170,28 +177,27 @@ def prepare_job(self: Task, job_id: str) -> None:
         return
     if not indices:
         queue_webhook(job_id)  # only a failed (or vanished) job gets here without segments
-        return
-    record_store.mark_enqueued(job_id, indices)
-    job = pipeline.load_job(job_id)
-    for index in indices:
-        send_segment(job_id, index, job.queue if job else settings.queue)
 
 
 @app.task(name=SEGMENT_TASK, bind=True, **RETRY)
 def process_segment(self: Task, job_id: str, index: int) -> None:
     settings = _settings()
+    if _process_segment(job_id, index, settings):
+        queue_webhook(job_id)
+    dispatch_for_job(job_id, settings.tasks_per_tenant)  # this task's room, to the tenant's next waiting task
+
+
+def _process_segment(job_id: str, index: int, settings: Settings) -> bool:
+    """pipeline.process_segment: True when this call finished the job, so its webhook is to be sent."""
     try:
-        finished = pipeline.process_segment(job_id, index, _analyzer(), settings)
+        return pipeline.process_segment(job_id, index, _analyzer(), settings)
     except TRANSIENT:
         raise
     except SoftTimeLimitExceeded:
         _fail_slow(job_id, f"segment {index}", settings.segment_soft_limit_s())
-        return
     except Exception as error:
         _fail_unexpected(job_id, error)
-        return
-    if finished:
-        queue_webhook(job_id)
+    return False
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, max_retries=len(RETRY_DELAYS_S))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +14,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import build_tiny_classifier
 
@@ -99,3 +103,49 @@ def wait_for(condition: Callable[[], object], timeout: float = 120.0, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout:.0f} s. {describe()}")
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, fervid_env: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated database of this test's own, of each kind: the reaper and the dispatcher look at every job, so
+    none may be left from others. (test_record_store's own `database`, the shared one, overrides it there.)"""
+    from fervid.db import engine_for
+    from fervid.migrate import upgrade
+    from fervid.settings import get_settings
+
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("empty_pg_url"))
+        upgrade(url)
+    else:
+        url = str(request.getfixturevalue("sqlite_url"))
+    fervid_env.setenv("FERVID_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    engine_for(url).dispose()
+
+
+@pytest.fixture
+def queue(database: str, redis_url: str, fervid_env: pytest.MonkeyPatch) -> Iterator[str]:
+    """A queue of this test's own on the real Redis (and `database`); the messages sent land in its list."""
+    from fervid.queue import celery_app
+    from fervid.settings import get_settings
+
+    name = f"test-queue-{uuid.uuid4().hex[:8]}"
+    fervid_env.setenv("FERVID_BROKER_URL", redis_url)
+    fervid_env.setenv("FERVID_QUEUE", name)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    client.delete(name, *client.scan_iter(f"*{name}*"))  # the list and kombu's bindings for it
+    celery_app.cache_clear()
+
+
+def sent(redis_url: str, queue: str) -> list[tuple[str, list[Any]]]:
+    """The (task name, args) of every message waiting in the queue's Redis list, oldest first."""
+    messages = []
+    for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        messages.append((message["headers"]["task"], args))
+    return messages

@@ -264,7 +264,7 @@ def test_a_token_race_is_decided_by_the_unique_constraint(api: Api, monkeypatch:
     # when the second insert hits the unique constraint
     with session_scope() as session:
         job, created = jobs.create_job(session, tenant=api.alice, queue="cpu", source_uri="s3://b/k", sample_fps=5,
-                                       client_request_token="race")
+                                       tasks_per_tenant=16, client_request_token="race")
         # then it answers with the first job and leaves exactly one row
         assert (job.id, created) == (first, False)
         count = session.scalar(select(func.count()).select_from(Job).where(Job.client_request_token == "race",
@@ -373,7 +373,7 @@ def test_a_broker_outage_at_submit_still_answers_202_and_leaves_the_job_for_the_
     celery_app.cache_clear()
     # when a job is submitted
     response = submit_uri(api)
-    # then it is accepted and stays queued with enqueued_at NULL, which the reaper re-sends
+    # then it is accepted and waits, queued with enqueued_at NULL, for the next dispatch (the reaper's at the latest)
     assert response.status_code == 202, response.text
     row = job_row(response.json()["job_id"])
     assert row.status == "queued" and row.enqueued_at is None
@@ -629,7 +629,7 @@ def test_metrics_count_jobs_and_queued_messages_for_the_operator_only(
         after = api.client.get("/metrics", headers={"Authorization": "Bearer scraper-token"})
         tenant = api.client.get("/metrics", headers=ALICE)
         anonymous = api.client.get("/metrics")
-    # then it sees two more queued jobs, their two messages in the test's queue, and a queued age
+    # then it sees two more queued jobs, their two messages in the test's queue (sent, not waiting), a queued age
     assert before.status_code == after.status_code == 200, after.text
     assert after.headers["content-type"].startswith("text/plain")
 
@@ -641,6 +641,7 @@ def test_metrics_count_jobs_and_queued_messages_for_the_operator_only(
     assert samples(after.text)[queued] == samples(before.text)[queued] + 2
     assert samples(after.text)[f'fervid_queue_messages{{queue="{api.queue}"}}'] == 2
     assert samples(after.text)["fervid_oldest_queued_job_age_seconds"] >= 0
+    assert samples(after.text)["fervid_waiting_tasks"] == samples(before.text)["fervid_waiting_tasks"]
     # and an API key or no token is refused
     assert_error(tenant, 401, "unauthorized")
     assert_error(anonymous, 401, "unauthorized")

@@ -3,6 +3,7 @@ per key, queued and running jobs per tenant; each a 429 with Retry-After in the 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -134,3 +135,42 @@ def test_without_a_redis_for_counters_requests_are_not_limited(api: Api, fervid_
     get_settings.cache_clear()
     # when / then the API answers (no rate limits) instead of failing every request
     assert [api.client.get("/v1/jobs", headers=ALICE).status_code for _ in range(3)] == [200] * 3
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_concurrent_submissions_never_pass_the_active_jobs_quota_together(
+        kind: str, fervid_env: pytest.MonkeyPatch, redis_url: str, request: pytest.FixtureRequest) -> None:
+    # given at most 3 queued or running jobs per tenant, on each database
+    from sqlalchemy import func, select
+
+    from fervid.db import session_scope
+    from fervid.tables import ACTIVE_JOB_STATUSES, Job
+
+    fervid_env.setenv("FERVID_MAX_ACTIVE_JOBS", "3")
+    url = str(request.getfixturevalue("pg_url" if kind == "postgresql" else "sqlite_url"))
+    with running_api(url, redis_url, fervid_env) as api:
+        # when alice sends 16 submissions at the same moment
+        statuses = submit_at_once(api, 16)
+        # then exactly 3 were accepted and the rest refused, and she holds 3 active jobs
+        assert sorted(statuses) == [202] * 3 + [429] * 13
+        with session_scope() as session:
+            active = session.scalar(select(func.count()).select_from(Job).where(
+                Job.tenant == api.alice, Job.status.in_(ACTIVE_JOB_STATUSES)))
+        assert active == 3
+
+
+def submit_at_once(api: Api, submissions: int) -> list[int]:
+    """The status codes of `submissions` of alice's sent at the same moment from as many threads."""
+    barrier = threading.Barrier(submissions)
+    statuses: list[int] = []
+
+    def submit() -> None:
+        barrier.wait(timeout=30)
+        statuses.append(submit_uri(api).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(submissions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return statuses

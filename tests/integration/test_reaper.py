@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +15,7 @@ from fervid.db import session_scope
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK
 from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus, Segment, SegmentStatus
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import sent, wait_for
 from tests.integration.test_record_store import load_job, make_job, process, started_job
 from worker import record_store
 from worker.reaper import ReapReport, reap_once, start_reaper_thread
@@ -27,51 +23,6 @@ from worker.reaper import ReapReport, reap_once, start_reaper_thread
 pytestmark = pytest.mark.integration
 
 LONG_AGO = timedelta(hours=1)
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database(request: pytest.FixtureRequest, fervid_env: pytest.MonkeyPatch) -> Iterator[str]:
-    """A migrated database of this test's own: the reaper looks at every job, so none may be left from others."""
-    from fervid.db import engine_for
-    from fervid.migrate import upgrade
-    from fervid.settings import get_settings
-
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("empty_pg_url"))
-        upgrade(url)
-    else:
-        url = str(request.getfixturevalue("sqlite_url"))
-    fervid_env.setenv("FERVID_DATABASE_URL", url)
-    get_settings.cache_clear()
-    yield url
-    engine_for(url).dispose()
-
-
-@pytest.fixture
-def queue(database: str, redis_url: str, fervid_env: pytest.MonkeyPatch) -> Iterator[str]:
-    """A queue of this test's own on the real Redis; the reaper's messages land in its list."""
-    from fervid.queue import celery_app
-    from fervid.settings import get_settings
-
-    name = f"test-reaper-{uuid.uuid4().hex[:8]}"
-    fervid_env.setenv("FERVID_BROKER_URL", redis_url)
-    fervid_env.setenv("FERVID_QUEUE", name)
-    get_settings.cache_clear()
-    celery_app.cache_clear()
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    client.delete(name, *client.scan_iter(f"*{name}*"))  # the list and kombu's bindings for it
-    celery_app.cache_clear()
-
-
-def sent(redis_url: str, queue: str) -> list[tuple[str, list[Any]]]:
-    """The (task name, args) of every message waiting in the queue's Redis list, oldest first."""
-    messages = []
-    for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1)):
-        message = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        messages.append((message["headers"]["task"], args))
-    return messages
 
 
 def set_segment(job_id: str, index: int, **values: Any) -> None:
@@ -93,14 +44,13 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == cancelled).values(status=JobStatus.cancelled))
     lost_job = make_job(enqueued_at=now - LONG_AGO)
-    never_sent = make_job(created_at=now - LONG_AGO)
+    never_sent = make_job(created_at=now - LONG_AGO)  # waiting: the API died between committing and sending it
     make_job(enqueued_at=now)
-    make_job()  # created just now, not sent yet: the API is about to send it
     # when the reaper runs, and runs again right away
     first = reap_once(get_settings(), now)
     second = reap_once(get_settings(), now)
-    # then the stale and the lost segments and the two lost jobs were re-sent, once
-    assert first == ReapReport(stale_segments=1, lost_segments=1, queued_jobs=2, finished_jobs=0)
+    # then the stale and the lost segments and the lost job were re-sent, and the waiting job sent, once
+    assert first == ReapReport(stale_segments=1, lost_segments=1, queued_jobs=1, finished_jobs=0, dispatched=1)
     assert second == ReapReport()
     messages = sent(redis_url, queue)
     assert sorted(m for m in messages if m[0] == SEGMENT_TASK) == sorted([(SEGMENT_TASK, [job_id, 0]),
@@ -113,16 +63,17 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     assert record_store.claim_segment(job_id, 0, "alive:2", max_attempts=3) is not None
 
 
-def test_a_segment_never_sent_is_resent_once_its_job_has_waited_long_enough(queue: str, redis_url: str) -> None:
-    # given a job whose prepare created segments but died before sending them
-    job_id, _ = started_job(segments=2)
-    # when the reaper runs now, and later than FERVID_REQUEUE_AFTER_S
-    now_report = reap_once(get_settings())
-    later = reap_once(get_settings(), datetime.now(UTC) + LONG_AGO)
-    # then only the later pass re-sends them
-    assert now_report == ReapReport()
-    assert later.lost_segments == 2
-    assert sorted(sent(redis_url, queue)) == [(SEGMENT_TASK, [job_id, 0]), (SEGMENT_TASK, [job_id, 1])]
+def test_waiting_segments_are_sent_by_the_next_pass_as_far_as_their_tenants_window_allows(
+        queue: str, redis_url: str) -> None:
+    # given a job whose prepare created segments but died before dispatching them, and a window of 2 tasks
+    job_id, _ = started_job(segments=3)
+    settings = get_settings().model_copy(update={"tasks_per_tenant": 2})
+    # when the reaper runs, and again
+    first = reap_once(settings)
+    second = reap_once(settings)
+    # then the first pass sent the first two, and the third waits for one of them to finish
+    assert (first, second) == (ReapReport(dispatched=2), ReapReport())
+    assert sent(redis_url, queue) == [(SEGMENT_TASK, [job_id, 0]), (SEGMENT_TASK, [job_id, 1])]
 
 
 def test_reaper_finishes_a_job_whose_last_worker_stored_but_did_not_finish(queue: str, redis_url: str) -> None:

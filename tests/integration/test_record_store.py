@@ -40,12 +40,12 @@ def database(request: pytest.FixtureRequest, fervid_env: pytest.MonkeyPatch) -> 
     return url
 
 
-def make_job(status: JobStatus = JobStatus.queued, **fields: Any) -> str:
+def make_job(status: JobStatus = JobStatus.queued, tenant: str = "alice", **fields: Any) -> str:
     job_id = str(uuid.uuid4())
     fields.setdefault("created_at", datetime.now(UTC))
     fields.setdefault("queue", get_settings().queue)  # as the API does: the job goes to the configured queue
     with session_scope() as session:
-        session.add(Job(id=job_id, tenant="alice", status=status, source_uri="file:///clip.mp4", sample_fps=5.0,
+        session.add(Job(id=job_id, tenant=tenant, status=status, source_uri="file:///clip.mp4", sample_fps=5.0,
                         warnings=[], **fields))
     return job_id
 
@@ -373,18 +373,6 @@ def test_finishing_merges_segment_warnings_into_the_job(database: str) -> None:
     # then the job lists every warning once, in segment order
     assert load_job(job_id).warnings == ["rotation metadata ignored", "frame 5 could not be decoded",
                                          "frame 140 was empty"]
-
-
-def test_mark_enqueued_records_when_segments_were_sent(database: str) -> None:
-    # given a started job
-    job_id, _ = started_job(segments=3)
-    # when two of its segments are sent
-    record_store.mark_enqueued(job_id, [0, 2])
-    # then those two carry their send time
-    with session_scope() as session:
-        sent = session.execute(select(Segment.index, Segment.enqueued_at.is_not(None)).where(Segment.job_id == job_id)
-                               .order_by(Segment.index)).all()
-    assert [tuple(row) for row in sent] == [(0, True), (1, False), (2, True)]
 
 
 def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
