@@ -1,6 +1,7 @@
 """Accuracy experiment (not a speed benchmark): how should a detector's box be cropped for the classifier?
 
     .venv/bin/python bench/crop_framing.py [--splits public] [--fit-faces 2000] [--model models/fervid-emotion.onnx]
+        [--detectors yunet] [--borders replicate] [--sweep 0.96:0,0.98:-0.026]
 
 The network learnt FER-2013's framing; in a job it sees crops around a detector's boxes. Each FER-2013 face is
 enlarged 3x and set in a canvas twice its size (the border filled by replicating or mirroring its edge pixels,
@@ -95,6 +96,8 @@ def main() -> int:
     parser.add_argument("--fit-faces", type=int, default=2000, help="train faces the framing is fitted on")
     parser.add_argument("--borders", default=",".join(BORDERS), help=f"comma list of {', '.join(BORDERS)}")
     parser.add_argument("--detectors", default="yunet,haar", help="comma list of yunet, haar")
+    parser.add_argument("--sweep", default="", help="extra framings scored beside the others, as a comma list of "
+                        "side:dy (e.g. 0.96:0,0.98:-0.026); choose among them on public, report private")
     args = parser.parse_args()
 
     spec = read_model_spec(args.model)
@@ -125,6 +128,9 @@ def main() -> int:
                 fit = fitted[detector.name]
                 framings = {"previous": Framing(side=PREVIOUS_SIDE), "shipped": detector.framing,
                             "fitted_side": Framing(side=fit.side), "fitted": fit}
+                for point in filter(None, args.sweep.split(",")):
+                    side, dy = point.split(":")
+                    framings[f"side {side} dy {dy}"] = Framing(side=float(side), dy=float(dy))
                 scores = {framing: top1(classifier, [crop_face(item.canvas, item.box, framing) for item in found],
                                         labels)
                           for framing in set(framings.values())}
