@@ -13,6 +13,7 @@ from api.metrics import metrics
 from api.routes import health, v1
 from api.viewer import install_viewer
 from fervid.settings import get_settings
+from fervid.webhooks import signing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,12 @@ def _version() -> str:
 
 
 def create_app() -> FastAPI:
-    """A new app on the current settings (FERVID_*); a malformed or weak FERVID_API_KEYS fails here, not per
-    request."""
-    if not keys_of(get_settings()).current().tenants_by_digest:
+    """A new app on the current settings (FERVID_*); a malformed or weak FERVID_API_KEYS or FERVID_WEBHOOK_SECRETS
+    fails here, not per request."""
+    settings = get_settings()
+    if not keys_of(settings).current().tenants_by_digest:
         log.warning("FERVID_API_KEYS is empty: every /v1 request will be refused with 401")
+    signing_secrets(settings)
     app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION,
                   openapi_tags=[{"name": "jobs", "description": "analysis jobs and their results"},
                                 {"name": "health", "description": "liveness and readiness probes (no key); metrics"}])
