@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS_S = (10, 60)  # after the first attempt: 3 attempts in all
 SIGNATURE_HEADER = "X-Fervid-Signature"
 SIGNATURE_TOLERANCE_S = 300  # how old a signed timestamp a receiver should accept
-
-
 LEGACY_KID = "v1"  # the key id of FERVID_WEBHOOK_SECRET: name the old secret so in FERVID_WEBHOOK_SECRETS
 KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # nothing that could end a header field
 
