@@ -24,6 +24,7 @@ bench: install
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/scale_bench.py
+	$(BIN)/python bench/load.py
 
 lint: install
 	$(BIN)/ruff check .

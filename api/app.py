@@ -14,6 +14,7 @@ from api.routes import health, v1
 from api.viewer import install_viewer
 from fervid.settings import get_settings
 from fervid.sources import TENANT_PLACEHOLDER, parse_locations
+from fervid.webhooks import signing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,12 @@ def _version() -> str:
 
 
 def create_app() -> FastAPI:
-    """A new app on the current settings (FERVID_*); a malformed or weak FERVID_API_KEYS fails here, not per
-    request."""
+    """A new app on the current settings (FERVID_*); a malformed or weak FERVID_API_KEYS or FERVID_WEBHOOK_SECRETS
+    fails here, not per request."""
     settings = get_settings()
     if not keys_of(settings).current().tenants_by_digest:
         log.warning("FERVID_API_KEYS is empty: every /v1 request will be refused with 401")
+    signing_secrets(settings)
     for setting, entries, scheme in (("FERVID_FILE_URI_ROOTS", settings.file_uri_roots, "file"),
                                      ("FERVID_S3_SOURCE_PREFIXES", settings.s3_source_prefixes, "s3")):
         if shared := [entry for entry in parse_locations(entries, setting, scheme) if TENANT_PLACEHOLDER not in entry]:

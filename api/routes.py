@@ -34,6 +34,7 @@ from api.schemas import (
     Summary,
     TimelineCursor,
     TimelinePage,
+    WebhookKey,
     WebhookSigningKey,
     WorkerOut,
 )
@@ -55,7 +56,13 @@ from fervid.settings import Settings
 from fervid.sources import SourceFence
 from fervid.tables import Job
 from fervid.utc import utc_now
-from fervid.webhooks import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_S, queue_webhook, tenant_signing_key
+from fervid.webhooks import (
+    SIGNATURE_HEADER,
+    SIGNATURE_TOLERANCE_S,
+    queue_webhook,
+    signing_secrets,
+    tenant_signing_keys,
+)
 from fervid.worker_status import live_workers, worker_to_dict
 
 log = logging.getLogger(__name__)
@@ -272,16 +279,19 @@ def delete_job(job_id: str, tenant: TenantDep, session: SessionDep, settings: Se
 
 
 @v1.get("/webhook-signing-key", response_model=WebhookSigningKey,
-        responses={404: {"model": ErrorBody, "description": "webhooks are not signed (no FERVID_WEBHOOK_SECRET)"}},
-        summary="The key your job webhooks are signed with")
+        responses={404: {"model": ErrorBody, "description": "webhooks are not signed (no FERVID_WEBHOOK_SECRETS)"}},
+        summary="The keys your job webhooks are signed with")
 def get_webhook_signing_key(tenant: TenantDep, settings: SettingsDep) -> WebhookSigningKey:
-    secret = settings.webhook_secret
-    if not secret:
-        raise FervidError("webhooks are not signed on this service (the operator has not set FERVID_WEBHOOK_SECRET)",
-                          code=NOT_CONFIGURED, http_status=404)
-    scheme = (f'"t=<unix seconds>,v1=<hex>": v1 is HMAC-SHA256 under this key of "<t>." followed by the raw body; '
-              f"refuse a mismatch or a t more than {SIGNATURE_TOLERANCE_S} s from now")
-    return WebhookSigningKey(header=SIGNATURE_HEADER, scheme=scheme, key=tenant_signing_key(secret, tenant).hex())
+    keys = tenant_signing_keys(signing_secrets(settings), tenant)
+    if not keys:
+        raise FervidError("webhooks are not signed on this service (the operator has not set "
+                          "FERVID_WEBHOOK_SECRETS)", code=NOT_CONFIGURED, http_status=404)
+    scheme = ('"t=<unix seconds>,kid=<id>,v1=<hex>", then a kid,v1 pair per older key during a rotation: v1 is '
+              'HMAC-SHA256 under the key of that kid of "<t>." followed by the raw body; accept when the v1 of a kid '
+              f"you hold matches and t is within {SIGNATURE_TOLERANCE_S} s of now")
+    (kid, key), *_ = keys
+    return WebhookSigningKey(header=SIGNATURE_HEADER, scheme=scheme, kid=kid, key=key.hex(),
+                             keys=[WebhookKey(kid=kid, key=key.hex()) for kid, key in keys])
 
 
 @health.get("/healthz", response_model=Health, summary="Liveness: the process answers")

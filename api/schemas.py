@@ -192,10 +192,18 @@ class Summary(BaseModel):
     overall: OverallSummary
 
 
+class WebhookKey(BaseModel):
+    kid: str = Field(description="the key id a signature names (kid=...)")
+    key: str = Field(description="your HMAC-SHA256 key of that id, hex")
+
+
 class WebhookSigningKey(BaseModel):
     header: str = Field(description="the request header carrying the signature")
     scheme: str = Field(description="how to check it")
-    key: str = Field(description="your HMAC-SHA256 key, hex")
+    kid: str = Field(description="the id of the key new webhooks are signed with")
+    key: str = Field(description="your HMAC-SHA256 key new webhooks are signed with, hex")
+    keys: list[WebhookKey] = Field(description="every key a webhook carries a signature under now, the signing one "
+                                               "first; more than one while the operator rotates")
 
 
 class Health(BaseModel):

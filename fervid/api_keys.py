@@ -41,12 +41,13 @@ def key_bits(key: str) -> float:
     return -sum(n * math.log2(n / len(key)) for n in counts.values()) if key else 0.0
 
 
-def check_key_strength(tenant: str, key: str) -> None:
+def check_key_strength(owner: str, key: str) -> None:
+    """Raises WeakKeyError for a published or guessable key; `owner` names it, e.g. "FERVID_API_KEYS: tenant 'a'"."""
     if key in PUBLISHED_KEYS:
-        raise WeakKeyError(f"FERVID_API_KEYS: tenant {tenant!r} uses the published default key {key!r}; "
+        raise WeakKeyError(f"{owner} uses the published default key {key!r}; "
                            "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     if len(key) < MIN_KEY_LENGTH or key_bits(key) < MIN_KEY_BITS:
-        raise WeakKeyError(f"FERVID_API_KEYS: tenant {tenant!r} has a weak key ({len(key)} characters, about "
+        raise WeakKeyError(f"{owner} has a weak key ({len(key)} characters, about "
                            f"{key_bits(key):.0f} bits; at least {MIN_KEY_LENGTH} characters and {MIN_KEY_BITS:.0f} "
                            "bits are needed); generate one with `python -c 'import secrets; "
                            "print(secrets.token_urlsafe(32))'`")
@@ -73,7 +74,7 @@ class KeyRing:
                 tenants[bytes.fromhex(hashed.group(1))] = tenant
                 continue
             if key in PUBLISHED_KEYS or not allow_weak:
-                check_key_strength(tenant, key)
+                check_key_strength(f"FERVID_API_KEYS: tenant {tenant!r}", key)
             tenants[key_digest(key)] = tenant
         return cls(tenants)
 

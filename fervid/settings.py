@@ -101,8 +101,10 @@ class Settings(BaseSettings):
     test_crash_on: str = ""
     webhook_timeout_s: float = 5.0  # per read
     webhook_deadline_s: Annotated[float, Field(gt=0.0)] = 15.0  # per attempt, the whole exchange
-    # Signs webhooks (X-Fervid-Signature) with a key per tenant derived from this; empty: unsigned.
-    webhook_secret: str = ""
+    # Sign webhooks (X-Fervid-Signature) with keys per tenant derived from these: "kid:secret,kid:secret", the first
+    # signs and each one listed adds a signature (rotation); empty: unsigned.
+    webhook_secrets: str = ""
+    webhook_secret: str = ""  # the single secret of before, signing as kid v1; set one of the two
     # Redis holding the API processes' shared rate-limit counters; empty: FERVID_BROKER_URL.
     limits_url: str = ""
     requests_per_minute: int = 1200  # per API key

@@ -5,10 +5,13 @@ deadline (FERVID_WEBHOOK_DEADLINE_S) and retried on RETRY_DELAYS_S, so a receive
 neither the API nor a worker's analysis. Every attempt of one event carries the same `event_id`, so a receiver
 can drop duplicates.
 
-With FERVID_WEBHOOK_SECRET set, every POST is signed for its tenant: `X-Fervid-Signature: t=<unix seconds>,
-v1=<hex HMAC-SHA256 of "<t>.<body>">` under the tenant's own key (HMAC-SHA256 of the tenant name under the secret,
-which the tenant reads from GET /v1/webhook-signing-key). A receiver checks the MAC and that t is recent, so a
-forged or replayed notification is refused; one tenant's key cannot sign for another.
+With signing secrets set (FERVID_WEBHOOK_SECRETS="v2:<secret>,v1:<secret>", the first signs; or the single
+FERVID_WEBHOOK_SECRET, key id v1), every POST is signed for its tenant: `X-Fervid-Signature: t=<unix seconds>,
+kid=v2,v1=<hex HMAC-SHA256 of "<t>.<body>">` under the tenant's own key of that version (HMAC-SHA256 of the
+tenant name under the secret, which the tenant reads from GET /v1/webhook-signing-key), then a `kid=...,v1=...`
+pair for each older secret still configured, so a receiver holding only the old key keeps verifying while the
+operator rotates. A receiver checks the MAC of a kid it holds and that t is recent, so a forged or replayed
+notification is refused; one tenant's key cannot sign for another.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ import hmac
 import http.client
 import json
 import logging
+import re
 import time
 import urllib.request
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 
+from fervid.api_keys import check_key_strength
 from fervid.db import session_scope
 from fervid.netpolicy import RefusedDestination, non_public_address, open_public
 from fervid.queue import send_webhook
@@ -33,6 +41,48 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS_S = (10, 60)  # after the first attempt: 3 attempts in all
 SIGNATURE_HEADER = "X-Fervid-Signature"
 SIGNATURE_TOLERANCE_S = 300  # how old a signed timestamp a receiver should accept
+LEGACY_KID = "v1"  # the key id of FERVID_WEBHOOK_SECRET: name the old secret so in FERVID_WEBHOOK_SECRETS
+KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # nothing that could end a header field
+
+
+@dataclass(frozen=True)
+class SigningSecret:
+    """One version of the operator's webhook secret."""
+
+    kid: str
+    secret: str = field(repr=False)
+
+
+def parse_signing_secrets(entries: str, legacy_secret: str = "") -> tuple[SigningSecret, ...]:
+    """FERVID_WEBHOOK_SECRETS (`kid:secret`, comma-separated, the first signs) or FERVID_WEBHOOK_SECRET (one secret,
+    kid v1); empty: webhooks go unsigned. A malformed entry, a repeated kid or a weak secret raises."""
+    if entries.strip() and legacy_secret:
+        raise ValueError("both FERVID_WEBHOOK_SECRETS and FERVID_WEBHOOK_SECRET are set; move the old secret into "
+                         f"FERVID_WEBHOOK_SECRETS as {LEGACY_KID}:<secret> and unset FERVID_WEBHOOK_SECRET")
+    if legacy_secret:
+        entries = f"{LEGACY_KID}:{legacy_secret}"
+    secrets: list[SigningSecret] = []
+    for number, entry in enumerate(filter(None, (part.strip() for part in entries.split(","))), 1):
+        kid, sep, secret = entry.partition(":")
+        if not sep or not KID.fullmatch(kid) or not secret:  # named by position: the entry may be a bare secret
+            raise ValueError(f"FERVID_WEBHOOK_SECRETS entry {number} is not kid:secret (a kid is 1-32 letters, "
+                             "digits, '_', '.' or '-')")
+        if any(known.kid == kid for known in secrets):
+            raise ValueError(f"FERVID_WEBHOOK_SECRETS names kid {kid!r} twice; give each secret its own kid")
+        check_key_strength(f"FERVID_WEBHOOK_SECRETS: kid {kid!r}", secret)
+        secrets.append(SigningSecret(kid, secret))
+    return tuple(secrets)
+
+
+@lru_cache(maxsize=8)
+def _signing_secrets(entries: str, legacy_secret: str) -> tuple[SigningSecret, ...]:
+    return parse_signing_secrets(entries, legacy_secret)
+
+
+def signing_secrets(settings: Settings) -> tuple[SigningSecret, ...]:
+    """This process's webhook secrets, the signing one first; the API and `fervid worker` call it at start-up,
+    so a weak or malformed one stops them there."""
+    return _signing_secrets(settings.webhook_secrets, settings.webhook_secret)
 
 
 def tenant_signing_key(secret: str, tenant: str) -> bytes:
@@ -40,23 +90,36 @@ def tenant_signing_key(secret: str, tenant: str) -> bytes:
     return hmac.new(secret.encode(), f"fervid-webhook:{tenant}".encode(), hashlib.sha256).digest()
 
 
-def sign(key: bytes, body: bytes, timestamp: int) -> str:
-    """The X-Fervid-Signature value for `body` sent at `timestamp` (unix seconds)."""
-    mac = hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def tenant_signing_keys(secrets: Sequence[SigningSecret], tenant: str) -> list[tuple[str, bytes]]:
+    """(kid, key) of each secret version for `tenant`, the signing one first."""
+    return [(secret.kid, tenant_signing_key(secret.secret, tenant)) for secret in secrets]
 
 
-def verify(key: bytes, header: str, body: bytes, now: float,
+def _mac(key: bytes, body: bytes, timestamp: str) -> str:
+    return hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign(keys: Sequence[tuple[str, bytes]], body: bytes, timestamp: int) -> str:
+    """The X-Fervid-Signature value for `body` sent at `timestamp` (unix seconds): one kid/v1 pair per (kid, key)."""
+    return ",".join([f"t={timestamp}", *(f"kid={kid},v1={_mac(key, body, str(timestamp))}" for kid, key in keys)])
+
+
+def verify(keys: Mapping[str, bytes], header: str, body: bytes, now: float,
            tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
-    """What a receiver runs: True when `header` signs `body` under `key` within `tolerance_s` of `now`."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        timestamp = int(fields.get("t", ""))
-    except ValueError:
+    """What a receiver runs (README shows the same in a few lines): True when `header` signs `body` under one of
+    `keys` (kid -> key) within `tolerance_s` of `now`."""
+    fields = [part.partition("=")[::2] for part in header.split(",")]
+    stamps = [value for name, value in fields if name == "t"]
+    # One t only: a second one could pair a fresh time with the MAC of a replayed old one.
+    if len(stamps) != 1 or not stamps[0].isdigit() or abs(now - int(stamps[0])) > tolerance_s:
         return False
-    if abs(now - timestamp) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(key, body, timestamp), f"t={timestamp},v1={fields.get('v1', '')}")
+    kid, valid = "", False
+    for name, value in fields:
+        if name == "kid":
+            kid = value
+        elif name == "v1" and kid in keys:
+            valid |= hmac.compare_digest(_mac(keys[kid], body, stamps[0]), value)
+    return valid
 
 
 class Delivery(Enum):
@@ -77,7 +140,7 @@ def queue_webhook(job_id: str) -> None:
 
 def deliver(job_id: str, event_id: str, settings: Settings) -> Delivery:
     """One attempt at POSTing {"event_id", "job_id", "status", "error"} to the job's webhook_url, within
-    `settings.webhook_deadline_s`. Signed with `settings.webhook_secret`; private addresses only with
+    `settings.webhook_deadline_s`. Signed with `signing_secrets(settings)`; private addresses only with
     `settings.allow_private_urls`."""
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -92,8 +155,8 @@ def deliver(job_id: str, event_id: str, settings: Settings) -> Delivery:
         return Delivery.dropped
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
-    if settings.webhook_secret:  # signed at each attempt: a retry carries a fresh timestamp
-        headers[SIGNATURE_HEADER] = sign(tenant_signing_key(settings.webhook_secret, tenant), body, int(time.time()))
+    if secrets := signing_secrets(settings):  # signed at each attempt: a retry carries a fresh timestamp
+        headers[SIGNATURE_HEADER] = sign(tenant_signing_keys(secrets, tenant), body, int(time.time()))
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with open_public(request, settings.webhook_timeout_s, settings.allow_private_urls,

@@ -7,6 +7,7 @@ import os
 
 from fervid.queue import webhook_queue
 from fervid.settings import get_settings
+from fervid.webhooks import signing_secrets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     # The usable cores are split between the worker processes so inference threads do not fight each other;
     # the children are forked from this process, so they inherit these settings.
     layout = WorkerLayout.split(get_settings(), usable_cores(), args.concurrency)
+    signing_secrets(layout.settings)  # a weak or malformed webhook secret stops the worker here, before it serves
     configure_worker(layout)
     queues = args.queues or f"{layout.settings.queue},{webhook_queue(layout.settings.queue)}"
     name = args.name or f"fervid-{layout.settings.queue}@%h-{os.getpid()}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -595,21 +596,27 @@ def test_fervid_api_serves_over_http(fervid_env: pytest.MonkeyPatch, pg_url: str
         redis.Redis.from_url(redis_url).delete(env["FERVID_QUEUE"])
 
 
-def test_each_tenant_reads_its_own_webhook_signing_key(
+def test_each_tenant_reads_its_own_webhook_keys_of_every_version(
         fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str) -> None:
     from fervid.webhooks import SIGNATURE_HEADER, tenant_signing_key
 
-    # given an operator secret
-    fervid_env.setenv("FERVID_WEBHOOK_SECRET", "operator-secret")
+    # given an operator rotating webhook secrets: v2 signs, v1 still listed
+    new, old = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    fervid_env.setenv("FERVID_WEBHOOK_SECRETS", f"v2:{new},v1:{old}")
     with running_api(pg_url, redis_url, fervid_env) as api:
-        # when each tenant asks for its key
+        # when each tenant asks for its keys
         alice = api.client.get("/v1/webhook-signing-key", headers=ALICE)
         bob = api.client.get("/v1/webhook-signing-key", headers=BOB)
-    # then each gets the key its webhooks are signed with, and they differ
+    # then each gets the keys its webhooks are signed with, the signing one first, and they differ
     assert alice.status_code == bob.status_code == 200
     assert alice.json()["header"] == SIGNATURE_HEADER
-    assert alice.json()["key"] == tenant_signing_key("operator-secret", api.alice).hex()
-    assert bob.json()["key"] == tenant_signing_key("operator-secret", api.bob).hex() != alice.json()["key"]
+    alice_keys = [{"kid": "v2", "key": tenant_signing_key(new, api.alice).hex()},
+                  {"kid": "v1", "key": tenant_signing_key(old, api.alice).hex()}]
+    assert alice.json()["keys"] == alice_keys
+    assert (alice.json()["kid"], alice.json()["key"]) == ("v2", alice_keys[0]["key"])
+    assert bob.json()["keys"] == [{"kid": "v2", "key": tenant_signing_key(new, api.bob).hex()},
+                                  {"kid": "v1", "key": tenant_signing_key(old, api.bob).hex()}]
+    assert not {key["key"] for key in alice_keys} & {key["key"] for key in bob.json()["keys"]}
 
 
 def test_without_a_secret_there_is_no_signing_key(api: Api) -> None:

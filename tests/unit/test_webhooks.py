@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import hmac
 import http.server
 import json
+import re
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from fervid import webhooks
+from fervid.api_keys import WeakKeyError
 from fervid.db import session_scope
 from fervid.migrate import upgrade
 from fervid.settings import get_settings
 from fervid.tables import Job, JobStatus
 from tests.unit.test_netpolicy import ConnectionCounter, RedirectingServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -107,22 +115,119 @@ def deliver(job_id: str) -> tuple[dict[str, str], bytes]:
     return headers, body
 
 
-def test_webhooks_are_signed_per_tenant_and_a_receiver_can_tell_forgeries(
+NEW_SECRET, OLD_SECRET = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+
+
+def readme_verify() -> Callable[[dict[str, bytes], str, bytes], bool]:
+    """The receiver's `verify` exactly as README.md shows it, so the documented procedure is the one tested."""
+    readme = (ROOT / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.DOTALL)
+    namespace: dict[str, object] = {}
+    exec(snippet, namespace)  # noqa: S102 - our own README
+    return namespace["verify"]  # type: ignore[return-value]
+
+
+def kids(signature: str) -> list[str]:
+    return [part.removeprefix("kid=") for part in signature.split(",") if part.startswith("kid=")]
+
+
+def test_a_rotating_service_signs_under_each_key_version_and_receivers_tell_forgeries(
         finished_job: str, fervid_env: pytest.MonkeyPatch) -> None:
-    # given an operator secret
-    fervid_env.setenv("FERVID_WEBHOOK_SECRET", "operator-secret")
+    # given an operator rotating: the new secret v2 first, the old v1 still listed
+    fervid_env.setenv("FERVID_WEBHOOK_SECRETS", f"v2:{NEW_SECRET},v1:{OLD_SECRET}")
     get_settings.cache_clear()
     # when alice's job's webhook is sent
     headers, body = deliver(finished_job)
     signature = headers[webhooks.SIGNATURE_HEADER]
-    alice = webhooks.tenant_signing_key("operator-secret", "alice")
-    now = time.time()
-    # then alice's key verifies it, and nothing else does: another tenant's key, a changed body, a late replay
-    assert webhooks.verify(alice, signature, body, now)
-    assert not webhooks.verify(webhooks.tenant_signing_key("operator-secret", "bob"), signature, body, now)
-    assert not webhooks.verify(alice, signature, body.replace(b"succeeded", b"failed"), now)
-    assert not webhooks.verify(alice, signature, body, now + webhooks.SIGNATURE_TOLERANCE_S + 60)
-    assert not webhooks.verify(alice, "t=abc,v1=00", body, now)
+    new = {"v2": webhooks.tenant_signing_key(NEW_SECRET, "alice")}
+    old = {"v1": webhooks.tenant_signing_key(OLD_SECRET, "alice")}
+    verify = readme_verify()
+    # then it names v2 first, and a receiver holding either version verifies it by the README's procedure
+    assert kids(signature) == ["v2", "v1"]
+    assert verify(new, signature, body) and verify(old, signature, body)
+    assert webhooks.verify(new, signature, body, time.time()) and webhooks.verify(old, signature, body, time.time())
+    # and nothing else does: another tenant's keys, a key filed under the wrong kid, a changed body
+    bob = {"v2": webhooks.tenant_signing_key(NEW_SECRET, "bob"), "v1": webhooks.tenant_signing_key(OLD_SECRET, "bob")}
+    assert not verify(bob, signature, body)
+    assert not verify({"v1": new["v2"]}, signature, body)
+    assert not verify(new, signature, body.replace(b"succeeded", b"failed"))
+    # nor a changed or second timestamp (a fresh t beside a replayed MAC), a garbled one, or a late replay
+    stamp = signature.split(",")[0]
+    assert not verify(new, signature.replace(stamp, f"t={int(stamp[2:]) + 1}"), body)
+    assert not verify(new, f"{signature},t={int(time.time()) + 1}", body)
+    assert not webhooks.verify(new, f"{signature},t={int(time.time()) + 1}", body, time.time())
+    assert not verify(new, "t=abc,kid=v2,v1=00", body)
+    assert not webhooks.verify(new, signature, body, time.time() + webhooks.SIGNATURE_TOLERANCE_S + 60)
+
+
+def test_after_the_rotation_only_the_new_key_verifies(finished_job: str, fervid_env: pytest.MonkeyPatch) -> None:
+    # given the old secret dropped at the end of a rotation
+    fervid_env.setenv("FERVID_WEBHOOK_SECRETS", f"v2:{NEW_SECRET}")
+    get_settings.cache_clear()
+    # when the webhook is sent
+    headers, body = deliver(finished_job)
+    signature = headers[webhooks.SIGNATURE_HEADER]
+    # then it carries v2 alone: the old key no longer verifies it
+    assert kids(signature) == ["v2"]
+    assert readme_verify()({"v2": webhooks.tenant_signing_key(NEW_SECRET, "alice")}, signature, body)
+    assert not readme_verify()({"v1": webhooks.tenant_signing_key(OLD_SECRET, "alice")}, signature, body)
+
+
+def test_the_single_secret_of_before_signs_as_v1_and_old_receivers_still_verify(
+        finished_job: str, fervid_env: pytest.MonkeyPatch) -> None:
+    # given the single-secret setting of earlier releases
+    fervid_env.setenv("FERVID_WEBHOOK_SECRET", OLD_SECRET)
+    get_settings.cache_clear()
+    # when the webhook is sent
+    headers, body = deliver(finished_job)
+    signature = headers[webhooks.SIGNATURE_HEADER]
+    key = webhooks.tenant_signing_key(OLD_SECRET, "alice")
+    # then it is kid v1, and a receiver written to the earlier README (no kid: t and v1 read into a dict) verifies it
+    assert kids(signature) == ["v1"] and readme_verify()({"v1": key}, signature, body)
+    fields = dict(part.split("=", 1) for part in signature.split(","))
+    expected = hmac.new(key, fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(fields["v1"], expected)
+
+
+@pytest.mark.parametrize("entries", ["v1:operator-secret", "v2:change-me", f"v2:{NEW_SECRET},v1:{'a' * 40}"])
+def test_weak_webhook_secrets_are_refused(entries: str) -> None:
+    with pytest.raises(WeakKeyError, match="FERVID_WEBHOOK_SECRETS: kid 'v[12]'.*secrets.token_urlsafe"):
+        webhooks.parse_signing_secrets(entries)
+
+
+@pytest.mark.parametrize(("entries", "legacy", "match"), [
+    (f"v2:{NEW_SECRET}", OLD_SECRET, "both"),
+    (f"v1:{NEW_SECRET},v1:{OLD_SECRET}", "", "twice"),
+    (NEW_SECRET, "", "not kid:secret"),
+    (f"v 2:{NEW_SECRET}", "", "not kid:secret"),
+    ("v2:", "", "not kid:secret"),
+])
+def test_malformed_webhook_secrets_are_refused(entries: str, legacy: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as error:
+        webhooks.parse_signing_secrets(entries, legacy)
+    assert NEW_SECRET not in str(error.value) and OLD_SECRET not in str(error.value)  # no secret in the logs
+
+
+def test_secrets_keep_their_order_and_the_single_one_is_v1() -> None:
+    parsed = webhooks.parse_signing_secrets(f" v3:{NEW_SECRET}, 2024-a:{OLD_SECRET} ")
+    assert [secret.kid for secret in parsed] == ["v3", "2024-a"]
+    assert webhooks.parse_signing_secrets("", OLD_SECRET) == (webhooks.SigningSecret("v1", OLD_SECRET),)
+    assert webhooks.parse_signing_secrets("", "") == ()
+    assert OLD_SECRET not in repr(parsed)
+
+
+def test_neither_the_api_nor_a_worker_starts_with_a_weak_webhook_secret(fervid_env: pytest.MonkeyPatch) -> None:
+    from api.app import create_app
+    from worker import serve
+
+    # given a weak webhook secret
+    fervid_env.setenv("FERVID_WEBHOOK_SECRET", "operator-secret")
+    get_settings.cache_clear()
+    # when / then the API's app factory and `fervid worker` refuse it before serving
+    with pytest.raises(WeakKeyError, match="FERVID_WEBHOOK_SECRETS: kid 'v1'"):
+        create_app()
+    with pytest.raises(WeakKeyError, match="FERVID_WEBHOOK_SECRETS: kid 'v1'"):
+        serve.run(argparse.Namespace(concurrency=1, queues=None, loglevel="INFO", name=None))
 
 
 def test_webhooks_are_unsigned_without_a_secret(finished_job: str) -> None:
