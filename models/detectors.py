@@ -138,9 +138,10 @@ class YuNetDetector:
     count the worker chooses (`bench/detect_interval.py` prints its time per frame)."""
 
     name = "yunet"
-    # The square that reproduces FER-2013's framing, which forehead to chin fills: fitted on 2,000 `train` faces by
-    # `bench/crop_framing.py` (models/MODEL_CARD.md, "Framing faces as the network learnt them").
-    framing = Framing(side=1.014)
+    # Chosen on PublicTest among squares around FER-2013 faces found in frames (`bench/crop_framing.py --sweep`,
+    # models/MODEL_CARD.md, "Framing faces as the network learnt them"): a little tighter than the box's longer
+    # side and raised by 2.6 % of it, the median offset of FER-2013's own crop fitted on `train` faces.
+    framing = Framing(side=0.96, dy=-0.026)
 
     def __init__(self, model_path: Path, score_threshold: float = 0.7, nms_threshold: float = 0.3,
                  reason: str = "", threads: int = 0, cache_dir: Path | None = None) -> None:
