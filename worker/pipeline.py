@@ -129,7 +129,7 @@ class Analyzer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fervid-classify") as classifying, \
                 Prefetched(frames, PREFETCH_FRAMES) as decoded:
             pending_faces = since_heartbeat = 0
-            for planned, image, faces in self._found_faces(decoded):
+            for planned, image, faces in self.found_faces(decoded):
                 pending.append((planned, faces, [crop_face(image, box, self.detector.framing)
                                                  for _, box, _ in faces]))
                 pending_faces += len(faces)
@@ -143,7 +143,7 @@ class Analyzer:
             collect()
         return records
 
-    def _found_faces(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
+    def found_faces(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
                      ) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8], list[FaceFound]]]:
         """Each frame with its tracked faces, in order: detected every `detect_interval_ms` and on the last frame,
         carried between (which holds back the frames of one interval)."""
