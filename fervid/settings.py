@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     engine_cache_dir: Path = CACHE_DIR / "engines"
     queue: str = "cpu"  # the Celery queue jobs are routed to (cpu | gpu)
     classify_batch: int = 64  # faces per classifier call, gathered across frames
+    # Faces analysed per frame: a crowd keeps its largest faces (the job says so), so one video cannot make rows
+    # (and the API's pages, summaries and exports) explode.
+    max_faces_per_frame: Annotated[int, Field(ge=1)] = 32
     inference_threads: int = 0  # threads per worker process for detection and ONNX Runtime; 0: the runtime's own
     stale_after_s: float = 60.0  # a running segment with no heartbeat for this long is requeued
     requeue_after_s: float = 300.0  # a queued segment not started for this long is re-sent (lost message)

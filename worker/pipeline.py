@@ -27,7 +27,7 @@ from fervid.tables import Job, JobStatus, PlanRow
 from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
-from models.detectors import FaceDetector, load_detector
+from models.detectors import Detection, FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
@@ -54,6 +54,7 @@ class Analyzer:
     detector: FaceDetector
     classifier: EmotionClassifier
     batch_size: int
+    max_faces: int  # per frame (FERVID_MAX_FACES_PER_FRAME): the largest are kept
 
     @property
     def model_info(self) -> record_store.ModelInfo:
@@ -63,13 +64,15 @@ class Analyzer:
                                       precision=backend.precision, detector=self.detector.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
-                on_progress: Callable[[int], bool] | None = None) -> list[record_store.FrameRecord]:
+                on_progress: Callable[[int], bool] | None = None,
+                warnings: list[str] | None = None) -> list[record_store.FrameRecord]:
         """Runs detection and tracking frame by frame and classification on batches gathered across frames, the
         three overlapped: frames are decoded ahead on one thread, and each batch is classified on another while
         the next one is detected. Records come out in frame order.
 
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
-        what is returned must not be stored (the job was cancelled or taken over).
+        what is returned must not be stored (the job was cancelled or taken over). A frame with more than
+        `max_faces` faces keeps its largest, and `warnings` (appended) says so once.
         """
         tracker = FaceTracker()
         records: list[record_store.FrameRecord] = []
@@ -110,6 +113,10 @@ class Analyzer:
             pending_faces = since_heartbeat = 0
             for planned, image in decoded:
                 detections = self.detector.detect(image)
+                if len(detections) > self.max_faces:
+                    detections = largest_faces(detections, self.max_faces)
+                    if warnings is not None and too_many_faces(self.max_faces) not in warnings:
+                        warnings.append(too_many_faces(self.max_faces))
                 tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
                 faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
                 pending.append((planned, faces, [crop_face(image, d.box, self.detector.crop_side)
@@ -126,6 +133,19 @@ class Analyzer:
         return records
 
 
+def largest_faces(detections: list[Detection], most: int) -> list[Detection]:
+    """The `most` largest detections by box area (the higher score first among equals), in their own order."""
+    ranked = sorted(range(len(detections)), key=lambda i: (-detections[i].box[2] * detections[i].box[3],
+                                                            -detections[i].score, i))
+    return [detections[i] for i in sorted(ranked[:most])]
+
+
+def too_many_faces(most: int) -> str:
+    """The job's warning for frames that had more faces than were analysed (one text, so segments share it)."""
+    return (f"some frames had more than {most} faces: only the {most} largest of each were analysed "
+            "(FERVID_MAX_FACES_PER_FRAME)")
+
+
 def build_analyzer(settings: Settings) -> Analyzer:
     if settings.inference_threads:
         cv2.setNumThreads(settings.inference_threads)
@@ -135,7 +155,8 @@ def build_analyzer(settings: Settings) -> Analyzer:
                              options=BackendOptions.from_settings(settings))
     log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
              settings.classify_batch)
-    return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch)
+    return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch,
+                    settings.max_faces_per_frame)
 
 
 def worker_name() -> str:
@@ -245,7 +266,8 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Setti
                 return record_store.finish_job_if_complete(job_id)
             crash_if_test_file("segment", job, settings)
             plan = from_plan_rows(rows)
-            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress)
+            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress,
+                                       warnings)
     except MediaError as error:
         return record_store.fail_job(job_id, error.code, error.message)
     if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):
