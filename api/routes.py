@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
@@ -214,7 +214,8 @@ def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobOut:
         summary="Per-frame faces and emotions, in time order (keyset-paginated)")
 def get_timeline(
     job_id: str, tenant: TenantDep, session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000, description="frames per page")] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="frames per page; a page also ends before it would "
+                                f"hold more than {results.MAX_PAGE_FACES} faces")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     from_ms: Annotated[float | None, Query(ge=0, description="only frames at or after this time")] = None,
     to_ms: Annotated[float | None, Query(ge=0, description="only frames at or before this time")] = None,
@@ -229,38 +230,33 @@ def get_timeline(
     return TimelinePage.model_validate({"job_id": job_id, "items": items, "next_cursor": next_cursor})
 
 
-def _csv_chunks(job_id: str) -> Iterator[str]:
-    # Its own session: the response streams after the request's session has closed.
-    with session_scope() as session:
-        yield from results.timeline_csv_lines(session, job_id)
-
-
 @v1.get("/jobs/{job_id}/timeline.csv", response_class=StreamingResponse, summary="The timeline as CSV",
         responses={200: {"content": {"text/csv": {}}, "description": "one row per face; a frame without faces "
                          "is one row with empty face fields"}, 404: ERRORS[404]})
 def get_timeline_csv(job_id: str, tenant: TenantDep, session: SessionDep) -> StreamingResponse:
     jobs.get_job(session, tenant, job_id)
-    return StreamingResponse(_csv_chunks(job_id), media_type="text/csv",
+    # Each batch reads in a session of its own: the response streams after the request's session has closed.
+    return StreamingResponse(results.timeline_csv_lines(job_id), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
 
 
 @v1.get("/jobs/{job_id}/summary", response_model=Summary, responses={404: ERRORS[404]},
-        summary="Mean emotions per track and over the whole job")
+        summary="Mean emotions per track and over the whole job",
+        description="Computed once when the job has finished (and then served as stored); while it runs, from the "
+                    "frames stored so far.")
 def get_summary(job_id: str, tenant: TenantDep, session: SessionDep) -> Summary:
-    jobs.get_job(session, tenant, job_id)
-    return Summary.model_validate(results.summary(session, job_id))
+    return Summary.model_validate(results.job_summary(session, jobs.get_job(session, tenant, job_id)))
 
 
 @v1.get("/jobs/{job_id}/plot.png", response_class=Response, summary="A chart of each track's emotions over time",
         responses={200: {"content": {"image/png": {}}, "description": "a swimlane of each track's dominant "
-                         "emotion, then per track its 7 probabilities stacked over time (at most 8 tracks)"},
+                         "emotion, then per track its 7 probabilities stacked over time (at most "
+                         f"{results.MAX_PLOT_TRACKS} tracks of at most {results.MAX_PLOT_POINTS} points: a long "
+                         "video's are averaged over stretches of time)"},
                    404: ERRORS[404]})
 def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     # A plain `def` route: FastAPI runs it in a worker thread, so rendering never blocks the event loop.
-    job = jobs.get_job(session, tenant, job_id)
-    series = results.plot_series(session, job_id)
-    title = f"{job.filename or job.id} ({job.status}, {job.sample_fps:g} fps sampled)"
-    return Response(results.render_plot_png(series, title, 1000.0 / job.sample_fps), media_type="image/png")
+    return Response(results.job_plot_png(session, jobs.get_job(session, tenant, job_id)), media_type="image/png")
 
 
 @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",

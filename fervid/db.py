@@ -45,15 +45,17 @@ def get_engine() -> Engine:
     return engine_for(get_settings().database_url)
 
 
+# Keyed by the engine itself, so sessions always use the engine (and pool) get_engine() returns, even after the
+# engine cache dropped and rebuilt one (a process that used more than four URLs, as tests do).
 @lru_cache(maxsize=4)
-def _session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+def _session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any error."""
-    session = _session_factory(get_settings().database_url)()
+    session = _session_factory(get_engine())()
     try:
         yield session
         session.commit()

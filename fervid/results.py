@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from fervid.db import session_scope
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
-from fervid.tables import EMOTION_COLUMNS, Face, Frame, PlanRow, Segment
+from fervid.tables import ACTIVE_JOB_STATUSES, EMOTION_COLUMNS, Face, Frame, Job, PlanRow, ResultCache, Segment
+from fervid.utc import utc_now
 
 MAX_PLOT_TRACKS = 8
+MAX_PLOT_POINTS = 500  # per track: about one per pixel column of the plot
+MAX_PAGE_FACES = 2000  # per timeline page (and CSV batch), whatever its number of frames
 CSV_HEADER = ("frame_index", "timestamp_ms", "track_id", "x", "y", "w", "h", "score", *EMOTIONS, "dominant")
 CSV_BATCH_FRAMES = 1000
 
@@ -30,40 +36,53 @@ def _face_dict(face: Face) -> dict[str, Any]:
             "score": face.score, "emotions": emotions, "dominant": dominant(emotions)}
 
 
-def timeline_page(session: Session, job_id: str, *, limit: int = 100, after_frame: int | None = None,
-                  from_ms: float | None = None, to_ms: float | None = None,
+def timeline_page(session: Session, job_id: str, *, limit: int = 100, max_faces: int = MAX_PAGE_FACES,
+                  after_frame: int | None = None, from_ms: float | None = None, to_ms: float | None = None,
                   track_id: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
     """One page of sampled frames in time order, each with its faces; returns (items, frame_index to continue
     after, or None on the last page).
 
-    Every frame appears, with or without faces; with `track_id`, only the frames where that track appears,
-    with just that face. `from_ms`/`to_ms` bound timestamp_ms inclusively. Two queries: frames, then faces.
+    A page holds at most `limit` frames and, frames being whole, at most `max_faces` faces (a first frame with
+    more comes alone). Every frame appears, with or without faces; with `track_id`, only the frames where that
+    track appears, with just that face. `from_ms`/`to_ms` bound timestamp_ms inclusively. Two queries: frames
+    with their face counts, then the faces.
     """
-    frames_query = select(Frame.frame_index, Frame.timestamp_ms).where(Frame.job_id == job_id)
+    window: list[ColumnElement[bool]] = []
+    if from_ms is not None:
+        window.append(Frame.timestamp_ms >= from_ms)
+    if to_ms is not None:
+        window.append(Frame.timestamp_ms <= to_ms)
+    of_frame = [Face.job_id == Frame.job_id, Face.frame_index == Frame.frame_index,
+                *([Face.track_id == track_id] if track_id is not None else [])]
+    face_count = select(func.count()).where(*of_frame).correlate(Frame).scalar_subquery()
+    frames_query = select(Frame.frame_index, Frame.timestamp_ms, face_count.label("faces")).where(
+        Frame.job_id == job_id, *window)
     if after_frame is not None:
         frames_query = frames_query.where(Frame.frame_index > after_frame)
-    if from_ms is not None:
-        frames_query = frames_query.where(Frame.timestamp_ms >= from_ms)
-    if to_ms is not None:
-        frames_query = frames_query.where(Frame.timestamp_ms <= to_ms)
     if track_id is not None:
-        frames_query = frames_query.where(exists().where(
-            Face.job_id == Frame.job_id, Face.frame_index == Frame.frame_index, Face.track_id == track_id))
-    frames = session.execute(frames_query.order_by(Frame.frame_index).limit(limit + 1)).all()
-    has_more = len(frames) > limit
-    frames = frames[:limit]
+        frames_query = frames_query.where(exists().where(*of_frame))
+    rows = session.execute(frames_query.order_by(Frame.frame_index).limit(limit + 1)).all()
+    kept = faces = 0
+    for row in rows[:limit]:
+        if kept and faces + row.faces > max_faces:
+            break
+        kept, faces = kept + 1, faces + row.faces
+    frames = rows[:kept]
     if not frames:
         return [], None
     faces_query = select(Face).where(
         Face.job_id == job_id, Face.frame_index.between(frames[0].frame_index, frames[-1].frame_index))
     if track_id is not None:
         faces_query = faces_query.where(Face.track_id == track_id)
+    if window:  # only the listed frames' faces, whatever the order of timestamps
+        faces_query = faces_query.join(Frame, and_(Frame.job_id == Face.job_id,
+                                                   Frame.frame_index == Face.frame_index)).where(*window)
     faces_by_frame: dict[int, list[dict[str, Any]]] = {}
     for face in session.scalars(faces_query.order_by(Face.frame_index, Face.face_index)):
         faces_by_frame.setdefault(face.frame_index, []).append(_face_dict(face))
-    items = [{"frame_index": index, "timestamp_ms": timestamp, "faces": faces_by_frame.get(index, [])}
-             for index, timestamp in frames]
-    return items, (frames[-1].frame_index if has_more else None)
+    items = [{"frame_index": row.frame_index, "timestamp_ms": row.timestamp_ms,
+              "faces": faces_by_frame.get(row.frame_index, [])} for row in frames]
+    return items, (frames[-1].frame_index if len(rows) > kept else None)
 
 
 def iter_timeline(session: Session, job_id: str, batch: int = CSV_BATCH_FRAMES) -> Iterator[dict[str, Any]]:
@@ -93,21 +112,29 @@ def _number(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def timeline_csv_lines(session: Session, job_id: str, batch: int = CSV_BATCH_FRAMES) -> Iterator[str]:
-    """The CSV export, line by line (header first): one row per face, one row with empty face fields for a
-    frame without faces. Yields one chunk per batch of frames so it can be streamed."""
+def timeline_csv_lines(job_id: str, batch: int = CSV_BATCH_FRAMES) -> Iterator[str]:
+    """The CSV export, header first, one chunk per batch of frames: one row per face, one row with empty face
+    fields for a frame without faces.
+
+    Each batch is read in a session of its own, closed before its chunk is yielded, so a slow reader holds no
+    pooled connection between batches. Keyset batches never repeat or skip a frame, and a finished job's rows do
+    not change, so its export is whole and consistent; a running job's shows what each batch found.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for written, item in enumerate(iter_timeline(session, job_id, batch), start=1):
-        for face in item["faces"] or [None]:
-            writer.writerow(_csv_row(item, face))
-        if written % batch == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    if buffer.tell():
+    after: int | None = None
+    while True:
+        with session_scope() as session:
+            items, after = timeline_page(session, job_id, limit=batch, after_frame=after)
+        for item in items:
+            for face in item["faces"] or [None]:
+                writer.writerow(_csv_row(item, face))
         yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        if after is None:
+            return
 
 
 def _emotion_means(row: Any) -> dict[str, float]:
@@ -173,29 +200,97 @@ class TrackSeries:
     probabilities: dict[str, list[float]]  # label -> one value per timestamp
 
 
-def plot_series(session: Session, job_id: str, max_tracks: int = MAX_PLOT_TRACKS) -> list[TrackSeries]:
-    """The `max_tracks` tracks seen on the most frames (by track id), each with its probabilities over time."""
+def plot_series(session: Session, job_id: str, sample_interval_ms: float, max_tracks: int = MAX_PLOT_TRACKS,
+                max_points: int = MAX_PLOT_POINTS) -> tuple[list[TrackSeries], float]:
+    """The `max_tracks` tracks seen on the most frames (by track id), each with its probabilities over time, and
+    the time between their points.
+
+    A job longer than `max_points` sampling intervals is averaged in SQL over time buckets of a whole number of
+    intervals, each point at its bucket's centre, so a track has at most `max_points` points however long the
+    video; a shorter one gives every sample (that spacing is then `sample_interval_ms`).
+    """
     top_tracks = session.scalars(
         select(Face.track_id).where(Face.job_id == job_id).group_by(Face.track_id)
         .order_by(func.count().desc(), Face.track_id).limit(max_tracks)
     ).all()
     if not top_tracks:
-        return []
-    rows = session.execute(
-        select(Face.track_id, Frame.timestamp_ms, *EMOTION_COLUMNS)
-        .join(Frame, and_(Frame.job_id == Face.job_id, Frame.frame_index == Face.frame_index))
-        .where(Face.job_id == job_id, Face.track_id.in_(top_tracks))
-        .order_by(Face.track_id, Face.frame_index, Face.face_index)
-    )
+        return [], sample_interval_ms
+    first_ms, last_ms = session.execute(select(func.min(Frame.timestamp_ms), func.max(Frame.timestamp_ms))
+                                        .where(Frame.job_id == job_id)).one()
+    # At most max_points buckets: floor(span / bucket) <= max_points - 1.
+    per_bucket = math.ceil((last_ms - first_ms) / (max(max_points - 1, 1) * sample_interval_ms))
+    of_face = and_(Frame.job_id == Face.job_id, Frame.frame_index == Face.frame_index)
+    mine = and_(Face.job_id == job_id, Face.track_id.in_(top_tracks))
     series: dict[int, TrackSeries] = {}
-    for row in rows:
-        track = series.get(row.track_id)
+
+    def add(track_id: int, timestamp_ms: float, row: Any) -> None:
+        track = series.get(track_id)
         if track is None:
-            track = series[row.track_id] = TrackSeries(row.track_id, [], {label: [] for label in EMOTIONS})
-        track.timestamps_ms.append(row.timestamp_ms)
+            track = series[track_id] = TrackSeries(track_id, [], {label: [] for label in EMOTIONS})
+        track.timestamps_ms.append(timestamp_ms)
         for label in EMOTIONS:
-            track.probabilities[label].append(getattr(row, label))
-    return [series[track_id] for track_id in sorted(series)]
+            track.probabilities[label].append(float(getattr(row, label)))
+
+    if per_bucket <= 1:
+        for row in session.execute(select(Face.track_id, Frame.timestamp_ms, *EMOTION_COLUMNS).join(Frame, of_face)
+                                   .where(mine).order_by(Face.track_id, Face.frame_index, Face.face_index)):
+            add(row.track_id, row.timestamp_ms, row)
+        return [series[track_id] for track_id in sorted(series)], sample_interval_ms
+    bucket_ms = per_bucket * sample_interval_ms
+    # The bucket as a column of a subquery: PostgreSQL groups by it only as the very same expression, which the
+    # select list's own bound parameters would not be.
+    bucketed = select(Face.track_id, *EMOTION_COLUMNS,
+                      func.floor((Frame.timestamp_ms - first_ms) / bucket_ms).label("bucket")
+                      ).join(Frame, of_face).where(mine).subquery()
+    means = (func.avg(bucketed.c[column.key]).label(column.key) for column in EMOTION_COLUMNS)
+    for row in session.execute(select(bucketed.c.track_id, bucketed.c.bucket, *means)
+                               .group_by(bucketed.c.track_id, bucketed.c.bucket)
+                               .order_by(bucketed.c.track_id, bucketed.c.bucket)):
+        add(row.track_id, first_ms + (float(row.bucket) + 0.5) * bucket_ms, row)
+    return [series[track_id] for track_id in sorted(series)], bucket_ms
+
+
+def plot_png(session: Session, job: Job) -> bytes:
+    """The job's plot.png, from its current rows."""
+    series, interval_ms = plot_series(session, job.id, 1000.0 / job.sample_fps)
+    title = f"{job.filename or job.id} ({job.status}, {job.sample_fps:g} fps sampled)"
+    return render_plot_png(series, title, interval_ms)
+
+
+def computed_results(session: Session, job: Job) -> ResultCache:
+    """The job's summary and plot computed from its rows now, as a cache row (not added to the session)."""
+    return ResultCache(job_id=job.id, summary=summary(session, job.id), plot_png=plot_png(session, job),
+                       computed_at=utc_now())
+
+
+def finished_results(session: Session, job: Job) -> ResultCache:
+    """A finished job's summary and plot from its cache. The worker that succeeds a job fills it as it finishes;
+    the first read of any other finished job (failed, cancelled, or succeeded before there was a cache) computes
+    and stores it."""
+    cached = session.get(ResultCache, job.id)
+    if cached is not None:
+        return cached
+    computed = computed_results(session, job)
+    try:
+        with session.begin_nested():
+            session.add(computed)
+    except IntegrityError:  # another request stored it first, or the job was deleted meanwhile
+        return session.get(ResultCache, job.id) or computed
+    return computed
+
+
+def job_summary(session: Session, job: Job) -> dict[str, Any]:
+    """The summary the API serves: cached once the job has finished, computed from the rows while it runs."""
+    if job.status in ACTIVE_JOB_STATUSES:
+        return summary(session, job.id)
+    return finished_results(session, job).summary
+
+
+def job_plot_png(session: Session, job: Job) -> bytes:
+    """The plot the API serves: cached once the job has finished, drawn from the rows while it runs."""
+    if job.status in ACTIVE_JOB_STATUSES:
+        return plot_png(session, job)
+    return finished_results(session, job).plot_png
 
 
 def track_runs(timestamps_ms: Sequence[float], sample_interval_ms: float) -> list[slice]:
@@ -233,9 +328,13 @@ def render_plot_png(series: Sequence[TrackSeries], title: str, sample_interval_m
     lane.tick_params(axis="x", labelbottom=True)
     half = sample_interval_ms / 2000.0
     for row, track in enumerate(series):
+        # One collection per emotion, not one per sample: thousands of artists take matplotlib seconds to lay out.
+        bars: dict[str, list[tuple[float, float]]] = {}
         for position, ms in enumerate(track.timestamps_ms):
             label = dominant({name: values[position] for name, values in track.probabilities.items()})
-            lane.broken_barh([(ms / 1000.0 - half, 2 * half)], (row - 0.4, 0.8), color=EMOTION_COLOURS[label])
+            bars.setdefault(label, []).append((ms / 1000.0 - half, 2 * half))
+        for label, ranges in bars.items():
+            lane.broken_barh(ranges, (row - 0.4, 0.8), color=EMOTION_COLOURS[label])
     if not series:
         areas[0].text(0.5, 0.5, "no faces found", ha="center", va="center", transform=areas[0].transAxes)
         areas[0].set_axis_off()

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # About the worker processes on the queue: a tenant alone can use that many.
     tasks_per_tenant: Annotated[int, Field(ge=1)] = 16
     classify_batch: int = 64  # faces per classifier call, gathered across frames
+    # Faces analysed per frame: a crowd keeps its largest faces (the job says so), so one video cannot make rows
+    # (and the API's pages, summaries and exports) explode.
+    max_faces_per_frame: Annotated[int, Field(ge=1)] = 32
     inference_threads: int = 0  # the classifier's threads per worker process (ONNX Runtime); 0: the runtime's own
     # The face detector runs on a sampled frame once this many ms have passed since the last frame it ran on; the
     # faces of the frames between are carried by tracking (straight-line motion between the two detected frames

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -172,6 +173,9 @@ class Frame(Base):
     timestamp_ms: Mapped[float] = mapped_column(Float)
     segment_index: Mapped[int] = mapped_column(Integer)
 
+    # The timeline's from_ms/to_ms and the plot's time span find their frames without reading the whole job.
+    __table_args__ = (Index("ix_frames_job_timestamp", "job_id", "timestamp_ms"),)
+
 
 class Face(Base):
     __tablename__ = "faces"
@@ -213,6 +217,18 @@ class Track(Base):
     first_ms: Mapped[float] = mapped_column(Float)
     last_ms: Mapped[float] = mapped_column(Float)
     frames: Mapped[int] = mapped_column(Integer)
+
+
+class ResultCache(Base):
+    """A finished job's summary and plot.png, computed once when it ends: a finished job's results never change,
+    so they are never invalidated, only deleted with the job."""
+
+    __tablename__ = "result_caches"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)  # as fervid.results.summary returns it
+    plot_png: Mapped[bytes] = mapped_column(LargeBinary)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # The per-emotion columns of `faces`, in FER order; the table and the label list must agree.

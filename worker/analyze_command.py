@@ -67,11 +67,11 @@ def job_failure(job_id: str) -> FervidError | None:
 
 
 def write_output(job_id: str, fmt: str, stream: TextIO) -> None:
+    if fmt == "csv":
+        for line in results.timeline_csv_lines(job_id):
+            stream.write(line)
+        return
     with session_scope() as session:
-        if fmt == "csv":
-            for line in results.timeline_csv_lines(session, job_id):
-                stream.write(line)
-            return
         job = session.get(Job, job_id)
         assert job is not None
         payload = {"job": job_to_dict(session, job), "summary": results.summary(session, job_id),

@@ -28,7 +28,7 @@ from fervid.tables import Job, JobStatus, PlanRow
 from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
-from models.detectors import FaceDetector, load_detector
+from models.detectors import Detection, FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
@@ -72,6 +72,7 @@ class Analyzer:
     detector: FaceDetector
     classifier: EmotionClassifier
     batch_size: int
+    max_faces: int  # per frame (FERVID_MAX_FACES_PER_FRAME): the largest are kept
     # The detector runs on a sampled frame once `detect_interval_ms` have passed since the last one it ran on, and on
     # the last; the faces of the frames between are carried from the two detected frames around them
     # (`carried_faces`), as DeepStream's `interval` does but in time, so a job's sampling rate does not stretch it.
@@ -85,13 +86,15 @@ class Analyzer:
                                       precision=backend.precision, detector=self.detector.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
-                on_progress: Callable[[int], bool] | None = None) -> list[record_store.FrameRecord]:
+                on_progress: Callable[[int], bool] | None = None,
+                warnings: list[str] | None = None) -> list[record_store.FrameRecord]:
         """Runs detection and tracking frame by frame and classification on batches gathered across frames, the
         three overlapped: frames are decoded ahead on one thread, and each batch is classified on another while
         the next one is detected. Records come out in frame order.
 
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
-        what is returned must not be stored (the job was cancelled or taken over).
+        what is returned must not be stored (the job was cancelled or taken over). A frame with more than
+        `max_faces` faces keeps its largest, and `warnings` (appended) says so once.
         """
         records: list[record_store.FrameRecord] = []
         pending: list[_PendingFrame] = []
@@ -129,7 +132,7 @@ class Analyzer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fervid-classify") as classifying, \
                 Prefetched(frames, PREFETCH_FRAMES) as decoded:
             pending_faces = since_heartbeat = 0
-            for planned, image, faces in self.found_faces(decoded):
+            for planned, image, faces in self.found_faces(decoded, warnings):
                 pending.append((planned, faces, [crop_face(image, box, self.detector.framing)
                                                  for _, box, _ in faces]))
                 pending_faces += len(faces)
@@ -143,8 +146,8 @@ class Analyzer:
             collect()
         return records
 
-    def found_faces(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
-                     ) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8], list[FaceFound]]]:
+    def found_faces(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]], warnings: list[str] | None = None,
+                    ) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8], list[FaceFound]]]:
         """Each frame with its tracked faces, in order: detected every `detect_interval_ms` and on the last frame,
         carried between (which holds back the frames of one interval)."""
         tracker = FaceTracker()
@@ -155,6 +158,10 @@ class Analyzer:
                    ) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8], list[FaceFound]]]:
             nonlocal detected, skipped
             detections = self.detector.detect(image)
+            if len(detections) > self.max_faces:
+                detections = largest_faces(detections, self.max_faces)
+                if warnings is not None and too_many_faces(self.max_faces) not in warnings:
+                    warnings.append(too_many_faces(self.max_faces))
             tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
             faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
             if detected is not None:
@@ -177,6 +184,19 @@ class Analyzer:
             yield from detect(last, last_image)
 
 
+def largest_faces(detections: list[Detection], most: int) -> list[Detection]:
+    """The `most` largest detections by box area (the higher score first among equals), in their own order."""
+    ranked = sorted(range(len(detections)), key=lambda i: (-detections[i].box[2] * detections[i].box[3],
+                                                            -detections[i].score, i))
+    return [detections[i] for i in sorted(ranked[:most])]
+
+
+def too_many_faces(most: int) -> str:
+    """The job's warning for frames that had more faces than were analysed (one text, so segments share it)."""
+    return (f"some frames had more than {most} faces: only the {most} largest of each were analysed "
+            "(FERVID_MAX_FACES_PER_FRAME)")
+
+
 def build_analyzer(settings: Settings) -> Analyzer:
     if settings.inference_threads:
         cv2.setNumThreads(settings.inference_threads)
@@ -187,7 +207,7 @@ def build_analyzer(settings: Settings) -> Analyzer:
     log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
              settings.classify_batch)
     return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch,
-                    settings.detect_interval_ms)
+                    settings.max_faces_per_frame, settings.detect_interval_ms)
 
 
 def worker_name() -> str:
@@ -305,7 +325,8 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Setti
                 return record_store.finish_job_if_complete(job_id)
             crash_if_test_file("segment", job, settings)
             plan = from_plan_rows(rows)
-            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress)
+            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress,
+                                       warnings)
     except MediaError as error:
         return record_store.fail_job(job_id, error.code, error.message)
     if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):

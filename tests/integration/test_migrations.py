@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from fervid.db import make_engine
 from fervid.migrate import downgrade, upgrade
 from fervid.tables import Base
 
 pytestmark = pytest.mark.integration
-TABLES = {"jobs", "segments", "frames", "faces", "tracks", "workers", "audit_events"}
+TABLES = {"jobs", "segments", "frames", "faces", "tracks", "workers", "audit_events", "result_caches"}
 
 
 def schema_difference(url: str) -> list[object]:
@@ -62,3 +62,31 @@ def test_the_cli_upgrades_the_configured_database(empty_pg_url: str) -> None:
                             env={**os.environ, "FERVID_DATABASE_URL": empty_pg_url}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert table_names(empty_pg_url) == TABLES
+
+
+def test_the_result_caches_and_the_frame_time_index_upgrade_and_downgrade_over_rows(empty_url: str) -> None:
+    # given a database at the revision before them, holding a job's frames
+    upgrade(empty_url, "8b2d4e6f1a93")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO jobs (id, tenant, status, source_uri, sample_fps, queue, warnings, "
+                                    "created_at, prepare_attempts) VALUES ('j1', 't', 'succeeded', 'file:///c.mp4', "
+                                    "5, 'cpu', '[]', CURRENT_TIMESTAMP, 0)"))
+            connection.execute(text("INSERT INTO frames (job_id, frame_index, timestamp_ms, segment_index) "
+                                    "VALUES ('j1', 0, 0, 0), ('j1', 5, 200, 0)"))
+        # when it is upgraded to head
+        upgrade(empty_url)
+        # then frames are indexed by time within their job, and finished jobs' results have their table
+        indexes = {index["name"]: index["column_names"] for index in inspect(engine).get_indexes("frames")}
+        assert indexes["ix_frames_job_timestamp"] == ["job_id", "timestamp_ms"]
+        assert "result_caches" in table_names(empty_url)
+        # and a downgrade removes both and keeps the frames
+        downgrade(empty_url, "8b2d4e6f1a93")
+        engine.dispose()
+        assert "ix_frames_job_timestamp" not in {index["name"] for index in inspect(engine).get_indexes("frames")}
+        assert "result_caches" not in table_names(empty_url)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM frames")).scalar_one() == 2
+    finally:
+        engine.dispose()

@@ -135,7 +135,8 @@ def test_detecting_every_300_ms_carries_the_face_through_the_frames_between(
     clip = write_clip(tmp_path / "drift.mp4", frames)
     every_frame = analyze(analyzer, clip)
     counting = CountingDetector(analyzer.detector)
-    every_third = Analyzer(counting, analyzer.classifier, analyzer.batch_size, detect_interval_ms=300.0)
+    every_third = Analyzer(counting, analyzer.classifier, analyzer.batch_size, analyzer.max_faces,
+                           detect_interval_ms=300.0)
 
     # when
     carried = analyze(every_third, clip)
@@ -146,3 +147,32 @@ def test_detecting_every_300_ms_carries_the_face_through_the_frames_between(
     assert len(carried) == frame_count and all([track for track, _ in faces] == [0] for faces in carried)
     for (_, box), (_, expected) in zip([f[0] for f in carried], [f[0] for f in every_frame], strict=True):
         assert iou(box, expected) > 0.9, (box, expected)
+
+
+def test_a_crowd_keeps_its_largest_faces_and_says_so(fervid_env: pytest.MonkeyPatch, tiny_model_path: Path,
+                                                     yunet_path: Path, shared_dir: Path, tmp_path: Path) -> None:
+    # given a frame of six faces, three large above three small, and a cap of three faces per frame
+    fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
+    fervid_env.setenv("FERVID_DETECTOR_PATH", str(yunet_path))
+    fervid_env.setenv("FERVID_MAX_FACES_PER_FRAME", "3")
+    get_settings.cache_clear()
+    analyzer = build_analyzer(get_settings())
+    face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
+    canvas = np.full((420, 640, 3), 90, np.uint8)
+    for column in range(3):
+        canvas[10:190, 20 + 210 * column : 200 + 210 * column] = cv2.resize(face, (180, 180))
+        canvas[260:380, 50 + 210 * column : 170 + 210 * column] = cv2.resize(face, (120, 120))
+    assert len(analyzer.detector.detect(canvas)) == 6
+    clip = write_clip(tmp_path / "crowd.mp4", [canvas] * 5)
+    _, plan = probe(clip, 10, LIMITS)
+    # when it is analysed
+    warnings: list[str] = []
+    frames = analyzer.analyze(decode_planned(clip, plan, [], LIMITS.max_pixels), warnings=warnings)
+    # then every frame keeps the three large faces, left to right, and the job is told once
+    assert len(frames) == 5
+    for frame in frames:
+        assert [face.face_index for face in frame.faces] == [0, 1, 2]
+        assert all(face.box[1] < 200 for face in frame.faces), frame.faces  # the top row
+        assert [face.box[0] for face in frame.faces] == sorted(face.box[0] for face in frame.faces)
+    assert warnings == ["some frames had more than 3 faces: only the 3 largest of each were analysed "
+                        "(FERVID_MAX_FACES_PER_FRAME)"]
