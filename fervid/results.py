@@ -264,9 +264,8 @@ def computed_results(session: Session, job: Job) -> ResultCache:
 
 
 def finished_results(session: Session, job: Job) -> ResultCache:
-    """A finished job's summary and plot from its cache. The worker that succeeds a job fills it as it finishes;
-    the first read of any other finished job (failed, cancelled, or succeeded before there was a cache) computes
-    and stores it."""
+    """A finished job's summary and plot from its cache, which the first read after the job finished computes and
+    stores (finished jobs do not change)."""
     cached = session.get(ResultCache, job.id)
     if cached is not None:
         return cached

@@ -27,7 +27,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from fervid import results
 from fervid.db import session_scope
 from fervid.errors import PROCESSING_FAILED
 from fervid.labels import EMOTIONS
@@ -326,10 +325,9 @@ def _finish(session: Session, job_id: str, now: datetime) -> bool:
                                             .order_by(Segment.index)):
         merged += [warning for warning in segment_warnings or [] if warning not in merged]
     session.execute(_update(Job).where(Job.id == job_id).values(warnings=merged))
-    # The results are final now: the summary and plot are computed once, in the transaction that makes them so.
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None  # its row is locked by the UPDATE above
-    session.add(results.computed_results(session, job))
+    # The results are final now; their summary and plot are cached by the first read (fervid.results), not here:
+    # drawing the plot costs a second or two that a worker, or `fervid analyze`, whose plot nobody may ask for,
+    # would spend on every job.
     return True
 
 
