@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as BrokerError
 
+from fervid.db import get_engine
 from fervid.dispatch import dispatch_for_job
 from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app
@@ -128,6 +129,9 @@ def _set_time_limits(**_: Any) -> None:
 
 @worker_process_init.connect
 def _load_models(**_: Any) -> None:
+    # A pool process forked after the main process used the database (its reaper thread) inherits that pool's open
+    # connections: drop them here without closing them, so parent and child never share a connection.
+    get_engine().dispose(close=False)
     layout = _layout()
     log.info("inference threads: %d (of %d usable cores, concurrency %d)", layout.settings.inference_threads,
              layout.usable_cores, layout.concurrency)
