@@ -151,11 +151,12 @@ def worker_status(analyzer: Analyzer) -> WorkerStatus:
 
 
 def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:
-    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order) for f in plan]
+    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order, f.keyframe_pos) for f in plan]
 
 
 def from_plan_rows(rows: list[PlanRow]) -> list[PlannedFrame]:
-    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order) for r in rows]
+    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order, r.keyframe_pos)
+            for r in rows]
 
 
 def load_job(job_id: str) -> Job | None:
