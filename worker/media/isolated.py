@@ -1,0 +1,186 @@
+"""Probing and decoding in a process of their own, under a memory and a CPU limit.
+
+Untrusted media is read by C decoders (FFmpeg, libjpeg, libtiff, libheif, libwebp, ...) whose memory follows what
+the file declares in ways no header check bounds: reference frames and frame threads, coefficient buffers, 16-bit
+conversions. A limit on the worker process itself (RLIMIT_AS / RLIMIT_DATA) would bind ONNX Runtime and CUDA too, and
+a prefork child cannot be given a cgroup of its own; so each probe, and each segment's decoding, runs in a child
+process (`python -m worker.media.isolated_main`) that limits itself before it opens the file: past its memory it
+fails `media_too_large`, past its CPU seconds the kernel stops it, and a decoder that crashes takes only it down.
+Decoded frames come back over a pipe; the child decodes no further ahead than the pipe holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
+from worker.media.limits import MediaLimits
+from worker.media.plan import MediaInfo, PlannedFrame
+
+log = logging.getLogger(__name__)
+
+CHILD_MODULE = "worker.media.isolated_main"
+# Messages from the child: a tag byte, then a frame (plan position, height, width, then BGR bytes) or JSON.
+FRAME, RESULT, ERROR = b"F", b"R", b"E"
+FRAME_HEADER = struct.Struct("<III")
+JSON_LENGTH = struct.Struct("<I")
+# The child copies frames and nothing more with NumPy: OpenBLAS's thread per core would only cost memory.
+CHILD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class DecoderLimits:
+    """What one decoder process may use: built from the settings at the edge and passed down."""
+
+    memory_mb: int  # allocated beyond what it holds once started (FERVID_DECODE_MEMORY_MB)
+    cpu_s: float  # CPU seconds, all threads together (the stage's soft time limit)
+
+
+def probe_isolated(path: Path, sample_fps: float, limits: MediaLimits,
+                   decoder: DecoderLimits) -> tuple[MediaInfo, list[PlannedFrame]]:
+    """`worker.media.probe.probe` in a decoder process."""
+    with _DecoderProcess({"op": "probe", "path": str(path), "sample_fps": sample_fps, "limits": asdict(limits)},
+                         decoder) as child:
+        result = child.result()
+    return MediaInfo(**result["info"]), [PlannedFrame(*row) for row in result["plan"]]
+
+
+def plan_rows(plan: list[PlannedFrame]) -> list[list[Any]]:
+    """The plan as JSON rows, its fields in order (dataclasses.astuple deep-copies each value: slow for long plans)."""
+    return [list(vars(frame).values()) for frame in plan]
+
+
+class IsolatedDecode:
+    """`worker.media.decode.decode_planned` in a decoder process: iterating yields (planned frame, upright BGR image)
+    in plan order and appends the decode's warnings to `warnings` at the end; `cancel()`, from any thread, kills the
+    process so that an iteration blocked on a frame ends at once."""
+
+    def __init__(self, path: Path, plan: list[PlannedFrame], warnings: list[str], max_pixels: int,
+                 decoder: DecoderLimits) -> None:
+        self.path, self.plan, self.warnings = path, plan, warnings
+        self.max_pixels, self.decoder = max_pixels, decoder
+        self._child: _DecoderProcess | None = None
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+        if not self.plan or self._cancelled.is_set():
+            return
+        request = {"op": "decode", "path": str(self.path), "plan": plan_rows(self.plan), "max_pixels": self.max_pixels}
+        with _DecoderProcess(request, self.decoder) as child:
+            self._child = child
+            if self._cancelled.is_set():  # cancelled while it started
+                return
+            try:
+                for position, image in child.frames():
+                    yield self.plan[position], image
+                self.warnings.extend(child.result()["warnings"])
+            except MediaError:
+                if self._cancelled.is_set():
+                    return  # killed by cancel(): nobody waits for its frames
+                raise
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        child = self._child
+        if child is not None:
+            child.kill()
+
+
+class _DecoderProcess:
+    """One child process: the request goes in on its stdin, which stays open (the child exits when it closes, so
+    it never outlives this process), and messages come back on its stdout; its stderr is this process's."""
+
+    def __init__(self, request: dict[str, Any], limits: DecoderLimits) -> None:
+        self.limits = limits
+        self.process = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env={**os.environ, **CHILD_ENVIRONMENT})
+        self.stdin: IO[bytes] = self.process.stdin  # type: ignore[assignment]
+        self.stdout: IO[bytes] = self.process.stdout  # type: ignore[assignment]
+        self.ended: dict[str, Any] | None = None
+        request = {**request, "memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s}
+        try:
+            self.stdin.write(json.dumps(request).encode() + b"\n")
+            self.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once: reading says how
+
+    def __enter__(self) -> _DecoderProcess:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.kill()
+        self.stdin.close()
+        self.stdout.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def frames(self) -> Iterator[tuple[int, NDArray[np.uint8]]]:
+        """The frames it sends, until its result (kept for `result()`) or its error (raised)."""
+        while True:
+            tag = self.stdout.read(1)
+            if tag != FRAME:
+                self.ended = self._end(tag)
+                return
+            position, height, width = FRAME_HEADER.unpack(self._read(FRAME_HEADER.size))
+            image = np.empty((height, width, 3), np.uint8)
+            self._read_into(image.data.cast("B"))
+            yield position, image
+
+    def result(self) -> dict[str, Any]:
+        if self.ended is None:
+            self.ended = self._end(self.stdout.read(1))
+        return self.ended
+
+    def _end(self, tag: bytes) -> dict[str, Any]:
+        if tag not in (RESULT, ERROR):
+            raise self._died()
+        (length,) = JSON_LENGTH.unpack(self._read(JSON_LENGTH.size))
+        message: dict[str, Any] = json.loads(self._read(length))
+        if tag == ERROR:
+            raise MediaError(message["code"], message["message"])
+        return message
+
+    def _read(self, size: int) -> bytes:
+        data = bytearray(size)
+        self._read_into(memoryview(data))
+        return bytes(data)
+
+    def _read_into(self, buffer: memoryview) -> None:
+        filled = 0
+        while filled < len(buffer):
+            count = self.stdout.readinto(buffer[filled:])  # type: ignore[attr-defined]
+            if not count:
+                raise self._died()
+            filled += count
+
+    def _died(self) -> Exception:
+        """What its end without a last message means: the kernel stopped it, or a decoder crashed in it."""
+        code = self.process.wait()
+        if code in (-signal.SIGXCPU, -signal.SIGKILL):
+            return MediaError(MEDIA_TOO_LARGE, f"decoding the media was stopped past its {self.limits.cpu_s:.0f} CPU "
+                                               "seconds or out of memory; send a shorter, smaller or re-encoded copy")
+        if code < 0:
+            name = signal.Signals(-code).name
+            log.error("the decoder process crashed (%s)", name)
+            return MediaError(DECODE_ERROR, f"the decoder crashed on this file ({name}); it is damaged or crafted: "
+                                            "send a re-encoded copy")
+        return RuntimeError(f"the decoder process ended with status {code} without an answer; see its error above")

@@ -1,0 +1,96 @@
+"""The decoder process (`python -m worker.media.isolated_main`), started by `worker.media.isolated`: one probe or
+one plan's decoding, under the memory and CPU limits it is given, answered on stdout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from fervid.errors import MEDIA_TOO_LARGE, MediaError
+from worker.media.decode import decode_planned
+from worker.media.isolated import ERROR, FRAME, FRAME_HEADER, JSON_LENGTH, RESULT, plan_rows
+from worker.media.limits import MediaLimits
+from worker.media.plan import PlannedFrame
+from worker.media.probe import probe
+
+log = logging.getLogger("worker.media.isolated_main")
+CPU_GRACE_S = 10  # past the soft CPU limit (SIGXCPU), the hard one kills
+
+
+def main() -> None:
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever else writes to stdout goes to the log, not the frames
+    logging.basicConfig(level=logging.WARNING,
+                        format="decoder process %(process)d: %(levelname)s %(name)s: %(message)s")
+    request: dict[str, Any] = json.loads(sys.stdin.buffer.readline())
+    _limit_self(request["memory_mb"], request["cpu_s"])
+    threading.Thread(target=_end_with_parent, name="fervid-decoder-parent", daemon=True).start()
+    try:
+        _answer(request, answers)
+    except MediaError as error:
+        _send_json(answers, ERROR, {"code": error.code, "message": error.message})
+    except MemoryError:
+        _send_json(answers, ERROR, {"code": MEDIA_TOO_LARGE, "message": (
+            f"decoding the media needed more than the {request['memory_mb']} MB a decoder process may use "
+            "(FERVID_DECODE_MEMORY_MB); send a copy with smaller frames")})
+    answers.close()
+
+
+def _answer(request: dict[str, Any], answers: IO[bytes]) -> None:
+    path = Path(request["path"])
+    if request["op"] == "probe":
+        info, plan = probe(path, request["sample_fps"], MediaLimits(**request["limits"]))
+        _send_json(answers, RESULT, {"info": vars(info), "plan": plan_rows(plan)})
+        return
+    plan = [PlannedFrame(*row) for row in request["plan"]]
+    positions = {frame.frame_index: position for position, frame in enumerate(plan)}
+    warnings: list[str] = []
+    for planned, image in decode_planned(path, plan, warnings, request["max_pixels"]):
+        answers.write(FRAME + FRAME_HEADER.pack(positions[planned.frame_index], image.shape[0], image.shape[1]))
+        answers.write(image.data.cast("B"))
+        answers.flush()
+    _send_json(answers, RESULT, {"warnings": warnings})
+
+
+def _send_json(answers: IO[bytes], tag: bytes, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    answers.write(tag + JSON_LENGTH.pack(len(data)) + data)
+    answers.flush()
+
+
+def _limit_self(memory_mb: int, cpu_s: float) -> None:
+    """Limits this process, started and imported: its data segment (heap and private writable mappings; unlike
+    the address space, not the arenas and libraries it only reserves) to what it holds now plus `memory_mb`, its CPU
+    time to `cpu_s`; and writes no core file."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    soft_cpu = max(1, int(cpu_s))
+    resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, soft_cpu + CPU_GRACE_S))
+    try:
+        held = _data_segment_bytes()
+        resource.setrlimit(resource.RLIMIT_DATA, (held + (memory_mb << 20), resource.RLIM_INFINITY))
+    except (OSError, ValueError) as error:  # no /proc (not Linux): the CPU limit still holds
+        log.warning("cannot limit the decoder process's memory: %s", error)
+
+
+def _data_segment_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmData")
+
+
+def _end_with_parent() -> None:
+    """Exits when the worker closes stdin (or dies): a decoder never outlives the task that started it."""
+    sys.stdin.buffer.read()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
