@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from dataclasses import replace
@@ -30,7 +31,7 @@ from bench.media_factory import (
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
 from fervid.settings import Settings
 from fervid.tables import PlanColumn, PlanRow
-from worker.media.decode import decode_planned
+from worker.media.decode import REORDER_DEPTH, decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame, split_plan
 from worker.media.probe import probe
@@ -70,6 +71,25 @@ def test_every_planned_frame_decodes_to_its_own_pixels(tmp_path: Path, name: str
     assert all(image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.uint8 for _, image in frames)
     assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
     assert warnings == []
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "joined.ts"])
+def test_decoding_lets_go_of_each_frame_once_it_is_yielded(tmp_path: Path, name: str) -> None:
+    # given 96 frames, every one planned (timed, and timed by order)
+    clip = (write_video(tmp_path / name, frame_count=96) if name == "clip.mp4"
+            else write_joined_recordings(tmp_path / name, parts=2, frame_count=48))
+    _, plan = probe(clip, 24, LIMITS)
+    # when they are decoded, each image dropped as it comes (the garbage collector kept out of it)
+    live: list[int] = []
+    gc.disable()
+    try:
+        for _ in decode_planned(clip, plan, [], LIMITS.max_pixels):
+            live.append(sum(isinstance(thing, av.VideoFrame) for thing in gc.get_objects()))
+    finally:
+        gc.enable()
+    # then the decoder holds a few frames at any time, not every frame it gave out (each with its pixels and its
+    # pixel converter's threads)
+    assert len(live) == 96 and max(live) <= 2 * REORDER_DEPTH
 
 
 def test_a_raw_stream_without_timestamps_is_planned_by_its_frame_rate(tmp_path: Path) -> None:
