@@ -3,6 +3,9 @@ the memory or the CPU seconds it is given, a clear media error instead of a work
 
 from __future__ import annotations
 
+import os
+import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.media_factory import mdat_range, write_joined_recordings, write_jpeg_scan_bomb, write_video
-from fervid.errors import MEDIA_TOO_LARGE, MediaError
+from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
 from fervid.settings import Settings
 from worker.media.decode import decode_planned
 from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated
@@ -74,12 +77,32 @@ def test_a_decode_past_its_memory_is_media_too_large(tmp_path: Path) -> None:
 
 
 def test_a_decode_past_its_cpu_seconds_is_stopped_and_says_so(tmp_path: Path) -> None:
-    # given a progressive JPEG of 6000x6000 pixels in as many empty scans as allowed: seconds of CPU to decode
-    bomb = write_jpeg_scan_bomb(tmp_path / "scans.jpg", side=6000, scans=MAX_JPEG_SCANS)
-    info, plan = probe_isolated(bomb, 5, LIMITS, ROOMY)
+    # given a progressive JPEG of 9000x9000 pixels in as many empty scans as allowed (and a pixel limit that lets
+    # it through): a few seconds of CPU to decode
+    limits = replace(LIMITS, max_pixels=100_000_000)
+    bomb = write_jpeg_scan_bomb(tmp_path / "scans.jpg", side=9000, scans=MAX_JPEG_SCANS)
+    info, plan = probe_isolated(bomb, 5, limits, ROOMY)
     # when a decoder process allowed 1 CPU second decodes it
     with pytest.raises(MediaError) as caught:
-        list(IsolatedDecode(bomb, plan, [], LIMITS.max_pixels, DecoderLimits(memory_mb=1024, cpu_s=1)))
+        list(IsolatedDecode(bomb, plan, [], limits.max_pixels, DecoderLimits(memory_mb=1024, cpu_s=1)))
     # then the kernel stops it and the job's error says why
     assert info.kind == "image"
     assert caught.value.code == MEDIA_TOO_LARGE and "CPU seconds" in caught.value.message
+
+
+def test_a_decoder_that_crashes_fails_the_decode_and_nothing_else(tmp_path: Path) -> None:
+    # given a clip being decoded in a decoder process
+    clip = write_video(tmp_path / "clip.mp4", frame_count=96)
+    _, plan = probe_isolated(clip, 24, LIMITS, ROOMY)
+    decoding = IsolatedDecode(clip, plan, [], LIMITS.max_pixels, ROOMY)
+    frames = iter(decoding)
+    next(frames)
+    # when the decoder crashes, as a decoder bug hit by a crafted file would make it (no such file is at hand: the
+    # signal is sent to the decoder process itself)
+    assert decoding._child is not None
+    os.kill(decoding._child.pid, signal.SIGSEGV)
+    # then the decode fails decode_error, saying what happened, and the next decode works
+    with pytest.raises(MediaError) as caught:
+        list(frames)
+    assert caught.value.code == DECODE_ERROR and "SIGSEGV" in caught.value.message
+    assert len(list(IsolatedDecode(clip, plan, [], LIMITS.max_pixels, ROOMY))) == len(plan)

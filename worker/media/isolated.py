@@ -3,18 +3,21 @@
 Untrusted media is read by C decoders (FFmpeg, libjpeg, libtiff, libheif, libwebp, ...) whose memory follows what
 the file declares in ways no header check bounds: reference frames and frame threads, coefficient buffers, 16-bit
 conversions. A limit on the worker process itself (RLIMIT_AS / RLIMIT_DATA) would bind ONNX Runtime and CUDA too, and
-a prefork child cannot be given a cgroup of its own; so each probe, and each segment's decoding, runs in a child
-process (`python -m worker.media.isolated_main`) that limits itself before it opens the file: past its memory it
-fails `media_too_large`, past its CPU seconds the kernel stops it, and a decoder that crashes takes only it down.
-Decoded frames come back over a pipe; the child decodes no further ahead than the pipe holds.
+a prefork child cannot be given a cgroup of its own; so each probe, and each segment's decoding, runs in a decoder
+process, forked for it by a fork server, that limits itself before it opens the file: past its memory it fails
+`media_too_large`, past its CPU seconds the kernel stops it, and a decoder that crashes takes only it down. Decoded
+frames come back over a pipe; the decoder runs no further ahead than the pipe holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -35,12 +38,13 @@ from worker.media.plan import MediaInfo, PlannedFrame
 log = logging.getLogger(__name__)
 
 CHILD_MODULE = "worker.media.isolated_main"
-# Messages from the child: a tag byte, then a frame (plan position, height, width, then BGR bytes) or JSON.
+# Messages from a decoder process: a tag byte, then a frame (plan position, height, width, then BGR bytes), or a
+# length and JSON (the result, or an error's code and message). The request goes to it as a length and JSON.
 FRAME, RESULT, ERROR = b"F", b"R", b"E"
 FRAME_HEADER = struct.Struct("<III")
-JSON_LENGTH = struct.Struct("<I")
-# The child copies frames and nothing more with NumPy: OpenBLAS's thread per core would only cost memory.
-CHILD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+LENGTH = struct.Struct("<I")
+NUMBER = struct.Struct("<q")  # from the fork server: a decoder's pid, then its exit status
+PIPE_BYTES = 1 << 20  # what an unprivileged process may give a pipe (/proc/sys/fs/pipe-max-size)
 
 
 @dataclass(frozen=True)
@@ -102,20 +106,19 @@ class IsolatedDecode:
 
 
 class _DecoderProcess:
-    """One child process: the request goes in on its stdin, which stays open (the child exits when it closes, so
-    it never outlives this process), and messages come back on its stdout; its stderr is this process's."""
+    """One decoder process, forked by a fork server: the request goes in on a pipe that stays open (the decoder
+    exits when it closes, so it never outlives this process), messages come back on another."""
 
     def __init__(self, request: dict[str, Any], limits: DecoderLimits) -> None:
         self.limits = limits
-        self.process = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env={**os.environ, **CHILD_ENVIRONMENT})
-        self.stdin: IO[bytes] = self.process.stdin  # type: ignore[assignment]
-        self.stdout: IO[bytes] = self.process.stdout  # type: ignore[assignment]
+        self.server = _ForkServer.take()
+        self.pid, self.requests, self.answers = self.server.fork()
+        self.exit_code: int | None = None
         self.ended: dict[str, Any] | None = None
-        request = {**request, "memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s}
+        data = json.dumps({**request, "memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s}).encode()
         try:
-            self.stdin.write(json.dumps(request).encode() + b"\n")
-            self.stdin.flush()
+            self.requests.write(LENGTH.pack(len(data)) + data)
+            self.requests.flush()
         except BrokenPipeError:
             pass  # it died at once: reading says how
 
@@ -125,18 +128,20 @@ class _DecoderProcess:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.kill()
-        self.stdin.close()
-        self.stdout.close()
+        self.requests.close()
+        self.answers.close()
+        self._wait()
+        _ForkServer.give_back(self.server)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        if self.exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def frames(self) -> Iterator[tuple[int, NDArray[np.uint8]]]:
         """The frames it sends, until its result (kept for `result()`) or its error (raised)."""
         while True:
-            tag = self.stdout.read(1)
+            tag = self.answers.read(1)
             if tag != FRAME:
                 self.ended = self._end(tag)
                 return
@@ -147,13 +152,13 @@ class _DecoderProcess:
 
     def result(self) -> dict[str, Any]:
         if self.ended is None:
-            self.ended = self._end(self.stdout.read(1))
+            self.ended = self._end(self.answers.read(1))
         return self.ended
 
     def _end(self, tag: bytes) -> dict[str, Any]:
         if tag not in (RESULT, ERROR):
             raise self._died()
-        (length,) = JSON_LENGTH.unpack(self._read(JSON_LENGTH.size))
+        (length,) = LENGTH.unpack(self._read(LENGTH.size))
         message: dict[str, Any] = json.loads(self._read(length))
         if tag == ERROR:
             raise MediaError(message["code"], message["message"])
@@ -167,14 +172,19 @@ class _DecoderProcess:
     def _read_into(self, buffer: memoryview) -> None:
         filled = 0
         while filled < len(buffer):
-            count = self.stdout.readinto(buffer[filled:])  # type: ignore[attr-defined]
+            count = self.answers.readinto(buffer[filled:])  # type: ignore[attr-defined]
             if not count:
                 raise self._died()
             filled += count
 
+    def _wait(self) -> int:
+        if self.exit_code is None:
+            self.exit_code = self.server.exit_code()
+        return self.exit_code
+
     def _died(self) -> Exception:
         """What its end without a last message means: the kernel stopped it, or a decoder crashed in it."""
-        code = self.process.wait()
+        code = self._wait()
         if code in (-signal.SIGXCPU, -signal.SIGKILL):
             return MediaError(MEDIA_TOO_LARGE, f"decoding the media was stopped past its {self.limits.cpu_s:.0f} CPU "
                                                "seconds or out of memory; send a shorter, smaller or re-encoded copy")
@@ -184,3 +194,68 @@ class _DecoderProcess:
             return MediaError(DECODE_ERROR, f"the decoder crashed on this file ({name}); it is damaged or crafted: "
                                             "send a re-encoded copy")
         return RuntimeError(f"the decoder process ended with status {code} without an answer; see its error above")
+
+
+class _ForkServer:
+    """A process with the decoding modules imported (`python -m worker.media.isolated_main`) that forks one decoder
+    process per request, handing it the request's pipes: a fork costs milliseconds, a fresh interpreter and its
+    imports a few hundred. A worker process keeps the ones it started (one, unless it decodes two files at once),
+    from its first use on (after the pool forked); one that died is replaced."""
+
+    _lock = threading.Lock()
+    _idle: list[_ForkServer] = []
+    _owner = 0  # the process whose servers _idle holds: a forked child starts its own
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.socket = ours
+        # Single-threaded, so that forking it is safe: NumPy's OpenBLAS would start a thread per core.
+        self.process = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], stdin=theirs.fileno(),
+                                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        theirs.close()
+
+    @classmethod
+    def take(cls) -> _ForkServer:
+        with cls._lock:
+            if cls._owner != os.getpid():
+                cls._idle, cls._owner = [], os.getpid()
+            while cls._idle:
+                server = cls._idle.pop()
+                if server.process.poll() is None:
+                    return server
+                server.socket.close()
+        return cls()
+
+    @classmethod
+    def give_back(cls, server: _ForkServer) -> None:
+        with cls._lock:
+            if cls._owner == os.getpid() and server.process.poll() is None:
+                cls._idle.append(server)
+                return
+        server.socket.close()
+
+    def fork(self) -> tuple[int, IO[bytes], IO[bytes]]:
+        """A new decoder process: its pid, the pipe to write its request to, the pipe its messages come on."""
+        request_read, request_write = os.pipe()
+        answer_read, answer_write = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):  # Linux: frames cross in 1 MiB steps, not 64 KiB ones
+            fcntl.fcntl(answer_read, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        try:
+            socket.send_fds(self.socket, [b"f"], [request_read, answer_write])
+            pid = self._receive_number()
+        finally:
+            os.close(request_read)
+            os.close(answer_write)
+        return pid, os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb")
+
+    def exit_code(self) -> int:
+        """The last decoder's exit status (negative: the signal that ended it), once it has ended."""
+        return self._receive_number()
+
+    def _receive_number(self) -> int:
+        data = self.socket.recv(NUMBER.size, socket.MSG_WAITALL)
+        if len(data) != NUMBER.size:
+            self.process.kill()
+            raise RuntimeError("the decoders' fork server ended; see its error above")
+        (number,) = NUMBER.unpack(data)
+        return int(number)

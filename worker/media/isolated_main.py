@@ -1,5 +1,7 @@
-"""The decoder process (`python -m worker.media.isolated_main`), started by `worker.media.isolated`: one probe or
-one plan's decoding, under the memory and CPU limits it is given, answered on stdout."""
+"""The decoders' fork server (`python -m worker.media.isolated_main`), started by `worker.media.isolated`: with the
+decoding modules imported, it forks one decoder process per request that arrives on its socket (stdin), and reports
+the decoder's pid, then its exit status. A decoder does one probe or one plan's decoding under the memory and CPU
+limits it is given, and answers on its pipe."""
 
 from __future__ import annotations
 
@@ -7,14 +9,18 @@ import json
 import logging
 import os
 import resource
+import socket
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from PIL import Image
+
 from fervid.errors import MEDIA_TOO_LARGE, MediaError
 from worker.media.decode import decode_planned
-from worker.media.isolated import ERROR, FRAME, FRAME_HEADER, JSON_LENGTH, RESULT, plan_rows
+from worker.media.isolated import ERROR, FRAME, FRAME_HEADER, LENGTH, NUMBER, RESULT, plan_rows
 from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame
 from worker.media.probe import probe
@@ -24,13 +30,33 @@ CPU_GRACE_S = 10  # past the soft CPU limit (SIGXCPU), the hard one kills
 
 
 def main() -> None:
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever else writes to stdout goes to the log, not the frames
     logging.basicConfig(level=logging.WARNING,
                         format="decoder process %(process)d: %(levelname)s %(name)s: %(message)s")
-    request: dict[str, Any] = json.loads(sys.stdin.buffer.readline())
+    Image.init()  # every Pillow plugin imported once, here, rather than in each decoder
+    server = socket.socket(fileno=sys.stdin.fileno())
+    while True:
+        message, fds, _, _ = socket.recv_fds(server, 1, 2)
+        if not message:
+            return  # the worker process ended
+        pid = os.fork()
+        if pid == 0:
+            server.close()
+            os._exit(_decoder(*fds))
+        for fd in fds:
+            os.close(fd)
+        server.sendall(NUMBER.pack(pid))
+        _, status = os.waitpid(pid, 0)
+        server.sendall(NUMBER.pack(os.waitstatus_to_exitcode(status)))
+
+
+def _decoder(request_fd: int, answer_fd: int) -> int:
+    requests, answers = os.fdopen(request_fd, "rb"), os.fdopen(answer_fd, "wb")
+    (length,) = LENGTH.unpack(requests.read(LENGTH.size) or bytes(LENGTH.size))
+    if not length:
+        return 0  # the worker went before it asked
+    request: dict[str, Any] = json.loads(requests.read(length))
     _limit_self(request["memory_mb"], request["cpu_s"])
-    threading.Thread(target=_end_with_parent, name="fervid-decoder-parent", daemon=True).start()
+    threading.Thread(target=_end_with_worker, args=(requests,), name="fervid-decoder-worker", daemon=True).start()
     try:
         _answer(request, answers)
     except MediaError as error:
@@ -39,7 +65,14 @@ def main() -> None:
         _send_json(answers, ERROR, {"code": MEDIA_TOO_LARGE, "message": (
             f"decoding the media needed more than the {request['memory_mb']} MB a decoder process may use "
             "(FERVID_DECODE_MEMORY_MB); send a copy with smaller frames")})
-    answers.close()
+    except BrokenPipeError:
+        return 0  # the worker stopped reading: cancelled
+    except Exception:  # a bug: the worker reports the job failed internal_error
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stderr.flush()
+    return 0
 
 
 def _answer(request: dict[str, Any], answers: IO[bytes]) -> None:
@@ -60,14 +93,14 @@ def _answer(request: dict[str, Any], answers: IO[bytes]) -> None:
 
 def _send_json(answers: IO[bytes], tag: bytes, message: dict[str, Any]) -> None:
     data = json.dumps(message).encode()
-    answers.write(tag + JSON_LENGTH.pack(len(data)) + data)
+    answers.write(tag + LENGTH.pack(len(data)) + data)
     answers.flush()
 
 
 def _limit_self(memory_mb: int, cpu_s: float) -> None:
-    """Limits this process, started and imported: its data segment (heap and private writable mappings; unlike
-    the address space, not the arenas and libraries it only reserves) to what it holds now plus `memory_mb`, its CPU
-    time to `cpu_s`; and writes no core file."""
+    """Limits this process: its data segment (heap and private writable mappings; unlike the address space, not
+    the arenas and libraries it only reserves) to what it holds now, forked, plus `memory_mb`; its CPU time to
+    `cpu_s`; and it writes no core file."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     soft_cpu = max(1, int(cpu_s))
     resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, soft_cpu + CPU_GRACE_S))
@@ -86,9 +119,10 @@ def _data_segment_bytes() -> int:
     raise OSError("/proc/self/status has no VmData")
 
 
-def _end_with_parent() -> None:
-    """Exits when the worker closes stdin (or dies): a decoder never outlives the task that started it."""
-    sys.stdin.buffer.read()
+def _end_with_worker(requests: IO[bytes]) -> None:
+    """Exits once the worker closes the request pipe (nothing more ever comes on it), or dies: a decoder never
+    outlives the task that started it."""
+    requests.read()
     os._exit(0)
 
 
