@@ -6,7 +6,8 @@ measured in the same run.
 For a phone-sized photo, a 40-Mpixel photo (the default FERVID_MAX_PIXELS) and 12 s of 1080p video sampled at
 5 fps (a segment's worth of frames), prints the best of --repeat runs of probe + decode in this process and through
 worker.media.isolated (two decoder processes: the prepare's probe and the segment's decoding, forked by a fork
-server started before the timing), and the difference.
+server started before the timing), and the difference; then the same segment end to end (the shipped model and
+YuNet from ../shared, detection and classification included), its frames decoded either way.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.media_factory import write_looped_clip  # noqa: E402
-from fervid.settings import Settings  # noqa: E402
+from fervid.settings import Settings, get_settings  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
 from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
+from worker.pipeline import build_analyzer  # noqa: E402
 
 SAMPLE_FPS = 5.0
 LIMITS = MediaLimits.from_settings(Settings.model_construct())
@@ -74,10 +76,32 @@ def main() -> None:
         media = make_media(Path(folder))
         isolated(media["photo 4032x3024"])  # the fork server starts once per worker process, not per job
         for name, path in media.items():
-            here_s, frames = best_s(in_process, path, args.repeat)
-            apart_s, _ = best_s(isolated, path, args.repeat)
-            print(f"{name:24} {frames:3} frames: in process {here_s * 1000:7.0f} ms, in decoder processes "
-                  f"{apart_s * 1000:7.0f} ms (x{apart_s / here_s:.2f}, +{(apart_s - here_s) * 1000:.0f} ms)")
+            report(name, best_s(in_process, path, args.repeat), best_s(isolated, path, args.repeat))
+        end_to_end(media["1080p, 12 s at 5 fps"], args.repeat)
+
+
+def report(name: str, here: tuple[float, int], apart: tuple[float, int]) -> None:
+    (here_s, frames), (apart_s, _) = here, apart
+    print(f"{name:24} {frames:3} frames: in process {here_s * 1000:7.0f} ms, in decoder processes "
+          f"{apart_s * 1000:7.0f} ms (x{apart_s / here_s:.2f}, +{(apart_s - here_s) * 1000:.0f} ms)")
+
+
+def end_to_end(video: Path, repeat: int) -> None:
+    settings = get_settings()
+    yunet = ROOT.parent / "shared" / "models" / "face_detection_yunet_2023mar.onnx"
+    if settings.detector_path is None and yunet.is_file():
+        settings = settings.model_copy(update={"detector_path": yunet})
+    analyzer = build_analyzer(settings)
+    _, plan = probe(video, SAMPLE_FPS, LIMITS)
+    analyzer.analyze(decode_planned(video, plan[:2], [], LIMITS.max_pixels))  # warm-up: first inference allocates
+
+    def here(path: Path) -> int:
+        return len(analyzer.analyze(decode_planned(path, plan, [], LIMITS.max_pixels)))
+
+    def apart(path: Path) -> int:
+        return len(analyzer.analyze(IsolatedDecode(path, plan, [], LIMITS.max_pixels, DECODER)))
+
+    report(f"end to end ({analyzer.detector.name})", best_s(here, video, repeat), best_s(apart, video, repeat))
 
 
 if __name__ == "__main__":

@@ -128,10 +128,13 @@ class _DecoderProcess:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.kill()
-        self.requests.close()
+        with contextlib.suppress(OSError):  # the rest of a request it died before reading
+            self.requests.close()
         self.answers.close()
-        self._wait()
-        _ForkServer.give_back(self.server)
+        try:
+            self._wait()
+        finally:
+            _ForkServer.give_back(self.server)
 
     def kill(self) -> None:
         if self.exit_code is None:
