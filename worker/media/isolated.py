@@ -112,7 +112,11 @@ class _DecoderProcess:
     def __init__(self, request: dict[str, Any], limits: DecoderLimits) -> None:
         self.limits = limits
         self.server = _ForkServer.take()
-        self.pid, self.requests, self.answers = self.server.fork()
+        try:
+            self.pid, self.requests, self.answers = self.server.fork()
+        except BaseException:
+            self.server.close()  # its exchange was cut short (a soft time limit): not to be reused
+            raise
         self.exit_code: int | None = None
         self.ended: dict[str, Any] | None = None
         data = json.dumps({**request, "memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s}).encode()
@@ -133,8 +137,10 @@ class _DecoderProcess:
         self.answers.close()
         try:
             self._wait()
-        finally:
-            _ForkServer.give_back(self.server)
+        except BaseException:
+            self.server.close()
+            raise
+        _ForkServer.give_back(self.server)
 
     def kill(self) -> None:
         if self.exit_code is None:
@@ -226,7 +232,7 @@ class _ForkServer:
                 server = cls._idle.pop()
                 if server.process.poll() is None:
                     return server
-                server.socket.close()
+                server.close()
         return cls()
 
     @classmethod
@@ -235,7 +241,11 @@ class _ForkServer:
             if cls._owner == os.getpid() and server.process.poll() is None:
                 cls._idle.append(server)
                 return
-        server.socket.close()
+        server.close()
+
+    def close(self) -> None:
+        """Lets it go: it exits once its socket closes (after the decoder it runs, if any)."""
+        self.socket.close()
 
     def fork(self) -> tuple[int, IO[bytes], IO[bytes]]:
         """A new decoder process: its pid, the pipe to write its request to, the pipe its messages come on."""
@@ -246,6 +256,10 @@ class _ForkServer:
         try:
             socket.send_fds(self.socket, [b"f"], [request_read, answer_write])
             pid = self._receive_number()
+        except BaseException:
+            os.close(request_write)  # the decoder, if forked, reads no request and exits
+            os.close(answer_read)
+            raise
         finally:
             os.close(request_read)
             os.close(answer_write)

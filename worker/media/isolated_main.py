@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import resource
+import signal
 import socket
 import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from PIL import Image
 
@@ -33,20 +34,36 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING,
                         format="decoder process %(process)d: %(levelname)s %(name)s: %(message)s")
     Image.init()  # every Pillow plugin imported once, here, rather than in each decoder
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the worker: it ends when the worker's socket does
     server = socket.socket(fileno=sys.stdin.fileno())
-    while True:
-        message, fds, _, _ = socket.recv_fds(server, 1, 2)
-        if not message:
-            return  # the worker process ended
-        pid = os.fork()
-        if pid == 0:
-            server.close()
-            os._exit(_decoder(*fds))
-        for fd in fds:
-            os.close(fd)
-        server.sendall(NUMBER.pack(pid))
-        _, status = os.waitpid(pid, 0)
-        server.sendall(NUMBER.pack(os.waitstatus_to_exitcode(status)))
+    try:
+        while True:
+            message, fds, _, _ = socket.recv_fds(server, 1, 2)
+            if not message:
+                return  # the worker process ended
+            pid = os.fork()
+            if pid == 0:
+                server.close()
+                _run_decoder(*fds)
+            for fd in fds:
+                os.close(fd)
+            server.sendall(NUMBER.pack(pid))
+            _, status = os.waitpid(pid, 0)
+            server.sendall(NUMBER.pack(os.waitstatus_to_exitcode(status)))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the worker process ended while a decoder ran
+
+
+def _run_decoder(request_fd: int, answer_fd: int) -> NoReturn:
+    """The forked decoder's whole life: it never returns into the server's loop."""
+    code = 1
+    try:
+        code = _decoder(request_fd, answer_fd)
+    except BaseException:  # a bug: the worker reports the job failed internal_error
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _decoder(request_fd: int, answer_fd: int) -> int:
@@ -67,11 +84,6 @@ def _decoder(request_fd: int, answer_fd: int) -> int:
             "(FERVID_DECODE_MEMORY_MB); send a copy with smaller frames")})
     except BrokenPipeError:
         return 0  # the worker stopped reading: cancelled
-    except Exception:  # a bug: the worker reports the job failed internal_error
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.stderr.flush()
     return 0
 
 
