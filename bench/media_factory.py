@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import zlib
@@ -155,6 +156,60 @@ def write_png_bomb(path: Path, side: int = 100_000) -> Path:
     rows = zlib.compress(b"\0" * (side + 1) * 4)  # a few rows; a decoder would need the rest
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
     return path
+
+
+def write_jpeg_scan_bomb(path: Path, side: int, scans: int) -> Path:
+    """A progressive JPEG of a few bytes per scan: its header declares side x side pixels (8-bit grey) and its
+    first scan is repeated `scans` times, each without data, so a decoder passes over every pixel once per scan."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    head, position = bytearray(data[:2]), 2
+    while True:
+        marker = data[position + 1]
+        length = struct.unpack(">H", data[position + 2:position + 4])[0]
+        segment = bytearray(data[position:position + 2 + length])
+        if marker == 0xDA:  # the first scan's header: repeated, its entropy-coded data left out
+            path.write_bytes(bytes(head) + bytes(segment) * scans + b"\xff\xd9")
+            return path
+        if marker == 0xC2:  # SOF2: precision, then height and width
+            segment[5:9] = struct.pack(">HH", side, side)
+        head += segment
+        position += 2 + length
+
+
+def write_gif_bomb(path: Path, side: int = 65535) -> Path:
+    """A GIF of a few dozen bytes whose logical screen is side x side pixels around one 1x1 frame."""
+    buffer = io.BytesIO()
+    Image.new("P", (1, 1)).save(buffer, "GIF")
+    data = bytearray(buffer.getvalue())
+    data[6:10] = struct.pack("<HH", side, side)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_tiff(path: Path, pages: int = 1, sixteen_bit: bool = False) -> Path:
+    """Frames 7, 8, ... as the pages of a TIFF, 8 or 16 bits per channel (16-bit: each value times 257)."""
+    images = [indexed_frame(7 + page) for page in range(pages)]
+    if sixteen_bit:
+        images = [image.astype(np.uint16) * 257 for image in images]
+    if not cv2.imwritemulti(str(path), images):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+def write_retimed_clip(source: Path, target: Path, repeat: int = 2) -> Path:
+    """`source`'s packets remuxed into Matroska with each timestamp given to `repeat` frames in a row (as from a
+    capture whose clock ticks slower than its frames): timestamps that repeat, the frames themselves intact."""
+    with av.open(str(source)) as original, av.open(str(target), "w", format="matroska") as remuxed:
+        stream = original.streams.video[0]
+        copy = remuxed.add_stream_from_template(stream)
+        interval = round(1 / (stream.average_rate * stream.time_base))
+        for index, packet in enumerate(p for p in original.demux(stream) if p.size):
+            packet.pts = packet.dts = index // repeat * interval
+            packet.stream = copy
+            remuxed.mux(packet)
+    return target
 
 
 def mdat_range(path: Path) -> tuple[int, int]:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_decoded_pixels: int = 5_000_000_000_000
     max_duration_s: float = 6 * 3600
     max_frames: int = 2_000_000  # video frames (packets) in one file: 6 h at 90 fps
+    # Memory one decoder process (a probe, or a segment's decoding, each in a process of its own) may allocate;
+    # past it the job fails media_too_large. 8K HEVC with its reference frames and frame threads fits.
+    decode_memory_mb: Annotated[int, Field(ge=64)] = 4096
     max_download_mb: int = 4096  # for http(s) source URIs
     # An http(s) source must arrive whole within this, and keep at least the minimum rate once 30 s have passed,
     # so a source dripping a byte every few seconds cannot hold a worker.

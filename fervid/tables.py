@@ -68,10 +68,11 @@ class PlanRow(NamedTuple):
     pts: int
     keyframe_pts: int
     by_order: bool = False
+    keyframe_pos: int = -1  # timed by order: where the keyframe's packet starts in the file (-1: from the start)
 
 
 class PlanColumn(TypeDecorator[list[PlanRow]]):
-    """A segment's plan as JSON: [[frame_index, timestamp_ms, pts, keyframe_pts, by_order], ...]."""
+    """A segment's plan as JSON: [[frame_index, timestamp_ms, pts, keyframe_pts, by_order, keyframe_pos], ...]."""
 
     impl = JSON
     cache_ok = True
@@ -79,14 +80,15 @@ class PlanColumn(TypeDecorator[list[PlanRow]]):
     def process_bind_param(self, value: list[PlanRow] | None, dialect: Dialect) -> list[list[float | int]] | None:
         if value is None:
             return None
-        return [[row.frame_index, row.timestamp_ms, row.pts, row.keyframe_pts, int(row.by_order)] for row in value]
+        return [[row.frame_index, row.timestamp_ms, row.pts, row.keyframe_pts, int(row.by_order), row.keyframe_pos]
+                for row in value]
 
     def process_result_value(self, value: list[list[Any]] | None, dialect: Dialect) -> list[PlanRow] | None:
         if value is None:
             return None
-        # Rows stored before by_order existed have four fields.
-        return [PlanRow(int(row[0]), float(row[1]), int(row[2]), int(row[3]), len(row) > 4 and bool(row[4]))
-                for row in value]
+        # Rows stored before by_order existed have four fields, before keyframe_pos five.
+        return [PlanRow(int(row[0]), float(row[1]), int(row[2]), int(row[3]), len(row) > 4 and bool(row[4]),
+                        int(row[5]) if len(row) > 5 else -1) for row in value]
 
 
 class Job(Base):

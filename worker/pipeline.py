@@ -32,10 +32,9 @@ from models.detectors import Detection, FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
-from worker.media.decode import decode_planned
+from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated
 from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
-from worker.media.probe import probe
 from worker.prefetch import Prefetched
 from worker.tracking import FaceTracker
 
@@ -223,11 +222,12 @@ def worker_status(analyzer: Analyzer) -> WorkerStatus:
 
 
 def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:
-    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order) for f in plan]
+    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order, f.keyframe_pos) for f in plan]
 
 
 def from_plan_rows(rows: list[PlanRow]) -> list[PlannedFrame]:
-    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order) for r in rows]
+    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order, r.keyframe_pos)
+            for r in rows]
 
 
 def load_job(job_id: str) -> Job | None:
@@ -236,7 +236,8 @@ def load_job(job_id: str) -> Job | None:
 
 
 def probe_segments(path: Path, job: Job, settings: Settings) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
-    info, plan = probe(path, job.sample_fps, MediaLimits.from_settings(settings))
+    decoder = DecoderLimits(settings.decode_memory_mb, settings.prepare_soft_limit_s())
+    info, plan = probe_isolated(path, job.sample_fps, MediaLimits.from_settings(settings), decoder)
     return info, split_plan(plan, settings.segment_seconds * 1000.0)
 
 
@@ -325,8 +326,9 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Setti
                 return record_store.finish_job_if_complete(job_id)
             crash_if_test_file("segment", job, settings)
             plan = from_plan_rows(rows)
-            records = analyzer.analyze(decode_planned(path, plan, warnings, settings.max_pixels), on_progress,
-                                       warnings)
+            decoder = DecoderLimits(settings.decode_memory_mb, settings.segment_soft_limit_s())
+            frames = IsolatedDecode(path, plan, warnings, settings.max_pixels, decoder)
+            records = analyzer.analyze(frames, on_progress, warnings)
     except MediaError as error:
         return record_store.fail_job(job_id, error.code, error.message)
     if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):

@@ -24,7 +24,9 @@ class Prefetched(Generic[Item]):
     """`with Prefetched(source, depth) as items: for item in items: ...` yields what `source` yields, in order, with
     at most `depth` items produced ahead. The source's own errors are raised in the consumer. Leaving the block
     early stops the producer and closes the source on the producer's thread (a generator can only be closed
-    where it runs), so a decoder never outlives the work it fed."""
+    where it runs), so a decoder never outlives the work it fed; a source with a `cancel()` method is cancelled
+    first, from the consumer's thread, so that a producer waiting on a slow item (a decoder process busy with a
+    bomb) ends at once."""
 
     def __init__(self, source: Iterable[Item], depth: int) -> None:
         self._source = source
@@ -39,6 +41,9 @@ class Prefetched(Generic[Item]):
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._stop.set()  # a producer blocked on the full queue sees it within _POLL_S
+        cancel = getattr(self._source, "cancel", None)
+        if cancel is not None and self._thread.is_alive():
+            cancel()
         self._thread.join()
 
     def _put(self, item: object) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from dataclasses import replace
@@ -30,7 +31,7 @@ from bench.media_factory import (
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
 from fervid.settings import Settings
 from fervid.tables import PlanColumn, PlanRow
-from worker.media.decode import decode_planned
+from worker.media.decode import REORDER_DEPTH, decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame, split_plan
 from worker.media.probe import probe
@@ -70,6 +71,25 @@ def test_every_planned_frame_decodes_to_its_own_pixels(tmp_path: Path, name: str
     assert all(image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.uint8 for _, image in frames)
     assert [read_index(image) for _, image in frames] == [f.frame_index for f in plan]
     assert warnings == []
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "joined.ts"])
+def test_decoding_lets_go_of_each_frame_once_it_is_yielded(tmp_path: Path, name: str) -> None:
+    # given 96 frames, every one planned (timed, and timed by order)
+    clip = (write_video(tmp_path / name, frame_count=96) if name == "clip.mp4"
+            else write_joined_recordings(tmp_path / name, parts=2, frame_count=48))
+    _, plan = probe(clip, 24, LIMITS)
+    # when they are decoded, each image dropped as it comes (the garbage collector kept out of it)
+    live: list[int] = []
+    gc.disable()
+    try:
+        for _ in decode_planned(clip, plan, [], LIMITS.max_pixels):
+            live.append(sum(isinstance(thing, av.VideoFrame) for thing in gc.get_objects()))
+    finally:
+        gc.enable()
+    # then the decoder holds a few frames at any time, not every frame it gave out (each with its pixels and its
+    # pixel converter's threads)
+    assert len(live) == 96 and max(live) <= 2 * REORDER_DEPTH
 
 
 def test_a_raw_stream_without_timestamps_is_planned_by_its_frame_rate(tmp_path: Path) -> None:
@@ -121,25 +141,63 @@ def test_recordings_joined_end_to_end_play_in_order(tmp_path: Path) -> None:
     assert [f.timestamp_ms for f in plan] == [250.0 * k for k in range(24)]
     assert [p for p, _ in tail] == plan[10:] and all(
         np.array_equal(a, b) for (_, a), (_, b) in zip(whole[10:], tail, strict=True))
-    # and it stays one segment: each later one would decode everything before it again
-    assert split_plan(plan, 2000.0) == [plan]
     # and the job says why its timeline does not follow the file's timestamps
     assert len(warnings) == 1 and "timestamps repeat or run backwards" in warnings[0]
+
+
+@pytest.mark.parametrize(("name", "restarts"), [("joined.ts", True), ("clip.h264", True), ("clip.hevc", False)])
+def test_media_timed_by_order_splits_into_segments_that_decode_the_same_frames(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, restarts: bool) -> None:
+    # given media timed by order: recordings joined end to end (timestamps restart), a raw H.264 stream (no
+    # timestamps, IDR keyframes) and a raw HEVC one whose keyframes open groups of pictures (x265's CRA)
+    clip = (write_joined_recordings(tmp_path / name, parts=3, frame_count=48) if name == "joined.ts"
+            else write_video(tmp_path / name, frame_count=144, codec="libx265" if name == "clip.hevc" else "libx264"))
+    _, plan = probe(clip, 4, LIMITS)
+    # when split into 1 s segments and each is decoded on its own
+    segments = split_plan(plan, 1000.0)
+    whole, _ = decode_all(clip, plan)
+    with caplog.at_level(logging.INFO, logger="worker.media.decode"):
+        parts = [frame for segment in segments for frame in decode_all(clip, segment)[0]]
+    # then the plan is cut like timed media's, and the segments give the planned frames with the same pixels
+    assert plan[0].by_order and len(segments) == 6
+    assert [p for p, _ in parts] == [p for p, _ in whole] == plan
+    assert [read_index(image) for _, image in parts] == [f.frame_index for f in plan]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(whole, parts, strict=True))
+    # and later segments start at the keyframe before their first frame, read from its place in the file, where the
+    # stream allows it; an open group of pictures is decoded from the first frame instead
+    assert all(segment[0].keyframe_pos > 0 for segment in segments[1:]) is restarts
+    assert not any("cannot start" in record.getMessage() for record in caplog.records)
+
+
+def test_a_restart_point_that_is_not_one_falls_back_to_the_first_frame(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # given a segment of joined recordings whose keyframe offset is wrong (it points into another packet)
+    clip = write_joined_recordings(tmp_path / "joined.ts", parts=3, frame_count=48)
+    _, plan = probe(clip, 4, LIMITS)
+    tail = [replace(frame, keyframe_pos=frame.keyframe_pos + 188) for frame in plan[10:]]
+    # when it is decoded
+    with caplog.at_level(logging.INFO, logger="worker.media.decode"):
+        frames, _ = decode_all(clip, tail)
+    # then the decoder notices and decodes from the first frame: the planned frames still come out exact
+    assert [read_index(image) for _, image in frames] == [f.frame_index for f in tail]
+    assert any("cannot start" in record.getMessage() for record in caplog.records)
 
 
 def test_a_plan_survives_its_trip_through_the_database(tmp_path: Path) -> None:
     # given plans timed by timestamps and by order
     timed = probe(write_video(tmp_path / "clip.mp4", frame_count=24), 5, LIMITS)[1]
     ordered = probe(write_joined_recordings(tmp_path / "joined.ts", parts=2, frame_count=24), 5, LIMITS)[1]
-    # when stored as segment rows and read back, also as rows written before `by_order` existed
+    # when stored as segment rows and read back, also as rows written before `by_order` or `keyframe_pos` existed
     # then they come back unchanged
     assert from_plan_rows(stored_and_read(to_plan_rows(timed))) == timed
     assert from_plan_rows(stored_and_read(to_plan_rows(ordered))) == ordered
     assert all(frame.by_order for frame in ordered) and not any(frame.by_order for frame in timed)
+    assert any(frame.keyframe_pos > 0 for frame in ordered)
     assert from_plan_rows(stored_and_read(to_plan_rows(timed), fields=4)) == timed
+    assert from_plan_rows(stored_and_read(to_plan_rows(timed), fields=5)) == timed
 
 
-def stored_and_read(rows: list[PlanRow], fields: int = 5) -> list[PlanRow]:
+def stored_and_read(rows: list[PlanRow], fields: int = 6) -> list[PlanRow]:
     """Rows through the segments.plan column's JSON, each cut to its first `fields` values as stored."""
     column, dialect = PlanColumn(), sqlite.dialect()
     stored = json.loads(json.dumps(column.process_bind_param(rows, dialect)))

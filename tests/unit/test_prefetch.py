@@ -77,3 +77,24 @@ def test_an_error_of_the_consumer_stops_the_producer() -> None:
             if item == 3:
                 raise RuntimeError("classifier failed")
     assert not [thread for thread in threading.enumerate() if thread.name == "fervid-prefetch"]
+
+
+def test_leaving_early_cancels_a_source_whose_producer_waits_on_a_slow_item() -> None:
+    # given a source whose next item takes until it is cancelled (a decoder process busy with a bomb), or 60 s
+    class Slow:
+        def __init__(self) -> None:
+            self.cancelled = threading.Event()
+
+        def __iter__(self) -> Iterator[int]:
+            yield 1
+            self.cancelled.wait(timeout=60)
+
+        def cancel(self) -> None:
+            self.cancelled.set()
+
+    slow = Slow()
+    # when the consumer leaves after the first item
+    with Prefetched(slow, depth=2) as items:
+        assert next(items) == 1
+    # then the source was cancelled, which freed the producer, rather than the wait running out
+    assert slow.cancelled.is_set()

@@ -16,7 +16,7 @@ from worker.media.geometry import Display, pixel_aspect
 from worker.media.index import decoded, packets, video_stream
 from worker.media.limits import check_pixels, file_size
 from worker.media.plan import PlannedFrame
-from worker.media.sniff import open_container
+from worker.media.sniff import open_container, open_container_at
 from worker.media.stills import decode_animation, decode_still, is_pillow_animation, open_pillow
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ def decode_planned(path: Path, plan: list[PlannedFrame], warnings: list[str],
 
 def _decode_video(path: Path, plan: list[PlannedFrame], warnings: list[str],
                   max_pixels: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+    if plan[0].by_order:
+        yield from _decode_by_order(path, plan, warnings, max_pixels)
+        return
     with open_container(path) as container:
         stream = video_stream(container, max_pixels)
         stream.thread_type = "AUTO"
@@ -53,6 +56,90 @@ def _decode_video(path: Path, plan: list[PlannedFrame], warnings: list[str],
         decoder = _PlanDecoder(container, stream, plan)
         yield from decoder.frames()
     warnings.extend(decoder.warnings())
+
+
+def _decode_by_order(path: Path, plan: list[PlannedFrame], warnings: list[str],
+                     max_pixels: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+    """A plan timed by order, decoded from the restart point before its first frame (or from the first frame)."""
+    decoder = _OrderDecoder(plan)
+    first = plan[0]
+    if first.keyframe_pts > 0 and first.keyframe_pos >= 0:
+        with open_container(path) as container:
+            demuxer = container.format.name
+        try:
+            with open_container_at(path, first.keyframe_pos, demuxer) as container:
+                yield from decoder.frames(container, max_pixels, first.keyframe_pts)
+        except MemoryError:
+            raise  # the decoder process's memory limit
+        except (_NotARestart, av.error.FFmpegError) as error:
+            if decoder.cursor.matched:
+                raise
+            log.info("cannot start at the keyframe at byte %d (%s): decoding from the first frame",
+                     first.keyframe_pos, error)
+            decoder = _OrderDecoder(plan)
+        else:
+            warnings.extend(decoder.warnings())
+            return
+    with open_container(path) as container:
+        yield from decoder.frames(container, max_pixels, 0)
+    warnings.extend(decoder.warnings())
+
+
+class _NotARestart(Exception):
+    """Decoding from a restart point did not begin with its keyframe."""
+
+
+class _OrderDecoder:
+    """Decodes a stream timed by order: frames are numbered as they come out, from the position of the keyframe
+    decoding starts at. Each packet is stamped with its position in decoding order, which its frame carries out, so
+    the frame of every restart point the plan names gets that position again: decoding from the first frame and
+    from a restart point give the same frames the same positions, even where damage lost a frame before."""
+
+    def __init__(self, plan: list[PlannedFrame]) -> None:
+        self.plan = plan
+        self.cursor = _PlanCursor(plan)
+        self.anchors = {planned.keyframe_pts for planned in plan}
+        self.retimed = False  # the packets carried timestamps, not usable ones
+
+    def frames(self, container: av.container.InputContainer, max_pixels: int,
+               start: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
+        stream = video_stream(container, max_pixels)
+        stream.thread_type = "AUTO"
+        check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
+        aspect = pixel_aspect(stream)
+        stamp = position = start - 1
+        checked = start == 0
+        for packet in packets(container, stream):
+            if packet.size and not packet.is_discard:  # as the index counts frames
+                self.retimed |= packet.pts is not None or packet.dts is not None
+                stamp += 1
+                packet.pts = packet.dts = stamp
+            for frame in decoded(packet, stream):
+                if not checked:
+                    if frame.pts != start:
+                        raise _NotARestart(f"the first frame out came from packet {frame.pts}, not {start}")
+                    checked = True
+                position = frame.pts if frame.pts in self.anchors else position + 1
+                planned = self.cursor.match(position)
+                if planned is not None:
+                    yield planned, Display.of(frame, aspect).image(frame)
+                if self.cursor.done:
+                    return
+
+    def warnings(self) -> list[str]:
+        warnings = []
+        if self.retimed:
+            warnings.append("the video's timestamps repeat or run backwards (recordings joined end to end?); its "
+                            "frames are timed by their order at the stream's frame rate")
+        return warnings + _missed_warnings(self.cursor)
+
+
+def _missed_warnings(cursor: _PlanCursor) -> list[str]:
+    missed = len(cursor.plan) - cursor.matched
+    if not missed:
+        return []
+    return [f"{missed} of {len(cursor.plan)} sampled frames could not be decoded (damaged or truncated data) and "
+            "were skipped"]
 
 
 class _PlanCursor:
@@ -97,9 +184,7 @@ class _PlanDecoder:
         self.reached = stream.start_time if stream.start_time is not None else plan[0].keyframe_pts
         self.one_second = max(1, round(1 / stream.time_base)) if stream.time_base else 1
         self.last_pts = -1
-        self.by_order = plan[0].by_order
-        self.retimed = False  # by order although the frames carry timestamps: those were not usable
-        self.can_seek = not self.by_order
+        self.can_seek = True
         self.seek_to: int | None = None
         self.retries = 0
         self.awaiting_first = False  # a seek was made and no frame has come out of it yet
@@ -123,14 +208,7 @@ class _PlanDecoder:
         yield from self._release(keep=0)
 
     def warnings(self) -> list[str]:
-        warnings = []
-        if self.by_order and self.retimed:
-            warnings.append("the video's timestamps repeat or run backwards (recordings joined end to end?); its "
-                            "frames are timed by their order at the stream's frame rate")
-        if self.cursor.matched < len(self.plan):
-            warnings.append(f"{len(self.plan) - self.cursor.matched} of {len(self.plan)} sampled frames could not "
-                            "be decoded (damaged or truncated data) and were skipped")
-        return warnings
+        return _missed_warnings(self.cursor)
 
     def _keyframe_ahead(self) -> bool:
         """The next planned frame's keyframe lies past what was decoded: seeking there skips the gap."""
@@ -158,9 +236,8 @@ class _PlanDecoder:
         return True
 
     def _next_pts(self, frame: av.VideoFrame) -> int:
-        """The frame's place: its pts, or one past the last frame's when timed by order or it carries none."""
-        self.retimed |= self.by_order and frame.pts is not None
-        return self.last_pts + 1 if self.by_order or frame.pts is None else frame.pts
+        """The frame's place: its pts, or one past the last frame's when it carries none."""
+        return self.last_pts + 1 if frame.pts is None else frame.pts
 
     def _hold(self, frames: list[av.VideoFrame]) -> None:
         """Holds back the frames at or past the next planned one, to be released in pts order."""

@@ -6,7 +6,6 @@ import math
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import cast
 
 import av
 import cv2
@@ -91,7 +90,9 @@ class Display:
 def _display_matrix(frame: av.VideoFrame) -> tuple[float, float, float, float]:
     """The linear part (a, b, c, d) of the frame's display matrix; the identity when it has none."""
     try:
-        side_data = cast(SideDataContainer, frame.side_data)  # PyAV's stub types it as a dict
+        # Built here rather than read as frame.side_data, which the frame keeps: that cycle holds every frame (its
+        # pixels, its converter's threads) until the garbage collector runs, hundreds of frames later.
+        side_data = SideDataContainer(frame)  # type: ignore[call-arg]  # PyAV's stub leaves out its constructor
         matrix = next((bytes(item) for item in side_data if item.type == SideDataType.DISPLAYMATRIX), None)
     except ValueError:
         # Side data of a kind newer than this PyAV (HEIF item properties, ...) makes the list unreadable; the

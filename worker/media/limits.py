@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fervid.errors import MEDIA_TOO_LARGE, SOURCE_UNAVAILABLE, MediaError
-from fervid.settings import Settings
+
+if TYPE_CHECKING:  # the decoder process starts without pydantic
+    from fervid.settings import Settings
 
 
 @dataclass(frozen=True)

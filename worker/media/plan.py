@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 
@@ -27,8 +27,11 @@ class PlannedFrame:
     pts: int  # the stream pts (in stream time_base) used to seek/match while decoding; 0 for images
     keyframe_pts: int  # pts of the last keyframe at or before this frame (for the seek decision)
     # Timed by order: the stream has no timestamps, or ones that repeat or jump back (recordings joined end to
-    # end); `pts` is then the frame's position in decoding output order, and decoding counts frames, never seeks.
+    # end); `pts` is then the frame's position in decoding output order, and decoding counts frames, never seeks:
+    # `keyframe_pts` is the position of the keyframe it starts from (0: the first frame), `keyframe_pos` where
+    # that keyframe's packet starts in the file (-1: unknown, decode from the start).
     by_order: bool = False
+    keyframe_pos: int = -1
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class StreamIndex:
     end_pts: Fraction  # the last frame's pts plus its duration, in stream time_base units
     time_base: Fraction
     by_order: bool = False  # frame_pts count frames in output order (see PlannedFrame.by_order)
+    keyframe_pos: list[int] = field(default_factory=list)  # by order: the file offset of each keyframe, or -1
 
 
 def plan_frames(index: StreamIndex, duration_s: Fraction, sample_fps: float) -> list[PlannedFrame]:
@@ -56,24 +60,27 @@ def plan_frames(index: StreamIndex, duration_s: Fraction, sample_fps: float) -> 
             break
         pts = index.frame_pts[position]
         time_s = (pts - index.first_pts) * index.time_base
-        plan.append(PlannedFrame(position, float(time_s * 1000), pts, _keyframe_before(index, pts), index.by_order))
+        keyframe_pts, keyframe_pos = _keyframe_before(index, pts)
+        plan.append(PlannedFrame(position, float(time_s * 1000), pts, keyframe_pts, index.by_order, keyframe_pos))
         # Every k up to the selected frame's time selects it again: jump to the first k past it.
         k = math.floor(time_s * rate) + 1
     return plan
 
 
-def _keyframe_before(index: StreamIndex, pts: int) -> int:
+def _keyframe_before(index: StreamIndex, pts: int) -> tuple[int, int]:
+    """The pts of the last keyframe at or before `pts`, and (timed by order) where its packet starts in the file."""
     position = bisect.bisect_right(index.keyframe_pts, pts)
-    return index.keyframe_pts[position - 1] if position else index.first_pts  # no keyframe flags: from the start
+    if not position:
+        return index.first_pts, -1  # no keyframe flags: from the start
+    offsets = index.keyframe_pos
+    return index.keyframe_pts[position - 1], offsets[position - 1] if offsets else -1
 
 
 def split_plan(plan: list[PlannedFrame], segment_ms: float) -> list[list[PlannedFrame]]:
-    """Consecutive time ranges of about segment_ms each (by timestamp_ms); never an empty segment; one segment
-    for short media and for a plan timed by order. Every planned frame is in exactly one segment, order kept."""
+    """Consecutive time ranges of about segment_ms each (by timestamp_ms), timed by order too; never an empty
+    segment; one segment for short media. Every planned frame is in exactly one segment, order kept."""
     if not segment_ms > 0:
         raise ValueError(f"segment_ms must be > 0, not {segment_ms}")
-    if plan and plan[0].by_order:
-        return [plan]  # decoding by order starts at the first frame: each later segment would decode all before it
     segments: list[list[PlannedFrame]] = []
     current_slot = None
     for frame in plan:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -39,6 +42,8 @@ def open_container(path: Path) -> av.container.InputContainer:
     """The media at `path` opened by FFmpeg with a demuxer chosen by content from DEMUXERS, reading that file only."""
     try:
         return av.open(str(path), mode="r", metadata_errors="ignore", options=OPEN_OPTIONS)
+    except MemoryError:
+        raise  # the decoder process's memory limit: not damage
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
         with path.open("rb") as file:
             head = file.read(3 * TS_PACKET + 1)
@@ -46,3 +51,44 @@ def open_container(path: Path) -> av.container.InputContainer:
             raise MediaError(DECODE_ERROR, "the file looks like a video container but cannot be read; it is "
                                            "probably truncated or damaged") from error
         raise MediaError(UNSUPPORTED_MEDIA, "the file is not a video or image format that can be read") from error
+
+
+@contextmanager
+def open_container_at(path: Path, offset: int, demuxer: str) -> Iterator[av.container.InputContainer]:
+    """The media at `path` read from byte `offset` on, as if the file began there, by `demuxer` (one of DEMUXERS,
+    that finds its way into a stream read from the middle); FFmpegError when it cannot."""
+    if demuxer not in DEMUXERS:
+        raise ValueError(f"{demuxer} is not a demuxer media may be read with")
+    with _FileFrom(path, offset) as file, av.open(file, mode="r", format=demuxer, metadata_errors="ignore",
+                                                  options={"format_whitelist": demuxer}) as container:
+        yield container
+
+
+class _FileFrom(io.RawIOBase):
+    """A file read from `offset` on: position 0 is that byte."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.file = path.open("rb")
+        self.offset = offset
+        self.file.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self.file.readinto(buffer)
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            position += self.offset
+        return self.file.seek(position, whence) - self.offset
+
+    def tell(self) -> int:
+        return self.file.tell() - self.offset
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import warnings as py_warnings
 from collections.abc import Iterator
 from fractions import Fraction
@@ -24,6 +25,12 @@ register_heif_opener()
 PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 # Animated formats FFmpeg cannot decode: Pillow reads their frames and per-frame durations instead.
 PILLOW_ONLY_ANIMATIONS = frozenset({"WEBP"})
+# Multi-frame formats that hold one photo: MPO (phone JPEGs carrying a gain map or depth image) and TIFF (later pages
+# are thumbnails, or further scans): Pillow reads the primary image, the first page.
+PHOTO_FORMATS = frozenset({"MPO", "TIFF"})
+# Decoding a progressive JPEG passes over every pixel once per scan: a file of a few KB repeating one scan thousands
+# of times takes minutes. libjpeg writes 10 scans for a colour image, 6 for a grey one.
+MAX_JPEG_SCANS = 100
 DEFAULT_ANIMATION_FRAME_MS = 100  # what browsers show a frame that declares no duration for
 
 
@@ -45,8 +52,8 @@ def open_pillow(path: Path, max_pixels: int) -> Image.Image | None:
         return None
     except PIL_ERRORS:
         return None  # not readable as an image: PyAV gets its turn and names the problem
-    # MPO (phone JPEGs carrying a gain map or depth image) is a photo: Pillow reads its primary image.
-    for_ffmpeg = getattr(image, "is_animated", False) and image.format != "MPO" and not is_pillow_animation(image)
+    for_ffmpeg = (image.format not in PHOTO_FORMATS and getattr(image, "is_animated", False)
+                  and not is_pillow_animation(image))
     if for_ffmpeg or image.format == "MPEG":
         image.close()
         return None
@@ -54,7 +61,50 @@ def open_pillow(path: Path, max_pixels: int) -> Image.Image | None:
     if width * height > limit:
         image.close()
         raise pixel_limit_error(width, height, limit)
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        scans = jpeg_scans(path, MAX_JPEG_SCANS)
+        if scans > MAX_JPEG_SCANS:
+            image.close()
+            raise MediaError(MEDIA_TOO_LARGE, f"the progressive JPEG has over {MAX_JPEG_SCANS} scans, each a pass "
+                                              "over every pixel; it was refused before decoding (save it again as "
+                                              "a standard JPEG)")
     return image
+
+
+SOS, EOI = 0xDA, 0xD9
+STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: no length follows
+
+
+def jpeg_scans(path: Path, stop_past: int) -> int:
+    """The scans (SOS markers) of the JPEG's first image, counted up to `stop_past` + 1 by walking its marker
+    segments and skipping each scan's entropy-coded data (where 0xFF is followed by 0x00 or a restart marker)."""
+    scans = 0
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 2  # past SOI
+        while position + 4 <= len(data) and data[position] == 0xFF and scans <= stop_past:
+            marker = data[position + 1]
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            if marker == EOI:
+                break
+            if marker in STANDALONE_MARKERS:
+                position += 2
+                continue
+            position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+            if marker == SOS:
+                scans += 1
+                position = _end_of_scan(data, position)
+    return scans
+
+
+def _end_of_scan(data: mmap.mmap, position: int) -> int:
+    while (position := data.find(b"\xff", position)) >= 0 and position + 1 < len(data):
+        following = data[position + 1]
+        if following != 0 and not 0xD0 <= following <= 0xD7:
+            return position
+        position += 2
+    return len(data)
 
 
 def is_pillow_animation(image: Image.Image) -> bool:
