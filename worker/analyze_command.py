@@ -89,7 +89,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    job_id = analyze_file(args.path, args.fps, get_settings(), show_progress=not args.no_progress)
+    settings = pipeline.with_thread_share(get_settings(), pipeline.usable_cores())
+    job_id = analyze_file(args.path, args.fps, settings, show_progress=not args.no_progress)
     failure = job_failure(job_id)
     if failure is not None:
         raise failure

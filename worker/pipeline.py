@@ -28,7 +28,7 @@ from fervid.tables import Job, JobStatus, PlanRow
 from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
-from models.detectors import Detection, FaceDetector, load_detector
+from models.detectors import DETECTOR_THREADS, Detection, FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
@@ -194,6 +194,28 @@ def too_many_faces(most: int) -> str:
     """The job's warning for frames that had more faces than were analysed (one text, so segments share it)."""
     return (f"some frames had more than {most} faces: only the {most} largest of each were analysed "
             "(FERVID_MAX_FACES_PER_FRAME)")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's CPU set), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def classifier_threads(cores: int) -> int:
+    """The classifier's share of a process's cores. The detector and the decoder run beside it on one core (the
+    pipeline overlaps them), and a classifier on all of them would be preempted inside each of its parallel steps:
+    on 2 cores it made the whole analysis slower (bench/peer_fer.py)."""
+    return max(1, cores - DETECTOR_THREADS)
+
+
+def with_thread_share(settings: Settings, cores: int) -> Settings:
+    """`settings` with the classifier's threads for a process on `cores` cores, unless FERVID_INFERENCE_THREADS
+    says otherwise."""
+    if "inference_threads" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"inference_threads": classifier_threads(cores)})
 
 
 def build_analyzer(settings: Settings) -> Analyzer:

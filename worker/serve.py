@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker.tasks import WorkerLayout, app, configure_worker, usable_cores  # loading tasks pulls in the ML runtime
+    # loading these pulls in the ML runtime
+    from worker.pipeline import usable_cores
+    from worker.tasks import WorkerLayout, app, configure_worker
 
     # The usable cores are split between the worker processes so inference threads do not fight each other;
     # the children are forked from this process, so they inherit these settings.

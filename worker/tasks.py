@@ -8,7 +8,6 @@ analyzer from them when it starts.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +40,6 @@ RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60
          "max_retries": 12}
 
 
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (taskset, a container's CPU set), not the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class WorkerLayout:
     """What `fervid worker` settles before its pool forks: the settings every child uses, and why its threads."""
@@ -58,10 +50,9 @@ class WorkerLayout:
 
     @classmethod
     def split(cls, settings: Settings, usable_cores: int, concurrency: int) -> WorkerLayout:
-        """The usable cores shared between `concurrency` processes, unless FERVID_INFERENCE_THREADS says otherwise."""
-        if "inference_threads" not in settings.model_fields_set:
-            threads = max(1, usable_cores // max(1, concurrency))
-            settings = settings.model_copy(update={"inference_threads": threads})
+        """The usable cores shared between `concurrency` processes, each giving its classifier its share less the
+        detector's core, unless FERVID_INFERENCE_THREADS says otherwise."""
+        settings = pipeline.with_thread_share(settings, max(1, usable_cores // max(1, concurrency)))
         return cls(settings, usable_cores, concurrency)
 
 
@@ -79,7 +70,7 @@ def configure_worker(layout: WorkerLayout) -> None:
 
 def _layout() -> WorkerLayout:
     if _ThisWorker.layout is None:  # started by `celery worker` directly: one process's view of the settings
-        _ThisWorker.layout = WorkerLayout(get_settings(), usable_cores(), 1)
+        _ThisWorker.layout = WorkerLayout.split(get_settings(), pipeline.usable_cores(), 1)
     return _ThisWorker.layout
 
 

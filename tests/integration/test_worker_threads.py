@@ -32,8 +32,8 @@ def test_each_worker_child_gets_its_share_of_the_usable_cores(service_env: Servi
     # when a worker with two processes starts
     service_env.start_worker(concurrency=2)
 
-    # then both forked children run with half the usable cores each (at least one)
-    assert child_thread_lines(service_env, 2) == [(max(1, usable // 2), usable, 2)] * 2
+    # then both forked children run their classifier on half the usable cores each less the detector's (at least 1)
+    assert child_thread_lines(service_env, 2) == [(max(1, max(1, usable // 2) - 1), usable, 2)] * 2
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
