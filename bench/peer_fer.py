@@ -35,7 +35,7 @@ from models.network_io import crop_face  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
-from worker.pipeline import build_analyzer  # noqa: E402
+from worker.pipeline import build_analyzer, usable_cores, with_thread_share  # noqa: E402
 
 PEER_REQUIREMENTS = ["fer==25.10.3", "tensorflow-cpu", "opencv-python-headless<5", "pandas", "requests",
                      "moviepy<2", "tqdm", "matplotlib", "pillow", "setuptools<81"]
@@ -93,7 +93,7 @@ def main() -> int:
             print(f"bench/peer_fer.py: {source} not found (needs ../shared/media, or pass --clip); skipped")
             return 0
         args.clip = write_looped_clip(source, scratch / "talking_head.mp4", LOOPS)
-    settings = get_settings()
+    settings = with_thread_share(get_settings(), usable_cores())  # the classifier's threads as `fervid analyze`'s
     yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
     env = {**os.environ, "FERVID_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
     if settings.detector_path is None and yunet.is_file():
@@ -149,7 +149,7 @@ def main() -> int:
     print(f"decode alone: {spread(decode_times)}; detect alone (every {analyzer.detect_interval_ms:g} ms, "
           f"faces carried between): {spread(detect_times)}; "
           f"classify alone ({len(crops)} faces, {analyzer.classifier.backend.name} "
-          f"{analyzer.classifier.backend.precision}): {spread(classify_times)}")
+          f"{analyzer.classifier.backend.precision}, {settings.inference_threads} thread(s)): {spread(classify_times)}")
     print(f"end to end in process: {spread(e2e_times)}; end to end / sum of stages alone: {e2e / stages:.2f}")
     print(json.dumps({"frames": len(plan), "faces": len(crops), "fervid_s": statistics.median(fervid_times),
                       "stages_s": stages, "end_to_end_s": e2e, "records": len(records)}))  # type: ignore[arg-type]

@@ -22,9 +22,16 @@ class EmotionClassifier:
         return softmax(raw) if self.spec.output == "logits" else raw
 
     def classify(self, crops: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
-        if not crops:
+        return self.classify_batch(self.prepare(crops))
+
+    def prepare(self, crops: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        """The network's input for `crops`: the half of `classify` that a pipeline can run on another thread."""
+        return preprocess_faces(crops, self.spec.preprocess)
+
+    def classify_batch(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Probabilities for a batch from `prepare`."""
+        if len(batch) == 0:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
-        batch = preprocess_faces(crops, self.spec.preprocess)
         probs = self._forward(batch)
         if self.spec.tta == "hflip":
             probs = (probs + self._forward(np.ascontiguousarray(batch[..., ::-1]))) / 2.0

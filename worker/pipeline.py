@@ -121,10 +121,12 @@ class Analyzer:
             """Hands the pending frames to the classifier thread once the batch before them is collected (one
             batch in the classifier at a time)."""
             nonlocal pending, in_flight
+            # Prepared here while the classifier's thread (the pipeline's longest stage) still works on the batch
+            # before.
+            batch = self.classifier.prepare([crop for _, _, frame_crops in pending for crop in frame_crops])
             if not collect():
                 return False
-            crops = [crop for _, _, frame_crops in pending for crop in frame_crops]
-            in_flight = (pending, classifying.submit(self.classifier.classify, crops))
+            in_flight = (pending, classifying.submit(self.classifier.classify_batch, batch))
             pending = []
             return True
 
