@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 FaceFound = tuple[int, tuple[int, int, int, int], float]  # local track, box, detector score
 _PendingFrame = tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]  # a frame, its faces and their crops
-HEARTBEAT_EVERY_FRAMES = 8  # progress and liveness are written this often (and at least once per batch)
+HEARTBEAT_EVERY_FRAMES = 8  # progress is reported this often (and at least once per batch) ...
+HEARTBEAT_INTERVAL_S = 1.0  # ... and written to the database (progress, liveness, a cancel seen) at most this often
 # Decoded frames waiting for detection: enough to hide decoding, few enough that memory stays a few frames.
 PREFETCH_FRAMES = 4
 
@@ -334,9 +336,15 @@ def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Setti
         return False
     warnings: list[str] = []
 
+    last_beat = -HEARTBEAT_INTERVAL_S
+
     def on_progress(frames_done: int) -> bool:
+        nonlocal last_beat
         if on_frames is not None:
             on_frames(frames_done)
+        if time.monotonic() - last_beat < HEARTBEAT_INTERVAL_S:
+            return True  # a commit per report would cost more than the frames between (SQLite syncs each one)
+        last_beat = time.monotonic()
         return record_store.heartbeat(job_id, index, frames_done)
 
     try:
