@@ -171,9 +171,10 @@ def job_source_fence(job: Job, settings: Settings) -> SourceFence | None:
 @contextmanager
 def held_file(uri: str, fence: SourceFence) -> Iterator[Path]:
     """A path to the file `uri` names that reads the very file checked to lie in the fence, for as long as the
-    block runs: `/proc/self/fd/N` of one descriptor, opened without following a final symlink, checked to be a
-    regular file whose opened path is in the fence. Readers that need a path (FFmpeg, Pillow) open that, which
-    reopens the same file whatever has happened to its name since. Any refusal is `source_refused()`."""
+    block runs: `/proc/<this process>/fd/N` of one descriptor, opened without following a final symlink, checked to
+    be a regular file whose opened path is in the fence. Readers that need a path (FFmpeg, Pillow), here or in a
+    decoder process of this user (worker/media/isolated.py), open that, which reopens the same file whatever has
+    happened to its name since. Any refusal is `source_refused()`."""
     if not fence.admits(uri):
         raise source_refused()
     parsed = urlparse(uri)
@@ -186,7 +187,8 @@ def held_file(uri: str, fence: SourceFence) -> Iterator[Path]:
         log.info("source %s not opened: %r", uri, error)
         raise source_refused() from error
     try:
-        held = Path(f"/proc/self/fd/{descriptor}")
+        # By this process's id, not /proc/self: the decoder processes that read it are other processes.
+        held = Path(f"/proc/{os.getpid()}/fd/{descriptor}")
         # Where the descriptor really points: a directory swapped for a symlink above it shows here.
         if not stat.S_ISREG(os.fstat(descriptor).st_mode) or not fence.holds_real_path(os.readlink(held)):
             raise source_refused()

@@ -4,6 +4,7 @@ is read, through one held descriptor. Real files, real symlinks, a real FIFO."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,10 @@ def test_a_file_inside_the_root_is_read_through_one_held_descriptor(media: Path)
         source.symlink_to(media / "bob" / "secret.mp4")
         # then the held path still reads the file that was checked, never bob's
         assert path.read_bytes() == b"alice's bytes"
-        assert str(path).startswith("/proc/self/fd/")
+        assert str(path).startswith(f"/proc/{os.getpid()}/fd/")
+        # and so does another process of this user, as the worker's decoder processes read it
+        other = subprocess.run(["cat", str(path)], capture_output=True, check=True)
+        assert other.stdout == b"alice's bytes"
 
 
 def test_symlinks_out_of_the_root_are_refused_and_their_targets_never_read(media: Path) -> None:
