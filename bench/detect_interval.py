@@ -27,9 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
+from bench.shared_data import SHARED, with_shared_yunet  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.detectors import Detection, FaceDetector  # noqa: E402
@@ -109,10 +109,7 @@ def main() -> int:
     if not all(clip.is_file() for clip in clips):
         print(f"bench/detect_interval.py: clips not found ({args.clips}; needs ../shared/media); skipped")
         return 0
-    settings = get_settings()
-    yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
-    if settings.detector_path is None and yunet.is_file():
-        settings = settings.model_copy(update={"detector_path": yunet})
+    settings = with_shared_yunet(get_settings())
     analyzer = build_analyzer(settings)
     limits = MediaLimits.from_settings(settings)
     intervals = [float(ms) for ms in args.intervals.split(",")]

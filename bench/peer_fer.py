@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 from bench.media_factory import write_looped_clip  # noqa: E402
+from bench.shared_data import SHARED, with_shared_yunet  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
@@ -93,12 +93,11 @@ def main() -> int:
             print(f"bench/peer_fer.py: {source} not found (needs ../shared/media, or pass --clip); skipped")
             return 0
         args.clip = write_looped_clip(source, scratch / "talking_head.mp4", LOOPS)
-    settings = with_thread_share(get_settings(), usable_cores())  # the classifier's threads as `fervid analyze`'s
-    yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
+    # the classifier's threads as `fervid analyze`'s, and ../shared's YuNet for both unless one is configured
+    settings = with_thread_share(with_shared_yunet(get_settings()), usable_cores())
     env = {**os.environ, "FERVID_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
-    if settings.detector_path is None and yunet.is_file():
-        settings = settings.model_copy(update={"detector_path": yunet})
-        env["FERVID_DETECTOR_PATH"] = str(yunet)
+    if settings.detector_path is not None:
+        env["FERVID_DETECTOR_PATH"] = str(settings.detector_path)
     # 1000 fps: above any real rate, so every frame is sampled
     info, plan = probe(args.clip, 1000.0, MediaLimits.from_settings(settings))
     print(f"CPU: {read_cpu_features().describe()}, {os.cpu_count()} logical cores")

@@ -18,9 +18,9 @@ from typing import Any
 import av
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
+from bench.shared_data import SHARED, with_shared_yunet  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
@@ -60,10 +60,7 @@ def main() -> int:
     if not args.clip.is_file():
         print(f"bench/pipeline.py: {args.clip} not found (needs ../shared/media); skipped")
         return 0
-    settings = get_settings()
-    yunet = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
-    if settings.detector_path is None and yunet.is_file():
-        settings = settings.model_copy(update={"detector_path": yunet})
+    settings = with_shared_yunet(get_settings())
     analyzer = build_analyzer(settings)
     info, plan = probe(args.clip, args.fps, MediaLimits.from_settings(settings))
 
