@@ -37,6 +37,7 @@ def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progres
     if not path.is_file():
         raise InvalidRequest(f"{path} does not exist or is not a file")
     upgrade(settings.database_url)  # the embedded database creates itself on first use
+    settings = pipeline.with_thread_share(settings, pipeline.usable_cores())  # as a one-process worker's
     analyzer = pipeline.build_analyzer(settings)
     job_id = str(uuid.uuid4())
     with session_scope() as session:
@@ -89,8 +90,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    settings = pipeline.with_thread_share(get_settings(), pipeline.usable_cores())
-    job_id = analyze_file(args.path, args.fps, settings, show_progress=not args.no_progress)
+    job_id = analyze_file(args.path, args.fps, get_settings(), show_progress=not args.no_progress)
     failure = job_failure(job_id)
     if failure is not None:
         raise failure

@@ -32,6 +32,17 @@ def torch_probs(network: nn.Module, batch: torch.Tensor) -> np.ndarray:
         return torch.softmax(network.eval()(batch), dim=1).numpy()
 
 
+def two_network_ensemble(folder: Path) -> tuple[Path, Path]:
+    """An fp32 ensemble export of two different checkpoints, and the second checkpoint."""
+    first = write_checkpoint(folder / "first.pt")
+    second = folder / "second.pt"
+    payload = torch.load(first, weights_only=True)
+    payload["network"] = {key: value * 1.5 if value.is_floating_point() else value
+                          for key, value in payload["network"].items()}
+    torch.save(payload, second)
+    return export_onnx([first, second], folder / "ensemble.onnx", tta=False, weights="fp32"), second
+
+
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("int8")
@@ -65,13 +76,7 @@ def test_a_network_rebuilt_from_an_int8_model_computes_what_the_file_computes(in
 
 def test_a_member_of_an_unfolded_ensemble_comes_back_exactly(tmp_path: Path) -> None:
     # given an fp32 ensemble of two different checkpoints
-    first = write_checkpoint(tmp_path / "first.pt")
-    second = tmp_path / "second.pt"
-    payload = torch.load(first, weights_only=True)
-    payload["network"] = {key: value * 1.5 if value.is_floating_point() else value
-                          for key, value in payload["network"].items()}
-    torch.save(payload, second)
-    ensemble = export_onnx([first, second], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
+    ensemble, second = two_network_ensemble(tmp_path)
 
     # when its second network is rebuilt
     stored = exported_member(ensemble, 1)
@@ -85,13 +90,7 @@ def test_a_member_of_an_unfolded_ensemble_comes_back_exactly(tmp_path: Path) -> 
 def test_a_network_quantized_out_of_an_ensemble_comes_back(tmp_path: Path) -> None:
     # given the second network of an INT8 ensemble quantized again alone, as the shipped file is (`fervid quantize
     # --member 2` of an INT8 file)
-    first = write_checkpoint(tmp_path / "first.pt")
-    second = tmp_path / "second.pt"
-    payload = torch.load(first, weights_only=True)
-    payload["network"] = {key: value * 1.5 if value.is_floating_point() else value
-                          for key, value in payload["network"].items()}
-    torch.save(payload, second)
-    ensemble = export_onnx([first, second], tmp_path / "ensemble.onnx", tta=False, weights="fp32")
+    ensemble, _ = two_network_ensemble(tmp_path)
     preprocess = read_model_spec(ensemble).preprocess
     int8_ensemble = quantize_int8(ensemble, tmp_path / "ensemble-int8.onnx", faces(64, seed=1), preprocess)
     alone = quantize_int8(int8_ensemble, tmp_path / "member2.onnx", faces(64, seed=1), preprocess, member=2)
