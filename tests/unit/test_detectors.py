@@ -171,12 +171,17 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     server.shutdown()
 
 
+def flipped_last_byte(data: bytes) -> bytes:
+    # XOR rather than overwrite: overwriting with a fixed byte changes nothing when the file already ends in it
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
 def test_fetch_installs_only_a_file_with_the_published_checksum(
     file_server: tuple[str, Path, list[str]], yunet_path: Path, tmp_path: Path
 ) -> None:
     # given a server offering a tampered file and the genuine one
     base, root, _ = file_server
-    (root / "tampered.onnx").write_bytes(yunet_path.read_bytes()[:-1] + b"\0")
+    (root / "tampered.onnx").write_bytes(flipped_last_byte(yunet_path.read_bytes()))
     (root / "genuine.onnx").write_bytes(yunet_path.read_bytes())
     cache = tmp_path / "cache"
     # when / then: the tampered download is refused and nothing is installed
@@ -284,7 +289,7 @@ def test_a_checksum_mismatch_falls_back_to_haar_with_a_warning_naming_why(
         caplog: pytest.LogCaptureFixture) -> None:
     # given FERVID_DETECTOR_URL on a server whose file is not YuNet
     base, root, _ = file_server
-    (root / YUNET_FILENAME).write_bytes(yunet_path.read_bytes()[:-1] + b"\0")
+    (root / YUNET_FILENAME).write_bytes(flipped_last_byte(yunet_path.read_bytes()))
     fervid_env.setenv("FERVID_DETECTOR_URL", f"{base}/{YUNET_FILENAME}")
     get_settings.cache_clear()
     # when the detector is loaded
