@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -47,6 +48,9 @@ HEARTBEAT_EVERY_FRAMES = 8  # progress is reported this often (and at least once
 HEARTBEAT_INTERVAL_S = 1.0  # ... and written to the database (progress, liveness, a cancel seen) at most this often
 # Decoded frames waiting for detection: enough to hide decoding, few enough that memory stays a few frames.
 PREFETCH_FRAMES = 4
+# Batches handed to the classifier's thread and not yet done: one running and one waiting, so that it does not idle
+# while the next batch is detected; more would only hold memory.
+CLASSIFY_QUEUE = 2
 
 
 def _between(earlier: FaceFound, later: FaceFound, fraction: float) -> FaceFound:
@@ -90,8 +94,12 @@ class Analyzer:
                 on_progress: Callable[[int], bool] | None = None,
                 warnings: list[str] | None = None) -> list[record_store.FrameRecord]:
         """Runs detection and tracking frame by frame and classification on batches gathered across frames, the
-        three overlapped: frames are decoded ahead on one thread, and each batch is classified on another while
-        the next one is detected. Records come out in frame order.
+        three overlapped: frames are decoded ahead on one thread, and batches are classified on another while the
+        next ones are detected. Records come out in frame order.
+
+        The classifier is the longest stage, so this thread does not wait for it: when the classifier's thread has
+        `CLASSIFY_QUEUE` batches and the backend computes on the caller's thread (`concurrent_runs`), this thread
+        classifies the next batch itself, on the core detection would otherwise leave idle.
 
         `on_progress(frames_done)` is called as frames finish; when it returns False the work stops early and
         what is returned must not be stored (the job was cancelled or taken over). A frame with more than
@@ -99,54 +107,63 @@ class Analyzer:
         """
         records: list[record_store.FrameRecord] = []
         pending: list[_PendingFrame] = []
-        in_flight: tuple[list[_PendingFrame], Future[NDArray[np.float32]]] | None = None
+        classified: deque[tuple[list[_PendingFrame], Future[NDArray[np.float32]]]] = deque()  # in frame order
 
-        def collect() -> bool:
-            """Records of the batch being classified, then progress; False when the work must stop."""
-            nonlocal in_flight
-            if in_flight is None:
-                return True
-            batch, probs_ready = in_flight
-            in_flight = None
-            probs = probs_ready.result()
-            row = 0
-            for planned, faces, _ in batch:
-                face_records = []
-                for face_index, (track, box, score) in enumerate(faces):
-                    face_records.append(record_store.FaceRecord(face_index=face_index, local_track=track, box=box,
-                                                                score=score, probs=probs[row].tolist()))
-                    row += 1
-                records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
-            return on_progress is None or on_progress(len(records))
+        def emit(undone_allowed: int) -> bool:
+            """Records of the classified batches in order: each one at the head that is done, and the head waited
+            for while more than `undone_allowed` batches remain. False when the work must stop."""
+            while classified and (classified[0][1].done() or len(classified) > undone_allowed):
+                batch, probs_ready = classified.popleft()
+                probs = probs_ready.result()
+                row = 0
+                for planned, faces, _ in batch:
+                    face_records = []
+                    for face_index, (track, box, score) in enumerate(faces):
+                        face_records.append(record_store.FaceRecord(face_index=face_index, local_track=track,
+                                                                    box=box, score=score, probs=probs[row].tolist()))
+                        row += 1
+                    records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
+                if on_progress is not None and not on_progress(len(records)):
+                    return False
+            return True
 
         def submit(classifying: ThreadPoolExecutor) -> bool:
-            """Hands the pending frames to the classifier thread once the batch before them is collected (one
-            batch in the classifier at a time)."""
-            nonlocal pending, in_flight
-            # Prepared here while the classifier's thread (the pipeline's longest stage) still works on the batch
-            # before.
-            batch = self.classifier.prepare([crop for _, _, frame_crops in pending for crop in frame_crops])
-            if not collect():
+            """Classifies the pending frames' faces: on the classifier's thread while it has room, else here (or,
+            on a backend that cannot take a second caller, after waiting for room)."""
+            nonlocal pending
+            # Waits for room on the thread's queue; with a second caller allowed, only once batches done here pile
+            # up behind a slow one there, so that memory stays a few batches.
+            if not emit(CLASSIFY_QUEUE + 1 if self.classifier.backend.concurrent_runs else CLASSIFY_QUEUE - 1):
                 return False
-            in_flight = (pending, classifying.submit(self.classifier.classify_batch, batch))
+            batch = self.classifier.prepare([crop for _, _, frame_crops in pending for crop in frame_crops])
+            if sum(not ready.done() for _, ready in classified) < CLASSIFY_QUEUE:
+                probs_ready = classifying.submit(self.classifier.classify_batch, batch)
+            else:
+                probs_ready = Future()
+                probs_ready.set_result(self.classifier.classify_batch(batch))
+            classified.append((pending, probs_ready))
             pending = []
             return True
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fervid-classify") as classifying, \
                 Prefetched(frames, PREFETCH_FRAMES) as decoded:
-            pending_faces = since_heartbeat = 0
-            for planned, image, faces in self.found_faces(decoded, warnings):
-                pending.append((planned, faces, [crop_face(image, box, self.detector.framing)
-                                                 for _, box, _ in faces]))
-                pending_faces += len(faces)
-                since_heartbeat += 1
-                if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
-                    pending_faces = since_heartbeat = 0
-                    if not submit(classifying):
-                        return records
-            if pending and not submit(classifying):
-                return records
-            collect()
+            try:
+                pending_faces = since_heartbeat = 0
+                for planned, image, faces in self.found_faces(decoded, warnings):
+                    pending.append((planned, faces, [crop_face(image, box, self.detector.framing)
+                                                     for _, box, _ in faces]))
+                    pending_faces += len(faces)
+                    since_heartbeat += 1
+                    if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
+                        pending_faces = since_heartbeat = 0
+                        if not submit(classifying):
+                            return records
+                if pending and not submit(classifying):
+                    return records
+                emit(0)
+            finally:  # stopped early or failed: the batches still queued are not classified
+                for _, probs_ready in classified:
+                    probs_ready.cancel()
         return records
 
     def found_faces(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]], warnings: list[str] | None = None,

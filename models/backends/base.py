@@ -17,6 +17,9 @@ class InferenceBackend(Protocol):
     name: str  # "tensorrt" | "ort-cuda" | "ort-cpu" | "torch-cuda"
     max_batch: int  # the largest batch one `run` accepts; callers split bigger ones
     precision: str  # what the classifier computes in here: "fp32" | "fp16" | "int8"
+    # Whether a second thread calling `run` while one runs adds a core's work: true where the caller's thread computes
+    # (ONNX Runtime on the CPU), false on a GPU, whose one stream would only queue it.
+    concurrent_runs: bool
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(N, C, H, W) preprocessed faces -> (N, classes) model outputs (probs or logits, per the model)."""

@@ -39,6 +39,7 @@ class OrtBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.name = "ort-cuda" if CUDA_PROVIDER in self.session.get_providers() else "ort-cpu"
         self.precision = "int8" if quantized and not as_float else "fp32"
+        self.concurrent_runs = self.name == "ort-cpu"  # InferenceSession.run may be called from several threads
         self.max_batch = max_batch
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:

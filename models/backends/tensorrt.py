@@ -214,6 +214,7 @@ def cached_engine(model_path: Path, precision: str, profile: BatchProfile, cache
 
 class TrtBackend:
     name = "tensorrt"
+    concurrent_runs = False  # one execution context and its buffers
 
     def __init__(self, model_path: Path, precision: str, profile: BatchProfile, cache: EngineCache,
                  allocator: CudaAllocator | None = None) -> None:

@@ -79,6 +79,7 @@ class TorchCudaBackend:
         self.max_batch = max_batch
         self.fp16 = fp16
         self.precision = "fp16" if fp16 else "fp32"
+        self.concurrent_runs = False
         self.classes = len(spec.labels)
         self.softmax = spec.output == "probs"  # the exported graph ends in softmax; the torch network in logits
         if members > 1 and not self.softmax:

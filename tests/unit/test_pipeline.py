@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 
 from fervid.settings import Settings, get_settings
+from models.backends import InferenceBackend
+from models.classifier import EmotionClassifier
 from models.detectors import Detection, FaceDetector
 from worker.media.decode import decode_planned
 from worker.media.limits import MediaLimits
@@ -176,3 +180,72 @@ def test_a_crowd_keeps_its_largest_faces_and_says_so(fervid_env: pytest.MonkeyPa
         assert [face.box[0] for face in frame.faces] == sorted(face.box[0] for face in frame.faces)
     assert warnings == ["some frames had more than 3 faces: only the 3 largest of each were analysed "
                         "(FERVID_MAX_FACES_PER_FRAME)"]
+
+
+class ThreadRecordingBackend:
+    """The real backend, slowed so that classification is the pipeline's longest stage (as ResNet50 is on a CPU),
+    recording the thread of each call; `concurrent_runs` as the test says."""
+
+    def __init__(self, backend: InferenceBackend, concurrent_runs: bool) -> None:
+        self.backend, self.concurrent_runs = backend, concurrent_runs
+        self.name, self.precision, self.max_batch = backend.name, backend.precision, backend.max_batch
+        self.threads: list[str] = []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return self.backend.run(batch)
+
+
+@pytest.mark.parametrize("concurrent_runs", [True, False])
+def test_a_slow_classifier_is_helped_by_the_pipeline_thread_only_where_the_backend_allows_it(
+        analyzer: Analyzer, shared_dir: Path, tmp_path: Path, concurrent_runs: bool) -> None:
+    # given 40 frames of a drifting face (five batches of eight frames) and a classifier slower than detection
+    face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
+    canvas = np.full((face.shape[0], face.shape[1] + 120, 3), 90, np.uint8)
+    frames = []
+    for step in range(40):
+        frame = canvas.copy()
+        frame[:, 3 * step : 3 * step + face.shape[1]] = face
+        frames.append(frame)
+    clip = write_clip(tmp_path / "drift.mp4", frames)
+    _, plan = probe(clip, 10, LIMITS)
+    expected = analyzer.analyze(decode_planned(clip, plan, [], LIMITS.max_pixels))
+    recording = ThreadRecordingBackend(analyzer.classifier.backend, concurrent_runs)
+    slow = Analyzer(analyzer.detector, EmotionClassifier(analyzer.classifier.spec, recording), analyzer.batch_size,
+                    analyzer.max_faces, analyzer.detect_interval_ms)
+    progress: list[int] = []
+
+    def on_progress(frames_done: int) -> bool:
+        progress.append(frames_done)
+        return True
+
+    # when it is analysed
+    records = slow.analyze(decode_planned(clip, plan, [], LIMITS.max_pixels), on_progress=on_progress)
+
+    # then the records are those of the plain analysis, in frame order, reported batch by batch
+    assert [(r.frame_index, [(f.local_track, f.box) for f in r.faces]) for r in records] == \
+        [(r.frame_index, [(f.local_track, f.box) for f in r.faces]) for r in expected]
+    for got, want in zip(records, expected, strict=True):
+        np.testing.assert_allclose([f.probs for f in got.faces], [f.probs for f in want.faces], atol=1e-6)
+    assert progress == sorted(progress) and progress[-1] == 40
+    # and this thread classified some of the batches itself only where a second caller is allowed
+    classify_thread = [name for name in recording.threads if name.startswith("fervid-classify")]
+    assert classify_thread, recording.threads
+    assert ("MainThread" in recording.threads) == concurrent_runs, recording.threads
+
+
+def test_a_cancel_stops_the_classification_of_the_batches_still_queued(
+        analyzer: Analyzer, shared_dir: Path, tmp_path: Path) -> None:
+    # given 40 frames of a face and a slow classifier
+    face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
+    clip = write_clip(tmp_path / "still.mp4", [face] * 40)
+    _, plan = probe(clip, 10, LIMITS)
+    recording = ThreadRecordingBackend(analyzer.classifier.backend, concurrent_runs=True)
+    slow = Analyzer(analyzer.detector, EmotionClassifier(analyzer.classifier.spec, recording), analyzer.batch_size,
+                    analyzer.max_faces, analyzer.detect_interval_ms)
+    # when the job is cancelled as soon as the first batch is reported
+    records = slow.analyze(decode_planned(clip, plan, [], LIMITS.max_pixels), on_progress=lambda done: False)
+    # then the analysis stops there, with batches left unclassified
+    assert len(records) == 8
+    assert len(recording.threads) < 5, recording.threads
