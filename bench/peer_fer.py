@@ -7,8 +7,10 @@ that feeds every frame to `fer.FER().detect_emotions`, the loop its README shows
 virtualenv made on first use (`pip install fer==25.10.3` and its runtime); nothing of it enters the project.
 Without --clip, the clip is ../shared/media/single_face.mp4 played LOOPS times (a 640x360 talking head).
 
-Then, in this process: decode, detection and classification each measured alone on the clip's frames, against
-the same frames analysed end to end (the pipeline overlaps them). Prints medians with min/max and the ratios.
+Then, in this process and round by round: decoding (in a decoder process, as jobs decode), detection and
+classification each measured alone on the clip's frames, then the same frames analysed end to end (the pipeline
+overlaps them), with the pipeline thread helping the classifier and without. Prints medians with min/max and the
+ratios.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
+from worker.media.isolated import DecoderLimits, IsolatedDecode  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
+from worker.media.plan import PlannedFrame  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer, usable_cores, with_thread_share  # noqa: E402
 
@@ -134,24 +138,48 @@ def main() -> int:
     analyzer = build_analyzer(settings)
     max_pixels = settings.max_pixels
     decode_planned_frames = list(decode_planned(args.clip, plan, [], max_pixels))
-    analyzer.analyze(decode_planned(args.clip, plan[:4], [], max_pixels))  # warm-up: first inference allocates
-    decode_times, _ = timed(args.repeat, lambda: sum(1 for _ in decode_planned(args.clip, plan, [], max_pixels)))
+    decoder = DecoderLimits(settings.decode_memory_mb, settings.segment_soft_limit_s())
+
+    def decoded(frames: list[PlannedFrame]) -> IsolatedDecode:
+        """The frames as a job gets them: from a decoder process (worker/media/isolated.py)."""
+        return IsolatedDecode(args.clip, frames, [], max_pixels, decoder)
+
+    analyzer.analyze(decoded(plan[:4]))  # warm-up: first inference allocates, the fork server starts
     # Detection as the pipeline runs it: on the frames FERVID_DETECT_INTERVAL_MS picks, faces carried between.
-    detect_times, found = timed(args.repeat, lambda: list(analyzer.found_faces(decode_planned_frames)))
-    crops = [crop_face(image, box, analyzer.detector.framing)
-             for _, image, faces in found for _, box, _ in faces]
-    classify_times, _ = timed(args.repeat, lambda: [analyzer.classifier.classify(crops[i : i + analyzer.batch_size])
-                                                    for i in range(0, len(crops), analyzer.batch_size)])
-    e2e_times, records = timed(args.repeat, lambda: analyzer.analyze(decode_planned(args.clip, plan, [], max_pixels)))
+    found = list(analyzer.found_faces(decode_planned_frames))
+    crops = [crop_face(image, box, analyzer.detector.framing) for _, image, faces in found for _, box, _ in faces]
+
+    def classify_all() -> None:
+        for start in range(0, len(crops), analyzer.batch_size):
+            analyzer.classifier.classify(crops[start : start + analyzer.batch_size])
+
+    # Round by round, each stage alone and then the whole, so that a drift of the machine's speed (a shared host)
+    # hits both sides of each round's ratio alike.
+    decode_times, detect_times, classify_times, e2e_times, unhelped_times, overlap = [], [], [], [], [], []
+    for _ in range(args.repeat):
+        decode_times += timed(1, lambda: sum(1 for _ in decoded(plan)))[0]
+        detect_times += timed(1, lambda: list(analyzer.found_faces(decode_planned_frames)))[0]
+        classify_times += timed(1, classify_all)[0]
+        e2e_time, records = timed(1, lambda: analyzer.analyze(decoded(plan)))
+        e2e_times += e2e_time
+        overlap.append(e2e_time[0] / (decode_times[-1] + detect_times[-1] + classify_times[-1]))
+        # the baseline: the pipeline thread never classifies (as on a backend that takes one caller)
+        helps, analyzer.classifier.backend.concurrent_runs = analyzer.classifier.backend.concurrent_runs, False
+        unhelped_times += timed(1, lambda: analyzer.analyze(decoded(plan)))[0]
+        analyzer.classifier.backend.concurrent_runs = helps
     stages = statistics.median(decode_times) + statistics.median(detect_times) + statistics.median(classify_times)
     e2e = statistics.median(e2e_times)
-    print(f"decode alone: {spread(decode_times)}; detect alone (every {analyzer.detect_interval_ms:g} ms, "
-          f"faces carried between): {spread(detect_times)}; "
+    print(f"decode alone (a decoder process, as jobs decode): {spread(decode_times)}; "
+          f"detect alone (every {analyzer.detect_interval_ms:g} ms, faces carried between): {spread(detect_times)}; "
           f"classify alone ({len(crops)} faces, {analyzer.classifier.backend.name} "
           f"{analyzer.classifier.backend.precision}, {settings.inference_threads} thread(s)): {spread(classify_times)}")
-    print(f"end to end in process: {spread(e2e_times)}; end to end / sum of stages alone: {e2e / stages:.2f}")
+    print(f"end to end in process: {spread(e2e_times)}; end to end / sum of stages alone, round by round: median "
+          f"{statistics.median(overlap):.2f} (min {min(overlap):.2f}, max {max(overlap):.2f})")
+    print(f"end to end, the pipeline thread never classifying: {spread(unhelped_times)}; helped / not, round by "
+          f"round: median {statistics.median(h / u for h, u in zip(e2e_times, unhelped_times, strict=True)):.2f}")
     print(json.dumps({"frames": len(plan), "faces": len(crops), "fervid_s": statistics.median(fervid_times),
-                      "stages_s": stages, "end_to_end_s": e2e, "records": len(records)}))  # type: ignore[arg-type]
+                      "stages_s": stages, "end_to_end_s": e2e, "ratio": statistics.median(overlap),
+                      "records": len(records)}))  # type: ignore[arg-type]
     return 0
 
 
