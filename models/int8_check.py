@@ -140,8 +140,8 @@ def decided_agreement(fused: NDArray[np.float32], as_float: NDArray[np.float32],
     return float(same[decided].mean()), int(decided.sum())
 
 
-def run_int8_check(model_path: Path, threads: int = 0) -> Int8Check:
-    """Runs the fused graph and its float equivalent on the check faces, here."""
+def run_int8_check(model_path: Path, threads: int = 0, faces: int = CHECK_FACES) -> Int8Check:
+    """Runs the fused graph and its float equivalent on the first `faces` check faces, here."""
     # onnx takes a second to import: only a check that is not remembered pays for it (`cached_int8_check`).
     import onnx
 
@@ -150,7 +150,7 @@ def run_int8_check(model_path: Path, threads: int = 0) -> Int8Check:
     spec = read_model_spec(model_path)
     model = onnx.load(str(model_path))
     peak = int8_weight_peak(model)  # before float_graph, which rewrites the graph in place
-    batch = preprocess_faces(list(check_faces()), spec.preprocess)
+    batch = preprocess_faces(list(check_faces()[:faces]), spec.preprocess)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
