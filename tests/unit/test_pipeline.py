@@ -50,6 +50,17 @@ def write_clip(path: Path, frames: list[np.ndarray], rotation_cw: int = 0) -> Pa
     return path
 
 
+def drifting_face(face: np.ndarray, frame_count: int, step_px: int) -> list[np.ndarray]:
+    """`frame_count` frames of `face` on a grey canvas 120 px wider, moving right by `step_px` a frame."""
+    canvas = np.full((face.shape[0], face.shape[1] + 120, 3), 90, np.uint8)
+    frames = []
+    for step in range(frame_count):
+        frame = canvas.copy()
+        frame[:, step_px * step : step_px * step + face.shape[1]] = face
+        frames.append(frame)
+    return frames
+
+
 Face = tuple[int, tuple[int, int, int, int]]  # track id, box
 
 
@@ -130,13 +141,7 @@ def test_detecting_every_300_ms_carries_the_face_through_the_frames_between(
     # given a real face drifting right at 10 fps, detected on every frame by one analyzer and every 300 ms (every third
     # frame) by another
     face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
-    canvas = np.full((face.shape[0], face.shape[1] + 120, 3), 90, np.uint8)
-    frames = []
-    for step in range(frame_count):
-        frame = canvas.copy()
-        frame[:, 12 * step : 12 * step + face.shape[1]] = face
-        frames.append(frame)
-    clip = write_clip(tmp_path / "drift.mp4", frames)
+    clip = write_clip(tmp_path / "drift.mp4", drifting_face(face, frame_count, step_px=12))
     every_frame = analyze(analyzer, clip)
     counting = CountingDetector(analyzer.detector)
     every_third = Analyzer(counting, analyzer.classifier, analyzer.batch_size, analyzer.max_faces,
@@ -202,13 +207,7 @@ def test_a_slow_classifier_is_helped_by_the_pipeline_thread_only_where_the_backe
         analyzer: Analyzer, shared_dir: Path, tmp_path: Path, concurrent_runs: bool) -> None:
     # given 40 frames of a drifting face (five batches of eight frames) and a classifier slower than detection
     face = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
-    canvas = np.full((face.shape[0], face.shape[1] + 120, 3), 90, np.uint8)
-    frames = []
-    for step in range(40):
-        frame = canvas.copy()
-        frame[:, 3 * step : 3 * step + face.shape[1]] = face
-        frames.append(frame)
-    clip = write_clip(tmp_path / "drift.mp4", frames)
+    clip = write_clip(tmp_path / "drift.mp4", drifting_face(face, 40, step_px=3))
     _, plan = probe(clip, 10, LIMITS)
     expected = analyzer.analyze(decode_planned(clip, plan, [], LIMITS.max_pixels))
     recording = ThreadRecordingBackend(analyzer.classifier.backend, concurrent_runs)
