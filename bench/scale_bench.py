@@ -99,16 +99,19 @@ def main() -> int:
         print("bench/scale_bench.py: needs ../shared/media; skipped")
         return 0
     database_url = create_database()
+    scratch_dir = tempfile.TemporaryDirectory()
+    scratch = scratch_dir.name
+    # the clips are file:// sources in the scratch folder, which the workers may read only where it is opened to them
     env = {"FERVID_DATABASE_URL": database_url, "FERVID_BROKER_URL": REDIS_URL,
            "FERVID_QUEUE": f"bench-{uuid.uuid4().hex[:8]}", "FERVID_SEGMENT_SECONDS": str(args.segment_seconds),
-           "FERVID_DETECTOR_PATH": str(yunet)}
+           "FERVID_DETECTOR_PATH": str(yunet), "FERVID_FILE_URI_ROOTS": scratch}
     os.environ.update(env)
     get_settings.cache_clear()
     celery_app.cache_clear()
     report: dict[str, object] = {}
     try:
         upgrade(database_url)
-        with tempfile.TemporaryDirectory() as scratch:
+        with scratch_dir:
             clip = write_looped_clip(source, Path(scratch) / "long.mp4", loops=args.loops, size=size)  # type: ignore[arg-type]
             warm = write_looped_clip(source, Path(scratch) / "warm.mp4", loops=4)  # spans several segments
             # (worker processes, inference threads each): one process per core is the scale-out layout; one
