@@ -21,10 +21,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fervid.settings import get_settings  # noqa: E402
+from models.backends.base import BackendOptions  # noqa: E402
 from models.backends.ort import create  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
+from worker.pipeline import usable_cores, with_thread_share  # noqa: E402
 
 
 def main() -> int:
@@ -32,10 +35,16 @@ def main() -> int:
     parser.add_argument("--model", type=Path, action="append", default=None)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime threads (default: the classifier's share, as `fervid analyze` takes it)")
     args = parser.parse_args()
+    settings = with_thread_share(get_settings(), usable_cores())
+    if args.threads is not None:
+        settings = settings.model_copy(update={"inference_threads": args.threads})
+    options = BackendOptions.from_settings(settings)
     paths: list[Path] = args.model or [DEFAULT_MODEL_PATH]
     crops = list(np.random.default_rng(0).integers(0, 256, (args.batch, 48, 48), dtype=np.uint8))
-    classifiers = [EmotionClassifier(read_model_spec(path), create("ort-cpu", path, args.batch)) for path in paths]
+    classifiers = [EmotionClassifier(read_model_spec(path), create("ort-cpu", path, args.batch, options)) for path in paths]
     for classifier in classifiers:
         classifier.classify(crops)  # warm-up: the first run allocates
     times: list[list[float]] = [[] for _ in classifiers]
@@ -45,6 +54,7 @@ def main() -> int:
             classifier.classify(crops)
             times[index].append(time.perf_counter() - started)
     print(f"CPU: {read_cpu_features().describe()}, {os.cpu_count()} logical cores; batch {args.batch}, "
+          f"{options.threads or 'all'} thread(s), "
           f"median of {args.rounds}")
     base = statistics.median(times[0])
     for path, classifier, taken in zip(paths, classifiers, times, strict=True):
