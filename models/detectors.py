@@ -29,6 +29,9 @@ from fervid.settings import Settings
 from models.network_io import Framing
 
 log = logging.getLogger(__name__)
+# Its own logger, so that commands that log only warnings (`fervid analyze`) still show a first-use download.
+download_log = logging.getLogger(f"{__name__}.download")
+PROGRESS_EVERY_S = 1.0
 
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -262,7 +265,9 @@ def find_or_fetch_yunet(settings: Settings) -> tuple[Path | None, str]:
     if attempt in _failed_downloads:
         return None, _failed_downloads[attempt]
     try:
-        path = fetch_yunet(settings.model_cache_dir, plan.download_url, on_progress=_log_progress)
+        download_log.info("downloading YuNet (first use) from %s into %s", plan.download_url,
+                          settings.model_cache_dir)
+        path = fetch_yunet(settings.model_cache_dir, plan.download_url, on_progress=DownloadProgress())
     except FervidError as error:
         _failed_downloads[attempt] = f"{error.code}: {error.message}"
         return None, _failed_downloads[attempt]
@@ -282,8 +287,17 @@ def load_detector(settings: Settings) -> FaceDetector:
     return HaarDetector(reason=reason)
 
 
-def _log_progress(done: int, total: int | None) -> None:
-    log.info("downloading YuNet: %d / %s bytes", done, total if total is not None else "?")
+class DownloadProgress:
+    """A download's progress lines: the first piece, then at most one every PROGRESS_EVERY_S, and the last."""
+
+    def __init__(self) -> None:
+        self.last_line = -math.inf
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if done == total or now - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = now
+            download_log.info("downloading YuNet: %d / %s bytes", done, total if total is not None else "?")
 
 
 def fetch_yunet(target_dir: Path, url: str, on_progress: Callable[[int, int | None], None] | None = None, *,

@@ -263,6 +263,28 @@ def test_first_use_downloads_yunet_into_the_cache_once_however_many_processes_st
     assert len(requests) == 1
 
 
+def test_fervid_analyze_shows_the_first_use_download_however_quiet_it_is_otherwise(
+        file_server: tuple[str, Path, list[str]], yunet_path: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    # given an empty model cache, FERVID_DETECTOR_URL on a server holding YuNet, and a still to analyse
+    base, root, _ = file_server
+    (root / YUNET_FILENAME).write_bytes(yunet_path.read_bytes())
+    still = tmp_path / "still.png"
+    assert cv2.imwrite(str(still), np.full((64, 64, 3), 128, np.uint8))
+    env = {**os.environ, "FERVID_DETECTOR_URL": f"{base}/{YUNET_FILENAME}",
+           "FERVID_MODEL_CACHE_DIR": str(tmp_path / "model-cache"), "FERVID_MODEL_PATH": str(tiny_model_path),
+           "FERVID_DATABASE_URL": f"sqlite:///{tmp_path / 'embedded.db'}"}
+    env.pop("FERVID_DETECTOR_PATH", None)
+    # when `fervid analyze` (which logs only warnings) runs for the first time
+    result = subprocess.run([sys.executable, "-m", "fervid.cli", "analyze", str(still), "--no-progress"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    # then its stderr says where YuNet comes from and how far the download got, through to the last byte
+    assert result.returncode == 0, result.stderr
+    assert f"downloading YuNet (first use) from {base}/{YUNET_FILENAME}" in result.stderr
+    assert "downloading YuNet: 232589 / 232589 bytes" in result.stderr
+    # and no other INFO line reaches it
+    assert all("downloading YuNet" in line for line in result.stderr.splitlines() if " INFO " in line)
+
+
 def test_threads_racing_on_first_use_download_once(fervid_env: pytest.MonkeyPatch,
                                                    file_server: tuple[str, Path, list[str]],
                                                    yunet_path: Path) -> None:
