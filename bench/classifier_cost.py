@@ -2,9 +2,11 @@
 the CPU, the file's own test-time flip), all in one run so the ratios hold on a noisy machine.
 
     .venv/bin/python bench/classifier_cost.py --model models/fervid-emotion.onnx --model runs/other.onnx [--batch 64]
+        [--with-float]
 
 Each model is timed on the same preprocessed batch, rounds interleaved (A B A B ...), median of --rounds. Prints
 the CPU, each model's passes per face (members x views), precision and figures, and the ratio to the first model.
+--with-float also times each INT8 file as its float graph, what a worker runs where the INT8 check fails.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from fervid.settings import get_settings  # noqa: E402
 from models.backends.base import BackendOptions  # noqa: E402
-from models.backends.ort import create  # noqa: E402
+from models.backends.ort import OrtBackend, create, is_quantized  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
@@ -37,6 +39,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime threads (default: the classifier's share, as `fervid analyze` takes it)")
+    parser.add_argument("--with-float", action="store_true", help="each INT8 file also as its float graph")
     args = parser.parse_args()
     settings = with_thread_share(get_settings(), usable_cores())
     if args.threads is not None:
@@ -44,7 +47,14 @@ def main() -> int:
     options = BackendOptions.from_settings(settings)
     paths: list[Path] = args.model or [DEFAULT_MODEL_PATH]
     crops = list(np.random.default_rng(0).integers(0, 256, (args.batch, 48, 48), dtype=np.uint8))
-    classifiers = [EmotionClassifier(read_model_spec(path), create("ort-cpu", path, args.batch, options)) for path in paths]
+    classifiers = [EmotionClassifier(read_model_spec(path), create("ort-cpu", path, args.batch, options))
+                   for path in paths]
+    if args.with_float:
+        floats = [path for path in paths if is_quantized(path)]
+        classifiers += [EmotionClassifier(read_model_spec(path), OrtBackend(path, max_batch=args.batch,
+                                                                            threads=options.threads, as_float=True))
+                        for path in floats]
+        paths = paths + floats
     for classifier in classifiers:
         classifier.classify(crops)  # warm-up: the first run allocates
     times: list[list[float]] = [[] for _ in classifiers]
