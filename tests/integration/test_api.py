@@ -562,37 +562,49 @@ def test_the_openapi_document_describes_every_route(api: Api) -> None:
     assert set(submit) == {"multipart/form-data", "application/json"}
 
 
-def test_fervid_api_serves_over_http(fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str,
-                                     tmp_path: Path) -> None:
-    # given `fervid api` started as a real process on a free port
+@contextmanager
+def fervid_api_process(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str]:
+    """`fervid api` started as a real process (uvicorn) on a free loopback port, with `args`; yields its base URL
+    once it answers, and stops it after."""
     port = closed_port()
-    env = {**os.environ, "FERVID_DATABASE_URL": pg_url, "FERVID_BROKER_URL": redis_url,
-           "FERVID_QUEUE": f"api-test-{uuid.uuid4().hex[:8]}", "FERVID_API_KEYS": "carol:carol-key",
-           "FERVID_STORAGE_URL": (tmp_path / "storage").as_uri()}
-    log = (tmp_path / "api.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "fervid.cli", "api", "--port", str(port)], env=env,
+    log = log_path.open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "fervid.cli", "api", "--port", str(port), *args], env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                health = httpx.get(f"{base}/healthz", timeout=2)
+                httpx.get(f"{base}/healthz", timeout=2)
                 break
             except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
-        # when a file is uploaded over real HTTP
-        response = httpx.post(f"{base}/v1/jobs", headers={"Authorization": "Bearer carol-key"},
-                              files={"file": ("c.mp4", b"x" * 4 * 65536)}, timeout=30)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_fervid_api_serves_over_http(fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str,
+                                     tmp_path: Path) -> None:
+    # given `fervid api` started as a real process on a free port
+    env = {**os.environ, "FERVID_DATABASE_URL": pg_url, "FERVID_BROKER_URL": redis_url,
+           "FERVID_QUEUE": f"api-test-{uuid.uuid4().hex[:8]}", "FERVID_API_KEYS": "carol:carol-key",
+           "FERVID_STORAGE_URL": (tmp_path / "storage").as_uri()}
+    try:
+        with fervid_api_process(env, tmp_path / "api.log") as base:
+            health = httpx.get(f"{base}/healthz", timeout=2)
+            # when a file is uploaded over real HTTP
+            response = httpx.post(f"{base}/v1/jobs", headers={"Authorization": "Bearer carol-key"},
+                                  files={"file": ("c.mp4", b"x" * 4 * 65536)}, timeout=30)
         # then it serves, stores the upload, and answers 202
         assert health.json() == {"status": "ok"}
         assert response.status_code == 202, response.text
         stored = [p for p in (tmp_path / "storage").rglob("*") if p.is_file()]
         assert [p.stat().st_size for p in stored] == [4 * 65536]
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         redis.Redis.from_url(redis_url).delete(env["FERVID_QUEUE"])
 
 

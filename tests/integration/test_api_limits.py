@@ -3,13 +3,16 @@ per key, queued and running jobs per tenant; each a 429 with Retry-After in the 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from tests.integration.test_api import ALICE, BOB, Api, assert_error, running_api, submit_uri
+from tests.integration.test_api import ALICE, BOB, Api, assert_error, fervid_api_process, running_api, submit_uri
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +46,46 @@ def test_failed_authentications_are_limited_per_address_even_for_a_valid_key_aft
     assert statuses == [401] * 20 + [429] * 10
     assert_too_many(api.client.get("/v1/jobs", headers={"Authorization": "Bearer guess"}), "rate_limited")
     assert_too_many(api.client.get("/v1/jobs", headers=ALICE), "rate_limited")
+
+
+def statuses_until_refused(client: httpx.Client, url: str, forwarded_for: list[str]) -> list[int]:
+    """Wrong keys sent as from each forwarded address in turn until one is refused with 429 (or they run out)."""
+    statuses: list[int] = []
+    for address in forwarded_for:
+        statuses.append(client.get(url, headers={"Authorization": "Bearer guess",
+                                                 "X-Forwarded-For": address}).status_code)
+        if statuses[-1] == 429:
+            break
+    return statuses
+
+
+def test_behind_a_trusted_proxy_failed_authentications_are_limited_per_forwarded_client(
+        fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    # given `fervid api` (uvicorn) trusting the X-Forwarded-For of a proxy at 127.0.0.3, 3 failures a minute allowed
+    env = {**os.environ, "FERVID_DATABASE_URL": pg_url, "FERVID_BROKER_URL": redis_url,
+           "FERVID_API_KEYS": "carol:carol-key", "FERVID_FAILED_AUTH_PER_MINUTE": "3"}
+    proxy = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=10)
+    untrusted = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.4"), timeout=10)
+    guessers = [f"203.0.113.{n}" for n in range(1, 9)]
+    try:
+        with fervid_api_process(env, tmp_path / "api.log", "--forwarded-allow-ips", "127.0.0.3") as base:
+            url = f"{base}/v1/jobs"
+            # when one client behind the proxy guesses keys (8 tries cover a minute window turning over)
+            guessed = statuses_until_refused(proxy, url, guessers[:1] * 8)
+            # then it is refused, while another client behind the same proxy still gets in with its key
+            other = proxy.get(url, headers={"Authorization": "Bearer carol-key", "X-Forwarded-For": "198.51.100.9"})
+            # and a host that is not a trusted proxy cannot escape the limit by naming other clients
+            spoofed = statuses_until_refused(untrusted, url, guessers)
+        assert guessed[-1] == 429 and set(guessed[:-1]) == {401}, guessed
+        assert other.status_code == 200, other.text
+        assert spoofed[-1] == 429 and set(spoofed[:-1]) == {401}, spoofed
+    finally:
+        proxy.close()
+        untrusted.close()
+        connection = redis.Redis.from_url(redis_url)
+        for key in connection.scan_iter("fervid:limit:*"):
+            if any(address in key.decode() for address in ("203.0.113.", "198.51.100.9", "127.0.0.4")):
+                connection.delete(key)
 
 
 def test_requests_are_limited_per_key_and_other_keys_go_on(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
