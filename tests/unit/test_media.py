@@ -339,18 +339,29 @@ def test_a_multi_picture_jpeg_is_a_photo_not_a_video(tmp_path: Path) -> None:
     assert len(frames) == 1 and read_index(frames[0][1]) == 7
 
 
-def test_a_16_bit_grey_png_keeps_its_tones(tmp_path: Path) -> None:
-    # given a 16-bit greyscale PNG at 30000 / 65535 (about 46 % grey)
+DEEP_GREYS = [  # (file name, the pixels written, the 8-bit grey they stand for): about 46 % grey each
+    ("grey16.png", np.full((HEIGHT, WIDTH), 30000, dtype=np.uint16), 30000 >> 8),
+    ("grey16.tif", np.full((HEIGHT, WIDTH), 30000, dtype=np.uint16), 30000 >> 8),
+    ("float01.tif", np.full((HEIGHT, WIDTH), 0.46, dtype=np.float32), round(0.46 * 255)),
+    ("float255.tif", np.full((HEIGHT, WIDTH), 117.0, dtype=np.float32), 117),
+    ("int32.tif", np.full((HEIGHT, WIDTH), 30000, dtype=np.int32), round(30000 * 255 / 65535)),
+]
+
+
+@pytest.mark.parametrize(("name", "pixels", "grey"), DEEP_GREYS, ids=[name for name, _, _ in DEEP_GREYS])
+def test_a_grey_image_deeper_than_8_bits_keeps_its_tones(name: str, pixels: np.ndarray, grey: int,
+                                                          tmp_path: Path) -> None:
+    # given a 16-bit, float or 32-bit integer greyscale image, mid-grey
     from PIL import Image
 
-    still = tmp_path / "grey16.png"
-    Image.fromarray(np.full((HEIGHT, WIDTH), 30000, dtype=np.uint16)).save(still)
+    still = tmp_path / name
+    Image.fromarray(pixels).save(still)
     # when probed and decoded
     info, plan = probe(still, 5, LIMITS)
     frames, _ = decode_all(still, plan)
-    # then the frame is that grey, not clipped to white
+    # then the frame is that grey, not clipped to white or black
     assert info.kind == "image" and frames[0][1].shape == (HEIGHT, WIDTH, 3)
-    assert np.all(frames[0][1] == 30000 >> 8)
+    assert np.all(frames[0][1] == grey)
 
 
 def test_shared_still_decodes_as_one_bgr_frame(shared_dir: Path) -> None:

@@ -14,6 +14,7 @@ from api.stills import frame_jpeg
 from bench.media_factory import HEIGHT, WIDTH, read_index, write_still, write_video
 from fervid.settings import Settings
 from fervid.tables import PlanRow
+from worker.media.decode import decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame
 from worker.media.probe import probe
@@ -60,3 +61,19 @@ def test_an_image_is_turned_by_its_exif_orientation(tmp_path: Path) -> None:
     image = _bgr(frame_jpeg(photo, "image", PlanRow(0, 0.0, 0, 0)))
     # then it is upright
     assert image.shape[:2] == (HEIGHT, WIDTH) and read_index(image) == 7
+
+
+@pytest.mark.parametrize(("name", "pixels"), [("grey16.png", np.full((48, 64), 30000, np.uint16)),
+                                               ("float01.tif", np.full((48, 64), 0.46, np.float32))])
+def test_a_grey_image_deeper_than_8_bits_is_the_grey_the_worker_analysed(name: str, pixels: np.ndarray,
+                                                                        tmp_path: Path) -> None:
+    # given a mid-grey 16-bit PNG and a float TIFF in [0, 1]
+    still = tmp_path / name
+    Image.fromarray(pixels).save(still)
+    # when the viewer asks for its still
+    image = _bgr(frame_jpeg(still, "image", PlanRow(0, 0.0, 0, 0)))
+    # then it is the grey the worker decoded (JPEG rounding aside), not white or black
+    _, plan = probe(still, 5, MediaLimits.from_settings(Settings()))
+    ((_, analysed),) = list(decode_planned(still, plan, [], Settings().max_pixels))
+    assert abs(int(analysed[0, 0, 0]) - 117) <= 1
+    assert np.abs(image.astype(int) - analysed.astype(int)).max() <= 2

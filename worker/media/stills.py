@@ -14,6 +14,7 @@ from pi_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
+from fervid.pixels import DEEP_GREY_MODES, deep_grey_as_8bit
 from worker.media.limits import MediaLimits, check_decoded_pixels, check_duration, pixel_limit_error
 from worker.media.plan import MediaInfo, PlannedFrame, StreamIndex, plan_frames
 
@@ -140,9 +141,8 @@ def decode_still(image: Image.Image) -> NDArray[np.uint8]:
         with py_warnings.catch_warnings():
             py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             upright = ImageOps.exif_transpose(image)
-            if upright.mode.startswith("I;16"):
-                # Pillow's convert() clips 16-bit grey at 255 (a white frame); keep the high byte instead.
-                upright = Image.fromarray((np.asarray(upright, dtype=np.uint16) >> 8).astype(np.uint8))
+            if upright.mode in DEEP_GREY_MODES:  # convert() would clip them: a white or black frame
+                upright = Image.fromarray(deep_grey_as_8bit(np.asarray(upright), upright.mode))
             upright = upright.convert("RGB")
     except PIL_ERRORS as error:
         raise MediaError(DECODE_ERROR, f"the image could not be decoded ({error}); the file is damaged or "
