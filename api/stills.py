@@ -8,13 +8,14 @@ non-square pixels), so the timeline's boxes fall where they belong.
 from __future__ import annotations
 
 import io
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fervid.errors import DECODE_ERROR, NOT_CONFIGURED, FervidError, MediaError
+from fervid.errors import DECODE_ERROR, NOT_CONFIGURED, FervidError, MediaError, TooManyRequests
 from fervid.pixels import DEEP_GREY_MODES, deep_grey_as_8bit
 from fervid.tables import PlanRow
 
@@ -23,10 +24,26 @@ if TYPE_CHECKING:
 
 JPEG_QUALITY = 85
 MAX_FRAMES_AFTER_SEEK = 5000  # a sane bound on decoding from a keyframe to the sampled frame
+# Stills are decoded in the API process, each up to the pixel limit the worker's probe held the media to (a frame of
+# 40 MP takes hundreds of MB): at most this many at once, so that many requests for large frames cannot together
+# take the process's memory; a request that waits longer than WAIT_FOR_DECODE_S is answered 429.
+CONCURRENT_DECODES = 2
+WAIT_FOR_DECODE_S = 10.0
+_decoding = threading.BoundedSemaphore(CONCURRENT_DECODES)
 
 
 def frame_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes:
     """The sampled frame `planned` of the media at `path`, upright, as JPEG bytes."""
+    if not _decoding.acquire(timeout=WAIT_FOR_DECODE_S):
+        raise TooManyRequests(f"the API is decoding {CONCURRENT_DECODES} frame stills already; retry in a moment",
+                              retry_after_s=1)
+    try:
+        return _decoded_jpeg(path, media_kind, planned)
+    finally:
+        _decoding.release()
+
+
+def _decoded_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes:
     try:
         from PIL import Image, ImageOps
     except ImportError as error:

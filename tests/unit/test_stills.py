@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from api import stills as still_decoding
 from api.stills import frame_jpeg
 from bench.media_factory import HEIGHT, WIDTH, read_index, write_still, write_video
+from fervid.errors import TooManyRequests
 from fervid.settings import Settings
 from fervid.tables import PlanRow
 from worker.media.decode import decode_planned
@@ -77,3 +82,47 @@ def test_a_grey_image_deeper_than_8_bits_is_the_grey_the_worker_analysed(name: s
     ((_, analysed),) = list(decode_planned(still, plan, [], Settings().max_pixels))
     assert abs(int(analysed[0, 0, 0]) - 117) <= 1
     assert np.abs(image.astype(int) - analysed.astype(int)).max() <= 2
+
+
+def test_no_more_than_a_few_stills_decode_at_once_and_a_long_wait_is_answered_429(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a real clip, and its decodes watched (the real decoder runs, held 0.2 s longer) for how many overlap
+    clip = write_video(tmp_path / "clip.mp4", frame_count=12)
+    _, plan = probe(clip, 5, MediaLimits.from_settings(Settings()))
+    real_decode, lock = still_decoding._decoded_jpeg, threading.Lock()
+    running, most = 0, 0
+
+    def watched(*args: object) -> bytes:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            jpeg = real_decode(*args)  # type: ignore[arg-type]
+            time.sleep(0.2)
+            return jpeg
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(still_decoding, "_decoded_jpeg", watched)
+    # when 8 requests ask for stills at once
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jpegs = list(pool.map(lambda _: frame_jpeg(clip, "video", _row(plan[0])), range(8)))
+    # then each got its frame, and no more than CONCURRENT_DECODES were decoding at any moment
+    assert all(read_index(_bgr(jpeg)) == 0 for jpeg in jpegs)
+    assert most == still_decoding.CONCURRENT_DECODES
+    # and with no time to wait, a request beyond them is refused 429 with a Retry-After
+    monkeypatch.setattr(still_decoding, "WAIT_FOR_DECODE_S", 0.05)
+    requests = still_decoding.CONCURRENT_DECODES + 1
+    with ThreadPoolExecutor(max_workers=requests) as pool:
+        outcomes = list(pool.map(lambda _: _still_or_error(clip, _row(plan[0])), range(requests)))
+    refused = [outcome for outcome in outcomes if isinstance(outcome, TooManyRequests)]
+    assert len(refused) >= 1 and refused[0].http_status == 429 and refused[0].retry_after_s == 1
+
+
+def _still_or_error(clip: Path, row: PlanRow) -> bytes | TooManyRequests:
+    try:
+        return frame_jpeg(clip, "video", row)
+    except TooManyRequests as error:
+        return error
