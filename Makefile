@@ -17,7 +17,7 @@ demo: install
 	$(BIN)/fervid demo
 
 test: install
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs --durations=15 tests
 
 # Each benchmark prints ratios against a baseline measured in the same run; see README "Where figures come from".
 bench: install
