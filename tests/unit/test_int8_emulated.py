@@ -4,7 +4,8 @@ ONNX Runtime picks its integer kernels from what CPUID answers, and QEMU's user 
 is told to be (`-cpu Haswell`: AVX2, FMA, no AVX-512, no VNNI). There the u8 x s8 kernels add pairs of products in
 int16 and saturate on 8-bit weights: the file shipped before 7-bit weights agreed with its float graph on 96.7 % of
 30 check faces under this emulation (`bench/int8_emulated.py --model <that file> --faces 32`), under the worker's
-99 % floor. A CI machine with VNNI never computes that way; this test does, on any x86 machine with qemu-user.
+99 % floor. A CI machine with VNNI never computes that way; this test does, on any x86 machine with qemu-user
+(skipped on such a CPU itself, where tests/unit/test_int8_check.py runs the same check natively).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from models.cpu_features import read_cpu_features
 from models.int8_check import AGREEMENT_FLOOR, NON_SATURATING_WEIGHT_PEAK
 from models.spec import DEFAULT_MODEL_PATH
 
@@ -34,6 +36,8 @@ print(json.dumps(asdict(run_int8_check(Path(sys.argv[1]), threads=1, faces=int(s
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="QEMU's x86 user mode emulates x86 CPUs on x86 here")
+@pytest.mark.skipif(read_cpu_features().features == ("AVX2",), reason="this CPU is one the emulation stands for (AVX2, "
+                    "no AVX-512, no VNNI): tests/unit/test_int8_check.py runs the check natively on it, on all faces")
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 not installed (apt-get install "
                     "qemu-user; .ci/run does)")
 def test_the_shipped_int8_file_agrees_with_its_float_graph_on_an_avx2_cpu_without_vnni() -> None:
