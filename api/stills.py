@@ -13,10 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from fervid.errors import DECODE_ERROR, NOT_CONFIGURED, FervidError, MediaError, TooManyRequests
-from fervid.pixels import DEEP_GREY_MODES, deep_grey_as_8bit
+from fervid.pixels import rgb_image
 from fervid.tables import PlanRow
 
 if TYPE_CHECKING:
@@ -51,10 +49,7 @@ def _decoded_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes
     if media_kind == "image":
         try:
             with Image.open(path) as image:
-                upright = ImageOps.exif_transpose(image)
-                if upright.mode in DEEP_GREY_MODES:  # as the worker saw it (convert() would clip it)
-                    upright = Image.fromarray(deep_grey_as_8bit(np.asarray(upright), upright.mode))
-                upright = upright.convert("RGB")
+                upright = rgb_image(ImageOps.exif_transpose(image))  # as the worker saw it
         except (OSError, ValueError) as error:
             raise MediaError(DECODE_ERROR, f"the image cannot be decoded here ({error})") from error
     else:

@@ -4,10 +4,25 @@ the detector and a JPEG take. Pillow's convert("RGB") clips them instead: a 16-b
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.typing import NDArray
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 DEEP_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # Pillow's modes for them
+
+
+def rgb_image(image: Image) -> Image:
+    """`image` in RGB, deep grey scaled rather than clipped (Pillow comes with whatever calls this: the worker, or
+    the API's `viewer` extra; the base install needs none)."""
+    if image.mode in DEEP_GREY_MODES:
+        from PIL import Image as PilImage
+
+        image = PilImage.fromarray(deep_grey_as_8bit(np.asarray(image), image.mode))
+    return image.convert("RGB")
 
 
 def deep_grey_as_8bit(pixels: NDArray[np.generic], mode: str) -> NDArray[np.uint8]:

@@ -14,7 +14,7 @@ from pi_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
-from fervid.pixels import DEEP_GREY_MODES, deep_grey_as_8bit
+from fervid.pixels import rgb_image
 from worker.media.limits import MediaLimits, check_decoded_pixels, check_duration, pixel_limit_error
 from worker.media.plan import MediaInfo, PlannedFrame, StreamIndex, plan_frames
 
@@ -140,10 +140,7 @@ def decode_still(image: Image.Image) -> NDArray[np.uint8]:
     try:
         with py_warnings.catch_warnings():
             py_warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            upright = ImageOps.exif_transpose(image)
-            if upright.mode in DEEP_GREY_MODES:  # convert() would clip them: a white or black frame
-                upright = Image.fromarray(deep_grey_as_8bit(np.asarray(upright), upright.mode))
-            upright = upright.convert("RGB")
+            upright = rgb_image(ImageOps.exif_transpose(image))
     except PIL_ERRORS as error:
         raise MediaError(DECODE_ERROR, f"the image could not be decoded ({error}); the file is damaged or "
                                        "truncated") from error
