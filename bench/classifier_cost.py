@@ -29,7 +29,7 @@ from models.backends.ort import OrtBackend, create, is_quantized  # noqa: E402
 from models.classifier import EmotionClassifier  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec  # noqa: E402
-from worker.pipeline import usable_cores, with_thread_share  # noqa: E402
+from worker.layout import usable_cores, with_thread_share  # noqa: E402
 
 
 def main() -> int:

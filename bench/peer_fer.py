@@ -34,12 +34,13 @@ from bench.shared_data import SHARED, with_shared_yunet  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
+from worker.layout import usable_cores, with_thread_share  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
 from worker.media.isolated import DecoderLimits, IsolatedDecode  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.plan import PlannedFrame  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
-from worker.pipeline import build_analyzer, usable_cores, with_thread_share  # noqa: E402
+from worker.pipeline import build_analyzer  # noqa: E402
 
 PEER_REQUIREMENTS = ["fer==25.10.3", "tensorflow-cpu", "opencv-python-headless<5", "pandas", "requests",
                      "moviepy<2", "tqdm", "matplotlib", "pillow", "setuptools<81"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fervid.settings import Settings
-from models.detectors import YUNET_FILENAME
+from models.detector_files import YUNET_FILENAME
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_YUNET = SHARED / "models" / YUNET_FILENAME

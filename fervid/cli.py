@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not known.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # every embedded run checks the schema
     if quiet:  # a first-use download takes a while: say so, however quiet
-        logging.getLogger("models.detectors.download").setLevel(logging.INFO)
+        logging.getLogger("models.detector_files.download").setLevel(logging.INFO)
     try:
         return int(run(args))
     except FervidError as error:

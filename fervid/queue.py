@@ -55,9 +55,12 @@ def send_segment(job_id: str, segment_index: int, queue: str) -> None:
                            retry_policy=SEND_RETRY_POLICY)
 
 
+WEBHOOK_SUFFIX = ".webhooks"
+
+
 def webhook_queue(queue: str) -> str:
     """The queue of the webhooks of jobs on `queue`: its own, so slow receivers never wait behind analysis."""
-    return f"{queue}.webhooks"
+    return f"{queue}{WEBHOOK_SUFFIX}"
 
 
 def send_webhook(job_id: str, event_id: str, queue: str) -> None:

@@ -183,3 +183,4 @@ def cached_int8_check(model_path: Path, cache_dir: Path, threads: int = 0) -> In
     except OSError as error:  # a read-only cache costs a check per start, nothing else
         log.debug("could not cache the INT8 check in %s: %s", cache_dir, error)
     return result
+

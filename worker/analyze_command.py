@@ -26,6 +26,7 @@ from fervid.settings import Settings, get_settings
 from fervid.tables import Job, JobStatus
 from fervid.utc import utc_now
 from worker import pipeline
+from worker.layout import usable_cores, with_thread_share
 
 LOCAL_TENANT = "local"
 
@@ -37,7 +38,7 @@ def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progres
     if not path.is_file():
         raise InvalidRequest(f"{path} does not exist or is not a file")
     upgrade(settings.database_url)  # the embedded database creates itself on first use
-    settings = pipeline.with_thread_share(settings, pipeline.usable_cores())  # as a one-process worker's
+    settings = with_thread_share(settings, usable_cores())  # as a one-process worker's
     analyzer = pipeline.build_analyzer(settings)
     job_id = str(uuid.uuid4())
     with session_scope() as session:

@@ -30,10 +30,11 @@ from fervid.tables import Job, JobStatus, PlanRow
 from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
-from models.detectors import DETECTOR_THREADS, Detection, FaceDetector, load_detector
+from models.detectors import Detection, FaceDetector, load_detector
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
+from worker.layout import DETECTOR_THREADS
 from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated
 from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
@@ -217,28 +218,6 @@ def too_many_faces(most: int) -> str:
             "(FERVID_MAX_FACES_PER_FRAME)")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (taskset, a container's CPU set), not the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def classifier_threads(cores: int) -> int:
-    """The classifier's share of a process's cores. The detector and the decoder run beside it on one core (the
-    pipeline overlaps them), and a classifier on all of them would be preempted inside each of its parallel steps:
-    on 2 cores it made the whole analysis slower (bench/peer_fer.py)."""
-    return max(1, cores - DETECTOR_THREADS)
-
-
-def with_thread_share(settings: Settings, cores: int) -> Settings:
-    """`settings` with the classifier's threads for a process on `cores` cores, unless FERVID_INFERENCE_THREADS
-    says otherwise."""
-    if "inference_threads" in settings.model_fields_set:
-        return settings
-    return settings.model_copy(update={"inference_threads": classifier_threads(cores)})
-
-
 def build_analyzer(settings: Settings) -> Analyzer:
     if settings.inference_threads:
         cv2.setNumThreads(settings.inference_threads)
@@ -248,8 +227,8 @@ def build_analyzer(settings: Settings) -> Analyzer:
                              options=BackendOptions.from_settings(settings))
     log.info("emotion model %s %s on %s; faces batched by %d", spec.name, spec.version, backend.name,
              settings.classify_batch)
-    return Analyzer(load_detector(settings), EmotionClassifier(spec, backend), settings.classify_batch,
-                    settings.max_faces_per_frame, settings.detect_interval_ms)
+    return Analyzer(load_detector(settings, DETECTOR_THREADS), EmotionClassifier(spec, backend),
+                    settings.classify_batch, settings.max_faces_per_frame, settings.detect_interval_ms)
 
 
 def worker_name() -> str:

@@ -3,19 +3,24 @@
 The settings enter here once per worker: `fervid worker` calls `configure_worker` before the pool forks, so every
 forked child inherits the same settings (with the inference thread split for its process) and builds its
 analyzer from them when it starts.
+
+The main process forks the pool, so it never loads the pipeline or an ML runtime: they start thread pools (OpenBLAS,
+ONNX Runtime and OpenCV at import, OpenCV's workers at first use) whose locks a forked child inherits without the
+threads that would release them; a pool process hung for ever in `cv2.setNumThreads` that way. Model work the
+main process needs done before the pool starts (the INT8 check) runs in a spawned process; the pipeline is
+imported by the pool processes, when they start.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
 
 from fervid.db import get_engine
@@ -25,10 +30,15 @@ from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app
 from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
 from fervid.worker_status import start_publishing
-from models.detectors import find_or_fetch_yunet
+from models.detector_files import find_or_fetch_yunet
 from models.spec import DEFAULT_MODEL_PATH
-from worker import pipeline, record_store
+from worker import record_store
+from worker.layout import WorkerLayout, usable_cores
+from worker.model_checks import check_int8_apart
 from worker.reaper import start_reaper_thread
+
+if TYPE_CHECKING:
+    from worker import pipeline
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -38,22 +48,6 @@ TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, red
              redis.exceptions.TimeoutError, BrokerError, ConnectionError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True,
          "max_retries": 12}
-
-
-@dataclass(frozen=True)
-class WorkerLayout:
-    """What `fervid worker` settles before its pool forks: the settings every child uses, and why its threads."""
-
-    settings: Settings
-    usable_cores: int
-    concurrency: int
-
-    @classmethod
-    def split(cls, settings: Settings, usable_cores: int, concurrency: int) -> WorkerLayout:
-        """The usable cores shared between `concurrency` processes, each giving its classifier its share less the
-        detector's core, unless FERVID_INFERENCE_THREADS says otherwise."""
-        settings = pipeline.with_thread_share(settings, max(1, usable_cores // max(1, concurrency)))
-        return cls(settings, usable_cores, concurrency)
 
 
 class _ThisWorker:
@@ -70,7 +64,7 @@ def configure_worker(layout: WorkerLayout) -> None:
 
 def _layout() -> WorkerLayout:
     if _ThisWorker.layout is None:  # started by `celery worker` directly: one process's view of the settings
-        _ThisWorker.layout = WorkerLayout.split(get_settings(), pipeline.usable_cores(), 1)
+        _ThisWorker.layout = WorkerLayout.split(get_settings(), usable_cores(), 1)
     return _ThisWorker.layout
 
 
@@ -80,6 +74,8 @@ def _settings() -> Settings:
 
 def _analyzer() -> pipeline.Analyzer:
     if _ThisWorker.analyzer is None:
+        from worker import pipeline
+
         _ThisWorker.analyzer = pipeline.build_analyzer(_settings())
     return _ThisWorker.analyzer
 
@@ -99,12 +95,12 @@ def _fetch_detector(**_: Any) -> None:
 @worker_init.connect
 def _check_int8(**_: Any) -> None:
     # The INT8 self-check takes seconds on a cold cache, past the few seconds Celery gives a pool process to come up:
-    # run once here, its verdict is remembered in the model cache, where every pool process then reads it.
+    # run once before the pool starts, in a process of its own (it starts thread pools; this one forks), its verdict
+    # is remembered in the model cache, where every pool process then reads it.
     settings = _settings()
     if settings.backend in ("auto", "ort-cpu"):
-        from models.backends.ort import int8_trusted
-
-        int8_trusted(settings.model_path or DEFAULT_MODEL_PATH, settings.model_cache_dir, settings.inference_threads)
+        check_int8_apart(settings.model_path or DEFAULT_MODEL_PATH, settings.model_cache_dir,
+                         settings.inference_threads)
 
 
 @worker_init.connect
@@ -120,18 +116,19 @@ def _set_time_limits(**_: Any) -> None:
 
 @worker_process_init.connect
 def _load_models(**_: Any) -> None:
-    # A pool process forked after the main process used the database (its reaper thread) inherits that pool's open
-    # connections: drop them here without closing them, so parent and child never share a connection.
+    # Parent and child must never share a connection: should the main process have opened any, they are dropped here
+    # without closing them (closing would end the parent's).
     get_engine().dispose(close=False)
     layout = _layout()
     log.info("inference threads: %d (of %d usable cores, concurrency %d)", layout.settings.inference_threads,
              layout.usable_cores, layout.concurrency)
+    from worker import pipeline
+
     _analyzer()  # once per worker process, before its first task
     start_publishing(pipeline.worker_status(_analyzer()), _settings().reaper_interval_s)
-
-
-@worker_ready.connect
-def _start_reaper(**_: Any) -> None:
+    # Here, not in the main process: a thread there could hold a lock (logging's, a connection pool's) at the moment
+    # Celery forks a replacement pool process, which would then wait on it for ever. Reapers claim their rows
+    # atomically, so one per pool process is safe.
     start_reaper_thread(_settings())
 
 
@@ -160,6 +157,8 @@ def prepare_job(self: Task, job_id: str) -> None:
 
 
 def _prepare(job_id: str, settings: Settings) -> None:
+    from worker import pipeline
+
     try:
         indices = pipeline.prepare_job(job_id, _analyzer().model_info, settings)
     except TRANSIENT:
@@ -184,6 +183,8 @@ def process_segment(self: Task, job_id: str, index: int) -> None:
 
 def _process_segment(job_id: str, index: int, settings: Settings) -> bool:
     """pipeline.process_segment: True when this call finished the job, so its webhook is to be sent."""
+    from worker import pipeline
+
     try:
         return pipeline.process_segment(job_id, index, _analyzer(), settings)
     except TRANSIENT:

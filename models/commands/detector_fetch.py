@@ -7,7 +7,8 @@ import sys
 
 from fervid.errors import DOWNLOAD_FAILED, FervidError
 from fervid.settings import get_settings
-from models.detectors import YUNET_FILENAME, any_size_yunet, fetch_yunet
+from models.detector_files import YUNET_FILENAME, fetch_yunet
+from models.detectors import any_size_yunet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

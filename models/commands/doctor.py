@@ -13,7 +13,7 @@ from models.backends import AUTO_ORDER, BACKEND_MODULES, check_preference, probe
 from models.backends.base import BackendProbe
 from models.backends.ort import is_quantized
 from models.cpu_features import read_cpu_features
-from models.detectors import plan_detector
+from models.detector_files import plan_detector
 from models.engine_cache import EngineCache
 from models.spec import DEFAULT_MODEL_PATH
 

@@ -31,13 +31,13 @@ class ServiceEnv:
     logs: list[Path] = field(default_factory=list)
 
     def start_worker(self, concurrency: int = 1, extra: dict[str, str] | None = None,
-                     prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
-        """`fervid worker`; `prefix` runs it under another command (e.g. `taskset -c 0`)."""
+                     prefix: tuple[str, ...] = (), queues: str | None = None) -> subprocess.Popen[bytes]:
+        """`fervid worker`; `prefix` runs it under another command (e.g. `taskset -c 0`); `queues` is its --queues."""
         log_path = Path(self.values["FERVID_TEST_LOG_DIR"]) / f"worker-{len(self.workers)}.log"
         log = log_path.open("wb")
         process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "fervid.cli", "worker", "--concurrency", str(concurrency),
-             "--loglevel", "INFO"],
+             "--loglevel", "INFO", *(("--queues", queues) if queues else ())],
             env={**os.environ, **self.values, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a test can SIGKILL the worker and its children
         )

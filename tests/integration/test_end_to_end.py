@@ -240,11 +240,15 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         received: list[dict[str, Any]] = []
+        signed: list[tuple[str, bytes]] = []  # (X-Fervid-Signature, raw body) of each POST
         self.received = received
+        self.signed = signed
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                signed.append((self.headers.get("X-Fervid-Signature", ""), body))
+                received.append(json.loads(body))
                 self.send_response(204)
                 self.end_headers()
 

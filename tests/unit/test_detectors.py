@@ -16,16 +16,14 @@ import pytest
 
 from fervid.errors import FervidError
 from fervid.settings import get_settings
+from models.detector_files import YUNET_FILENAME, fetch_yunet, plan_detector
 from models.detectors import (
-    YUNET_FILENAME,
     YUNET_INPUT_SCALE,
     FaceDetector,
     HaarDetector,
     YuNetDetector,
     any_size_yunet,
-    fetch_yunet,
     load_detector,
-    plan_detector,
 )
 from models.network_io import Framing, crop_face
 from models.training.fer2013 import load_split
@@ -131,10 +129,10 @@ def test_no_face_in_a_blank_frame(yunet_path: Path) -> None:
 
 
 def test_detector_choice_follows_settings(fervid_env: pytest.MonkeyPatch, yunet_path: Path) -> None:
-    assert load_detector(get_settings()).name == "haar"  # no YuNet configured or cached, no download URL
+    assert load_detector(get_settings(), threads=1).name == "haar"  # no YuNet configured or cached, no download URL
     fervid_env.setenv("FERVID_DETECTOR_PATH", str(yunet_path))
     get_settings.cache_clear()
-    assert load_detector(get_settings()).name == "yunet"
+    assert load_detector(get_settings(), threads=1).name == "yunet"
 
 
 @pytest.fixture
@@ -227,7 +225,7 @@ import logging
 logging.basicConfig(level=logging.INFO)
 from fervid.settings import get_settings
 from models.detectors import load_detector
-detector = load_detector(get_settings())
+detector = load_detector(get_settings(), threads=1)
 print(detector.name, detector.reason)
 """
 
@@ -259,7 +257,7 @@ def test_first_use_downloads_yunet_into_the_cache_once_however_many_processes_st
     # and a process that starts later finds it cached without asking again
     fervid_env.setenv("FERVID_DETECTOR_URL", f"{base}/{YUNET_FILENAME}")
     get_settings.cache_clear()
-    assert load_detector(get_settings()).reason == f"cached at {cache / YUNET_FILENAME}"
+    assert load_detector(get_settings(), threads=1).reason == f"cached at {cache / YUNET_FILENAME}"
     assert len(requests) == 1
 
 
@@ -296,7 +294,7 @@ def test_threads_racing_on_first_use_download_once(fervid_env: pytest.MonkeyPatc
     settings = get_settings()
     names: list[str] = []
     # when two threads load the detector at once
-    threads = [threading.Thread(target=lambda: names.append(load_detector(settings).name)) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: names.append(load_detector(settings, threads=1).name)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -316,7 +314,7 @@ def test_a_checksum_mismatch_falls_back_to_haar_with_a_warning_naming_why(
     get_settings.cache_clear()
     # when the detector is loaded
     with caplog.at_level(logging.WARNING, logger="models.detectors"):
-        detector = load_detector(get_settings())
+        detector = load_detector(get_settings(), threads=1)
     # then it is Haar, the warning says why and what to do, and nothing was installed
     assert detector.name == "haar" and detector.reason.startswith("checksum_mismatch:")
     (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
@@ -329,7 +327,7 @@ def test_an_empty_url_never_downloads_and_says_so(fervid_env: pytest.MonkeyPatch
                                                   caplog: pytest.LogCaptureFixture) -> None:
     # given FERVID_DETECTOR_URL empty (an air-gapped site), as fervid_env sets it, and nothing cached
     with caplog.at_level(logging.WARNING, logger="models.detectors"):
-        detector = load_detector(get_settings())
+        detector = load_detector(get_settings(), threads=1)
     assert detector.name == "haar" and "FERVID_DETECTOR_URL is empty" in detector.reason
     assert any("FERVID_DETECTOR_URL is empty" in record.getMessage() for record in caplog.records)
 

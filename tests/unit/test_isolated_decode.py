@@ -106,3 +106,20 @@ def test_a_decoder_that_crashes_fails_the_decode_and_nothing_else(tmp_path: Path
         list(frames)
     assert caught.value.code == DECODE_ERROR and "SIGSEGV" in caught.value.message
     assert len(list(IsolatedDecode(clip, plan, [], LIMITS.max_pixels, ROOMY))) == len(plan)
+
+
+def test_the_fork_server_holds_no_thread_but_its_own_when_it_forks_decoders(tmp_path: Path) -> None:
+    # given a fork server that has forked decoders for a probe and a decode (and so imported every decoding module)
+    from worker.media.isolated import _ForkServer
+
+    media = write_video(tmp_path / "clip.mp4", frame_count=24)
+    _, plan = probe_isolated(media, 10, LIMITS, ROOMY)
+    assert list(IsolatedDecode(media, plan, [], LIMITS.max_pixels, ROOMY))
+    # when its threads are counted, as it waits for the next request
+    server = _ForkServer.take()
+    try:
+        threads = list(Path(f"/proc/{server.process.pid}/task").iterdir())
+    finally:
+        _ForkServer.give_back(server)
+    # then it has one: a library's thread pool alive in it would leave its locks to every decoder it forks
+    assert len(threads) == 1

@@ -51,6 +51,21 @@ def test_the_api_builds_and_draws_a_plot_without_importing_an_ml_runtime(fervid_
     assert loaded == []
 
 
+def test_a_workers_main_process_imports_no_ml_runtime_nor_numpy(fervid_env: pytest.MonkeyPatch) -> None:
+    # given a fresh interpreter and what `fervid worker`'s main process, which forks the pool, imports: its command,
+    # the tasks (registered there), and the light modules that settle its layout and fetch the detector
+    script = ("import importlib, json, sys; "
+              "[importlib.import_module(m) for m in ('worker.serve', 'worker.tasks', 'worker.layout', "
+              "'worker.model_checks', 'models.detector_files')]; "
+              f"print(json.dumps([m for m in {(*ML_RUNTIME_MODULES, 'numpy')!r} if m in sys.modules]))")
+
+    # when
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+
+    # then none of the libraries that start thread pools at import (NumPy's OpenBLAS, ONNX Runtime, OpenCV) is there
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
 def test_fervid_analyze_loads_its_classifier_without_the_onnx_package_or_celery(
         fervid_env: pytest.MonkeyPatch) -> None:
     # given the shipped INT8 model's check on this CPU remembered by an earlier process (a worker's second start)
