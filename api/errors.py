@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fervid.errors import (
     BAD_REQUEST,
+    DATABASE_UNAVAILABLE,
     HTTP_ERROR,
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -75,6 +77,16 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(status, code, message, error.headers)
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    # A restart or a network cut, not a bug: the pool reconnects on the next request (pool_pre_ping).
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(error).splitlines()[0])
+    return error_response(503, DATABASE_UNAVAILABLE, "the database does not answer (restarting or unreachable); "
+                          f"retry in {DATABASE_RETRY_AFTER_S} s", {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return error_response(500, INTERNAL_ERROR, "the server hit an unexpected error; retry, and report it if it "
@@ -85,4 +97,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(FervidError, _fervid_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Connection-level failures only (OperationalError covers a refused or dropped connection); not IntegrityError.
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
+    app.add_exception_handler(sqlalchemy.exc.InterfaceError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

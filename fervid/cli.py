@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "db": ("fervid.migrate", "database migrations: upgrade / downgrade"),
     "api": ("api.serve", "run the HTTP API"),
     "worker": ("worker.serve", "run a Celery worker"),
+    "worker-health": ("worker.health_command", "exit 0 when a worker process on this host can take jobs"),
     "models": ("models.commands.detector_fetch", "face-detector model files: fetch"),
     "train": ("models.training.commands.train", "train the emotion classifier on FER-2013 train"),
     "eval": ("models.training.commands.evaluate", "evaluate a checkpoint or ONNX model on PublicTest / PrivateTest"),

@@ -19,6 +19,7 @@ UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # the request's Content-Type,
 HTTP_ERROR = "http_error"  # any other 4xx Starlette raises
 NOT_CONFIGURED = "not_configured"  # a feature the operator has not turned on (metrics, webhook signing)
 NOT_READY = "not_ready"  # /readyz: the database or the broker does not answer
+DATABASE_UNAVAILABLE = "database_unavailable"  # the database is restarting or unreachable; retry after Retry-After
 RATE_LIMITED = "rate_limited"  # too many requests (or failed authentications) in a minute; see Retry-After
 QUOTA_EXCEEDED = "quota_exceeded"  # the tenant has as many queued and running jobs as FERVID_MAX_ACTIVE_JOBS
 JOB_FAILED = "job_failed"  # a job that ended without success and without a code of its own
