@@ -225,7 +225,8 @@ def test_the_api_answers_503_with_retry_after_while_the_database_does_not(
     client = TestClient(create_app())
 
     # when a user reads a job
-    response = client.get("/v1/jobs/00000000-0000-4000-8000-000000000000", headers={"Authorization": "Bearer alice-key"})
+    response = client.get("/v1/jobs/00000000-0000-4000-8000-000000000000",
+                          headers={"Authorization": "Bearer alice-key"})
 
     # then the answer says to retry soon, with a code, not an internal error
     assert response.status_code == 503, response.text
