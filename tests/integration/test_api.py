@@ -534,8 +534,22 @@ def test_unknown_routes_wrong_methods_and_bad_parameters_get_the_envelope(api: A
     assert "limit" in assert_error(too_many, 422, "invalid_request")["message"]
 
 
-def test_an_unexpected_failure_is_a_500_envelope_not_a_traceback(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
-    # given a database that is down (a failure no route turns into a FervidError)
+def test_an_unexpected_failure_is_a_500_envelope_not_a_traceback(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a route whose code fails in a way no handler turns into a FervidError (a bug)
+    def broken(*_: Any) -> None:
+        raise RuntimeError("psycopg said something internal")
+
+    monkeypatch.setattr("fervid.jobs.get_job", broken)
+    client = make_client(raise_server_exceptions=False)
+    # when
+    response = client.get(f"/v1/jobs/{uuid.uuid4()}", headers=ALICE)
+    # then
+    error = assert_error(response, 500, "internal_error")
+    assert "Traceback" not in response.text and "psycopg" not in error["message"]
+
+
+def test_a_database_that_does_not_answer_is_a_503_with_retry_after(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a database that is down, as while it restarts (connections refused)
     from fervid.settings import get_settings
 
     fervid_env.setenv("FERVID_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/test")
@@ -543,9 +557,9 @@ def test_an_unexpected_failure_is_a_500_envelope_not_a_traceback(api: Api, fervi
     client = make_client(raise_server_exceptions=False)
     # when
     response = client.get(f"/v1/jobs/{uuid.uuid4()}", headers=ALICE)
-    # then
-    error = assert_error(response, 500, "internal_error")
-    assert "Traceback" not in response.text and "psycopg" not in error["message"]
+    # then the answer says to retry soon, with a code of its own, and nothing of the driver's
+    error = assert_error(response, 503, "database_unavailable")
+    assert int(response.headers["Retry-After"]) > 0 and "psycopg" not in error["message"]
 
 
 def test_the_openapi_document_describes_every_route(api: Api) -> None:

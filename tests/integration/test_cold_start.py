@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.server
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from fervid.webhooks import tenant_signing_key, verify
 from tests.integration.conftest import ServiceEnv, wait_for
-from tests.integration.test_end_to_end import WebhookReceiver, submit_file, wait_finished
+from tests.integration.test_end_to_end import WebhookReceiver, forget_earlier_workers, submit_file, wait_finished
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +41,12 @@ def client(cold_env: ServiceEnv) -> TestClient:
     from api.app import create_app
 
     return TestClient(create_app())
+
+
+def worker_health(env: ServiceEnv) -> subprocess.CompletedProcess[str]:
+    """`fervid worker-health`, the worker image's health check, for this host."""
+    return subprocess.run([sys.executable, "-m", "fervid.cli", "worker-health"], capture_output=True, text=True,
+                          env={**os.environ, **env.values}, timeout=60)
 
 
 def threads_of(pid: int) -> list[str]:
@@ -102,9 +110,11 @@ def test_a_fresh_worker_downloads_yunet_checks_int8_and_finishes_its_first_job_w
 def test_a_fresh_worker_without_a_detector_falls_back_to_haar_and_finishes_its_first_job(
     cold_env: ServiceEnv, client: TestClient, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given an empty model cache, no YuNet anywhere and no download (air-gapped)
+    # given an empty model cache, no YuNet anywhere and no download (air-gapped), and no worker yet
     del cold_env.values["FERVID_DETECTOR_PATH"]
     monkeypatch.delenv("FERVID_DETECTOR_PATH")
+    forget_earlier_workers()
+    assert worker_health(cold_env).returncode == 1
     worker = cold_env.start_worker(concurrency=2, queues=cold_env.values["FERVID_QUEUE"])
 
     # when its first jobs are submitted, one for each pool process
@@ -115,3 +125,6 @@ def test_a_fresh_worker_without_a_detector_falls_back_to_haar_and_finishes_its_f
         job = wait_finished(client, cold_env, job_id, timeout=240)
         assert job["status"] == "succeeded" and job["model"]["detector"] == "haar", job
     assert len(threads_of(worker.pid)) == 1, cold_env.worker_logs()
+    # and the container health check passes, naming both pool processes
+    healthy = worker_health(cold_env)
+    assert healthy.returncode == 0 and "2 worker process(es)" in healthy.stdout, healthy.stderr

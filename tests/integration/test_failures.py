@@ -209,26 +209,3 @@ def test_dropped_database_connections_mid_job_are_retried(
     wait_succeeded(client, service_env, job_id)
     assert_exactly_the_planned_frames(job_id)
 
-
-def test_the_api_answers_503_with_retry_after_while_the_database_does_not(
-        fervid_env: pytest.MonkeyPatch) -> None:
-    # given an API whose PostgreSQL does not answer (as while it restarts: connections refused)
-    from api.app import create_app
-    from fervid.settings import get_settings
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    fervid_env.setenv("FERVID_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{closed_port}/fervid")
-    fervid_env.setenv("FERVID_API_KEYS", "alice:alice-key")
-    get_settings.cache_clear()
-    client = TestClient(create_app())
-
-    # when a user reads a job
-    response = client.get("/v1/jobs/00000000-0000-4000-8000-000000000000",
-                          headers={"Authorization": "Bearer alice-key"})
-
-    # then the answer says to retry soon, with a code, not an internal error
-    assert response.status_code == 503, response.text
-    assert response.json()["error"]["code"] == "database_unavailable"
-    assert int(response.headers["Retry-After"]) > 0

@@ -18,9 +18,11 @@ from tests.conftest import PG_ADMIN_URL, ROOT
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux) for --pin")
 def test_the_scale_benchmark_finishes_its_jobs_on_one_and_on_two_pinned_workers(
-        shared_dir: Path, redis_url: str, empty_pg_url: str) -> None:
-    # given real Redis and PostgreSQL (empty_pg_url: reachable, else skipped; the bench makes its own database)
-    env = {**os.environ, "FERVID_TEST_REDIS_URL": redis_url, "FERVID_TEST_PG_URL": PG_ADMIN_URL}
+        shared_dir: Path, redis_url: str, empty_pg_url: str, tmp_path: Path) -> None:
+    # given real Redis and PostgreSQL (empty_pg_url: reachable, else skipped; the bench makes its own database), and
+    # the bench's workers on an empty model cache
+    env = {**os.environ, "FERVID_TEST_REDIS_URL": redis_url, "FERVID_TEST_PG_URL": PG_ADMIN_URL,
+           "FERVID_MODEL_CACHE_DIR": str(tmp_path / "model-cache")}
 
     # when the benchmark runs a short clip on one pinned worker process and then on two
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "scale_bench.py"), "--pin", "--loops", "4",
