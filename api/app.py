@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from api.auth import keys_of
 from api.errors import install_error_handlers
+from api.media_links import redact_tokens_in_access_log
 from api.metrics import metrics
 from api.routes import health, v1
+from api.security_headers import SecurityHeaders
 from api.viewer import install_viewer
 from fervid.settings import get_settings
 from fervid.sources import TENANT_PLACEHOLDER, parse_locations
@@ -49,4 +51,6 @@ def create_app() -> FastAPI:
     app.include_router(health)
     app.include_router(metrics)
     install_viewer(app)  # the page at / and its routes
+    app.add_middleware(SecurityHeaders)
+    redact_tokens_in_access_log()  # here: uvicorn has configured its loggers by the time it calls the factory
     return app

@@ -45,6 +45,7 @@ from fervid.errors import (
     EMPTY_MEDIA,
     NOT_CONFIGURED,
     NOT_READY,
+    UNSUPPORTED_MEDIA,
     UNSUPPORTED_MEDIA_TYPE,
     FervidError,
     InvalidRequest,
@@ -55,6 +56,7 @@ from fervid.queue import celery_app
 from fervid.settings import Settings
 from fervid.sources import SourceFence
 from fervid.tables import Job
+from fervid.upload_check import HEAD_BYTES, not_media_reason
 from fervid.utc import utc_now
 from fervid.webhooks import (
     SIGNATURE_HEADER,
@@ -117,6 +119,11 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
     if not upload.size:
         raise MediaError(EMPTY_MEDIA, f"the uploaded file {upload.filename or ''!r} is empty (0 bytes); "
                          "send the video or image itself")
+    head = upload.file.read(HEAD_BYTES)
+    upload.file.seek(0)
+    if (what := not_media_reason(head)) is not None:
+        raise MediaError(UNSUPPORTED_MEDIA, f"the uploaded file {_display_name(upload.filename) or ''!r} is {what}, "
+                         "not a video or an image")
     token = options.client_request_token
     if token is not None and (existing := jobs.job_by_token(session, tenant, token)):
         return existing, False  # a retried upload is not stored twice

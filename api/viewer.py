@@ -4,8 +4,6 @@ play)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import mimetypes
 import time
 from contextlib import ExitStack
@@ -21,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
+from api.media_links import link_secret, media_token, tenant_for_media_token
 from api.routes import ERRORS
 from api.schemas import MediaLink
 from api.stills import frame_jpeg
@@ -33,13 +32,12 @@ from fervid.sources import job_source_fence
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once
-# The page loads only its own files and talks only to this API; media and stills come as same-origin or blob URLs.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
+PAGE_HEADERS = {"Cache-Control": "no-cache"}  # the rest come from api/security_headers.py
+# A job's media is data: opened directly it is downloaded, never rendered as a page, whatever it holds.
+MEDIA_HEADERS = {"Cache-Control": "private, max-age=3600", "Content-Disposition": "attachment",
+                 "Content-Security-Policy": "default-src 'none'; sandbox"}
+# Image types a browser may run script in (SVG is a document): served as bytes like any non-media.
+SCRIPTABLE_IMAGE_TYPES = {"image/svg+xml"}
 
 page = APIRouter(include_in_schema=False)
 viewer_v1 = APIRouter(prefix="/v1", tags=["viewer"], responses={401: ERRORS[401], 404: ERRORS[404]})
@@ -79,32 +77,13 @@ def palette() -> dict[str, object]:
     return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS}
 
 
-def media_token(signing_key: bytes, job_id: str, expires: int) -> str:
-    """A job-scoped, expiring capability signed with the digest of the tenant's API key: the server holds it for raw
-    and hashed key entries alike, and neither the key nor its digest enters a URL."""
-    signature = hmac.new(signing_key, f"media\n{job_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
-    return f"{expires}.{signature}"
-
-
-def tenant_for_media_token(token: str, job_id: str, tenants_by_digest: dict[bytes, str], now: float) -> str | None:
-    """The tenant whose key signed `token` for `job_id`, if it has not expired; every key is compared."""
-    expires, _, _ = token.partition(".")
-    if not expires.isdigit() or int(expires) < now:
-        return None
-    tenant = None
-    for digest, owner in tenants_by_digest.items():
-        if hmac.compare_digest(token.encode(), media_token(digest, job_id, int(expires)).encode()):
-            tenant = owner
-    return tenant
-
-
 def media_tenant(request: Request, job_id: str,
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], settings: SettingsDep,
                  token: Annotated[str | None, Query(description="from POST .../media-link")] = None) -> str:
     if token is None:
         return authenticate(request, credentials, settings)
     tenants = keys_of(settings).current().tenants_by_digest
-    tenant = tenant_for_media_token(token, job_id, tenants, time.time())
+    tenant = tenant_for_media_token(token, job_id, link_secret(settings), tenants, time.time())
     if tenant is None:
         raise Unauthorized("the media link has expired or is not valid; ask for a new one with POST "
                            f"/v1/jobs/{job_id}/media-link")
@@ -113,12 +92,12 @@ def media_tenant(request: Request, job_id: str,
 
 @viewer_v1.post("/jobs/{job_id}/media-link", response_model=MediaLink,
                 summary="A link to the job's media for elements that cannot send a header")
-def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep,
+def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep, settings: SettingsDep,
                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> MediaLink:
     jobs.get_job(session, tenant, job_id)
     assert credentials is not None  # authenticated above
     expires = int(time.time()) + MEDIA_LINK_TTL_S
-    token = media_token(key_digest(credentials.credentials), job_id, expires)
+    token = media_token(link_secret(settings), key_digest(credentials.credentials), job_id, expires)
     return MediaLink(url=f"/v1/jobs/{job_id}/media?token={token}",
                      expires_at=datetime.fromtimestamp(expires, UTC))
 
@@ -136,8 +115,18 @@ def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], sessio
     path = held.enter_context(local_copy(job.source_uri, settings, cache_key=job.id,
                                          fence=job_source_fence(job, settings)))
     name = job.filename or PurePosixPath(urlparse(job.source_uri).path).name
-    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return HeldFileResponse(held, path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    return HeldFileResponse(held, path, media_type=served_media_type(name, job.media_kind), headers=MEDIA_HEADERS)
+
+
+def served_media_type(name: str, media_kind: str | None) -> str:
+    """The Content-Type a job's media is served with: a video or image type, and only of the kind the worker found
+    in it (`media_kind`, None before or without a probe), else application/octet-stream. The name alone is the
+    tenant's word: `x.html` holding a page must not become a page on the API's origin."""
+    guessed = mimetypes.guess_type(name)[0] or ""
+    if media_kind in ("video", "image") and guessed.startswith(f"{media_kind}/") \
+            and guessed not in SCRIPTABLE_IMAGE_TYPES:
+        return guessed
+    return "application/octet-stream"
 
 
 @viewer_v1.get("/jobs/{job_id}/frames/{frame_index}.jpg", response_class=Response,

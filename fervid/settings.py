@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     # signs and each one listed adds a signature (rotation); empty: unsigned.
     webhook_secrets: str = ""
     webhook_secret: str = ""  # the single secret of before, signing as kid v1; set one of the two
+    # Signs media links (api/media_links.py); empty: a secret the API processes create and share in Redis.
+    media_link_secret: str = ""
     # Redis holding the API processes' shared rate-limit counters; empty: FERVID_BROKER_URL.
     limits_url: str = ""
     requests_per_minute: int = 1200  # per API key
