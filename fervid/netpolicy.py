@@ -77,6 +77,10 @@ class _Deadline:
         timer.start()
         self._timers.append(timer)
 
+    def remaining_s(self) -> float | None:
+        """Seconds left (at least 0), or None without a deadline."""
+        return None if self.deadline_at is None else max(0.0, self.deadline_at - time.monotonic())
+
     def _cut(self, sock: socket.socket) -> None:
         self.expired = True
         with contextlib.suppress(OSError):
@@ -137,13 +141,19 @@ def _connect_pinned(address: tuple[str, int], timeout: float | None, source_addr
                 raise NonPublicAddress(host, str(info[4][0]))  # before any connection is attempted
     failure: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
+        # Connecting counts against the deadline too: a name with many dead addresses costs at most what is left.
+        left = deadline.remaining_s()
+        if left == 0.0:
+            deadline.expired = True
+            raise failure or TimeoutError(f"no connection to {host} within the deadline")
         sock = socket.socket(family, kind, proto)
         try:
-            if timeout is not None:
-                sock.settimeout(timeout)
+            connect_timeout = min((t for t in (timeout, left) if t is not None), default=None)
+            sock.settimeout(connect_timeout)
             if source_address is not None:
                 sock.bind(source_address)
             sock.connect(sockaddr)
+            sock.settimeout(timeout)  # each read's own bound; the deadline cuts the whole exchange
             deadline.arm(sock)
             return sock
         except OSError as error:
@@ -203,7 +213,9 @@ class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
 def _opener(allow_private: bool, deadline: _Deadline) -> urllib.request.OpenerDirector:
     # Built by hand: build_opener would add the ftp, file and data handlers.
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(),
+    # ProxyHandler({}): HTTP(S)_PROXY in the environment is ignored, so the peer checked is always the target itself
+    # (behind a proxy, the checks would see only the proxy's address).
+    for handler in (urllib.request.ProxyHandler({}), urllib.request.UnknownHandler(),
                     _PinnedHTTPHandler(allow_private, deadline), _PinnedHTTPSHandler(allow_private, deadline),
                     urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirectHandler(),
                     urllib.request.HTTPErrorProcessor()):
@@ -216,7 +228,8 @@ def open_public(request: str | urllib.request.Request, timeout: float, allow_pri
                 deadline_s: float | None = None) -> Iterator[http.client.HTTPResponse]:
     """urllib's urlopen for http(s) only, redirects included (ForbiddenScheme otherwise), where every connection
     must reach a public address unless `allow_private` (FERVID_ALLOW_PRIVATE_URLS); NonPublicAddress otherwise.
-    Behind an HTTP proxy the proxy is the peer, so a proxy on the private network needs FERVID_ALLOW_PRIVATE_URLS.
+    Proxy variables (HTTP_PROXY, HTTPS_PROXY, ...) are ignored: connections go to the target, whose address is what
+    is checked.
 
     `timeout` bounds each read; `deadline_s` bounds the whole exchange, reading the response inside the block
     included: past it the connection is cut and DeadlinePassed raised."""

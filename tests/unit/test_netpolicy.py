@@ -226,3 +226,45 @@ def test_the_development_switch_lets_connections_reach_loopback(
     # when / then the same internal server is read
     with netpolicy.open_public(f"{internal.base}/clip.mp4", timeout=5, allow_private=True) as response:
         assert response.read() == b"secret" * 10
+
+
+def test_proxy_variables_are_ignored_so_the_checked_peer_is_the_target(
+    fervid_env: pytest.MonkeyPatch, internal: CountingServer, listener: ConnectionCounter
+) -> None:
+    # given a "proxy" named by every proxy variable (a bare listener that would see the request if one were sent)
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        fervid_env.setenv(name, f"http://127.0.0.1:{listener.port}")
+    fervid_env.delenv("NO_PROXY", raising=False)
+    fervid_env.delenv("no_proxy", raising=False)
+
+    # when a server is read
+    with netpolicy.open_public(f"{internal.base}/clip.mp4", timeout=5, allow_private=True) as response:
+        body = response.read()
+
+    # then the connection went to the server itself, and none to the proxy
+    assert body == b"secret" * 10
+    assert listener.connections() == 0
+
+
+def test_connecting_to_a_name_with_many_dead_addresses_stops_at_the_deadline(strict: pytest.MonkeyPatch) -> None:
+    # given a name resolving to several addresses on this machine's network that nobody holds (each connect
+    # attempt waits for an ARP answer that never comes; getaddrinfo is replaced for this one name)
+    real_getaddrinfo = socket.getaddrinfo
+    dead = [f"192.0.2.{last}" for last in range(200, 206)]
+
+    def many_dead(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "media.dead.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port or 80)) for address in dead]
+
+    strict.setattr(socket, "getaddrinfo", many_dead)
+    strict.setattr(netpolicy, "is_public_address", lambda _: True)  # they stand for public addresses here
+
+    # when it is read with a 30 s per-operation timeout and a 2 s deadline for the whole exchange
+    started = time.monotonic()
+    with pytest.raises((netpolicy.DeadlinePassed, OSError)), netpolicy.open_public(
+            "http://media.dead.test/clip.mp4", timeout=30, allow_private=False, deadline_s=2):
+        pass
+
+    # then it gave up near the deadline, not after a connect attempt per address
+    assert time.monotonic() - started < 5
