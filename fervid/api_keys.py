@@ -89,27 +89,38 @@ class KeyRing:
 
 
 class KeySource:
-    """FERVID_API_KEYS plus FERVID_API_KEYS_FILE, the file re-read whenever its mtime changes; a file that no longer
-    parses (or names a weak key) is logged and the keys read before stay in force."""
+    """FERVID_API_KEYS plus FERVID_API_KEYS_FILE, the file re-read whenever its mtime, size or inode changes; a file
+    that is empty, no longer parses or names a weak key is logged and the keys read before stay in force.
+
+    The file is read first and looked at (stat) after, and a look that does not match what was read (a writer was
+    still at it) leaves the next request to read it again: a rewrite within one mtime tick cannot be missed."""
 
     def __init__(self, entries: str, keys_file: Path | None, *, allow_weak: bool = False) -> None:
         self._entries, self._file, self._allow_weak = entries, keys_file, allow_weak
         self._lock = threading.Lock()
-        self._mtime: int | None = None
-        self._ring = self._read()  # at start-up a bad key raises: the API does not start
+        self._seen: tuple[int, int, int] | None = None  # (mtime, size, inode) of the file as last read whole
+        self._ring = self._read(at_start=True)  # at start-up a bad key raises: the API does not start
 
-    def _read(self) -> KeyRing:
-        text = self._entries
-        if self._file is not None:
-            self._mtime = os.stat(self._file).st_mtime_ns
-            text += "\n" + self._file.read_text()
-        return KeyRing.parse(text, allow_weak=self._allow_weak)
+    def _look(self) -> tuple[int, int, int]:
+        assert self._file is not None
+        stat = os.stat(self._file)
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def _read(self, at_start: bool = False) -> KeyRing:
+        if self._file is None:
+            return KeyRing.parse(self._entries, allow_weak=self._allow_weak)
+        data = self._file.read_bytes()
+        look = self._look()
+        self._seen = look if look[1] == len(data) else None
+        if not at_start and not data.strip():
+            raise ValueError("the file is empty (being rewritten?)")
+        return KeyRing.parse(self._entries + "\n" + data.decode(), allow_weak=self._allow_weak)
 
     def current(self) -> KeyRing:
         if self._file is None:
             return self._ring
         try:
-            changed = os.stat(self._file).st_mtime_ns != self._mtime
+            changed = self._seen is None or self._look() != self._seen
         except OSError as error:
             log.error("cannot read FERVID_API_KEYS_FILE %s (%s); keeping the keys read before", self._file, error)
             return self._ring
@@ -118,7 +129,7 @@ class KeySource:
                 try:
                     self._ring = self._read()
                     log.info("FERVID_API_KEYS_FILE changed: %d keys now", len(self._ring.tenants_by_digest))
-                except (OSError, ValueError) as error:
+                except (OSError, ValueError, UnicodeDecodeError) as error:
                     log.error("FERVID_API_KEYS_FILE %s not reloaded: %s; keeping the keys read before",
                               self._file, error)
         return self._ring

@@ -67,6 +67,25 @@ def test_keys_rotate_through_the_file_without_a_restart(tmp_path: Path) -> None:
     assert source.current().tenant_for(new) == "alice"
 
 
+def test_a_rewrite_within_one_mtime_tick_is_never_missed_and_an_empty_file_keeps_the_keys(tmp_path: Path) -> None:
+    # given a key file with alice's key, its mtime pinned (a coarse clock: every write below lands in one tick)
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    path = tmp_path / "keys"
+    path.write_text(f"alice:{old}\n")
+    os.utime(path, ns=(1, 10**18))
+    source = KeySource("", path)
+    # when an editor truncates the file (the first half of a rewrite) and a request comes in between
+    path.write_text("")
+    os.utime(path, ns=(1, 10**18))
+    between = source.current().tenant_for(old)
+    # and then writes the new key, still within the same tick
+    path.write_text(f"alice:{new}\n")
+    os.utime(path, ns=(1, 10**18))
+    # then the empty file changed nothing, and the new key is seen at once
+    assert between == "alice"
+    assert source.current().tenant_for(new) == "alice" and source.current().tenant_for(old) is None
+
+
 def test_only_the_api_service_gets_keys_and_there_is_no_default() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     holders = {name for name, service in compose["services"].items()
