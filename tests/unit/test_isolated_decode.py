@@ -123,3 +123,24 @@ def test_the_fork_server_holds_no_thread_but_its_own_when_it_forks_decoders(tmp_
         _ForkServer.give_back(server)
     # then it has one: a library's thread pool alive in it would leave its locks to every decoder it forks
     assert len(threads) == 1
+
+
+def test_the_fork_server_sees_none_of_the_workers_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # given a worker's environment holding its database URL, broker URL, storage credentials and webhook secrets
+    from worker.media.isolated import _ForkServer
+
+    secrets = {"FERVID_DATABASE_URL": "postgresql://fervid:db-secret@db/fervid", "FERVID_BROKER_URL": "redis://:pw@r",
+               "AWS_SECRET_ACCESS_KEY": "s3-secret", "FERVID_WEBHOOK_SECRETS": "v1:hook-secret"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    # when a fork server starts (the parent of every decoder process) and decodes through it
+    server = _ForkServer()
+    try:
+        environment = Path(f"/proc/{server.process.pid}/environ").read_bytes()
+    finally:
+        server.close()
+    media = write_video(tmp_path / "clip.mp4", frame_count=12)
+    _, plan = probe_isolated(media, 10, LIMITS, ROOMY)
+    # then none of them is there, and decoding still works
+    assert not [name for name, value in secrets.items() if name.encode() in environment or value.encode() in environment]
+    assert b"PATH=" in environment and plan

@@ -22,7 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -205,6 +205,20 @@ class _DecoderProcess:
         return RuntimeError(f"the decoder process ended with status {code} without an answer; see its error above")
 
 
+# What a decoder process may see of the worker's environment: what Python, the C library and its locale need. Not
+# the database URL, the broker's, storage credentials or webhook secrets: a decoder runs on untrusted input.
+DECODER_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+                       "LD_LIBRARY_PATH")
+
+
+def decoder_environment(environment: Mapping[str, str]) -> dict[str, str]:
+    """The fork server's environment: the allowed names of `environment`, single-threaded numerics (so that forking
+    it is safe: NumPy's OpenBLAS would start a thread per core)."""
+    kept = {name: value for name, value in environment.items()
+            if name in DECODER_ENVIRONMENT or name.startswith("LC_")}
+    return {**kept, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
 class _ForkServer:
     """A process with the decoding modules imported (`python -m worker.media.isolated_main`) that forks one decoder
     process per request, handing it the request's pipes: a fork costs milliseconds, a fresh interpreter and its
@@ -218,9 +232,8 @@ class _ForkServer:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         self.socket = ours
-        # Single-threaded, so that forking it is safe: NumPy's OpenBLAS would start a thread per core.
         self.process = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], stdin=theirs.fileno(),
-                                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+                                        env=decoder_environment(os.environ))
         theirs.close()
 
     @classmethod
