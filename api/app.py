@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
@@ -14,6 +16,7 @@ from api.metrics import metrics
 from api.routes import health, v1
 from api.security_headers import SecurityHeaders
 from api.viewer import install_viewer
+from fervid.download_sweep import start_sweeping
 from fervid.settings import get_settings
 from fervid.sources import TENANT_PLACEHOLDER, parse_locations
 from fervid.webhooks import signing_secrets
@@ -43,7 +46,14 @@ def create_app() -> FastAPI:
                                      ("FERVID_S3_SOURCE_PREFIXES", settings.s3_source_prefixes, "s3")):
         if shared := [entry for entry in parse_locations(entries, setting, scheme) if TENANT_PLACEHOLDER not in entry]:
             log.warning("%s: %s open to every tenant (no {tenant} segment)", setting, ", ".join(shared))
-    app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION,
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The media route keeps remote media in this machine's download cache: swept here, as workers sweep theirs.
+        stop = start_sweeping(settings.download_cache_dir, settings.reaper_interval_s)
+        yield
+        stop.set()
+
+    app = FastAPI(title="fervid", version=_version(), description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=[{"name": "jobs", "description": "analysis jobs and their results"},
                                 {"name": "health", "description": "liveness and readiness probes (no key); metrics"}])
     install_error_handlers(app)

@@ -1,18 +1,19 @@
 """Retention, run by every worker's reaper thread: finished jobs past FERVID_RETENTION_DAYS are deleted (rows and
-stored media, with an audit row), and this machine's download cache drops the copies of jobs that are gone."""
+stored media, with an audit row), and this machine's download cache drops the copies of jobs that are gone (the API
+sweeps its own machine's: fervid/download_sweep.py)."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
 from fervid.audit import JOB_EXPIRED
 from fervid.db import session_scope
+from fervid.download_sweep import sweep_download_cache
 from fervid.jobs import delete_job
-from fervid.media_store import cached_download_owners, storage_from_url
+from fervid.media_store import storage_from_url
 from fervid.settings import Settings
 from fervid.tables import ACTIVE_JOB_STATUSES, Job
 from fervid.utc import utc_now
@@ -33,23 +34,6 @@ def expire_jobs(retention_days: float, storage_url: str, now: datetime | None = 
         for job in jobs:
             expired += delete_job(session, job, storage, action=JOB_EXPIRED)  # False: another reaper got it
     return expired
-
-
-def sweep_download_cache(directory: Path) -> int:
-    """Removes cached downloads (and their locks) of jobs no longer in the database; returns the files removed."""
-    owners = cached_download_owners(directory)
-    if not owners:
-        return 0
-    with session_scope() as session:
-        alive = set(session.scalars(select(Job.id).where(Job.id.in_(list(owners)))))
-    removed = 0
-    for job_id, paths in owners.items():
-        if job_id in alive:
-            continue
-        for path in paths:
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 def retention_pass(settings: Settings) -> tuple[int, int]:

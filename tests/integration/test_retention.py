@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.integration.conftest import ServiceEnv, wait_for
+from tests.integration.test_api import fervid_api_process
 from tests.integration.test_end_to_end import ALICE, submit_file, wait_finished
 
 pytestmark = pytest.mark.integration
@@ -67,3 +71,22 @@ def test_delete_clears_the_download_cache_and_finished_jobs_expire(
     with session_scope() as session:
         actions = set(session.scalars(select(AuditEvent.action).where(AuditEvent.job_id.in_([downloaded, uploaded]))))
     assert actions == {"job.deleted", "job.expired"}
+
+
+def test_the_api_sweeps_its_own_download_cache(service_env: ServiceEnv, tmp_path: Path) -> None:
+    # given a real `fervid api` whose download cache holds a copy for a job that exists and one for a job long gone
+    # (the media route fetches remote media there to serve it)
+    cache = tmp_path / "api-download-cache"
+    env = {**os.environ, **service_env.values, "FERVID_DOWNLOAD_CACHE_DIR": str(cache),
+           "FERVID_REAPER_INTERVAL_S": "0.5"}
+    with fervid_api_process(env, tmp_path / "api.log") as base:
+        upload = httpx.post(f"{base}/v1/jobs", headers=ALICE, files={"file": ("a.mp4", os.urandom(4096))}, timeout=30)
+        assert upload.status_code == 202, upload.text
+        cache.mkdir(exist_ok=True)
+        kept, gone = cache / f"{upload.json()['job_id']}.0123abcd.mp4", cache / f"{uuid.uuid4()}.4567ef01.mp4"
+        for path in (kept, gone, gone.with_name(gone.name + ".lock")):
+            path.write_bytes(b"cached")
+        # when the API runs for a while
+        wait_for(lambda: not gone.exists(), 20, describe=lambda: (tmp_path / "api.log").read_text()[-2000:])
+    # then the copy of the job that is gone went, with its lock, and the other stays
+    assert kept.exists() and not gone.with_name(gone.name + ".lock").exists()
