@@ -6,6 +6,8 @@ values, so a value never changes.
 
 from __future__ import annotations
 
+import errno
+
 # Request and service errors.
 INTERNAL_ERROR = "internal_error"  # a bug or an outage; retry, and report it if it happens again
 BAD_REQUEST = "bad_request"  # a body that cannot be parsed (malformed multipart or JSON)
@@ -30,6 +32,7 @@ EMPTY_MEDIA = "empty_media"  # zero bytes, or a container with no frames
 MEDIA_TOO_LARGE = "media_too_large"  # frame pixels or duration past the limits (decompression bombs)
 DECODE_ERROR = "decode_error"  # a recognised container whose frames cannot be decoded
 SOURCE_UNAVAILABLE = "source_unavailable"  # the source URI cannot be read by the worker
+DISK_FULL = "disk_full"  # the machine's disk is full: nothing about the media; workers retry later, the API says 507
 SOURCE_NOT_ALLOWED = "source_not_allowed"  # the source names a place workers may not read for tenants
 PROCESSING_FAILED = "processing_failed"  # the media killed or outlasted a worker on every attempt (FERVID_MAX_ATTEMPTS)
 
@@ -111,3 +114,21 @@ class TooManyRequests(FervidError):
 class Conflict(FervidError):
     code = CONFLICT
     http_status = 409
+
+
+class DiskFull(FervidError):
+    """A write failed because the disk is full (ENOSPC): an outage of the machine, not a fault of the media, so a
+    worker retries it later and the API answers 507."""
+
+    code = DISK_FULL
+    http_status = 507
+
+
+def disk_full_cause(error: BaseException) -> OSError | None:
+    """The ENOSPC (or EDQUOT) somewhere in `error`'s chain of causes, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

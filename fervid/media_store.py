@@ -18,7 +18,15 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 
-from fervid.errors import MEDIA_TOO_LARGE, SOURCE_NOT_ALLOWED, SOURCE_UNAVAILABLE, MediaError, PayloadTooLarge
+from fervid.errors import (
+    MEDIA_TOO_LARGE,
+    SOURCE_NOT_ALLOWED,
+    SOURCE_UNAVAILABLE,
+    DiskFull,
+    MediaError,
+    PayloadTooLarge,
+    disk_full_cause,
+)
 from fervid.netpolicy import DeadlinePassed, NonPublicAddress, RefusedDestination, non_public_address, open_public
 from fervid.settings import Settings
 from fervid.sources import SourceFence, held_file
@@ -63,6 +71,10 @@ def _write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
         with partial.open("wb") as target:
             write(target)
         partial.replace(path)
+    except OSError as error:
+        if disk_full_cause(error) is None:
+            raise
+        raise DiskFull(f"no room to write {path.name} in {path.parent} ({error.strerror})") from error
     finally:
         partial.unlink(missing_ok=True)
 
@@ -175,6 +187,8 @@ def _download(uri: str, target: BinaryIO, limits: DownloadLimits) -> None:
         raise MediaError(SOURCE_UNAVAILABLE, f"the source did not arrive within {limits.deadline_s:g} s "
                          "(FERVID_DOWNLOAD_DEADLINE_S); serve it faster or closer to the workers") from error
     except Exception as error:  # network and S3 failures all mean the same thing to the user
+        if (full := disk_full_cause(error)) is not None:
+            raise DiskFull(f"no room to keep the media on this machine ({full.strerror}); retried later") from error
         log.warning("source %s could not be read: %r", uri, error)
         raise MediaError(SOURCE_UNAVAILABLE, SOURCE_UNAVAILABLE_TEXT) from error
 

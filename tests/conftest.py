@@ -170,3 +170,19 @@ def build_tiny_classifier(path: Path, size: int = 16, channels: int = 1, output:
 @pytest.fixture
 def tiny_model_path(tmp_path: Path) -> Path:
     return build_tiny_classifier(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a 64 KiB tmpfs, mounted for the test: writes past that fail with ENOSPC, as on a full disk."""
+    import subprocess
+
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

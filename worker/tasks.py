@@ -25,7 +25,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from fervid.db import get_engine
 from fervid.dispatch import dispatch_for_job
-from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
+from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED, DiskFull
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app
 from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 app = celery_app()
 
 # Errors that pass by themselves (a database restart, a dropped connection, a broker blip): retried with backoff.
+# A full disk too: an outage of the machine, not the media's fault (its job would fail source_unavailable otherwise).
 TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, redis.exceptions.ConnectionError,
-             redis.exceptions.TimeoutError, BrokerError, ConnectionError)
+             redis.exceptions.TimeoutError, BrokerError, ConnectionError, DiskFull)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True,
          "max_retries": 12}
 

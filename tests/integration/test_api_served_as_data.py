@@ -99,3 +99,21 @@ def test_a_jobs_media_is_served_as_data_and_bad_tokens_are_401_and_never_logged(
     # and the access log shows the requests, not the capability
     log = log_path.read_text()
     assert f"/v1/jobs/{job_id}/media?token=[redacted]" in log and token not in log
+
+
+def test_an_upload_onto_a_full_disk_is_507_disk_full_and_the_api_keeps_serving(
+        api_env: dict[str, str], full_disk: Path, fervid_env: pytest.MonkeyPatch) -> None:
+    # given an API whose storage is on a full disk
+    from api.app import create_app
+    from fervid.settings import get_settings
+
+    fervid_env.setenv("FERVID_STORAGE_URL", full_disk.as_uri())
+    get_settings.cache_clear()
+    client = TestClient(create_app())
+    # when an upload larger than the room left arrives
+    response = client.post("/v1/jobs", headers=ALICE, files={"file": ("clip.mp4", os.urandom(256 << 10))})
+    # then it is refused with its own code, nothing half-written stays, and the API answers the next request
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]["code"] == "disk_full"
+    assert not [path for path in full_disk.rglob("*") if path.is_file()]
+    assert client.get("/v1/jobs", headers=ALICE).status_code == 200

@@ -152,3 +152,21 @@ def test_a_dripping_source_fails_at_its_deadline(fervid_env: pytest.MonkeyPatch,
     assert failed.value.code == "source_unavailable"
     assert "within 2 s" in failed.value.message
     assert time.monotonic() - started < 4.0
+
+
+def test_a_full_disk_is_its_own_retriable_error_not_an_unreadable_source(
+        fervid_env: pytest.MonkeyPatch, full_disk: Path) -> None:
+    # given a download cache on a full disk and a source that answers
+    from fervid.errors import DiskFull
+
+    server = CountingServer(b"x" * (256 << 10))
+    fervid_env.setenv("FERVID_DOWNLOAD_CACHE_DIR", str(full_disk))
+    get_settings.cache_clear()
+    # when a job's media is fetched
+    with pytest.raises(DiskFull) as full, local_copy(f"{server.base}/clip.mp4", get_settings(), cache_key="job-1",
+                                                     fence=None):
+        pass
+    # then the error says the disk is full (a code workers retry), not that the source could not be read
+    assert full.value.code == "disk_full" and server.hits == [1]
+    assert [path.suffix for path in full_disk.iterdir()] == [".lock"]  # the partial download is gone
+    server.server.shutdown()
