@@ -298,7 +298,7 @@ def get_webhook_signing_key(tenant: TenantDep, settings: SettingsDep) -> Webhook
 
 
 @health.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-def healthz() -> Health:
+async def healthz() -> Health:  # async: answered on the event loop, never queued behind busy pool threads
     return Health(status="ok")
 
 

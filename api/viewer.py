@@ -7,6 +7,7 @@ from __future__ import annotations
 import mimetypes
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
@@ -25,10 +26,12 @@ from api.schemas import MediaLink
 from api.stills import frame_jpeg
 from fervid import jobs, results
 from fervid.api_keys import key_digest
+from fervid.db import session_scope
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.media_store import local_copy
-from fervid.sources import job_source_fence
+from fervid.settings import Settings
+from fervid.sources import SourceFence, job_source_fence
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once
@@ -106,16 +109,14 @@ def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep, setti
                summary="The job's media as submitted (answers HTTP Range requests)",
                responses={200: {"content": {"video/*": {}, "image/*": {}}},
                           206: {"description": "the byte range asked for"}})
-def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], session: SessionDep,
-              settings: SettingsDep) -> FileResponse:
-    job = jobs.get_job(session, tenant, job_id)
+def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], settings: SettingsDep) -> FileResponse:
+    source = _job_source(tenant, job_id, settings)
     # A remote source is fetched once into this machine's download cache, which outlives the response; a file the
-    # tenant named is held open (held_file) until the response is sent.
+    # tenant named is held open (held_file) until the response is sent. No database connection is held meanwhile.
     held = ExitStack()
-    path = held.enter_context(local_copy(job.source_uri, settings, cache_key=job.id,
-                                         fence=job_source_fence(job, settings)))
-    name = job.filename or PurePosixPath(urlparse(job.source_uri).path).name
-    return HeldFileResponse(held, path, media_type=served_media_type(name, job.media_kind), headers=MEDIA_HEADERS)
+    path = held.enter_context(local_copy(source.uri, settings, cache_key=job_id, fence=source.fence))
+    return HeldFileResponse(held, path, media_type=served_media_type(source.name, source.media_kind),
+                            headers=MEDIA_HEADERS)
 
 
 def served_media_type(name: str, media_kind: str | None) -> str:
@@ -132,12 +133,30 @@ def served_media_type(name: str, media_kind: str | None) -> str:
 @viewer_v1.get("/jobs/{job_id}/frames/{frame_index}.jpg", response_class=Response,
                summary="One sampled frame as JPEG, upright, decoded from the stored media",
                responses={200: {"content": {"image/jpeg": {}}}})
-def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, session: SessionDep,
-                    settings: SettingsDep) -> Response:
-    job = jobs.get_job(session, tenant, job_id)
-    planned = results.planned_frame(session, job_id, frame_index)
+def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, settings: SettingsDep) -> Response:
+    source = _job_source(tenant, job_id, settings)
+    with session_scope() as session:
+        planned = results.planned_frame(session, job_id, frame_index)
     if planned is None:
         raise NotFound(f"frame {frame_index} is not a sampled frame of job {job_id}; the timeline lists them")
-    with local_copy(job.source_uri, settings, cache_key=job.id, fence=job_source_fence(job, settings)) as path:
-        jpeg = frame_jpeg(path, job.media_kind, planned)
+    # Fetching and decoding take seconds: without a database connection, which other requests need at once.
+    with local_copy(source.uri, settings, cache_key=job_id, fence=source.fence) as path:
+        jpeg = frame_jpeg(path, source.media_kind, planned)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@dataclass(frozen=True)
+class JobSource:
+    """What the media routes need of a job, read in a short transaction of their own."""
+
+    uri: str
+    name: str
+    media_kind: str | None
+    fence: SourceFence | None
+
+
+def _job_source(tenant: str, job_id: str, settings: Settings) -> JobSource:
+    with session_scope() as session:
+        job = jobs.get_job(session, tenant, job_id)
+        return JobSource(job.source_uri, job.filename or PurePosixPath(urlparse(job.source_uri).path).name,
+                         job.media_kind, job_source_fence(job, settings))

@@ -4,6 +4,7 @@ and frame stills, each tenant-checked, on a job a real worker analysed."""
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from fervid.db import get_engine
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from tests.integration.conftest import ServiceEnv
 from tests.integration.test_end_to_end import ALICE, submit_file, wait_finished
@@ -85,3 +87,33 @@ def test_media_answers_ranges_for_its_tenant_and_frame_stills_are_the_sampled_fr
     # and a frame that was not sampled, or another tenant, gets 404
     assert client.get(f"/v1/jobs/{job_id}/frames/{frame['frame_index'] + 1}.jpg", headers=ALICE).status_code == 404
     assert client.get(f"/v1/jobs/{job_id}/frames/{frame['frame_index']}.jpg", headers=BOB).status_code == 404
+
+
+def test_a_still_holds_no_database_connection_while_it_decodes(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a still analysed by a real worker, and its decode held until released (standing for a slow one: a late
+    # frame of a long stream, a large photo)
+    service_env.start_worker()
+    job_id = submit_file(client, shared_dir / "media" / "single_face.jpg")
+    assert wait_finished(client, service_env, job_id)["status"] == "succeeded"
+    decoding, release = threading.Event(), threading.Event()
+
+    def slow_decode(*_: object) -> bytes:
+        decoding.set()
+        release.wait(30)
+        return b"\xff\xd8jpeg"
+
+    monkeypatch.setattr("api.viewer.frame_jpeg", slow_decode)
+    pool = get_engine().pool
+    # when a still is asked for, and looked at while it decodes
+    answer: list[int] = []
+    request = threading.Thread(target=lambda: answer.append(
+        client.get(f"/v1/jobs/{job_id}/frames/0.jpg", headers=ALICE).status_code))
+    request.start()
+    assert decoding.wait(30)
+    held_while_decoding = pool.checkedout()  # type: ignore[attr-defined]
+    release.set()
+    request.join(30)
+    # then the request held none of the connections every other request needs, and still answered
+    assert held_while_decoding == 0 and answer == [200]
