@@ -7,11 +7,11 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The page loads only its own files and talks only to this API; media and stills come as same-origin or blob URLs.
-PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; object-src 'none'; "
-               "base-uri 'none'; frame-ancestors 'none'")
+PAGE_POLICY = (b"default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; object-src 'none'; "
+               b"base-uri 'none'; frame-ancestors 'none'")
 # JSON, CSV, images, media: data, never a document that runs anything, even when opened directly.
-DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; sandbox"
-PAGE_PATHS = ("/", "/static/")
+DATA_POLICY = b"default-src 'none'; frame-ancestors 'none'; sandbox"
+STATIC_PREFIX = "/static/"  # the page's own files, served at / and under this
 # FastAPI's interactive docs load Swagger UI and ReDoc from their CDN: no policy of ours, the other headers kept.
 DOCS_PATHS = ("/docs", "/redoc")
 ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
@@ -21,9 +21,7 @@ ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")
 def policy_for(path: str) -> bytes | None:
     if path.startswith(DOCS_PATHS):
         return None
-    if path == "/" or path.startswith(PAGE_PATHS[1]):
-        return PAGE_POLICY.encode()
-    return DATA_POLICY.encode()
+    return PAGE_POLICY if path == "/" or path.startswith(STATIC_PREFIX) else DATA_POLICY
 
 
 class SecurityHeaders:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
 from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
@@ -110,7 +111,8 @@ def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep, setti
                responses={200: {"content": {"video/*": {}, "image/*": {}}},
                           206: {"description": "the byte range asked for"}})
 def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], settings: SettingsDep) -> FileResponse:
-    source = _job_source(tenant, job_id, settings)
+    with session_scope() as session:
+        source = _job_source(session, tenant, job_id, settings)
     # A remote source is fetched once into this machine's download cache, which outlives the response; a file the
     # tenant named is held open (held_file) until the response is sent. No database connection is held meanwhile.
     held = ExitStack()
@@ -134,8 +136,8 @@ def served_media_type(name: str, media_kind: str | None) -> str:
                summary="One sampled frame as JPEG, upright, decoded from the stored media",
                responses={200: {"content": {"image/jpeg": {}}}})
 def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, settings: SettingsDep) -> Response:
-    source = _job_source(tenant, job_id, settings)
     with session_scope() as session:
+        source = _job_source(session, tenant, job_id, settings)
         planned = results.planned_frame(session, job_id, frame_index)
     if planned is None:
         raise NotFound(f"frame {frame_index} is not a sampled frame of job {job_id}; the timeline lists them")
@@ -147,7 +149,7 @@ def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, settings: 
 
 @dataclass(frozen=True)
 class JobSource:
-    """What the media routes need of a job, read in a short transaction of their own."""
+    """What the media routes need of a job, read in a short transaction that ends before they fetch or decode."""
 
     uri: str
     name: str
@@ -155,8 +157,7 @@ class JobSource:
     fence: SourceFence | None
 
 
-def _job_source(tenant: str, job_id: str, settings: Settings) -> JobSource:
-    with session_scope() as session:
-        job = jobs.get_job(session, tenant, job_id)
-        return JobSource(job.source_uri, job.filename or PurePosixPath(urlparse(job.source_uri).path).name,
-                         job.media_kind, job_source_fence(job, settings))
+def _job_source(session: Session, tenant: str, job_id: str, settings: Settings) -> JobSource:
+    job = jobs.get_job(session, tenant, job_id)
+    return JobSource(job.source_uri, job.filename or PurePosixPath(urlparse(job.source_uri).path).name,
+                     job.media_kind, job_source_fence(job, settings))

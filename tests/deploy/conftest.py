@@ -10,25 +10,23 @@ shorter reaper intervals, keys.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED, FileServer
 
 BUILD_TIMEOUT_S = 1800  # a first build downloads a few hundred MB of wheels
 STANDIN_HINT = "run ../shared/docker/prepare-engine (as root) to start one"
@@ -69,53 +67,6 @@ def clean_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-class FileServer:
-    """Serves one file over HTTP on every address of this machine (containers reach it through the host)."""
-
-    def __init__(self, path: Path) -> None:
-        payload = path.read_bytes()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.name = path.name
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-class WebhookReceiver:
-    """Records each POST's signature header and body; reachable from containers as host.docker.internal."""
-
-    def __init__(self) -> None:
-        self.signed: list[tuple[str, bytes]] = []
-        signed = self.signed
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
-                signed.append((self.headers.get("X-Fervid-Signature", ""),
-                               self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
-        self.url = f"http://host.docker.internal:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.signed]
-
-
 @dataclass
 class Compose:
     """One compose project over the checkout: its files (an override last) and the environment compose reads."""
@@ -124,7 +75,6 @@ class Compose:
     project: str
     files: list[str]
     env: dict[str, str]
-    ups: list[str] = field(default_factory=list)
 
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = ["docker", "compose", "-p", self.project, *(f for name in self.files for f in ("-f", name)), *args]
@@ -211,7 +161,7 @@ def api_key() -> str:
 @pytest.fixture(scope="session")
 def yunet_server(docker_engine: None) -> Iterator[FileServer]:
     """YuNet for the worker image's build, served here as a site without internet would serve it."""
-    server = FileServer(SHARED / "models" / "face_detection_yunet_2023mar.onnx")
+    server = FileServer(SHARED / "models" / "face_detection_yunet_2023mar.onnx")  # reached over the host network
     yield server
     server.server.shutdown()
 
@@ -229,6 +179,6 @@ def built_images(clean_checkout: Path, yunet_server: FileServer) -> Path:
     (clean_checkout / "build.override.yml").write_text(BUILD_OVERRIDE)
     compose = Compose(clean_checkout, "fervid-build", ["docker-compose.yml", "build.override.yml"],
                       {"FERVID_API_KEYS": api_key(),
-                       "FERVID_DETECTOR_URL": f"http://127.0.0.1:{yunet_server.port}/{yunet_server.name}"})
+                       "FERVID_DETECTOR_URL": yunet_server.url})
     compose.run("build", timeout=BUILD_TIMEOUT_S)
     return clean_checkout

@@ -19,7 +19,8 @@ import pytest
 from bench.media_factory import write_looped_clip
 from fervid.webhooks import tenant_signing_key, verify
 from tests.conftest import SHARED
-from tests.deploy.conftest import Api, Compose, WebhookReceiver, api_key, wait_until
+from tests.deploy.conftest import Api, Compose, api_key, wait_until
+from tests.integration.test_end_to_end import WebhookReceiver
 
 pytestmark = pytest.mark.deploy
 
@@ -90,7 +91,7 @@ def all_frames(api: Api, job_id: str) -> list[dict[str, Any]]:
 
 def test_a_fresh_stack_analyses_an_upload_sends_its_signed_webhook_and_serves_every_result(stack: Stack) -> None:
     # given the stack just started on empty volumes, and a receiver for webhooks
-    receiver = WebhookReceiver()
+    receiver = WebhookReceiver(bind="0.0.0.0", url_host="host.docker.internal")
     try:
         # when a user uploads a clip with a webhook
         job_id = stack.api.upload(SHARED / "media" / "single_face.mp4", sample_fps="4", webhook_url=receiver.url)
@@ -102,7 +103,7 @@ def test_a_fresh_stack_analyses_an_upload_sends_its_signed_webhook_and_serves_ev
         wait_until(lambda: receiver.signed, 60, stack.compose.logs)
         (signature, body), = receiver.signed
         assert verify({"v1": tenant_signing_key(stack.webhook_secret, "alice")}, signature, body, time.time())
-        assert receiver.bodies()[0]["job_id"] == job_id and receiver.bodies()[0]["status"] == "succeeded"
+        assert receiver.received[0]["job_id"] == job_id and receiver.received[0]["status"] == "succeeded"
     finally:
         receiver.server.shutdown()
     print(f"first result {first_result_s:.1f} s after `docker compose up`")

@@ -5,20 +5,18 @@ cache, where the INT8 check ran in the main process)."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from fervid.webhooks import tenant_signing_key, verify
+from tests.conftest import FileServer
 from tests.integration.conftest import ServiceEnv, wait_for
 from tests.integration.test_end_to_end import WebhookReceiver, forget_earlier_workers, submit_file, wait_finished
 
@@ -54,32 +52,11 @@ def threads_of(pid: int) -> list[str]:
     return [(task / "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir()]
 
 
-class YunetServer:
-    """Serves YuNet's file over loopback HTTP, as a site's own mirror would."""
-
-    def __init__(self, yunet_path: Path) -> None:
-        payload = yunet_path.read_bytes()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{yunet_path.name}"
-
-
 def test_a_fresh_worker_downloads_yunet_checks_int8_and_finishes_its_first_job_with_a_signed_webhook(
     cold_env: ServiceEnv, client: TestClient, shared_dir: Path, yunet_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given an empty model cache, YuNet only on a mirror, a webhook secret, and a worker started as compose starts it
-    mirror = YunetServer(yunet_path)
+    mirror = FileServer(yunet_path)
     del cold_env.values["FERVID_DETECTOR_PATH"]
     monkeypatch.delenv("FERVID_DETECTOR_PATH")
     secret = secrets.token_hex(24)

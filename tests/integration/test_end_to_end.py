@@ -236,9 +236,10 @@ def test_bad_inputs_fail_cleanly_and_the_worker_keeps_serving(
 
 
 class WebhookReceiver:
-    """A real HTTP server on loopback that records the JSON bodies POSTed to it."""
+    """A real HTTP server that records the JSON bodies POSTed to it: on loopback, or on every address with the name
+    containers reach this machine by (`url_host`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bind: str = "127.0.0.1", url_host: str = "127.0.0.1") -> None:
         received: list[dict[str, Any]] = []
         signed: list[tuple[str, bytes]] = []  # (X-Fervid-Signature, raw body) of each POST
         self.received = received
@@ -255,9 +256,9 @@ class WebhookReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((bind, 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.url = f"http://{url_host}:{self.server.server_address[1]}/hook"
 
 
 def test_webhooks_announce_success_and_cancellation(
