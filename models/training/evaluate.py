@@ -27,7 +27,7 @@ from models.backends.ort import OrtBackend
 from models.classifier import EmotionClassifier
 from models.network_io import preprocess_faces
 from models.spec import read_model_spec
-from models.training.fer2013 import Split, load_split
+from models.training.fer2013 import NO_MAJORITY, Split, load_crowd_majority, load_split
 from models.training.metrics import (
     ClassificationMetrics,
     PairedComparison,
@@ -109,6 +109,29 @@ def evaluate_splits(probs: Probabilities, splits: Sequence[Split], out_dir: Path
     return results
 
 
+def evaluate_crowd(probs: Probabilities, splits: Sequence[Split], majorities: dict[str, NDArray[np.int64]],
+                   out_dir: Path) -> dict[str, Any]:
+    """Agreement with the FER+ crowd majority on each split's clear faces (those with one), per TTA mode, beside
+    the agreement of FER-2013's own labels with it; writes DIR/confusion_<split>[_tta]_crowd.png (rows: the crowd)."""
+    report: dict[str, Any] = {}
+    for split in splits:
+        majority = majorities[split.name]
+        clear = majority != NO_MAJORITY
+        section: dict[str, Any] = {
+            "clear_faces": int(clear.sum()),
+            "fer2013_labels_agreement": float((split.labels[clear] == majority[clear]).mean()),
+        }
+        for mode, split_probs in probs[split.name].items():
+            metrics = classification_metrics(majority[clear], split_probs[clear])
+            section[mode] = metrics.to_dict()
+            name = f"confusion_{split.name}{'_tta' if mode == 'on' else ''}_crowd.png"
+            plot_confusion(metrics.confusion, out_dir / name,
+                           f"{split.name} against the FER+ crowd majority ({metrics.count} clear faces), TTA {mode}: "
+                           f"agreement {metrics.accuracy:.1%}, macro-F1 {metrics.macro_f1:.3f}")
+        report[split.name] = section
+    return report
+
+
 def compare_splits(probs: Probabilities, other_probs: Probabilities,
                    splits: Sequence[Split]) -> dict[str, dict[str, PairedComparison]]:
     """Two models' predictions of the same faces, per split and TTA mode."""
@@ -166,8 +189,9 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
                    data_path: Path, splits: Sequence[str] = EVAL_SPLITS, tta: str = "both",
                    out_dir: Path = Path("runs/eval"), limit: int = 0, int8: bool = False,
                    calibration_size: int = DEFAULT_CALIBRATION_SIZE, batch_size: int = DEFAULT_BATCH,
-                   against: Path | None = None) -> dict[str, Any]:
-    """Evaluates one checkpoint or ONNX model; writes DIR/metrics.json and the confusion PNGs; returns the report."""
+                   against: Path | None = None, ferplus: Path | None = None) -> dict[str, Any]:
+    """Evaluates one checkpoint or ONNX model; writes DIR/metrics.json and the confusion PNGs; returns the report.
+    With `ferplus` (the FER+ votes), also the agreement with the crowd majority on each split's clear faces."""
     if (checkpoint is None) == (onnx_model is None):
         raise FervidError("give exactly one of --checkpoint or --onnx", code=INVALID_REQUEST)
     if tta not in TTA_CHOICES:
@@ -180,9 +204,14 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
     if not data_path.is_file():
         raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code=DATA_NOT_FOUND)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ferplus is not None and not ferplus.is_file():
+        raise FervidError(f"FER+ votes file {ferplus} not found; pass --ferplus PATH to fer2013_meta.npz",
+                          code=DATA_NOT_FOUND)
     loaded = [load_split(data_path, name) for name in splits]
     if limit:
         loaded = [split.head(limit) for split in loaded]
+    majorities = {split.name: load_crowd_majority(ferplus, split.name)[: len(split)] for split in loaded} \
+        if ferplus is not None else {}
     tta_modes = TTA_CHOICES[tta]
 
     if onnx_model is not None:
@@ -196,6 +225,8 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
         "model": info, "data": {"path": str(data_path), "sha256": sha256_file(data_path)},
         "limit": limit or None, "splits": _metrics_json(results), "reference": REFERENCE,
     }
+    if majorities:
+        report["crowd"] = evaluate_crowd(probs, loaded, majorities, out_dir)
     table = {"torch" if checkpoint is not None else "onnx": results}
     comparisons: dict[str, dict[str, PairedComparison]] = {}
     if against is not None:
@@ -244,6 +275,11 @@ def format_table(table: dict[str, dict[str, dict[str, ClassificationMetrics]]], 
         speed = report["int8"]["speed"]
         lines.append(f"CPU speed, batch {speed['batch_size']}: fp32 ONNX {speed['fp32_faces_per_s']:.0f} faces/s, "
                      f"INT8 {speed['int8_faces_per_s']:.0f} faces/s, x{speed['speedup']:.2f}")
+    for split, section in report.get("crowd", {}).items():
+        agreement = ", ".join(f"tta {mode} {section[mode]['accuracy']:.2%}" for mode in ("off", "on")
+                              if mode in section)
+        lines.append(f"FER+ crowd majority, {split} ({section['clear_faces']} clear faces): this model {agreement}; "
+                     f"FER-2013's own labels {section['fer2013_labels_agreement']:.2%}")
     lines.append(f"reference (not computed here): {REFERENCE['model']}: public {REFERENCE['public']:.1%}, "
                  f"private {REFERENCE['private']:.1%}")
     return "\n".join(lines)

@@ -57,3 +57,21 @@ def load_ferplus_shares(path: Path, name: str) -> NDArray[np.float32]:
     shares = np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
     shares[~aligned] = 0.0
     return shares
+
+
+# No crowd majority for the face: its FER+ row is unmatched, or no emotion has more than half of its votes.
+NO_MAJORITY = -1
+
+
+def load_crowd_majority(path: Path, name: str) -> NDArray[np.int64]:
+    """Per face of a split, the emotion (an EMOTIONS index) that more than half of its FER+ annotators chose, counting
+    every vote they cast (contempt, unknown and not-a-face included), else NO_MAJORITY: the clear faces' crowd truth."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+    with np.load(path) as meta:
+        columns = [str(column) for column in meta["ferplus_columns"]]
+        votes = meta[f"ferplus_votes_{name}"].astype(np.int64)
+        aligned = meta[f"ferplus_aligned_{name}"].astype(bool)
+    emotion_votes = votes[:, [columns.index(FERPLUS_NAMES[emotion]) for emotion in EMOTIONS]]
+    clear = aligned & (2 * emotion_votes.max(axis=1) > votes.sum(axis=1))
+    return np.where(clear, emotion_votes.argmax(axis=1), NO_MAJORITY).astype(np.int64)

@@ -35,7 +35,7 @@ from models.training.augment import (
 )
 from models.training.distill import OnnxTeacher, distillation_loss
 from models.training.ema import WeightAverage
-from models.training.fer2013 import Split, load_ferplus_shares, load_split
+from models.training.fer2013 import NO_MAJORITY, Split, load_crowd_majority, load_ferplus_shares, load_split
 from models.training.precision import choose_precision
 from models.training.quantize import draw_faces
 from models.training.warm_start import ExportedNetwork, exported_member, warm_start_network
@@ -68,7 +68,12 @@ STEM_RECIPES = {
 # The stem a run from scratch gets when not told.
 SCRATCH_STEM = "small"
 # Fields a resumed run takes from its checkpoint: a run's network and recipe do not change halfway.
-RESUMED_FIELDS = ("stem", "input_size", "augmentation", "crop_padding", "erase_prob", "ema_decay")
+RESUMED_FIELDS = ("stem", "input_size", "augmentation", "crop_padding", "erase_prob", "ema_decay", "select",
+                  "min_public_acc")
+# How a run picks its best epoch on PublicTest: FER-2013 top-1, or the most agreement with the FER+ crowd majority
+# among the epochs whose top-1 stays at or above a floor (by default the `fer` library's 65.4 %).
+SELECTIONS = ("top1", "crowd")
+FER_LIBRARY_PUBLIC_ACC = 0.654
 
 
 @dataclass
@@ -104,7 +109,9 @@ class TrainConfig:
     # >0: each training target blends the FER-2013 label with this weight of the FER+ annotators' vote shares for
     # the same face (a remedy for FER-2013's label noise that keeps its label taxonomy); 0 trains on labels alone.
     ferplus_weight: float = 0.0
-    ferplus: Path | None = None  # the FER+ votes (`fer2013_meta.npz`), needed only when ferplus_weight > 0
+    ferplus: Path | None = None  # the FER+ votes (`fer2013_meta.npz`): for ferplus_weight > 0 and the crowd figure
+    select: str = "top1"  # SELECTIONS
+    min_public_acc: float = FER_LIBRARY_PUBLIC_ACC  # select "crowd": the PublicTest top-1 an epoch must keep
     seed: int = 2013
     threads: int = 0  # 0: torch's default
     device: str = "cpu"  # cpu | cuda (the training set then lives on the GPU as uint8, augmented there)
@@ -263,13 +270,39 @@ def top1(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
+def crowd_agreement(probs: np.ndarray, majority: np.ndarray) -> float:
+    """Top-1 against the FER+ crowd majority, on the faces that have one."""
+    clear = majority != NO_MAJORITY
+    return top1(probs[clear], majority[clear])
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A network's PublicTest figures and the score its run ranks epochs by (higher is better)."""
+
+    public_acc: float
+    public_crowd: float | None  # None: no FER+ votes given
+    score: float
+
+
+def standing(config: TrainConfig, public_acc: float, public_crowd: float | None) -> Standing:
+    if config.select == "top1":
+        return Standing(public_acc, public_crowd, public_acc)
+    assert public_crowd is not None  # train() refuses select "crowd" without the votes
+    # An epoch under the floor ranks below every epoch above it (scores < 0), and among its kind by top-1, so a
+    # run whose epochs all miss the floor still hands back its most accurate one.
+    score = public_crowd if public_acc >= config.min_public_acc else public_acc - 1.0
+    return Standing(public_acc, public_crowd, score)
+
+
 def save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    epoch: int, step: int, best: float, ema: WeightAverage | None = None) -> None:
+                    epoch: int, step: int, best: Standing, ema: WeightAverage | None = None) -> None:
     """`network` in the checkpoint is the candidate (what export and evaluation read): the EMA's weights when the run
     keeps one, whose raw training weights then travel beside it for `--resume`."""
     payload: dict[str, Any] = {
         "network": (network if ema is None else ema.network).state_dict(), "optimizer": optimizer.state_dict(),
-        "epoch": epoch, "step": step, "best_public": best,
+        "epoch": epoch, "step": step, "best_public": best.public_acc, "best_public_crowd": best.public_crowd,
+        "best_score": best.score,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
     }
     if ema is not None:
@@ -278,6 +311,14 @@ def save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optim
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)  # a crash mid-write never leaves a torn checkpoint
+
+
+def _figures(figures: Standing) -> dict[str, float]:
+    """A standing as a history record's fields: PublicTest top-1 and, with the FER+ votes, the crowd agreement."""
+    record = {"public_acc": round(figures.public_acc, 4)}
+    if figures.public_crowd is not None:
+        record["public_crowd"] = round(figures.public_crowd, 4)
+    return record
 
 
 def _clock(seconds: float) -> str:
@@ -307,6 +348,12 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
     each epoch's record once its checkpoints are written."""
     if config.ferplus_weight > 0 and config.ferplus is None:
         raise FervidError("a FER+ weight needs the FER+ votes file (fer2013_meta.npz)", code=INVALID_REQUEST)
+    if config.select not in SELECTIONS:
+        raise FervidError(f"--select must be one of {', '.join(SELECTIONS)}, not {config.select!r}",
+                          code=INVALID_REQUEST)
+    if config.select == "crowd" and (config.ferplus is None or not config.ferplus.is_file()):
+        raise FervidError("--select crowd needs the FER+ votes file (--ferplus fer2013_meta.npz)",
+                          code=INVALID_REQUEST)
     if not 0.0 <= config.distill_weight <= 1.0 or config.distill_temperature <= 0:
         raise FervidError("--distill-weight must lie in [0, 1] and --distill-temperature be positive",
                           code=INVALID_REQUEST)
@@ -323,8 +370,20 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
     public_split: Split = load_split(config.data, "public")
     if config.limit_train:
         train_split = train_split.head(config.limit_train)
+    public_majority = load_crowd_majority(config.ferplus, "public") \
+        if config.ferplus is not None and config.ferplus.is_file() else None
     if config.limit_eval:
         public_split = public_split.head(config.limit_eval)
+    if public_majority is not None:
+        public_majority = public_majority[: len(public_split)]
+        if not (public_majority != NO_MAJORITY).any():
+            raise FervidError(f"no PublicTest face has a FER+ crowd majority in {config.ferplus}",
+                              code=INVALID_REQUEST)
+
+    def public_standing(network: nn.Module) -> Standing:
+        probs = predict_probs(network, public_split.faces, config.input_size, False, precision.bf16, device=device)
+        return standing(config, top1(probs, public_split.labels),
+                        None if public_majority is None else crowd_agreement(probs, public_majority))
 
     last_path, best_path = config.out_dir / "last.pt", config.out_dir / "best.pt"
     resumed = torch.load(last_path, map_location="cpu", weights_only=False) \
@@ -346,14 +405,13 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
     data_sha = sha256_file(config.data)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     torch.manual_seed(config.seed)
-    start_acc: float | None = None
+    start: Standing | None = None
     if resumed is None:
         network = build_network(config, train_split.faces, data_sha)
         network = network.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
         if config.init == "model":  # the baseline the continuation has to beat
-            start_acc = top1(predict_probs(network, public_split.faces, config.input_size, False, precision.bf16,
-                                           device=device), public_split.labels)
-            print(json.dumps({"epoch": 0, "public_acc": round(start_acc, 4)}), flush=True)
+            start = public_standing(network)
+            print(json.dumps({"epoch": 0, **_figures(start)}), flush=True)
     else:
         # The checkpoint's weights replace whatever the run started from: no warm start or download again.
         network = build_network(replace(config, init="scratch"))
@@ -373,18 +431,20 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
     if steps_per_epoch == 0:
         raise SystemExit(f"batch size {config.batch_size} exceeds the {len(train_split)} training faces")
 
-    start_epoch, step, best = 0, 0, -1.0
-    if start_acc is not None:
+    start_epoch, step, best = 0, 0, Standing(-1.0, None, -math.inf)
+    if start is not None:
         # best.pt starts as the network the continuation began from, so it never hands back a worse one (and
         # `--epochs 0` turns a network of an exported file into a checkpoint).
-        best = start_acc
+        best = start
         save_checkpoint(best_path, network, optimizer, config, -1, step, best, ema)
     if resumed is not None:
         network.load_state_dict(resumed.get("training_network", resumed["network"]))
         if ema is not None:
             ema.load_state_dict({"updates": resumed.get("ema_updates", 0), "network": resumed["network"]})
         optimizer.load_state_dict(resumed["optimizer"])
-        start_epoch, step, best = resumed["epoch"] + 1, resumed["step"], resumed["best_public"]
+        start_epoch, step = resumed["epoch"] + 1, resumed["step"]
+        best = Standing(resumed["best_public"], resumed.get("best_public_crowd"),
+                        resumed.get("best_score", resumed["best_public"]))
         config.history = resumed["config"].get("history", [])
         print(f"resumed from {last_path} after epoch {resumed['epoch'] + 1}", flush=True)
 
@@ -443,24 +503,24 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
                       flush=True)
         train_seconds = time.perf_counter() - started
         evaluated = time.perf_counter()
-        public_acc = top1(predict_probs(candidate, public_split.faces, config.input_size, False, precision.bf16,
-                                        device=device), public_split.labels)
+        epoch_standing = public_standing(candidate)
         eval_seconds = time.perf_counter() - evaluated
         record = {
             "epoch": epoch + 1, "train_loss": round(float(loss_sum) / seen, 4),
-            "train_acc": round(int(correct) / seen, 4), "public_acc": round(public_acc, 4),
+            "train_acc": round(int(correct) / seen, 4), **_figures(epoch_standing),
             "epoch_seconds": round(train_seconds, 1), "images_per_second": round(seen / train_seconds, 1),
             "lr": round(optimizer.param_groups[0]["lr"], 6),
             "eta_seconds": round((config.epochs - epoch - 1) * (train_seconds + eval_seconds)),
         }
         config.history.append(record)
         print(json.dumps(record), flush=True)
-        if public_acc > best:
-            best = public_acc
+        if epoch_standing.score > best.score:
+            best = epoch_standing
             save_checkpoint(best_path, network, optimizer, config, epoch, step, best, ema)
         save_checkpoint(last_path, network, optimizer, config, epoch, step, best, ema)
         (config.out_dir / "history.json").write_text(json.dumps(
-            {"data_sha256": data_sha, "best_public": best, "history": config.history}, indent=1))
+            {"data_sha256": data_sha, "select": config.select, "best": _figures(best), "history": config.history},
+            indent=1))
         if after_epoch is not None:
             after_epoch(record)
     return best_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.training.commands.data_paths import DEFAULT_DATA_PATH
+from models.training.commands.data_paths import DEFAULT_DATA_PATH, DEFAULT_FERPLUS_PATH
 from models.training.evaluate import DEFAULT_BATCH, EVAL_SPLITS, TTA_CHOICES, run_evaluation
 from models.training.quantize import DEFAULT_CALIBRATION_SIZE
 
@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each split")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_PATH)
+    parser.add_argument("--ferplus", type=Path, default=DEFAULT_FERPLUS_PATH,
+                        help="FER+ votes (fer2013_meta.npz): agreement with the crowd majority on clear faces; "
+                             "'none' to leave it out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, onnx_model=args.onnx, data_path=args.data,
         splits=[name.strip() for name in args.splits.split(",") if name.strip()], tta=args.tta, out_dir=args.out,
         limit=args.limit, int8=args.int8, calibration_size=args.calibration_size, batch_size=args.batch_size,
-        against=args.against,
+        against=args.against, ferplus=None if str(args.ferplus) == "none" else args.ferplus,
     )
     return 0

@@ -9,7 +9,7 @@ from models.network import STEMS
 from models.training.augment import AUGMENTATIONS
 from models.training.commands.data_paths import DEFAULT_DATA_PATH, DEFAULT_FERPLUS_PATH
 from models.training.precision import PRECISIONS
-from models.training.train import SCRATCH_STEM, TrainConfig, train
+from models.training.train import SCRATCH_STEM, SELECTIONS, TrainConfig, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ferplus-weight", type=float, default=defaults.ferplus_weight,
                         help="blend each label with this weight of the FER+ annotators' votes for the face (0: off)")
     parser.add_argument("--ferplus", type=Path, default=defaults.ferplus, help="FER+ votes (fer2013_meta.npz)")
+    parser.add_argument("--select", choices=SELECTIONS, default=defaults.select,
+                        help="how best.pt is chosen on PublicTest: top-1, or the most agreement with the FER+ crowd "
+                             "majority among epochs whose top-1 stays at or above --min-public-acc")
+    parser.add_argument("--min-public-acc", type=float, default=defaults.min_public_acc,
+                        help="--select crowd: the PublicTest top-1 floor (default: the fer library's 65.4 %%)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--device", default=defaults.device, help="cpu or cuda")
@@ -87,7 +92,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         class_weighted=args.class_weighted, ema_decay=args.ema_decay, teacher=args.teacher,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        ferplus_weight=args.ferplus_weight, ferplus=args.ferplus, seed=args.seed, threads=args.threads,
+        ferplus_weight=args.ferplus_weight, ferplus=args.ferplus, select=args.select,
+        min_public_acc=args.min_public_acc, seed=args.seed, threads=args.threads,
         device=args.device, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
         progress_every=args.progress_every, limit_train=args.limit_train, limit_eval=args.limit_eval,
         resume=args.resume,

@@ -238,3 +238,41 @@ def test_cli_reports_missing_data_in_one_line(band_model: Path, tmp_path: Path,
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.startswith("fervid eval: data_not_found:") and "\n" not in error
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluation_with_the_crowds_votes_scores_agreement_with_the_majority_on_clear_faces_only(
+    band_model: Path, constructed_fer_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given PublicTest votes: the first 8 faces have a crowd majority of 7 in 10 for the emotion the model predicts
+    # on faces 0-5 and for "neutral" on 6-7; faces 8-9 have none (5 happiness, 5 contempt)
+    columns = np.array(["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                        "unknown", "NF"])
+    ferplus_column = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}  # FER-2013 index -> FER+ column
+    votes = np.zeros((len(PUBLIC_PAIRS), 10), np.uint8)
+    for face, (_, predicted) in enumerate(PUBLIC_PAIRS[:8]):
+        crowd = predicted if face < 6 else 6
+        votes[face, ferplus_column[crowd]] = 7
+        votes[face, 8] = 3
+    votes[8:, [1, 7]] = 5
+    meta = tmp_path / "meta.npz"
+    np.savez(meta, ferplus_columns=columns, ferplus_votes_public=votes,
+             ferplus_aligned_public=np.ones(len(PUBLIC_PAIRS), bool))
+
+    # when evaluated on PublicTest with them
+    report = run_evaluation(onnx_model=band_model, data_path=constructed_fer_file, out_dir=tmp_path, tta="off",
+                            splits=["public"], ferplus=meta)
+
+    # then the model agrees with the crowd on 7 of the 8 clear faces (faces 0-5, and face 6, which it calls neutral
+    # too), FER-2013's own labels on 5 (faces 0, 2, 3, 4 and 5)
+    crowd = report["crowd"]["public"]
+    majority = [predicted if face < 6 else 6 for face, (_, predicted) in enumerate(PUBLIC_PAIRS[:8])]
+    labels = [true for true, _ in PUBLIC_PAIRS[:8]]
+    predictions = [predicted for _, predicted in PUBLIC_PAIRS[:8]]
+    assert crowd["clear_faces"] == 8
+    assert crowd["off"]["accuracy"] == pytest.approx(np.mean(np.equal(predictions, majority)))
+    assert crowd["off"]["accuracy"] == pytest.approx(7 / 8)
+    assert crowd["fer2013_labels_agreement"] == pytest.approx(np.mean(np.equal(labels, majority)))
+    assert crowd["fer2013_labels_agreement"] == pytest.approx(5 / 8)
+    assert crowd["off"]["confusion"] == expected_confusion(list(zip(majority, predictions, strict=True)))
+    assert (tmp_path / "confusion_public_crowd.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "FER+ crowd majority, public (8 clear faces): this model tta off 87.50%" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from fervid.labels import EMOTIONS
 from models.graph_rewrites import FP32_SUFFIX, restore_fp32_weights, store_weights
 from models.spec import read_model_spec
 from models.training.export import build_network, export_onnx, load_checkpoint
-from models.training.train import TrainConfig, build_optimizer, resolve_recipe, save_checkpoint
+from models.training.train import Standing, TrainConfig, build_optimizer, resolve_recipe, save_checkpoint
 
 INPUT_SIZE = 32
 
@@ -37,7 +37,8 @@ def write_checkpoint(path: Path, input_size: int = INPUT_SIZE, trained_looking: 
             for tensor in network.state_dict().values():
                 if tensor.is_floating_point() and tensor.ndim == 1:
                     tensor.add_(torch.rand(tensor.shape, generator=generator) * 0.1)
-    save_checkpoint(path, network, build_optimizer(network, config), config, epoch=0, step=3, best=0.25)
+    save_checkpoint(path, network, build_optimizer(network, config), config, epoch=0, step=3,
+                    best=Standing(0.25, None, 0.25))
     return path
 
 

@@ -11,8 +11,8 @@ import torch
 import models.training.train
 from models.network import EmotionResNet50
 from models.training.export import export_onnx
-from models.training.fer2013 import load_ferplus_shares
-from models.training.train import TrainConfig, train
+from models.training.fer2013 import NO_MAJORITY, load_crowd_majority, load_ferplus_shares, load_split
+from models.training.train import Standing, TrainConfig, standing, train
 from tests.unit.training.test_export import write_checkpoint
 
 Weights = dict[str, torch.Tensor]
@@ -186,14 +186,30 @@ def test_ferplus_votes_blend_into_the_targets_of_faces_that_have_them() -> None:
     np.testing.assert_allclose(targets[1], 0.93 * np.eye(7)[0] + 0.01, rtol=1e-6)
 
 
+FERPLUS_COLUMNS = np.array(["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                            "unknown", "NF"])
+
+
+def write_votes(path: Path, faces: int, seed: int = 11) -> Path:
+    """FER+-shaped votes (10 columns, in the FER+ file's order) for `faces` faces of every split: 10 annotators a
+    face, most of them agreeing on one of the 7 emotions."""
+    rng = np.random.default_rng(seed)
+
+    def votes() -> np.ndarray:
+        cast = np.zeros((faces, 10), dtype=np.uint8)
+        np.add.at(cast, (np.arange(faces), rng.integers(0, 7, faces)), 6)
+        np.add.at(cast, (np.repeat(np.arange(faces), 4), rng.integers(0, 10, faces * 4)), 1)
+        return cast
+
+    splits = {f"{kind}_{split}": value for split in ("train", "public", "private")
+              for kind, value in (("ferplus_votes", votes()), ("ferplus_aligned", np.ones(faces, dtype=bool)))}
+    np.savez(path, ferplus_columns=FERPLUS_COLUMNS, **splits)
+    return path
+
+
 def test_training_with_ferplus_votes_runs_and_records_the_blend(tmp_path: Path, small_fer_file: Path) -> None:
-    # given FER+-shaped votes for the training faces (10 columns, in the FER+ file's order)
-    rng = np.random.default_rng(11)
-    columns = np.array(["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
-                        "unknown", "NF"])
-    votes_path = tmp_path / "meta.npz"
-    np.savez(votes_path, ferplus_columns=columns, ferplus_votes_train=rng.integers(0, 4, (96, 10)),
-             ferplus_aligned_train=np.ones(96, dtype=bool))
+    # given FER+-shaped votes for the faces
+    votes_path = write_votes(tmp_path / "meta.npz", 96)
 
     # when a run blends them into its targets
     config = small_config(tmp_path / "blend", small_fer_file)
@@ -216,3 +232,61 @@ def test_ferplus_shares_follow_the_fer_label_order(shared_dir: Path) -> None:
     # and every face with votes sums to one
     voted = shares.sum(axis=1) > 0
     np.testing.assert_allclose(shares[voted].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_crowd_majority_is_an_emotion_with_more_than_half_of_every_vote_cast(tmp_path: Path) -> None:
+    # given four faces' votes: 6 anger of 10; 5 anger and 5 contempt; 4 happiness, 3 unknown, 3 not-a-face; and
+    # 9 sadness on a face whose FER+ row was not matched
+    votes = np.zeros((4, 10), dtype=np.uint8)
+    votes[0, [4, 7]] = 6, 4
+    votes[1, [4, 7]] = 5, 5
+    votes[2, [1, 8, 9]] = 4, 3, 3
+    votes[3, 3] = 9
+    path = tmp_path / "meta.npz"
+    np.savez(path, ferplus_columns=FERPLUS_COLUMNS, ferplus_votes_public=votes,
+             ferplus_aligned_public=np.array([True, True, True, False]))
+
+    # then only the first face has a crowd majority, angry (index 0 in FER-2013's order)
+    assert load_crowd_majority(path, "public").tolist() == [0, NO_MAJORITY, NO_MAJORITY, NO_MAJORITY]
+
+
+def test_fer2013s_own_labels_agree_with_the_crowd_on_seven_in_ten_clear_public_faces(shared_dir: Path) -> None:
+    # given PublicTest's FER-2013 labels and its FER+ crowd majorities
+    majority = load_crowd_majority(shared_dir / "data" / "fer2013_meta.npz", "public")
+    labels = load_split(shared_dir / "data" / "fer2013.npz", "public").labels
+
+    # then 2,854 faces are clear, and the one-person labels agree with their crowd on 69.7 % of them
+    clear = majority != NO_MAJORITY
+    assert int(clear.sum()) == 2854
+    assert float((labels[clear] == majority[clear]).mean()) == pytest.approx(0.6973, abs=5e-5)
+
+
+def test_crowd_selection_ranks_epochs_over_the_floor_by_agreement_and_the_rest_below_them() -> None:
+    config = TrainConfig(out_dir=Path("unused"), data=Path("unused"), select="crowd", min_public_acc=0.654)
+
+    over_low, over_high = standing(config, 0.66, 0.75), standing(config, 0.655, 0.80)
+    under_accurate, under_crowded = standing(config, 0.653, 0.90), standing(config, 0.60, 0.95)
+
+    assert over_high.score > over_low.score > under_accurate.score > under_crowded.score
+    # and by top-1, the crowd figure is only reported
+    by_top1 = standing(TrainConfig(out_dir=Path("unused"), data=Path("unused")), 0.66, 0.75)
+    assert by_top1 == Standing(0.66, 0.75, 0.66)
+
+
+def test_a_crowd_selected_run_records_both_figures_each_epoch_and_keeps_the_best_by_its_rule(
+        tmp_path: Path, small_fer_file: Path) -> None:
+    # given votes for the faces and a top-1 floor every epoch clears
+    config = small_config(tmp_path / "crowd", small_fer_file, select="crowd", min_public_acc=0.0,
+                          ferplus=write_votes(tmp_path / "meta.npz", 96))
+
+    # when the run trains two epochs
+    best = train(config)
+
+    # then each epoch has its PublicTest top-1 and crowd agreement, and best.pt is the epoch with the most agreement
+    history = torch.load(tmp_path / "crowd" / "last.pt", weights_only=False)["config"]["history"]
+    assert all({"public_acc", "public_crowd"} <= set(record) for record in history)
+    chosen = max(history, key=lambda record: record["public_crowd"])
+    saved = torch.load(best, weights_only=False)
+    assert saved["epoch"] + 1 == chosen["epoch"]
+    assert round(saved["best_public_crowd"], 4) == chosen["public_crowd"]
+    assert round(saved["best_public"], 4) == chosen["public_acc"]
