@@ -1,105 +1,81 @@
-"""One sampled frame as a JPEG, decoded from the stored media: the viewer's fallback for media a browser cannot play.
+"""Frame stills on the API's side: served from the media store, asked of a worker when missing (fervid/stills.py).
 
-PyAV and Pillow come with the `viewer` extra (the API image installs it) and are imported only here, on first use,
-so the base install stays free of media decoding. The frame is turned upright as the worker sees it (rotation and
-non-square pixels), so the timeline's boxes fall where they belong.
+Nothing here downloads or decodes. A still that is not stored yet is asked for once (a pending mark in Redis dedupes
+the viewer's retries and those of many clients), and a tenant has at most MAX_PENDING_PER_TENANT asked for at once,
+so one tenant cannot fill the stills queue ahead of everyone else's.
 """
 
 from __future__ import annotations
 
-import io
-import threading
-from fractions import Fraction
-from pathlib import Path
-from typing import TYPE_CHECKING
+import json
+import logging
+import time
 
-from fervid.errors import DECODE_ERROR, NOT_CONFIGURED, FervidError, MediaError, TooManyRequests
-from fervid.pixels import rgb_image
-from fervid.tables import PlanRow
+import redis
 
-if TYPE_CHECKING:
-    from PIL.Image import Image
+from fervid.errors import MediaError, TooManyRequests
+from fervid.media_store import Storage
+from fervid.queue import send_render_still
+from fervid.stills import MAX_STILL_BYTES, still_failure_key, still_key
 
-JPEG_QUALITY = 85
-MAX_FRAMES_AFTER_SEEK = 5000  # a sane bound on decoding from a keyframe to the sampled frame
-# Stills are decoded in the API process, each up to the pixel limit the worker's probe held the media to (a frame of
-# 40 MP takes hundreds of MB): at most this many at once, so that many requests for large frames cannot together
-# take the process's memory; a request that waits longer than WAIT_FOR_DECODE_S is answered 429.
-CONCURRENT_DECODES = 2
-WAIT_FOR_DECODE_S = 10.0
-_decoding = threading.BoundedSemaphore(CONCURRENT_DECODES)
+log = logging.getLogger(__name__)
+
+PENDING_KEY = "fervid:stills-pending"
+# A still asked for and not served within this is asked for again: its worker may have died on it.
+PENDING_S = 120
+MAX_PENDING_PER_TENANT = 8
+RETRY_AFTER_S = 1  # what a 202 tells the viewer to wait before asking again
 
 
-def frame_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes:
-    """The sampled frame `planned` of the media at `path`, upright, as JPEG bytes."""
-    if not _decoding.acquire(timeout=WAIT_FOR_DECODE_S):
-        raise TooManyRequests(f"the API is decoding {CONCURRENT_DECODES} frame stills already; retry in a moment",
-                              retry_after_s=1)
+def stored_still(storage: Storage, job_id: str, frame_index: int) -> bytes | None:
+    """The rendered JPEG; None while no worker has rendered it; the worker's MediaError when it could not."""
+    jpeg = storage.read(still_key(job_id, frame_index), MAX_STILL_BYTES)
+    if jpeg is not None:
+        return jpeg
+    failure = storage.read(still_failure_key(job_id, frame_index), MAX_STILL_BYTES)
+    if failure is None:
+        return None
+    reason = json.loads(failure)
+    raise MediaError(str(reason["code"]), str(reason["message"]))
+
+
+def ask_for_still(connection: redis.Redis | None, tenant: str, job_id: str, frame_index: int, queue: str) -> None:
+    """Sends the render task, unless this still was asked for within PENDING_S; TooManyRequests when the tenant has
+    MAX_PENDING_PER_TENANT other stills pending. Without Redis every call sends (renders are idempotent)."""
+    if connection is not None and not _mark_pending(connection, tenant, f"{job_id}/{frame_index}"):
+        return
+    send_render_still(job_id, frame_index, queue)
+
+
+def forget_pending(connection: redis.Redis | None, tenant: str, job_id: str, frame_index: int) -> None:
+    """The still was served: it no longer counts against its tenant."""
+    if connection is None:
+        return
     try:
-        return _decoded_jpeg(path, media_kind, planned)
-    finally:
-        _decoding.release()
+        connection.zrem(f"{PENDING_KEY}:{tenant}", f"{job_id}/{frame_index}")
+    except redis.RedisError as error:
+        log.warning("stills: could not clear a pending mark (%s); it lapses after %d s", error, PENDING_S)
 
 
-def _decoded_jpeg(path: Path, media_kind: str | None, planned: PlanRow) -> bytes:
+def _mark_pending(connection: redis.Redis, tenant: str, member: str) -> bool:
+    """True when this call marked `member` pending (its task is to be sent), False when it was already."""
+    key, now = f"{PENDING_KEY}:{tenant}", time.time()
     try:
-        from PIL import Image, ImageOps
-    except ImportError as error:
-        raise _viewer_extra_missing() from error
-    if media_kind == "image":
-        try:
-            with Image.open(path) as image:
-                upright = rgb_image(ImageOps.exif_transpose(image))  # as the worker saw it
-        except (OSError, ValueError) as error:
-            raise MediaError(DECODE_ERROR, f"the image cannot be decoded here ({error})") from error
-    else:
-        upright = _video_frame(path, planned)
-    buffer = io.BytesIO()
-    upright.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-def _viewer_extra_missing() -> FervidError:
-    return FervidError("frame stills need PyAV and Pillow on the API: install it with the `viewer` extra",
-                       code=NOT_CONFIGURED, http_status=501)
-
-
-def _video_frame(path: Path, planned: PlanRow) -> Image:
-    try:
-        import av
-        import av.error
-    except ImportError as error:
-        raise _viewer_extra_missing() from error
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            if not planned.by_order:  # timed by order: count frames from the start, as the worker did
-                container.seek(planned.keyframe_pts, stream=stream, backward=True)
-            for position, frame in enumerate(container.decode(stream)):
-                if planned.by_order:
-                    reached = position == planned.pts
-                else:
-                    reached = frame.pts is not None and frame.pts >= planned.pts
-                if reached:
-                    return _upright(frame.to_image(), frame.rotation, _pixel_aspect(stream))
-                if not planned.by_order and position > MAX_FRAMES_AFTER_SEEK:
-                    break
-    except (av.error.FFmpegError, OSError, IndexError) as error:
-        raise MediaError(DECODE_ERROR, f"the sampled frame cannot be decoded here ({error})") from error
-    raise MediaError(DECODE_ERROR, f"frame {planned.frame_index} was not found in the media")
-
-
-def _pixel_aspect(stream: object) -> Fraction:
-    ratio = getattr(stream, "sample_aspect_ratio", None)
-    return Fraction(ratio) if ratio and Fraction(1, 8) <= ratio <= 8 else Fraction(1)
-
-
-def _upright(image: Image, counter_clockwise_degrees: float, pixel_aspect: Fraction) -> Image:
-    """Square pixels (stretching the short side, as the worker does), then the display rotation."""
-    width, height = image.size
-    if pixel_aspect > 1:
-        image = image.resize((round(width * pixel_aspect), height))
-    elif pixel_aspect < 1:
-        image = image.resize((width, round(height / pixel_aspect)))
-    quarter_turns = round(counter_clockwise_degrees / 90) % 4
-    return image.rotate(90 * quarter_turns, expand=True) if quarter_turns else image
+        pipeline = connection.pipeline()
+        pipeline.zremrangebyscore(key, "-inf", now - PENDING_S)
+        pipeline.zscore(key, member)
+        pipeline.zcard(key)
+        _, asked, pending = pipeline.execute()
+        if asked is not None:
+            return False
+        if pending >= MAX_PENDING_PER_TENANT:
+            raise TooManyRequests(f"{pending} frame stills of yours are being rendered; retry in a moment",
+                                  retry_after_s=RETRY_AFTER_S)
+        pipeline = connection.pipeline()
+        pipeline.zadd(key, {member: now}, nx=True)
+        pipeline.expire(key, PENDING_S)
+        added, _ = pipeline.execute()
+        return bool(added)  # 0: a concurrent request marked it first and sends the task
+    except redis.RedisError as error:
+        log.warning("stills: no pending marks in Redis (%s): asking a worker on every request", error)
+        return True

@@ -14,23 +14,27 @@ from typing import Annotated, Any
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
 from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
+from api.limits import limits_redis
+from api.media_fetch import RETRY_AFTER_S as FETCH_RETRY_AFTER_S
+from api.media_fetch import media_fetcher
 from api.media_links import link_secret, media_token, tenant_for_media_token
 from api.routes import ERRORS
 from api.schemas import MediaLink
-from api.stills import frame_jpeg
+from api.stills import RETRY_AFTER_S as STILL_RETRY_AFTER_S
+from api.stills import ask_for_still, forget_pending, stored_still
 from fervid import jobs, results
 from fervid.api_keys import key_digest
 from fervid.db import session_scope
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
-from fervid.media_store import local_copy
+from fervid.media_store import cached_download, is_remote, local_copy, storage_from_url
 from fervid.settings import Settings
 from fervid.sources import SourceFence, job_source_fence
 
@@ -106,19 +110,32 @@ def create_media_link(job_id: str, tenant: TenantDep, session: SessionDep, setti
                      expires_at=datetime.fromtimestamp(expires, UTC))
 
 
+def _not_yet(status: str, retry_after_s: int) -> JSONResponse:
+    """202: a worker or a background fetch is making what was asked for; ask again after `retry_after_s`."""
+    return JSONResponse({"status": status, "retry_after_s": retry_after_s}, status_code=202,
+                        headers={"Retry-After": str(retry_after_s), "Cache-Control": "no-store"})
+
+
 @viewer_v1.get("/jobs/{job_id}/media", response_class=FileResponse,
-               summary="The job's media as submitted (answers HTTP Range requests)",
+               summary="The job's media as submitted (answers HTTP Range requests; 202 while remote media is fetched)",
                responses={200: {"content": {"video/*": {}, "image/*": {}}},
+                          202: {"description": "remote media is being fetched: ask again after Retry-After"},
                           206: {"description": "the byte range asked for"}})
-def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], settings: SettingsDep) -> FileResponse:
+def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], settings: SettingsDep) -> Response:
     with session_scope() as session:
         source = _job_source(session, tenant, job_id, settings)
-    # A remote source is fetched once into this machine's download cache, which outlives the response; a file the
-    # tenant named is held open (held_file) until the response is sent. No database connection is held meanwhile.
+    media_type = served_media_type(source.name, source.media_kind)
+    if is_remote(source.uri):
+        # Served from this machine's download cache once a background fetch put it there (api/media_fetch.py).
+        path = cached_download(source.uri, settings, job_id)
+        if path is None:
+            media_fetcher.request(tenant, job_id, source.uri, settings, source.fence)
+            return _not_yet("fetching", FETCH_RETRY_AFTER_S)
+        return FileResponse(path, media_type=media_type, headers=MEDIA_HEADERS)
+    # A file: the store's own, or one the tenant named, held open (held_file) until the response is sent.
     held = ExitStack()
     path = held.enter_context(local_copy(source.uri, settings, cache_key=job_id, fence=source.fence))
-    return HeldFileResponse(held, path, media_type=served_media_type(source.name, source.media_kind),
-                            headers=MEDIA_HEADERS)
+    return HeldFileResponse(held, path, media_type=media_type, headers=MEDIA_HEADERS)
 
 
 def served_media_type(name: str, media_kind: str | None) -> str:
@@ -133,17 +150,21 @@ def served_media_type(name: str, media_kind: str | None) -> str:
 
 
 @viewer_v1.get("/jobs/{job_id}/frames/{frame_index}.jpg", response_class=Response,
-               summary="One sampled frame as JPEG, upright, decoded from the stored media",
-               responses={200: {"content": {"image/jpeg": {}}}})
+               summary="One analysed frame as JPEG, upright as analysed (202 while a worker renders it)",
+               responses={200: {"content": {"image/jpeg": {}}},
+                          202: {"description": "a worker is rendering the still: ask again after Retry-After"}})
 def get_frame_still(job_id: str, frame_index: int, tenant: TenantDep, settings: SettingsDep) -> Response:
     with session_scope() as session:
-        source = _job_source(session, tenant, job_id, settings)
+        queue = jobs.get_job(session, tenant, job_id).queue
         planned = results.planned_frame(session, job_id, frame_index)
     if planned is None:
-        raise NotFound(f"frame {frame_index} is not a sampled frame of job {job_id}; the timeline lists them")
-    # Fetching and decoding take seconds: without a database connection, which other requests need at once.
-    with local_copy(source.uri, settings, cache_key=job_id, fence=source.fence) as path:
-        jpeg = frame_jpeg(path, source.media_kind, planned)
+        raise NotFound(f"frame {frame_index} is not an analysed frame of job {job_id}; the timeline lists them")
+    connection = limits_redis(settings.limits_url or settings.broker_url)
+    jpeg = stored_still(storage_from_url(settings.storage_url), job_id, frame_index)
+    if jpeg is None:
+        ask_for_still(connection, tenant, job_id, frame_index, queue)  # stills are rendered by workers
+        return _not_yet("rendering", STILL_RETRY_AFTER_S)
+    forget_pending(connection, tenant, job_id, frame_index)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 

@@ -188,9 +188,9 @@ def cancel_job(session: Session, job: Job) -> Job:
 
 
 def delete_job(session: Session, job: Job, storage: Storage, *, action: str = audit.JOB_DELETED) -> bool:
-    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored upload; the audit
-    log records `action` in the same transaction. False when another process deleted it first."""
-    key = job.stored_media_key
+    """Deletes the job's rows (segments, frames, faces and tracks cascade) and then its stored files (its upload and
+    the stills workers rendered, all under its id); the audit log records `action` in the same transaction. False
+    when another process deleted it first."""
     deleted = session.scalar(delete(Job).where(Job.id == job.id).returning(Job.id)
                              .execution_options(synchronize_session=False))
     if deleted is None:
@@ -199,10 +199,8 @@ def delete_job(session: Session, job: Job, storage: Storage, *, action: str = au
     audit.record(session, action, tenant=job.tenant, job_id=job.id)
     session.commit()
     session.expunge(job)
-    if key is None:
-        return True
     try:
-        storage.delete(key)
+        storage.delete_folder(job.id)
     except Exception:  # the rows are gone either way; an orphaned file must not turn the delete into an error
-        log.exception("job %s: deleted, but its stored media %r could not be removed", job.id, key)
+        log.exception("job %s: deleted, but its stored files could not be removed", job.id)
     return True

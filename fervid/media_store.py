@@ -63,6 +63,14 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def read(self, key: str, max_bytes: int) -> bytes | None:
+        """The bytes stored under `key`, or None when there are none; more than `max_bytes`: PayloadTooLarge."""
+        ...
+
+    def delete_folder(self, folder: str) -> None:
+        """Deletes every key under `folder/` (a job's id: its upload and what workers made from it)."""
+        ...
+
 
 def _write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """`write` into a `.part` file beside `path`, renamed into place when it completes: readers never see half."""
@@ -111,6 +119,19 @@ class FileStorage:
         if path.parent != self.root.resolve():
             shutil.rmtree(path.parent, ignore_errors=True)
 
+    def read(self, key: str, max_bytes: int) -> bytes | None:
+        try:
+            with self._path(key).open("rb") as stream:
+                data = stream.read(max_bytes + 1)
+        except FileNotFoundError:
+            return None
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"{key} is over {max_bytes} bytes")
+        return data
+
+    def delete_folder(self, folder: str) -> None:
+        shutil.rmtree(self._path(folder), ignore_errors=True)
+
 
 class S3Storage:
     """Any S3-compatible store; endpoint and credentials come from the usual AWS_* variables."""
@@ -133,6 +154,24 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def read(self, key: str, max_bytes: int) -> bytes | None:
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        if answer["ContentLength"] > max_bytes:
+            answer["Body"].close()
+            raise PayloadTooLarge(f"{key} is over {max_bytes} bytes")
+        return bytes(answer["Body"].read())
+
+    def delete_folder(self, folder: str) -> None:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                      Prefix=self._key(folder).rstrip("/") + "/")
+        for page in pages:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
 
 
 def storage_from_url(url: str) -> Storage:
@@ -220,6 +259,22 @@ def cached_download_owners(directory: Path) -> dict[str, list[Path]]:
     return owners
 
 
+def is_remote(uri: str) -> bool:
+    """A source `local_copy` downloads (http(s)://, s3://), not a file it opens."""
+    return urlparse(uri).scheme not in ("", "file")
+
+
+def cached_download(uri: str, settings: Settings, cache_key: str) -> Path | None:
+    """This machine's cached download of the remote source `uri` (`local_copy` with `cache_key`), if it has one."""
+    target = settings.download_cache_dir / _cached_name(uri, cache_key)
+    return target if target.is_file() else None
+
+
+def _cached_name(uri: str, cache_key: str) -> str:
+    suffix = Path(urlparse(uri).path).suffix[:16]
+    return cached_download_prefix(cache_key) + hashlib.sha256(f"{cache_key}\n{uri}".encode()).hexdigest()[:32] + suffix
+
+
 @contextmanager
 def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
                fence: SourceFence | None) -> Iterator[Path]:
@@ -253,7 +308,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
         return
     directory = settings.download_cache_dir
     directory.mkdir(parents=True, exist_ok=True)
-    name = cached_download_prefix(cache_key) + hashlib.sha256(f"{cache_key}\n{uri}".encode()).hexdigest()[:32] + suffix
+    name = _cached_name(uri, cache_key)
     target = directory / name
     with FileLock(str(directory / f"{name}.lock")):  # workers on one machine download a job's media once
         if not target.exists():

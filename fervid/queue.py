@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 PREPARE_TASK = "fervid.prepare_job"
 SEGMENT_TASK = "fervid.process_segment"
 WEBHOOK_TASK = "fervid.send_webhook"
+STILL_TASK = "fervid.render_still"
 
 # Longer than any segment can take: Redis redelivers an unacknowledged message only after this.
 VISIBILITY_TIMEOUT_S = 6 * 3600
@@ -56,11 +57,25 @@ def send_segment(job_id: str, segment_index: int, queue: str) -> None:
 
 
 WEBHOOK_SUFFIX = ".webhooks"
+STILLS_SUFFIX = ".stills"
+# A job queue's side queues: a worker that serves the job queue serves these too (worker.serve.with_side_queues).
+SIDE_SUFFIXES = (WEBHOOK_SUFFIX, STILLS_SUFFIX)
 
 
 def webhook_queue(queue: str) -> str:
     """The queue of the webhooks of jobs on `queue`: its own, so slow receivers never wait behind analysis."""
     return f"{queue}{WEBHOOK_SUFFIX}"
+
+
+def stills_queue(queue: str) -> str:
+    """The queue of the frame stills of jobs on `queue`: its own, so a viewer's still never waits behind a backlog of
+    segments (it still waits for a free worker process)."""
+    return f"{queue}{STILLS_SUFFIX}"
+
+
+def send_render_still(job_id: str, frame_index: int, queue: str) -> None:
+    celery_app().send_task(STILL_TASK, args=[job_id, frame_index], queue=stills_queue(queue),
+                           retry_policy=SEND_RETRY_POLICY)
 
 
 def send_webhook(job_id: str, event_id: str, queue: str) -> None:

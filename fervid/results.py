@@ -358,9 +358,9 @@ def render_plot_png(series: Sequence[TrackSeries], title: str, sample_interval_m
 
 
 def planned_frame(session: Session, job_id: str, frame_index: int) -> PlanRow | None:
-    """The sampled frame's place in the media (pts, keyframe) from its segment's plan; None if it was not sampled."""
-    for plan in session.scalars(select(Segment.plan).where(Segment.job_id == job_id).order_by(Segment.index)):
-        for row in plan or ():
-            if row.frame_index == frame_index:
-                return row
-    return None
+    """An analysed frame's place in the media (pts, keyframe), from the plan of the one segment that sampled it; None
+    if it was not sampled, or is not analysed yet."""
+    plan = session.scalar(select(Segment.plan).join(Frame, and_(Frame.job_id == Segment.job_id,
+                                                                Frame.segment_index == Segment.index))
+                          .where(Frame.job_id == job_id, Frame.frame_index == frame_index))
+    return next((row for row in plan or () if row.frame_index == frame_index), None)

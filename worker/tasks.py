@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from fervid.db import get_engine
 from fervid.dispatch import dispatch_for_job
 from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED, DiskFull
-from fervid.queue import PREPARE_TASK, SEGMENT_TASK, WEBHOOK_TASK, celery_app
+from fervid.queue import PREPARE_TASK, SEGMENT_TASK, STILL_TASK, WEBHOOK_TASK, celery_app
 from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
 from fervid.worker_status import start_publishing
@@ -110,7 +110,8 @@ def _set_time_limits(**_: Any) -> None:
     settings = _settings()
     for task, soft_s in ((prepare_job, settings.prepare_soft_limit_s()),
                          (process_segment, settings.segment_soft_limit_s()),
-                         (send_job_webhook, settings.webhook_deadline_s + WEBHOOK_SLACK_S)):
+                         (send_job_webhook, settings.webhook_deadline_s + WEBHOOK_SLACK_S),
+                         (render_frame_still, settings.segment_soft_limit_s())):
         task.soft_time_limit = soft_s
         task.time_limit = soft_s + HARD_LIMIT_GRACE_S
 
@@ -203,3 +204,17 @@ def send_job_webhook(self: Task, job_id: str, event_id: str) -> None:
     delivery = deliver(job_id, event_id, _settings())
     if delivery is Delivery.failed and self.request.retries < len(RETRY_DELAYS_S):
         raise self.retry(countdown=RETRY_DELAYS_S[self.request.retries])
+
+
+@app.task(name=STILL_TASK, **RETRY)
+def render_frame_still(job_id: str, frame_index: int) -> None:
+    """A viewer's still: one frame, decoded as a segment decodes it (from its restart point, under the decoder limits;
+    a still's decode costs at most a segment's)."""
+    from worker.still_render import record_failure, render_still
+
+    settings = _settings()
+    try:
+        render_still(job_id, frame_index, settings, cpu_s=settings.segment_soft_limit_s())
+    except SoftTimeLimitExceeded:
+        record_failure(job_id, frame_index, PROCESSING_FAILED, f"decoding frame {frame_index} took longer than its "
+                       f"limit of {settings.segment_soft_limit_s():.0f} s", settings)

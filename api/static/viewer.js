@@ -32,9 +32,12 @@ function apiKey() {
   return sessionStorage.getItem(KEY_STORAGE);
 }
 
+function fetchWithKey(path, options, key = apiKey()) {
+  return fetch(path, { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } });
+}
+
 async function api(path, options = {}, key = apiKey()) {
-  const response = await fetch(path, { ...options, headers: { ...(options.headers || {}),
-                                                                Authorization: `Bearer ${key}` } });
+  const response = await fetchWithKey(path, options, key);
   if (!response.ok) throw await apiError(response);
   return response;
 }
@@ -45,6 +48,22 @@ async function apiError(response) {
     return new ApiError(response.status, body.error.code, body.error.message);
   } catch {
     return new ApiError(response.status, "http_error", `the server answered ${response.status}`);
+  }
+}
+
+// A still a worker renders, or remote media the API fetches, is answered 202 until it is ready (429 while too many
+// are under way): asked again after the answer's Retry-After until it is, or until `gaveUp()` says nobody waits for
+// it any more (then null).
+async function apiReady(path, options = {}, gaveUp = () => false) {
+  for (;;) {
+    const response = await fetchWithKey(path, options);
+    if (response.status !== 202 && response.status !== 429) {
+      if (!response.ok) throw await apiError(response);
+      return response;
+    }
+    const waitS = Math.min(Number(response.headers.get("Retry-After")) || 1, 30);
+    await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+    if (gaveUp()) return null;
   }
 }
 
@@ -352,6 +371,15 @@ async function showMedia(state) {
     if (error.status === 401) return handleError(error);
   }
   if (state.closed) return;
+  if (link) {
+    try {
+      // Remote media is fetched by the API before it can be served: wait for it here, not in a media element.
+      if (!(await apiReady(link, { headers: { Range: "bytes=0-0" } }, () => state.closed))) return;
+    } catch (error) {
+      if (error.status === 401) return handleError(error);
+      link = null;
+    }
+  }
   if (image) {
     state.mode = "image";
     const still = $("still");
@@ -435,8 +463,11 @@ async function showStill(state, index) {
   if (!frame) return;
   state.stillIndex = index;
   try {
-    const blob = await (await api(`/v1/jobs/${state.jobId}/frames/${frame.frame_index}.jpg`)).blob();
-    if (state.closed || state.stillIndex !== index) return;
+    const gaveUp = () => state.closed || state.stillIndex !== index;
+    const response = await apiReady(`/v1/jobs/${state.jobId}/frames/${frame.frame_index}.jpg`, {}, gaveUp);
+    if (!response) return;
+    const blob = await response.blob();
+    if (gaveUp()) return;
     const url = URL.createObjectURL(blob);
     state.urls.push(url);
     const still = $("still");

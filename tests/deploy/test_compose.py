@@ -108,7 +108,7 @@ def test_a_fresh_stack_analyses_an_upload_sends_its_signed_webhook_and_serves_ev
         receiver.server.shutdown()
     print(f"first result {first_result_s:.1f} s after `docker compose up`")
 
-    # and the results read in every form: timeline, summary, CSV, plot, viewer page
+    # and the results read in every form: timeline, summary, CSV, plot, viewer page, a frame still
     frames = all_frames(stack.api, job_id)
     assert len(frames) == job["progress"]["frames_total"] == 10  # 2.4 s at 4 fps
     assert all(frame["faces"] for frame in frames)
@@ -119,6 +119,14 @@ def test_a_fresh_stack_analyses_an_upload_sends_its_signed_webhook_and_serves_ev
     assert status == 200 and png.startswith(b"\x89PNG")
     status, page, headers = stack.api.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html") and b"<html" in page.lower()
+
+    def still() -> bytes | None:  # 202 while a worker renders it (the API image has no decoder)
+        status, jpeg, _ = stack.api.request("GET", f"/v1/jobs/{job_id}/frames/{frames[-1]['frame_index']}.jpg")
+        assert status in (200, 202), (status, jpeg[:300])
+        return jpeg if status == 200 else None
+
+    jpeg = wait_until(still, 120, stack.compose.logs)
+    assert isinstance(jpeg, bytes) and jpeg.startswith(b"\xff\xd8")
 
     # and every container says it is healthy: the API, and each worker once its pool process loaded its models
     def all_healthy() -> bool:

@@ -1,20 +1,30 @@
 """The viewer's routes over HTTP: the page and its palette, a job's media with Range requests and signed links,
-and frame stills, each tenant-checked, on a job a real worker analysed."""
+and frame stills rendered by workers, each tenant-checked, on jobs a real worker analysed."""
 
 from __future__ import annotations
 
+import contextlib
 import io
-import threading
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fervid.db import get_engine
+from api.stills import MAX_PENDING_PER_TENANT, ask_for_still, forget_pending
+from bench.media_factory import HEIGHT, WIDTH, read_index, write_joined_recordings
+from fervid.errors import TooManyRequests
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
-from tests.integration.conftest import ServiceEnv
+from tests.conftest import FileServer
+from tests.integration.conftest import ServiceEnv, wait_for
+from tests.integration.test_api import closed_port, fervid_api_process
 from tests.integration.test_end_to_end import ALICE, submit_file, wait_finished
 
 pytestmark = pytest.mark.integration
@@ -27,6 +37,19 @@ def client(service_env: ServiceEnv) -> TestClient:
     from api.app import create_app
 
     return TestClient(create_app())
+
+
+def ready(client: TestClient | httpx.Client, path: str, headers: dict[str, str],
+          timeout_s: float = 120.0) -> httpx.Response:
+    """GET `path` again while it answers 202 (a worker renders, or the API fetches) or 429 (too many such at once),
+    after each Retry-After, as the viewer does."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = client.get(path, headers=headers)
+        if answer.status_code not in (202, 429):
+            return answer
+        assert time.monotonic() < deadline, f"{path} still answers {answer.status_code} after {timeout_s:.0f} s"
+        time.sleep(float(answer.headers["retry-after"]))
 
 
 def test_the_page_its_files_and_the_palette_are_served_without_a_key(client: TestClient) -> None:
@@ -73,8 +96,8 @@ def test_media_answers_ranges_for_its_tenant_and_frame_stills_are_the_sampled_fr
 
     # when a sampled frame is asked for as a still
     frame = client.get(f"/v1/jobs/{job_id}/timeline", headers=ALICE, params={"limit": 5}).json()["items"][4]
-    still = client.get(f"/v1/jobs/{job_id}/frames/{frame['frame_index']}.jpg", headers=ALICE)
-    # then it is that frame, at the size the boxes are measured in
+    still = ready(client, f"/v1/jobs/{job_id}/frames/{frame['frame_index']}.jpg", ALICE)
+    # then a worker rendered that frame, at the size the boxes are measured in
     assert still.status_code == 200 and still.headers["content-type"] == "image/jpeg"
     image = np.asarray(Image.open(io.BytesIO(still.content)).convert("L"), dtype=np.float32)
     assert image.shape == (360, 640)
@@ -89,31 +112,112 @@ def test_media_answers_ranges_for_its_tenant_and_frame_stills_are_the_sampled_fr
     assert client.get(f"/v1/jobs/{job_id}/frames/{frame['frame_index']}.jpg", headers=BOB).status_code == 404
 
 
-def test_a_still_holds_no_database_connection_while_it_decodes(
-    service_env: ServiceEnv, client: TestClient, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+
+
+def api_pid(port: int) -> int:
+    """The pid of the `fervid api` process listening on `port` (fervid_api_process starts it)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            words = cmdline.read_bytes().split(b"\0")
+            if b"api" in words and str(port).encode() in words:
+                return int(cmdline.parent.name)
+    raise AssertionError(f"no fervid api process on port {port}")
+
+
+def test_stills_are_rendered_by_workers_and_a_dozen_clients_hammering_them_leave_other_tenants_answered_at_once(
+    service_env: ServiceEnv, tmp_path: Path
 ) -> None:
-    # given a still analysed by a real worker, and its decode held until released (standing for a slow one: a late
-    # frame of a long stream, a large photo)
+    # given a real `fervid api` and worker, and a 40 s stream timed by order (recordings joined end to end) analysed
+    # at 1 frame a second
+    joined = write_joined_recordings(tmp_path / "joined.ts", parts=4, frame_count=240)
     service_env.start_worker()
-    job_id = submit_file(client, shared_dir / "media" / "single_face.jpg")
-    assert wait_finished(client, service_env, job_id)["status"] == "succeeded"
-    decoding, release = threading.Event(), threading.Event()
+    with fervid_api_process({**os.environ, **service_env.values}, tmp_path / "api.log") as base, \
+            httpx.Client(base_url=base, timeout=30) as api:
+        with joined.open("rb") as stream:
+            job_id = api.post("/v1/jobs", headers=ALICE, files={"file": ("joined.ts", stream)},
+                              data={"sample_fps": "1"}).json()["job_id"]
+        wait_for(lambda: api.get(f"/v1/jobs/{job_id}", headers=ALICE).json()["status"] == "succeeded", 180,
+                 describe=service_env.worker_logs)
+        items = api.get(f"/v1/jobs/{job_id}/timeline", headers=ALICE, params={"limit": 1000}).json()["items"]
+        late_frames = [item["frame_index"] for item in items[-12:]]
+        assert len(items) >= 36 and late_frames[-1] > 900
 
-    def slow_decode(*_: object) -> bytes:
-        decoding.set()
-        release.wait(30)
-        return b"\xff\xd8jpeg"
+        # when 12 clients ask for the stills of its 12 last sampled frames at once (each again while it is 202),
+        # and bob lists his jobs meanwhile
+        def still(frame_index: int) -> httpx.Response:
+            with httpx.Client(base_url=base, timeout=30) as own:
+                return ready(own, f"/v1/jobs/{job_id}/frames/{frame_index}.jpg", ALICE)
 
-    monkeypatch.setattr("api.viewer.frame_jpeg", slow_decode)
-    pool = get_engine().pool
-    # when a still is asked for, and looked at while it decodes
-    answer: list[int] = []
-    request = threading.Thread(target=lambda: answer.append(
-        client.get(f"/v1/jobs/{job_id}/frames/0.jpg", headers=ALICE).status_code))
-    request.start()
-    assert decoding.wait(30)
-    held_while_decoding = pool.checkedout()  # type: ignore[attr-defined]
-    release.set()
-    request.join(30)
-    # then the request held none of the connections every other request needs, and still answered
-    assert held_while_decoding == 0 and answer == [200]
+        bob_seconds: list[float] = []
+        with ThreadPoolExecutor(max_workers=12) as clients:
+            stills = [clients.submit(still, frame_index) for frame_index in late_frames]
+            while not all(future.done() for future in stills) or len(bob_seconds) < 10:
+                started = time.perf_counter()
+                assert api.get("/v1/jobs", headers=BOB).status_code == 200
+                bob_seconds.append(time.perf_counter() - started)
+                time.sleep(0.1)
+
+        # then every still is its own frame, upright
+        for frame_index, future in zip(late_frames, stills, strict=True):
+            answer = future.result()
+            assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+            image = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))[:, :, ::-1]
+            assert image.shape[:2] == (HEIGHT, WIDTH) and read_index(image) == frame_index
+        # and bob was answered within a second each time, by an API that never loaded a media decoder
+        assert max(bob_seconds) < 1.0, bob_seconds
+        maps = Path(f"/proc/{api_pid(int(base.rpartition(':')[2]))}/maps").read_text()
+        assert "libavcodec" not in maps and "libjpeg" not in maps
+
+        # and the stills are deleted with the job
+        stills_folder = Path(service_env.values["FERVID_STORAGE_URL"].removeprefix("file://")) / job_id / "stills"
+        assert len(list(stills_folder.glob("*.jpg"))) == 12
+        assert api.delete(f"/v1/jobs/{job_id}", headers=ALICE).status_code == 204
+        assert not stills_folder.parent.exists()
+
+
+def test_a_tenant_has_a_few_stills_pending_at_once_and_each_is_asked_of_a_worker_once(
+    service_env: ServiceEnv, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given real Redis for the pending marks, and the render tasks counted instead of sent
+    connection = redis.Redis.from_url(redis_url)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    sent: list[tuple[str, int]] = []
+    monkeypatch.setattr("api.stills.send_render_still", lambda job, frame, queue: sent.append((job, frame)))
+
+    # when the tenant asks for MAX_PENDING_PER_TENANT stills, each twice
+    for frame in range(MAX_PENDING_PER_TENANT):
+        ask_for_still(connection, tenant, "job", frame, "q")
+        ask_for_still(connection, tenant, "job", frame, "q")
+    # then each was sent to a worker once, and one more is refused 429 until one of them is served
+    assert sent == [("job", frame) for frame in range(MAX_PENDING_PER_TENANT)]
+    with pytest.raises(TooManyRequests):
+        ask_for_still(connection, tenant, "job", 99, "q")
+    ask_for_still(connection, f"{tenant}-other", "job", 99, "q")  # another tenant is not held back
+    forget_pending(connection, tenant, "job", 0)
+    ask_for_still(connection, tenant, "job", 99, "q")
+    assert sent[-2:] == [("job", 99), ("job", 99)]
+
+
+def test_remote_media_is_fetched_in_the_background_then_served_and_a_dead_source_answers_its_error(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path
+) -> None:
+    # given a job whose source is an http URL, and one whose source answers nothing
+    clip = shared_dir / "media" / "single_face.mp4"
+    server = FileServer(clip)
+    try:
+        job_id = client.post("/v1/jobs", headers=ALICE, json={"source_uri": server.url}).json()["job_id"]
+        dead = client.post("/v1/jobs", headers=ALICE,
+                           json={"source_uri": f"http://127.0.0.1:{closed_port()}/gone.mp4"}).json()["job_id"]
+
+        # when the viewer asks for the first's media
+        first = client.get(f"/v1/jobs/{job_id}/media", headers={**ALICE, "Range": "bytes=0-9"})
+        # then it is fetched in the background (202 with Retry-After), then served from this machine's cache
+        assert first.status_code == 202 and int(first.headers["retry-after"]) >= 1
+        served = ready(client, f"/v1/jobs/{job_id}/media", {**ALICE, "Range": "bytes=0-9"})
+        assert served.status_code == 206 and served.content == clip.read_bytes()[:10]
+
+        # and the dead source answers its error once its fetch failed, not 202 for ever
+        failed = ready(client, f"/v1/jobs/{dead}/media", ALICE, timeout_s=60)
+        assert failed.status_code == 422 and failed.json()["error"]["code"] == "source_unavailable"
+    finally:
+        server.server.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import threading
@@ -204,3 +205,41 @@ def test_a_tenant_follows_an_upload_and_reads_its_faces_in_sync_and_another_sees
     expect(other.locator("#job-state")).to_have_text("No such job for this key.")
     expect(other.locator("#job-body")).to_be_hidden()
     assert all("404" in error for error in other_errors), other_errors
+
+
+def test_media_the_browser_cannot_play_is_shown_as_stills_a_worker_renders_with_their_boxes(
+    service_env: ServiceEnv, live_api: str, browser: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from bench.media_factory import HEIGHT, WIDTH, write_video
+
+    # given an MJPEG AVI (no browser plays it), analysed by a real worker
+    clip = write_video(tmp_path / "clip.avi", frame_count=48, fps=24, codec="mjpeg", pix_fmt="yuvj420p")
+    service_env.start_worker()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = console_errors(page)
+    page.goto(live_api)
+    sign_in(page, "alice-key")
+    page.set_input_files("#submit-file", str(clip))
+    page.click("#submit-button")
+    row = page.locator("li.job", has_text="clip.avi")
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=JOB_TIMEOUT_MS)
+    job_id = row.get_attribute("data-job-id")
+
+    # when she opens it
+    row.locator(".name a").click()
+
+    # then the page says it shows the sampled frames, and shows the first one once a worker rendered it (the API
+    # answers 202 until then), at the frame's size, with that frame's boxes drawn
+    expect(page.locator("#mode-note")).to_contain_text("sampled frames", timeout=30_000)
+    still = page.locator("#still")
+    expect(still).to_have_attribute("src", re.compile("^blob:"), timeout=60_000)
+    wait_for(lambda: page.evaluate("document.getElementById('still').naturalWidth") > 0, 30)
+    assert page.evaluate("[document.getElementById('still').naturalWidth, "
+                         "document.getElementById('still').naturalHeight]") == [WIDTH, HEIGHT]
+    items = timeline(live_api, str(job_id))
+    expect(page.locator("#overlay")).to_have_attribute("data-time-ms", f"{items[0]['timestamp_ms']:g}")
+    assert drawn(page)[1] == boxes_at(items, items[0]["timestamp_ms"])
+    # and nothing failed on the way (the 202s it waited through are not failures)
+    assert errors == [], errors
