@@ -38,7 +38,7 @@ from api.schemas import (
     WebhookSigningKey,
     WorkerOut,
 )
-from api.uploads import read_json, read_multipart
+from api.uploads import FORM_OVERHEAD_BYTES, read_json, read_multipart
 from fervid import jobs, results
 from fervid.db import get_engine, session_scope
 from fervid.errors import (
@@ -134,7 +134,8 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
     try:
         job, created = jobs.create_job(
             session, tenant=tenant, queue=settings.queue, source_uri=uri, sample_fps=options.sample_fps,
-            tasks_per_tenant=settings.tasks_per_tenant, client_request_token=token, webhook_url=options.webhook_url,
+            tasks_per_tenant=settings.tasks_per_tenant, frames_reserved=_frames_reserved(options, settings),
+            client_request_token=token, webhook_url=options.webhook_url,
             filename=_display_name(upload.filename), stored_media_key=key, job_id=job_id,
             stored_media_bytes=upload.size, quota=settings.tenant_quota())
     except BaseException:
@@ -143,6 +144,24 @@ def _submit_upload(session: Session, tenant: str, form: FormData, settings: Sett
     if not created:
         storage.delete(key)  # a concurrent request with the same token won: keep only its copy
     return job, created
+
+
+def _frames_reserved(options: JobOptions, settings: Settings) -> int:
+    """What the job reserves of its tenant's frames per day until prepared: its declared duration (else
+    FERVID_RESERVED_DURATION_S), at most the service's longest, at its rate."""
+    declared = options.max_duration_s or settings.reserved_duration_s
+    return jobs.reserved_frames(options.sample_fps, min(declared, settings.max_duration_s))
+
+
+def _refuse_upload_past_quota(session: Session, tenant: str, declared_bytes: int, settings: Settings) -> None:
+    """The tenant's quota, looked at before an upload's body is read: past its active jobs, past its stored bytes with
+    the declared Content-Length, or with no frame left today, an upload is refused before it is received and stored.
+    Its form fields (and so its own reservation) come with the body: the check create_job makes under the tenant's
+    lock, after, is the rule."""
+    try:
+        jobs.refuse_past_quota(session, tenant, settings.tenant_quota(), declared_bytes, new_frames=1)
+    finally:
+        session.rollback()  # ends the read-only transaction: the request's session is used again after the upload
 
 
 SUBMIT_BODY = {
@@ -174,6 +193,9 @@ SUBMIT_BODY = {
 async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep) -> JSONResponse:
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type == "multipart/form-data":
+        declared = request.headers.get("content-length", "")
+        declared_file_bytes = max(0, int(declared) - FORM_OVERHEAD_BYTES) if declared.isdigit() else 0
+        await run_in_threadpool(_refuse_upload_past_quota, session, tenant, declared_file_bytes, settings)
         form = await read_multipart(request, settings.max_upload_mb << 20)
         try:
             job, created = await run_in_threadpool(_submit_upload, session, tenant, form, settings)
@@ -186,6 +208,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, s
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
                                     sample_fps=spec.sample_fps, tasks_per_tenant=settings.tasks_per_tenant,
+                                    frames_reserved=_frames_reserved(spec, settings),
                                     client_request_token=spec.client_request_token,
                                     webhook_url=spec.webhook_url, quota=settings.tenant_quota()))
     else:

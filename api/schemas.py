@@ -63,6 +63,12 @@ class JobOptions(BaseModel):
         None, min_length=1, max_length=128,
         description="idempotency key: the same tenant and token always get the same job back")
     webhook_url: str | None = Field(None, max_length=2048, description="POSTed to when the job finishes")
+    max_duration_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="the longest the media runs, in seconds (default FERVID_RESERVED_DURATION_S, at most "
+                    "FERVID_MAX_DURATION_S). Until the job is prepared it reserves max_duration_s x sample_fps of your "
+                    "frames per day; longer media takes the rest when it is prepared if your day has room, else "
+                    "fails quota_exceeded")
 
     @field_validator("client_request_token")
     @classmethod

@@ -41,7 +41,8 @@ REDIS_URL = os.environ.get("FERVID_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 def run_job(clip: Path, fps: float, timeout: float = 900.0) -> float:
     with session_scope() as session:
         job, _ = jobs.create_job(session, tenant="bench", queue=get_settings().queue, source_uri=clip.as_uri(),
-                                 sample_fps=fps, tasks_per_tenant=get_settings().tasks_per_tenant)
+                                 sample_fps=fps, tasks_per_tenant=get_settings().tasks_per_tenant,
+                                 frames_reserved=jobs.reserved_frames(fps, get_settings().max_duration_s))
         job_id = job.id
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

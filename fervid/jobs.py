@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,9 +52,15 @@ def job_by_token(session: Session, tenant: str, client_request_token: str) -> Jo
     )
 
 
+def reserved_frames(sample_fps: float, max_duration_s: float) -> int:
+    """The most frames sampling at `sample_fps` takes from media of at most `max_duration_s`: one at each k/fps
+    while k/fps < duration (worker.media.plan.plan_frames), the first at 0."""
+    return max(1, math.ceil(max_duration_s * sample_fps))
+
+
 def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sample_fps: float,
-               tasks_per_tenant: int, client_request_token: str | None = None, webhook_url: str | None = None,
-               filename: str | None = None, stored_media_key: str | None = None,
+               tasks_per_tenant: int, frames_reserved: int, client_request_token: str | None = None,
+               webhook_url: str | None = None, filename: str | None = None, stored_media_key: str | None = None,
                job_id: str | None = None, stored_media_bytes: int | None = None,
                quota: TenantQuota | None = None) -> tuple[Job, bool]:
     """Inserts and commits a queued job, then dispatches the tenant's waiting tasks; returns (job, created).
@@ -60,17 +68,18 @@ def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sa
     A repeated `client_request_token` returns the tenant's existing job with created=False, also when two
     requests race (the unique constraint decides). The job's prepare is sent now when the tenant has fewer than
     `tasks_per_tenant` tasks sent and unfinished on `queue`, else as they finish (fervid.dispatch); a broker that
-    is down leaves it waiting, logged, not raised. A tenant past its `quota` is refused with a 429; the check and
-    the insert hold the tenant's lock, so concurrent submissions cannot pass it together.
+    is down leaves it waiting, logged, not raised. The job reserves `frames_reserved` of its tenant's frames per day
+    until it is prepared. A tenant past its `quota` is refused with a 429; the check and the insert hold the
+    tenant's lock, so concurrent submissions cannot pass it together.
     """
     if client_request_token is not None and (existing := job_by_token(session, tenant, client_request_token)):
         return existing, False
     if quota is not None:
         lock_for_transaction(session, f"quota:{tenant}")
-        refuse_past_quota(session, tenant, quota, stored_media_bytes or 0)
+        refuse_past_quota(session, tenant, quota, stored_media_bytes or 0, frames_reserved)
     job = Job(id=job_id or new_job_id(), tenant=tenant, queue=queue, status=JobStatus.queued, source_uri=source_uri,
               stored_media_key=stored_media_key, stored_media_bytes=stored_media_bytes, filename=filename,
-              sample_fps=sample_fps,
+              sample_fps=sample_fps, frames_reserved=frames_reserved,
               client_request_token=client_request_token, webhook_url=webhook_url, warnings=[],
               created_at=utc_now())
     session.add(job)
@@ -87,30 +96,72 @@ def create_job(session: Session, *, tenant: str, queue: str, source_uri: str, sa
     return job, True
 
 
-def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_bytes: int) -> None:
-    """TooManyRequests (quota_exceeded) when the tenant's active jobs, stored bytes or last day's frames are at
-    their limits. A check only: create_job holds the tenant's lock around it and the insert."""
+# Retry-After for a submission that would fit once the tenant's unprepared jobs are prepared.
+RESERVATIONS_RETRY_AFTER_S = 30
+# The frames a job counts against its tenant's day: what it samples once prepared, until then what it reserved;
+# nothing for a job that ended (failed, cancelled) before it was prepared, whose reservation is released.
+_FRAMES_COUNTED = case(
+    (and_(Job.frames_total.is_(None), Job.status.in_((JobStatus.failed, JobStatus.cancelled))), 0),
+    else_=func.coalesce(Job.frames_total, Job.frames_reserved, 0))
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    active_jobs: int
+    stored_bytes: int
+    day_frames: int  # sampled, or reserved until prepared, by the jobs of the last 24 h (_FRAMES_COUNTED)
+    day_reserved: int  # of those, reserved by jobs not prepared yet
+    oldest_of_day: datetime | None
+
+
+def tenant_usage(session: Session, tenant: str) -> TenantUsage:
     day_ago = utc_now() - timedelta(days=1)
-    counted_active, counted_bytes, counted_frames, oldest = session.execute(select(
+    unprepared = and_(Job.frames_total.is_(None), Job.status.in_(ACTIVE_JOB_STATUSES))
+    active, stored, frames, reserved, oldest = session.execute(select(
         func.count().filter(Job.status.in_(ACTIVE_JOB_STATUSES)),
         func.coalesce(func.sum(Job.stored_media_bytes), 0),
-        func.coalesce(func.sum(Job.frames_total).filter(Job.created_at >= day_ago), 0),
+        func.coalesce(func.sum(_FRAMES_COUNTED).filter(Job.created_at >= day_ago), 0),
+        func.coalesce(func.sum(Job.frames_reserved).filter(unprepared, Job.created_at >= day_ago), 0),
         func.min(Job.created_at).filter(Job.created_at >= day_ago),
     ).where(Job.tenant == tenant)).one()
-    active, stored, frames = int(counted_active or 0), int(counted_bytes or 0), int(counted_frames or 0)
-    if active >= quota.max_active_jobs:
-        raise TooManyRequests(f"you have {active} queued or running jobs, the most allowed (FERVID_MAX_ACTIVE_JOBS); "
-                              "submit again when one finishes, or cancel one", retry_after_s=30, code=QUOTA_EXCEEDED)
-    if stored + new_bytes > quota.max_stored_bytes:
-        raise TooManyRequests(f"your uploads would take {(stored + new_bytes) / (1 << 20):.0f} MB, past the "
-                              f"{quota.max_stored_bytes >> 20} MB allowed (FERVID_MAX_STORED_MB); delete jobs you "
-                              "no longer need", retry_after_s=3600, code=QUOTA_EXCEEDED)
-    if frames >= quota.max_frames_per_day:
-        # Room comes back when the oldest of the last day's jobs is a day old.
-        wait_s = (as_utc(oldest) + timedelta(days=1) - utc_now()).total_seconds() if oldest else 60
-        raise TooManyRequests(f"your jobs of the last 24 h sample {frames} frames, the most allowed "
-                              "(FERVID_MAX_FRAMES_PER_DAY)", retry_after_s=max(1, int(wait_s) + 1),
-                              code=QUOTA_EXCEEDED)
+    return TenantUsage(int(active or 0), int(stored or 0), int(frames or 0), int(reserved or 0), oldest)
+
+
+def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_bytes: int, new_frames: int) -> None:
+    """TooManyRequests (quota_exceeded) when the tenant's active jobs are at their limit, or its stored bytes or
+    last day's frames would pass theirs with `new_bytes` and `new_frames` more. A check only: create_job holds the
+    tenant's lock around it and the insert."""
+    usage = tenant_usage(session, tenant)
+    if usage.active_jobs >= quota.max_active_jobs:
+        raise TooManyRequests(f"you have {usage.active_jobs} queued or running jobs, the most allowed "
+                              "(FERVID_MAX_ACTIVE_JOBS); submit again when one finishes, or cancel one",
+                              retry_after_s=30, code=QUOTA_EXCEEDED)
+    if usage.stored_bytes + new_bytes > quota.max_stored_bytes:
+        raise TooManyRequests(f"your uploads would take {(usage.stored_bytes + new_bytes) / (1 << 20):.0f} MB, past "
+                              f"the {quota.max_stored_bytes >> 20} MB allowed (FERVID_MAX_STORED_MB); delete jobs "
+                              "you no longer need", retry_after_s=3600, code=QUOTA_EXCEEDED)
+    if usage.day_frames + new_frames > quota.max_frames_per_day:
+        # Room comes back as jobs are prepared (a reservation shrinks to the frames sampled), or when the oldest of
+        # the last day's jobs is a day old.
+        if usage.day_frames - usage.day_reserved + new_frames <= quota.max_frames_per_day:
+            wait_s = float(RESERVATIONS_RETRY_AFTER_S)
+        elif usage.oldest_of_day is not None:
+            wait_s = (as_utc(usage.oldest_of_day) + timedelta(days=1) - utc_now()).total_seconds()
+        else:
+            wait_s = 60.0
+        raise TooManyRequests(f"your jobs of the last 24 h sample or reserve {usage.day_frames} frames, and this one "
+                              f"may sample {new_frames}: past the {quota.max_frames_per_day} allowed "
+                              "(FERVID_MAX_FRAMES_PER_DAY). Until it is prepared a job reserves max_duration_s (by "
+                              "default FERVID_RESERVED_DURATION_S) x sample_fps frames: declare a shorter "
+                              "max_duration_s", retry_after_s=max(1, int(wait_s) + 1), code=QUOTA_EXCEEDED)
+
+
+def room_for_more_frames(session: Session, job: Job, frames_total: int, quota: TenantQuota) -> bool:
+    """Whether the job's tenant has room in its day for `frames_total`, more than the job reserved: prepare asks,
+    holding the tenant's quota lock until it records frames_total in the same transaction."""
+    lock_for_transaction(session, f"quota:{job.tenant}")
+    more = frames_total - (job.frames_reserved or 0)
+    return tenant_usage(session, job.tenant).day_frames + more <= quota.max_frames_per_day
 
 
 def frames_done_by_job(session: Session, job_ids: Sequence[str]) -> dict[str, int]:

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     max_active_jobs: int = 200  # queued and running jobs per tenant: one tenant's backlog cannot fill the queue
     max_stored_mb: int = 100 * 1024  # uploaded media kept per tenant
     max_frames_per_day: int = 5_000_000  # sampled frames of the jobs a tenant submitted in the last 24 h
+    # What a submission that declares no max_duration_s reserves of those until it is prepared (x its sample_fps):
+    # longer media then takes the rest at prepare if the day has room, else fails quota_exceeded.
+    reserved_duration_s: Annotated[float, Field(gt=0)] = 600.0
 
     def tenant_quota(self) -> TenantQuota:
         return TenantQuota(self.max_active_jobs, self.max_stored_mb << 20, self.max_frames_per_day)

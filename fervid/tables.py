@@ -114,6 +114,9 @@ class Job(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     frame_count: Mapped[int | None] = mapped_column(Integer)
     frames_total: Mapped[int | None] = mapped_column(Integer)  # sampled frames the job will produce
+    # The most frames it may sample, reserved of its tenant's frames per day from submission until frames_total is
+    # known (fervid.jobs.reserved_frames); prepare fails a job whose media would sample more.
+    frames_reserved: Mapped[int | None] = mapped_column(Integer)
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -318,7 +318,8 @@ def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings, 
         log.info("job %s failed: %s: %s", job_id, error.code, error.message)
         record_store.fail_job(job_id, error.code, error.message)
         return []
-    return record_store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model)
+    return record_store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model,
+                                  None if operator_source else settings.tenant_quota())
 
 
 def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Settings,

@@ -28,8 +28,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from fervid.db import session_scope
-from fervid.errors import PROCESSING_FAILED
+from fervid.errors import PROCESSING_FAILED, QUOTA_EXCEEDED
+from fervid.jobs import room_for_more_frames
 from fervid.labels import EMOTIONS
+from fervid.settings import TenantQuota
 from fervid.tables import ACTIVE_JOB_STATUSES, Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
 from fervid.utc import utc_now
 from worker import stitch
@@ -99,20 +101,33 @@ def _segment_rows(job_id: str, segment_plans: list[list[PlanRow]]) -> list[dict[
     return rows
 
 
-def start_job(job_id: str, media: MediaInfo, segment_plans: list[list[PlanRow]], model: ModelInfo) -> list[int]:
+def start_job(job_id: str, media: MediaInfo, segment_plans: list[list[PlanRow]], model: ModelInfo,
+              quota: TenantQuota | None = None) -> list[int]:
     """Marks the job running with its media and model and creates its segments once; returns the segments to send.
 
     A redelivered prepare creates nothing twice: segments that exist are kept as they are. [] when the job is
-    cancelled, finished or gone; a job with nothing left to analyse is finished here.
+    cancelled, finished or gone; a job with nothing left to analyse is finished here. A job whose media samples more
+    frames than it reserved at submission takes the rest from its tenant's day under `quota`, or fails
+    quota_exceeded when there is no room: the day's frames never pass the quota.
     """
     now = utc_now()
+    frames_total = sum(len(plan) for plan in segment_plans)
     with session_scope() as session:
+        job = session.get(Job, job_id)
+        if quota is not None and job is not None and job.frames_reserved is not None \
+                and frames_total > job.frames_reserved and not room_for_more_frames(session, job, frames_total, quota):
+            more = frames_total - job.frames_reserved
+            _fail(session, job_id, QUOTA_EXCEEDED,
+                  f"the media samples {frames_total} frames at {job.sample_fps:g} fps, {more} more than its "
+                  "submission reserved, and your last 24 h have no room for them (FERVID_MAX_FRAMES_PER_DAY); "
+                  "submit it again with its max_duration_s, or later")
+            return []
         # Locks the job row (PostgreSQL), so two prepares of one job run one after the other.
         started = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
             status=JobStatus.running, started_at=func.coalesce(Job.started_at, now),
             media_kind=media.kind, width=media.width, height=media.height, fps=media.fps,
             duration_ms=media.duration_ms, frame_count=media.frame_count,
-            frames_total=sum(len(plan) for plan in segment_plans),
+            frames_total=frames_total,
             model_name=model.name, model_version=model.version, model_backend=model.backend,
             model_precision=model.precision, model_detector=model.detector))
         if not started:
@@ -137,12 +152,16 @@ def fail_job(job_id: str, code: str, message: str) -> bool:
 
     True when this call ended the job (False: it had already ended, or is gone)."""
     with session_scope() as session:
-        failed = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
-            status=JobStatus.failed, error_code=code, error_message=message, finished_at=utc_now()))
-        if failed:
-            session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
-                            .values(status=SegmentStatus.cancelled))
-        return failed == 1
+        return _fail(session, job_id, code, message)
+
+
+def _fail(session: Session, job_id: str, code: str, message: str) -> bool:
+    failed = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
+        status=JobStatus.failed, error_code=code, error_message=message, finished_at=utc_now()))
+    if failed:
+        session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
+                        .values(status=SegmentStatus.cancelled))
+    return failed == 1
 
 
 def exhausted_message(what: str, attempts: int) -> str:

@@ -265,7 +265,7 @@ def test_a_token_race_is_decided_by_the_unique_constraint(api: Api, monkeypatch:
     # when the second insert hits the unique constraint
     with session_scope() as session:
         job, created = jobs.create_job(session, tenant=api.alice, queue="cpu", source_uri="s3://b/k", sample_fps=5,
-                                       tasks_per_tenant=16, client_request_token="race")
+                                       tasks_per_tenant=16, frames_reserved=10, client_request_token="race")
         # then it answers with the first job and leaves exactly one row
         assert (job.id, created) == (first, False)
         count = session.scalar(select(func.count()).select_from(Job).where(Job.client_request_token == "race",

@@ -4,15 +4,20 @@ per key, queued and running jobs per tenant; each a 429 with Retry-After in the 
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from tests.integration.conftest import ServiceEnv
 from tests.integration.test_api import ALICE, BOB, Api, assert_error, fervid_api_process, running_api, submit_uri
+from tests.integration.test_end_to_end import submit_file, wait_finished
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +123,7 @@ def test_a_tenant_past_its_active_jobs_is_refused_until_one_ends(api: Api, fervi
     assert_too_many(uploaded, "quota_exceeded")
     assert api.stored_files() == []
     assert submit_uri(api, client_request_token="t2").status_code == 200
-    assert submit_uri(api, headers=BOB).status_code == 202
+    assert submit_uri(api, headers=BOB, max_duration_s=10).status_code == 202
     # and once one of alice's jobs ends she may submit again
     assert api.client.post(f"/v1/jobs/{first}/cancel", headers=ALICE).status_code == 200
     assert submit_uri(api).status_code == 202
@@ -157,16 +162,16 @@ def test_a_tenant_past_its_frames_of_the_day_waits_until_the_oldest_job_is_a_day
 
     fervid_env.setenv("FERVID_MAX_FRAMES_PER_DAY", "1000")
     get_settings.cache_clear()
-    job_id = submit_uri(api).json()["job_id"]
+    job_id = submit_uri(api, max_duration_s=10).json()["job_id"]
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(
             frames_total=1000, status=JobStatus.succeeded, created_at=utc_now() - timedelta(hours=23)))
     # when she submits again
-    refused = submit_uri(api)
+    refused = submit_uri(api, max_duration_s=10)
     # then 429, to retry in about an hour; bob is not affected
     assert_error(refused, 429, "quota_exceeded")
     assert 3500 <= int(refused.headers["Retry-After"]) <= 3700
-    assert submit_uri(api, headers=BOB).status_code == 202
+    assert submit_uri(api, headers=BOB, max_duration_s=10).status_code == 202
 
 
 def test_without_a_redis_for_counters_requests_are_not_limited(api: Api, fervid_env: pytest.MonkeyPatch) -> None:
@@ -202,14 +207,14 @@ def test_concurrent_submissions_never_pass_the_active_jobs_quota_together(
         assert active == 3
 
 
-def submit_at_once(api: Api, submissions: int) -> list[int]:
-    """The status codes of `submissions` of alice's sent at the same moment from as many threads."""
+def submit_at_once(api: Api, submissions: int, **fields: Any) -> list[int]:
+    """The status codes of `submissions` of alice's (with `fields`) sent at the same moment from as many threads."""
     barrier = threading.Barrier(submissions)
     statuses: list[int] = []
 
     def submit() -> None:
         barrier.wait(timeout=30)
-        statuses.append(submit_uri(api).status_code)
+        statuses.append(submit_uri(api, **fields).status_code)
 
     threads = [threading.Thread(target=submit) for _ in range(submissions)]
     for thread in threads:
@@ -217,3 +222,88 @@ def submit_at_once(api: Api, submissions: int) -> list[int]:
     for thread in threads:
         thread.join(timeout=120)
     return statuses
+
+
+def test_a_burst_of_submissions_is_accepted_only_as_far_as_the_frames_it_reserves_fit_the_day(
+        api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given at most 1,000 sampled frames a day
+    fervid_env.setenv("FERVID_MAX_FRAMES_PER_DAY", "1000")
+    from sqlalchemy import update
+
+    from fervid.db import session_scope
+    from fervid.settings import get_settings
+    from fervid.tables import Job
+
+    get_settings.cache_clear()
+    # when a job of undeclared length is submitted (it may run FERVID_MAX_DURATION_S: 6 h at 5 fps)
+    undeclared = submit_uri(api)
+    # then it is refused, saying how to reserve less
+    assert "max_duration_s" in assert_error(undeclared, 429, "quota_exceeded")["message"]
+
+    # when alice sends 50 submissions at once, each of media at most 10 s long sampled at 5 fps (50 frames)
+    statuses = submit_at_once(api, 50, max_duration_s=10)
+    # then exactly the 20 that fit in the day were accepted
+    assert sorted(statuses) == [202] * 20 + [429] * 30, statuses
+    # and one more is refused, to retry soon: room comes back as the queued jobs are prepared
+    refused = submit_uri(api, max_duration_s=10)
+    assert_error(refused, 429, "quota_exceeded")
+    assert int(refused.headers["Retry-After"]) <= 31
+
+    # when a job is cancelled before it was prepared, its reservation is released: one more fits, not two
+    queued = api.client.get("/v1/jobs", headers=ALICE).json()["items"]
+    assert api.client.post(f"/v1/jobs/{queued[0]['job_id']}/cancel", headers=ALICE).status_code == 200
+    assert [submit_uri(api, max_duration_s=10).status_code for _ in range(2)] == [202, 429]
+    # and when a job is prepared, only the frames it samples count: 10 of its 50, so 40 more fit
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == queued[1]["job_id"]).values(frames_total=10))
+    assert submit_uri(api, max_duration_s=8).status_code == 202
+    assert submit_uri(api, max_duration_s=0.2).status_code == 429
+
+
+def test_an_upload_past_the_quota_is_refused_before_its_body_is_received(
+        fervid_env: pytest.MonkeyPatch, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    # given `fervid api` (uvicorn) allowing each tenant 1 MB of stored uploads
+    storage = tmp_path / "storage"
+    env = {**os.environ, "FERVID_DATABASE_URL": pg_url, "FERVID_BROKER_URL": redis_url,
+           "FERVID_API_KEYS": "carol:carol-key", "FERVID_MAX_STORED_MB": "1", "FERVID_STORAGE_URL": storage.as_uri(),
+           "FERVID_QUEUE": f"quota-{uuid.uuid4().hex[:8]}"}
+    with fervid_api_process(env, tmp_path / "api.log") as base:
+        # when an upload declaring 50 MB starts, and only its first 64 KB are sent
+        host, _, port = base.removeprefix("http://").partition(":")
+        boundary = "fervid-boundary"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
+                "Content-Type: video/mp4\r\n\r\n").encode() + b"\x00" * (64 << 10)
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer carol-key\r\n"
+                               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                               f"Content-Length: {50 << 20}\r\n\r\n".encode() + head)
+            answer = connection.recv(65536).decode(errors="replace")
+    # then it is refused at once, the rest never asked for, and nothing was stored
+    assert answer.startswith("HTTP/1.1 429") and "quota_exceeded" in answer, answer[:500]
+    assert not storage.exists() or not any(storage.rglob("*"))
+
+
+def test_media_longer_than_its_reservation_takes_the_rest_of_the_day_at_prepare_or_fails_when_there_is_none(
+        service_env: ServiceEnv, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given at most 20 sampled frames a day, for the API and the worker
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from fervid.settings import get_settings
+
+    monkeypatch.setenv("FERVID_MAX_FRAMES_PER_DAY", "20")
+    get_settings.cache_clear()
+    client = TestClient(create_app())
+    service_env.start_worker(extra={"FERVID_MAX_FRAMES_PER_DAY": "20"})
+    clip = shared_dir / "media" / "single_face.mp4"  # 2.4 s: 12 frames at 5 fps
+
+    # when a job declared at most 1 s long (5 frames reserved) is prepared
+    first = wait_finished(client, service_env, submit_file(client, clip, sample_fps=5, max_duration_s=1))
+    # then it takes its 12 frames, as the day has room
+    assert first["status"] == "succeeded" and first["progress"]["frames_done"] == 12, first
+
+    # when a second one is accepted (12 + 5 reserved fit in 20) and prepared
+    second = wait_finished(client, service_env, submit_file(client, clip, sample_fps=5, max_duration_s=1))
+    # then it fails quota_exceeded, saying why, with nothing analysed: the day never passes 20 frames
+    assert second["status"] == "failed" and second["error"]["code"] == "quota_exceeded", second
+    assert "max_duration_s" in second["error"]["message"] and second["progress"]["frames_done"] == 0
