@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.limits import count, current, key_subject, limits_redis, refuse_if_over
-from fervid.api_keys import KeySource
+from fervid.api_keys import KeySource, key_digest
 from fervid.audit import AUTH_FAILED, KEY_USED, record
 from fervid.db import session_scope
 from fervid.errors import Unauthorized
@@ -43,24 +43,39 @@ def _audit(action: str, **fields: str) -> None:
 
 def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  settings: SettingsDep) -> str:
-    connection = limits_redis(settings.limits_url or settings.broker_url)
-    address = request.client.host if request.client else "unknown"
-    # An address past its failures is refused before its key is looked at, so guessing gains nothing from 429s.
-    failures, retry_after_s = current(connection, "auth-failed", address)
-    refuse_if_over(failures + 1, settings.failed_auth_per_minute, retry_after_s, "failed authentications")
+    guard = AuthGuard(request, settings)
     tenant = None if credentials is None else keys_of(settings).current().tenant_for(credentials.credentials)
     if credentials is None or tenant is None:
-        failures, _ = count(connection, "auth-failed", address)
-        if failures == 1:  # the audit log gets one row per failing address a minute, not one per guess
-            _audit(AUTH_FAILED, client=address)
+        guard.failed()
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'" if credentials is None else
                            "the API key is not valid; check FERVID_API_KEYS or ask for a key")
-    key_id = key_subject(credentials.credentials)
-    requests, retry_after_s = count(connection, "key", key_id)
-    if requests == 1:
-        _audit(KEY_USED, tenant=tenant, key_id=key_id[:16], client=address)
-    refuse_if_over(requests, settings.requests_per_minute, retry_after_s, "requests with this API key")
+    guard.passed(tenant, key_digest(credentials.credentials))
     return tenant
+
+
+class AuthGuard:
+    """The limits every way of authenticating goes through (a key, a media link's token): an address past its failed
+    attempts is refused before its credential is looked at, so guessing gains nothing from 429s; a failure counts
+    against the address; a success against its key's requests a minute."""
+
+    def __init__(self, request: Request, settings: Settings) -> None:
+        self.settings = settings
+        self.connection = limits_redis(settings.limits_url or settings.broker_url)
+        self.address = request.client.host if request.client else "unknown"
+        failures, retry_after_s = current(self.connection, "auth-failed", self.address)
+        refuse_if_over(failures + 1, settings.failed_auth_per_minute, retry_after_s, "failed authentications")
+
+    def failed(self) -> None:
+        failures, _ = count(self.connection, "auth-failed", self.address)
+        if failures == 1:  # the audit log gets one row per failing address a minute, not one per guess
+            _audit(AUTH_FAILED, client=self.address)
+
+    def passed(self, tenant: str, digest: bytes) -> None:
+        key_id = key_subject(digest)
+        requests, retry_after_s = count(self.connection, "key", key_id)
+        if requests == 1:
+            _audit(KEY_USED, tenant=tenant, key_id=key_id[:16], client=self.address)
+        refuse_if_over(requests, self.settings.requests_per_minute, retry_after_s, "requests with this API key")
 
 
 def request_session() -> Iterator[Session]:

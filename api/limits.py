@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from functools import lru_cache
@@ -70,9 +69,9 @@ def _unlimited(error: redis.RedisError, retry_after_s: int) -> tuple[int, int]:
     return 0, retry_after_s
 
 
-def key_subject(key: str) -> str:
-    # The counter names a digest, never the key itself.
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+def key_subject(digest: bytes) -> str:
+    """The key's counters by its digest (fervid.api_keys.key_digest), never the key itself."""
+    return digest.hex()[:32]
 
 
 def refuse_if_over(counted: int, limit: int, retry_after_s: int, what: str) -> None:

@@ -59,17 +59,18 @@ def media_token(secret: bytes, key_digest: bytes, job_id: str, expires: int) -> 
     return f"{expires}.{_signature(secret, key_digest, job_id, expires)}"
 
 
-def tenant_for_media_token(token: str, job_id: str, secret: bytes, tenants_by_digest: dict[bytes, str],
-                           now: float) -> str | None:
-    """The tenant whose key signed `token` for `job_id`, if it is well formed and has not expired."""
+def key_for_media_token(token: str, job_id: str, secret: bytes, tenants_by_digest: dict[bytes, str],
+                        now: float) -> tuple[str, bytes] | None:
+    """The tenant, and the digest of its key, that signed `token` for `job_id`, if it is well formed and has not
+    expired."""
     parsed = TOKEN.fullmatch(token)
     if parsed is None or int(parsed[1]) < now:
         return None
-    tenant = None
+    signer = None
     for digest, owner in tenants_by_digest.items():  # every key compared, so the time does not tell which matched
         if hmac.compare_digest(parsed[2], _signature(secret, digest, job_id, int(parsed[1]))):
-            tenant = owner
-    return tenant
+            signer = owner, digest
+    return signer
 
 
 class RedactTokens(logging.Filter):

@@ -20,11 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
-from api.auth import SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
+from api.auth import AuthGuard, SessionDep, SettingsDep, TenantDep, authenticate, bearer, keys_of
 from api.limits import limits_redis
 from api.media_fetch import RETRY_AFTER_S as FETCH_RETRY_AFTER_S
 from api.media_fetch import media_fetcher
-from api.media_links import link_secret, media_token, tenant_for_media_token
+from api.media_links import key_for_media_token, link_secret, media_token
 from api.routes import ERRORS
 from api.schemas import MediaLink
 from api.stills import RETRY_AFTER_S as STILL_RETRY_AFTER_S
@@ -90,11 +90,16 @@ def media_tenant(request: Request, job_id: str,
                  token: Annotated[str | None, Query(description="from POST .../media-link")] = None) -> str:
     if token is None:
         return authenticate(request, credentials, settings)
+    # A link counts as its key does: against the address when it fails, the key's requests a minute when it passes.
+    guard = AuthGuard(request, settings)
     tenants = keys_of(settings).current().tenants_by_digest
-    tenant = tenant_for_media_token(token, job_id, link_secret(settings), tenants, time.time())
-    if tenant is None:
+    signer = key_for_media_token(token, job_id, link_secret(settings), tenants, time.time())
+    if signer is None:
+        guard.failed()
         raise Unauthorized("the media link has expired or is not valid; ask for a new one with POST "
                            f"/v1/jobs/{job_id}/media-link")
+    tenant, digest = signer
+    guard.passed(tenant, digest)
     return tenant
 
 

@@ -16,7 +16,16 @@ import pytest
 import redis
 
 from tests.integration.conftest import ServiceEnv
-from tests.integration.test_api import ALICE, BOB, Api, assert_error, fervid_api_process, running_api, submit_uri
+from tests.integration.test_api import (
+    ALICE,
+    BOB,
+    Api,
+    assert_error,
+    fervid_api_process,
+    running_api,
+    submit_uri,
+    upload,
+)
 from tests.integration.test_end_to_end import submit_file, wait_finished
 
 pytestmark = pytest.mark.integration
@@ -307,3 +316,28 @@ def test_media_longer_than_its_reservation_takes_the_rest_of_the_day_at_prepare_
     # then it fails quota_exceeded, saying why, with nothing analysed: the day never passes 20 frames
     assert second["status"] == "failed" and second["error"]["code"] == "quota_exceeded", second
     assert "max_duration_s" in second["error"]["message"] and second["progress"]["frames_done"] == 0
+
+
+def test_media_link_tokens_count_as_keys_do_failures_per_address_and_requests_per_key(
+        api: Api, fervid_env: pytest.MonkeyPatch) -> None:
+    # given a job of alice's with a media link, 3 failed authentications a minute allowed, 6 requests per key
+    job_id = upload(api, b"\x00\x00\x00\x18ftypmp42" + bytes(64)).json()["job_id"]
+    link = api.client.post(f"/v1/jobs/{job_id}/media-link", headers=ALICE).json()["url"]
+    fervid_env.setenv("FERVID_FAILED_AUTH_PER_MINUTE", "3")
+    fervid_env.setenv("FERVID_REQUESTS_PER_MINUTE", "6")
+    from fervid.settings import get_settings
+
+    get_settings.cache_clear()
+    # when the link is used (the upload and the link took 2 of the key's 6 requests this minute)
+    statuses = [api.client.get(link).status_code for _ in range(5)]
+    # then it serves until the key's requests are spent, then 429 like the key itself
+    assert statuses == [200] * 4 + [429], statuses
+    assert_too_many(api.client.get("/v1/jobs", headers=ALICE), "rate_limited")
+
+    # when tokens are guessed from one address
+    for key in api.redis.scan_iter("fervid:limit:*"):
+        api.redis.delete(key)
+    guesses = [api.client.get(f"/v1/jobs/{job_id}/media?token=1999999999.{n:064x}").status_code for n in range(4)]
+    # then each failure counts against it, and past the limit even the right link is refused
+    assert guesses == [401, 401, 401, 429], guesses
+    assert_too_many(api.client.get(link), "rate_limited")
