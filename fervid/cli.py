@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.training.commands.train", "train the emotion classifier on FER-2013 train"),
     "eval": ("models.training.commands.evaluate", "evaluate a checkpoint or ONNX model on PublicTest / PrivateTest"),
     "export": ("models.training.commands.export", "export a checkpoint to the ONNX artifact the runtime loads"),
+    "calibrate": ("models.training.commands.calibrate",
+                  "fit the emotion model's temperature on PublicTest so its probabilities say how often it is right"),
     "quantize": ("models.training.commands.quantize",
                  "INT8 copy of a model for ONNX Runtime on the CPU or for TensorRT"),
     "engines": ("models.commands.engines", "TensorRT engines: build / list / clear"),

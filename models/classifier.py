@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.backends.base import InferenceBackend, run_in_batches
-from models.network_io import preprocess_faces, softmax
+from models.network_io import preprocess_faces, softmax, temperature_scaled
 from models.spec import ModelSpec
 
 
@@ -35,4 +35,4 @@ class EmotionClassifier:
         probs = self._forward(batch)
         if self.spec.tta == "hflip":
             probs = (probs + self._forward(np.ascontiguousarray(batch[..., ::-1]))) / 2.0
-        return probs.astype(np.float32)
+        return temperature_scaled(probs.astype(np.float32), self.spec.temperature)

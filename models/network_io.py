@@ -63,3 +63,10 @@ def softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def temperature_scaled(probs: NDArray[np.float32], temperature: float) -> NDArray[np.float32]:
+    """softmax(log(probs) / T): the same ranking, sharper (T < 1) or softer (T > 1); T = 1 returns `probs`."""
+    if temperature == 1.0:
+        return probs
+    return softmax((np.log(np.maximum(probs, 1e-12)) / temperature).astype(np.float32))

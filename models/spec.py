@@ -20,6 +20,9 @@ OUTPUT_KEY = "fervid.output"
 NAME_KEY = "fervid.name"
 VERSION_KEY = "fervid.version"
 TTA_KEY = "fervid.tta"  # "hflip": average with the mirrored face, as evaluated
+# Probabilities are divided in log space by this (temperature scaling, fitted on PublicTest by `fervid calibrate`)
+# after the TTA average, by every backend; absent: 1, as the network gives them.
+TEMPERATURE_KEY = "fervid.temperature"
 MEMBERS_KEY = "fervid.members"  # networks whose probabilities the graph averages (absent: 1)
 # Provenance, for people and for `fervid train --init model`; an ensemble's init, epochs, public_acc and stem hold
 # one comma-separated value per member.
@@ -82,6 +85,7 @@ class ModelSpec:
     sha256: str
     members: int = 1  # networks averaged inside the graph
     weights: str = ""  # WEIGHTS_KEY; "": not recorded
+    temperature: float = 1.0  # TEMPERATURE_KEY
 
 
 # ONNX's ModelProto field numbers (onnx.proto): the graph, and metadata_props as StringStringEntryProto messages.
@@ -160,9 +164,12 @@ def read_model_spec(path: Path) -> ModelSpec:
     output = meta[OUTPUT_KEY]
     if output not in ("probs", "logits"):
         raise ValueError(f"{path}: {OUTPUT_KEY} must be probs or logits, not {output!r}")
+    temperature = float(meta.get(TEMPERATURE_KEY, "1"))
+    if not 0.05 <= temperature <= 20.0:
+        raise ValueError(f"{path}: {TEMPERATURE_KEY} must lie in [0.05, 20], not {temperature}")
     sha = sha256_file(path)
     return ModelSpec(
         path=path, name=meta.get(NAME_KEY, path.stem), version=meta.get(VERSION_KEY, sha[:12]), labels=labels,
         preprocess=Preprocess.from_json(meta[PREPROCESS_KEY]), output=output, tta=meta.get(TTA_KEY, ""), sha256=sha,
-        members=int(meta.get(MEMBERS_KEY, "1")), weights=meta.get(WEIGHTS_KEY, ""),
+        members=int(meta.get(MEMBERS_KEY, "1")), weights=meta.get(WEIGHTS_KEY, ""), temperature=temperature,
     )
