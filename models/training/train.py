@@ -122,6 +122,7 @@ class TrainConfig:
     limit_train: int = 0  # >0: use only the first N training faces (tests, smoke runs)
     limit_eval: int = 0
     resume: bool = False
+    keep_epochs: bool = False  # also keep each epoch's checkpoint (epoch-NNN.pt), to choose among them afterwards
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -518,6 +519,9 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
             best = epoch_standing
             save_checkpoint(best_path, network, optimizer, config, epoch, step, best, ema)
         save_checkpoint(last_path, network, optimizer, config, epoch, step, best, ema)
+        if config.keep_epochs:
+            save_checkpoint(config.out_dir / f"epoch-{epoch + 1:03d}.pt", network, optimizer, config, epoch, step,
+                            epoch_standing, ema)
         (config.out_dir / "history.json").write_text(json.dumps(
             {"data_sha256": data_sha, "select": config.select, "best": _figures(best), "history": config.history},
             indent=1))

@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batches between progress lines (0: per epoch only)")
     parser.add_argument("--limit-train", type=int, default=0)
     parser.add_argument("--limit-eval", type=int, default=0)
+    parser.add_argument("--keep-epochs", action="store_true",
+                        help="also keep every epoch's checkpoint (OUT/epoch-NNN.pt), to compare them as shipped "
+                             "(quantized, with TTA) before choosing")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/last.pt exactly (its stem, input size and recipe win)")
 
@@ -96,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         min_public_acc=args.min_public_acc, seed=args.seed, threads=args.threads,
         device=args.device, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
         progress_every=args.progress_every, limit_train=args.limit_train, limit_eval=args.limit_eval,
-        resume=args.resume,
+        resume=args.resume, keep_epochs=args.keep_epochs,
     )
 
 

@@ -277,7 +277,7 @@ def test_a_crowd_selected_run_records_both_figures_each_epoch_and_keeps_the_best
         tmp_path: Path, small_fer_file: Path) -> None:
     # given votes for the faces and a top-1 floor every epoch clears
     config = small_config(tmp_path / "crowd", small_fer_file, select="crowd", min_public_acc=0.0,
-                          ferplus=write_votes(tmp_path / "meta.npz", 96))
+                          ferplus=write_votes(tmp_path / "meta.npz", 96), keep_epochs=True)
 
     # when the run trains two epochs
     best = train(config)
@@ -290,3 +290,7 @@ def test_a_crowd_selected_run_records_both_figures_each_epoch_and_keeps_the_best
     assert saved["epoch"] + 1 == chosen["epoch"]
     assert round(saved["best_public_crowd"], 4) == chosen["public_crowd"]
     assert round(saved["best_public"], 4) == chosen["public_acc"]
+    # and every epoch's checkpoint was kept, with its own figures
+    for record in history:
+        kept = torch.load(tmp_path / "crowd" / f"epoch-{record['epoch']:03d}.pt", weights_only=False)
+        assert kept["epoch"] + 1 == record["epoch"] and round(kept["best_public_crowd"], 4) == record["public_crowd"]
