@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("worker.analyze_command", "analyze one file in process (embedded SQLite, no broker)"),
     "demo": ("worker.analyze_command", "analyze a real face clip and print its per-face emotion summary"),
     "db": ("fervid.migrate", "database migrations: upgrade / downgrade"),
+    "submit": ("fervid.submit_command", "submit files and folders of media to a service, wait, write results"),
     "api": ("api.serve", "run the HTTP API"),
     "worker": ("worker.serve", "run a Celery worker"),
     "worker-health": ("worker.health_command", "exit 0 when a worker process on this host can take jobs"),
