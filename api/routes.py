@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, BackgroundTasks, Query, Request
@@ -274,8 +274,12 @@ def get_timeline_csv(job_id: str, tenant: TenantDep, session: SessionDep) -> Str
         summary="Mean emotions per track and over the whole job",
         description="Computed once when the job has finished (and then served as stored); while it runs, from the "
                     "frames stored so far.")
-def get_summary(job_id: str, tenant: TenantDep, session: SessionDep) -> Summary:
-    return Summary.model_validate(results.job_summary(session, jobs.get_job(session, tenant, job_id)))
+def get_summary(job_id: str, tenant: TenantDep, session: SessionDep,
+                faces: Annotated[Literal["reliable", "all"], Query(
+                    description="reliable: only faces whose emotions can be trusted (the default); all: every face")]
+                = "reliable") -> Summary:
+    job = jobs.get_job(session, tenant, job_id)
+    return Summary.model_validate(results.job_summary(session, job, reliable_only=faces == "reliable"))
 
 
 @v1.get("/jobs/{job_id}/plot.png", response_class=Response, summary="A chart of each track's emotions over time",

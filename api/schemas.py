@@ -155,12 +155,26 @@ class Box(BaseModel):
     h: int
 
 
+class FaceQualityOut(BaseModel):
+    size_px: int = Field(description="the box's longer side, in frame pixels")
+    sharpness: float | None = Field(description="variance of the Laplacian of the face at 48x48 grey (low: blurred)")
+    yaw_deg: float | None = Field(description="head turn estimated from the landmarks (0: facing the camera); null "
+                                              "for a detector without landmarks")
+    roll_deg: float | None = Field(description="head tilt: the angle of the line between the eyes")
+    top_probability: float = Field(description="the most probable emotion's (calibrated) probability")
+    margin: float = Field(description="the top probability less the second")
+    reliable: bool = Field(description="every measure in the range where the classifier stays accurate "
+                                       "(README, Face quality); summaries and the plot use reliable faces")
+    unreliable_because: list[Literal["small", "blurred", "turned", "tilted"]]
+
+
 class FaceOut(BaseModel):
     track_id: int
     box: Box
-    score: float
+    score: float = Field(description="the detector's confidence")
     emotions: dict[EmotionName, float] = Field(description="probabilities of the 7 FER-2013 emotions, in order")
     dominant: EmotionName
+    quality: FaceQualityOut
 
 
 class TimelineItem(BaseModel):
@@ -184,6 +198,7 @@ class TrackSummary(BaseModel):
     dominant: EmotionName = Field(description="the emotion with the highest mean probability")
     dominant_share: dict[EmotionName, float] = Field(
         description="per emotion, the fraction of the track's faces on which it is the most probable")
+    faces_left_out: int = Field(0, description="the track's faces not counted: not reliable (faces=reliable)")
 
 
 class OverallSummary(BaseModel):
@@ -191,6 +206,7 @@ class OverallSummary(BaseModel):
     dominant: EmotionName | None
     dominant_share: dict[EmotionName, float] | None = Field(
         description="per emotion, the fraction of all faces on which it is the most probable; null without faces")
+    faces_left_out: int = Field(0, description="faces not counted: not reliable (faces=reliable)")
 
 
 class Summary(BaseModel):

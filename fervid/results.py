@@ -9,19 +9,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, not_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fervid.db import session_scope
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.quality import face_quality, reliable_face
 from fervid.tables import ACTIVE_JOB_STATUSES, EMOTION_COLUMNS, Face, Frame, Job, PlanRow, ResultCache, Segment
 from fervid.utc import utc_now
 
 MAX_PLOT_TRACKS = 8
 MAX_PLOT_POINTS = 500  # per track: about one per pixel column of the plot
 MAX_PAGE_FACES = 2000  # per timeline page (and CSV batch), whatever its number of frames
-CSV_HEADER = ("frame_index", "timestamp_ms", "track_id", "x", "y", "w", "h", "score", *EMOTIONS, "dominant")
+CSV_HEADER = ("frame_index", "timestamp_ms", "track_id", "x", "y", "w", "h", "score", *EMOTIONS, "dominant",
+              "size_px", "sharpness", "yaw_deg", "roll_deg", "top_probability", "margin", "reliable")
 CSV_BATCH_FRAMES = 1000
 
 
@@ -32,8 +34,9 @@ def dominant(probabilities: Mapping[str, float]) -> str:
 
 def _face_dict(face: Face) -> dict[str, Any]:
     emotions = {label: float(getattr(face, label)) for label in EMOTIONS}
+    quality = face_quality((face.x, face.y, face.w, face.h), emotions, face.sharpness, face.yaw, face.roll)
     return {"track_id": face.track_id, "box": {"x": face.x, "y": face.y, "w": face.w, "h": face.h},
-            "score": face.score, "emotions": emotions, "dominant": dominant(emotions)}
+            "score": face.score, "emotions": emotions, "dominant": dominant(emotions), "quality": quality.to_dict()}
 
 
 def timeline_page(session: Session, job_id: str, *, limit: int = 100, max_faces: int = MAX_PAGE_FACES,
@@ -103,9 +106,11 @@ def _csv_row(item: Mapping[str, Any], face: Mapping[str, Any] | None) -> list[An
     head = [item["frame_index"], _number(item["timestamp_ms"])]
     if face is None:
         return head + [""] * (len(CSV_HEADER) - len(head))
-    box, emotions = face["box"], face["emotions"]
+    box, emotions, quality = face["box"], face["emotions"], face["quality"]
     return [*head, face["track_id"], box["x"], box["y"], box["w"], box["h"], f"{face['score']:.4f}",
-            *(f"{emotions[label]:.6f}" for label in EMOTIONS), face["dominant"]]
+            *(f"{emotions[label]:.6f}" for label in EMOTIONS), face["dominant"], quality["size_px"],
+            *("" if quality[name] is None else quality[name] for name in ("sharpness", "yaw_deg", "roll_deg")),
+            f"{quality['top_probability']:.4f}", f"{quality['margin']:.4f}", int(quality["reliable"])]
 
 
 def _number(value: float) -> str:
@@ -141,8 +146,9 @@ def _emotion_means(row: Any) -> dict[str, float]:
     return {label: float(getattr(row, label) or 0.0) for label in EMOTIONS}
 
 
-def _means_query(job_id: str) -> Select[Any]:
-    return select(*(func.avg(column).label(column.key) for column in EMOTION_COLUMNS)).where(Face.job_id == job_id)
+def _means_query(job_id: str, *faces: ColumnElement[bool]) -> Select[Any]:
+    return select(*(func.avg(column).label(column.key) for column in EMOTION_COLUMNS)).where(Face.job_id == job_id,
+                                                                                              *faces)
 
 
 def _dominant_column() -> ColumnElement[str]:
@@ -157,11 +163,19 @@ def _shares(counts: Mapping[str, int]) -> dict[str, float]:
     return {label: counts.get(label, 0) / total for label in EMOTIONS}
 
 
-def summary(session: Session, job_id: str) -> dict[str, Any]:
-    """Per-track and overall mean emotions, and the share of faces each emotion dominates, with SQL aggregates;
-    a job without faces has no tracks and an overall of nulls."""
+def summary(session: Session, job_id: str, *, reliable_only: bool = True) -> dict[str, Any]:
+    """Per-track and overall mean emotions, and the share of faces each emotion dominates, with SQL aggregates, over
+    the reliable faces (fervid.quality) unless `reliable_only` is False; each track and the whole say how many faces
+    were left out. A job without faces counted has no tracks and an overall of nulls."""
+    counted = [reliable_face()] if reliable_only else []
+    left_out: dict[int, int] = {}
+    if reliable_only:
+        left_out = {track_id: count for track_id, count in session.execute(
+            select(Face.track_id, func.count()).where(Face.job_id == job_id, not_(reliable_face()))
+            .group_by(Face.track_id))}
+    overall_left_out = sum(left_out.values())
     per_track = session.execute(
-        _means_query(job_id)
+        _means_query(job_id, *counted)
         .add_columns(Face.track_id, func.min(Frame.timestamp_ms).label("first_ms"),
                      func.max(Frame.timestamp_ms).label("last_ms"),
                      func.count(func.distinct(Face.frame_index)).label("frames"))
@@ -170,12 +184,13 @@ def summary(session: Session, job_id: str) -> dict[str, Any]:
         .order_by(Face.track_id)
     ).all()
     if not per_track:
-        return {"tracks": [], "overall": {"mean_emotions": None, "dominant": None, "dominant_share": None}}
+        return {"tracks": [], "overall": {"mean_emotions": None, "dominant": None, "dominant_share": None,
+                                          "faces_left_out": overall_left_out}}
     dominant_column = _dominant_column().label("dominant")
     counts: dict[int, dict[str, int]] = {}
     overall_counts: dict[str, int] = {}
     for track_id, label, count in session.execute(
-        select(Face.track_id, dominant_column, func.count()).where(Face.job_id == job_id)
+        select(Face.track_id, dominant_column, func.count()).where(Face.job_id == job_id, *counted)
         .group_by(Face.track_id, dominant_column)
     ):
         counts.setdefault(track_id, {})[label] = count
@@ -185,10 +200,12 @@ def summary(session: Session, job_id: str) -> dict[str, Any]:
         means = _emotion_means(row)
         tracks.append({"track_id": row.track_id, "first_ms": row.first_ms, "last_ms": row.last_ms,
                        "frames": row.frames, "mean_emotions": means, "dominant": dominant(means),
-                       "dominant_share": _shares(counts[row.track_id])})
-    overall = _emotion_means(session.execute(_means_query(job_id)).one())
+                       "dominant_share": _shares(counts[row.track_id]),
+                       "faces_left_out": left_out.get(row.track_id, 0)})
+    overall = _emotion_means(session.execute(_means_query(job_id, *counted)).one())
     return {"tracks": tracks, "overall": {"mean_emotions": overall, "dominant": dominant(overall),
-                                          "dominant_share": _shares(overall_counts)}}
+                                          "dominant_share": _shares(overall_counts),
+                                          "faces_left_out": overall_left_out}}
 
 
 @dataclass(frozen=True)
@@ -203,14 +220,14 @@ class TrackSeries:
 def plot_series(session: Session, job_id: str, sample_interval_ms: float, max_tracks: int = MAX_PLOT_TRACKS,
                 max_points: int = MAX_PLOT_POINTS) -> tuple[list[TrackSeries], float]:
     """The `max_tracks` tracks seen on the most frames (by track id), each with its probabilities over time, and
-    the time between their points.
+    the time between their points; reliable faces only (fervid.quality).
 
     A job longer than `max_points` sampling intervals is averaged in SQL over time buckets of a whole number of
     intervals, each point at its bucket's centre, so a track has at most `max_points` points however long the
     video; a shorter one gives every sample (that spacing is then `sample_interval_ms`).
     """
     top_tracks = session.scalars(
-        select(Face.track_id).where(Face.job_id == job_id).group_by(Face.track_id)
+        select(Face.track_id).where(Face.job_id == job_id, reliable_face()).group_by(Face.track_id)
         .order_by(func.count().desc(), Face.track_id).limit(max_tracks)
     ).all()
     if not top_tracks:
@@ -220,7 +237,7 @@ def plot_series(session: Session, job_id: str, sample_interval_ms: float, max_tr
     # At most max_points buckets: floor(span / bucket) <= max_points - 1.
     per_bucket = math.ceil((last_ms - first_ms) / (max(max_points - 1, 1) * sample_interval_ms))
     of_face = and_(Frame.job_id == Face.job_id, Frame.frame_index == Face.frame_index)
-    mine = and_(Face.job_id == job_id, Face.track_id.in_(top_tracks))
+    mine = and_(Face.job_id == job_id, Face.track_id.in_(top_tracks), reliable_face())
     series: dict[int, TrackSeries] = {}
 
     def add(track_id: int, timestamp_ms: float, row: Any) -> None:
@@ -278,10 +295,11 @@ def finished_results(session: Session, job: Job) -> ResultCache:
     return computed
 
 
-def job_summary(session: Session, job: Job) -> dict[str, Any]:
-    """The summary the API serves: cached once the job has finished, computed from the rows while it runs."""
-    if job.status in ACTIVE_JOB_STATUSES:
-        return summary(session, job.id)
+def job_summary(session: Session, job: Job, *, reliable_only: bool = True) -> dict[str, Any]:
+    """The summary the API serves: cached once the job has finished (over its reliable faces), computed from the
+    rows while it runs or when every face is asked for."""
+    if job.status in ACTIVE_JOB_STATUSES or not reliable_only:
+        return summary(session, job.id, reliable_only=reliable_only)
     return finished_results(session, job).summary
 
 

@@ -203,6 +203,12 @@ class Face(Base):
     sad: Mapped[float] = mapped_column(Float)
     surprise: Mapped[float] = mapped_column(Float)
     neutral: Mapped[float] = mapped_column(Float)
+    # What makes the face readable (models/face_quality.py; fervid/quality.py decides `reliable` from them): the
+    # sharpness of the classifier's crop, and the head's yaw and roll in degrees from the detector's landmarks
+    # (None: a detector without landmarks, or a face analysed before they were measured).
+    sharpness: Mapped[float | None] = mapped_column(Float)
+    yaw: Mapped[float | None] = mapped_column(Float)
+    roll: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         ForeignKeyConstraint(

@@ -39,6 +39,9 @@ YUNET_INPUT_SCALE = 22 / 32
 class Detection:
     box: tuple[int, int, int, int]  # x, y, w, h in frame pixels, clipped to the frame
     score: float  # detector confidence in [0, 1]
+    # YuNet's five points (eye, eye, nose tip, mouth corner, mouth corner) as x, y pairs in frame pixels; None from
+    # a detector that gives none (Haar)
+    landmarks: tuple[float, ...] | None = None
 
 
 class FaceDetector(Protocol):
@@ -61,15 +64,16 @@ def _downscale(image: NDArray[np.uint8], most: float = 1.0) -> tuple[NDArray[np.
     return image, scale
 
 
-def _to_detections(raw: list[tuple[float, float, float, float, float]], scale: float,
-                   shape: tuple[int, ...]) -> list[Detection]:
+def _to_detections(raw: list[tuple[float, float, float, float, float]], scale: float, shape: tuple[int, ...],
+                   landmarks: list[tuple[float, ...]] | None = None) -> list[Detection]:
     height, width = shape[:2]
     found = []
-    for x, y, w, h, score in raw:
+    for i, (x, y, w, h, score) in enumerate(raw):
         x0, y0 = max(0, math.floor(x / scale)), max(0, math.floor(y / scale))
         x1, y1 = min(width, math.ceil((x + w) / scale)), min(height, math.ceil((y + h) / scale))
+        points = None if landmarks is None else tuple(value / scale for value in landmarks[i])
         if x1 - x0 >= MIN_FACE_PIXELS and y1 - y0 >= MIN_FACE_PIXELS:
-            found.append(Detection((x0, y0, x1 - x0, y1 - y0), float(min(1.0, max(0.0, score)))))
+            found.append(Detection((x0, y0, x1 - x0, y1 - y0), float(min(1.0, max(0.0, score))), points))
     return sorted(found, key=lambda d: (d.box[0], d.box[1]))
 
 
@@ -144,7 +148,7 @@ class YuNetDetector:
             raise FervidError(f"{model_path} is not a YuNet model ONNX Runtime can run ({error})",
                               code=DETECTOR_UNAVAILABLE) from error
         self._input = self._session.get_inputs()[0].name
-        self._outputs = [f"{head}_{stride}" for head in ("cls", "obj", "bbox") for stride in YUNET_STRIDES]
+        self._outputs = [f"{head}_{stride}" for head in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES]
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
         small, scale = _downscale(image, YUNET_INPUT_SCALE)
@@ -153,9 +157,9 @@ class YuNetDetector:
         padded = np.zeros((3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
         padded[:, :height, :width] = small.transpose(2, 0, 1)
         heads = self._session.run(self._outputs, {self._input: padded[None]})
-        boxes, scores = [], []
+        boxes, scores, points = [], [], []
         for i, stride in enumerate(YUNET_STRIDES):
-            cls, obj, bbox = heads[i][0, :, 0], heads[3 + i][0, :, 0], heads[6 + i][0]
+            cls, obj, bbox, kps = heads[i][0, :, 0], heads[3 + i][0, :, 0], heads[6 + i][0], heads[9 + i][0]
             score = np.sqrt(np.clip(cls, 0.0, 1.0) * np.clip(obj, 0.0, 1.0))
             keep = np.flatnonzero(score >= self.score_threshold)
             if keep.size == 0:
@@ -166,13 +170,17 @@ class YuNetDetector:
             box_w, box_h = np.exp(bbox[keep, 2]) * stride, np.exp(bbox[keep, 3]) * stride
             boxes.append(np.stack([centre_x - box_w / 2, centre_y - box_h / 2, box_w, box_h], axis=1))
             scores.append(score[keep])
+            # Each point is an offset in cells from its anchor cell, as the box's centre is.
+            cell = np.stack([column, row], axis=1).astype(np.float32)
+            points.append(((kps[keep].reshape(-1, 5, 2) + cell[:, None, :]) * stride).reshape(-1, 10))
         if not boxes:
             return []
-        all_boxes, all_scores = np.concatenate(boxes), np.concatenate(scores)
-        kept = cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), self.score_threshold, self.nms_threshold,
-                                top_k=YUNET_TOP_K)
-        raw = [(*map(float, all_boxes[k]), float(all_scores[k])) for k in np.ravel(kept)]
-        return _to_detections(raw, scale, image.shape)  # type: ignore[arg-type]
+        all_boxes, all_scores, all_points = np.concatenate(boxes), np.concatenate(scores), np.concatenate(points)
+        kept = np.ravel(cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), self.score_threshold,
+                                         self.nms_threshold, top_k=YUNET_TOP_K))
+        raw = [(*map(float, all_boxes[k]), float(all_scores[k])) for k in kept]
+        landmarks = [tuple(float(value) for value in all_points[k]) for k in kept]
+        return _to_detections(raw, scale, image.shape, landmarks)  # type: ignore[arg-type]
 
 
 class HaarDetector:

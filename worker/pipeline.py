@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -31,6 +32,7 @@ from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
 from models.detectors import Detection, FaceDetector, load_detector
+from models.face_quality import head_pose, sharpness
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker import record_store
@@ -43,7 +45,13 @@ from worker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
-FaceFound = tuple[int, tuple[int, int, int, int], float]  # local track, box, detector score
+class FaceFound(NamedTuple):
+    track: int  # the tracker's id inside the segment
+    box: tuple[int, int, int, int]
+    score: float  # the detector's
+    pose: tuple[float, float] | None  # (yaw, roll) in degrees from the detector's landmarks (models.face_quality)
+
+
 _PendingFrame = tuple[PlannedFrame, list[FaceFound], list[NDArray[np.uint8]]]  # a frame, its faces and their crops
 HEARTBEAT_EVERY_FRAMES = 8  # progress is reported this often (and at least once per batch) ...
 HEARTBEAT_INTERVAL_S = 1.0  # ... and written to the database (progress, liveness, a cancel seen) at most this often
@@ -55,20 +63,24 @@ CLASSIFY_QUEUE = 2
 
 
 def _between(earlier: FaceFound, later: FaceFound, fraction: float) -> FaceFound:
-    """The face `fraction` of the way from its box at one detected frame to its box at the next."""
-    box = tuple(round(a + (b - a) * fraction) for a, b in zip(earlier[1], later[1], strict=True))
-    return earlier[0], (box[0], box[1], box[2], box[3]), earlier[2] + (later[2] - earlier[2]) * fraction
+    """The face `fraction` of the way from its box (and pose) at one detected frame to its box at the next."""
+    box = tuple(round(a + (b - a) * fraction) for a, b in zip(earlier.box, later.box, strict=True))
+    pose = None if earlier.pose is None or later.pose is None else (
+        earlier.pose[0] + (later.pose[0] - earlier.pose[0]) * fraction,
+        earlier.pose[1] + (later.pose[1] - earlier.pose[1]) * fraction)
+    return FaceFound(earlier.track, (box[0], box[1], box[2], box[3]),
+                     earlier.score + (later.score - earlier.score) * fraction, pose)
 
 
 def carried_faces(earlier: list[FaceFound], later: list[FaceFound], fraction: float) -> list[FaceFound]:
     """The faces of a frame the detector skipped, `fraction` of the way (0..1) from one detected frame to the next:
     a track found at both moves in a straight line between its two boxes; one found at only one of them is kept on
     that one's half of the gap, where it was last or next seen."""
-    later_by_track = {face[0]: face for face in later}
-    earlier_tracks = {face[0] for face in earlier}
-    faces = [_between(face, later_by_track[face[0]], fraction) if face[0] in later_by_track else face
-             for face in earlier if face[0] in later_by_track or fraction < 0.5]
-    return faces + [face for face in later if face[0] not in earlier_tracks and fraction >= 0.5]
+    later_by_track = {face.track: face for face in later}
+    earlier_tracks = {face.track for face in earlier}
+    faces = [_between(face, later_by_track[face.track], fraction) if face.track in later_by_track else face
+             for face in earlier if face.track in later_by_track or fraction < 0.5]
+    return faces + [face for face in later if face.track not in earlier_tracks and fraction >= 0.5]
 
 
 @dataclass
@@ -117,11 +129,13 @@ class Analyzer:
                 batch, probs_ready = classified.popleft()
                 probs = probs_ready.result()
                 row = 0
-                for planned, faces, _ in batch:
+                for planned, faces, crops in batch:
                     face_records = []
-                    for face_index, (track, box, score) in enumerate(faces):
-                        face_records.append(record_store.FaceRecord(face_index=face_index, local_track=track,
-                                                                    box=box, score=score, probs=probs[row].tolist()))
+                    for face_index, (face, crop) in enumerate(zip(faces, crops, strict=True)):
+                        yaw, roll = face.pose if face.pose is not None else (None, None)
+                        face_records.append(record_store.FaceRecord(
+                            face_index=face_index, local_track=face.track, box=face.box, score=face.score,
+                            probs=probs[row].tolist(), sharpness=sharpness(crop), yaw=yaw, roll=roll))
                         row += 1
                     records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
                 if on_progress is not None and not on_progress(len(records)):
@@ -151,8 +165,8 @@ class Analyzer:
             try:
                 pending_faces = since_heartbeat = 0
                 for planned, image, faces in self.found_faces(decoded, warnings):
-                    pending.append((planned, faces, [crop_face(image, box, self.detector.framing)
-                                                     for _, box, _ in faces]))
+                    pending.append((planned, faces, [crop_face(image, face.box, self.detector.framing)
+                                                     for face in faces]))
                     pending_faces += len(faces)
                     since_heartbeat += 1
                     if pending_faces >= self.batch_size or since_heartbeat >= HEARTBEAT_EVERY_FRAMES:
@@ -184,7 +198,8 @@ class Analyzer:
                 if warnings is not None and too_many_faces(self.max_faces) not in warnings:
                     warnings.append(too_many_faces(self.max_faces))
             tracks = tracker.update(planned.timestamp_ms, [d.box for d in detections])
-            faces = [(track, d.box, d.score) for track, d in zip(tracks, detections, strict=True)]
+            faces = [FaceFound(track, d.box, d.score, None if d.landmarks is None else head_pose(d.landmarks))
+                     for track, d in zip(tracks, detections, strict=True)]
             if detected is not None:
                 earlier, earlier_faces = detected
                 span = max(planned.timestamp_ms - earlier.timestamp_ms, 1e-9)

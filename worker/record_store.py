@@ -43,7 +43,7 @@ OPEN_SEGMENT_STATUSES = (SegmentStatus.pending, SegmentStatus.running)
 PROVISIONAL_TRACKS_PER_SEGMENT = 10_000
 FRAME_COLUMNS = ("job_id", "frame_index", "timestamp_ms", "segment_index")
 FACE_COLUMNS = ("job_id", "frame_index", "face_index", "segment_index", "local_track", "track_id", "x", "y", "w", "h",
-                "score", *EMOTIONS)
+                "score", *EMOTIONS, "sharpness", "yaw", "roll")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class FaceRecord:
     box: tuple[int, int, int, int]  # x, y, w, h
     score: float
     probs: Sequence[float]  # 7 values in FER order (fervid.labels.EMOTIONS)
+    sharpness: float | None = None  # models.face_quality.sharpness of the classifier's crop
+    yaw: float | None = None  # degrees, from the detector's landmarks (None: a detector without them)
+    roll: float | None = None
 
 
 @dataclass(frozen=True)
@@ -242,8 +245,13 @@ def _result_rows(job_id: str, index: int, plan: list[PlanRow],
             x, y, w, h = (int(value) for value in face.box)
             face_rows.append((job_id, frame_index, int(face.face_index), index, int(face.local_track),
                               provisional_track_id(index, int(face.local_track)), x, y, w, h, float(face.score),
-                              *(float(p) for p in face.probs)))
+                              *(float(p) for p in face.probs), _optional(face.sharpness), _optional(face.yaw),
+                              _optional(face.roll)))
     return frame_rows, face_rows
+
+
+def _optional(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _bulk_insert(session: Session, frame_rows: list[tuple[Any, ...]], face_rows: list[tuple[Any, ...]]) -> None:

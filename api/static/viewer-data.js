@@ -153,6 +153,7 @@ export function trackStats(track, sampleFps) {
     dominant: track.dominant,
     dominantShare: track.dominant_share[track.dominant],
     means: track.mean_emotions,
+    leftOut: track.faces_left_out || 0,
   };
 }
 
@@ -169,6 +170,7 @@ export function overallStats(frames, summary, sampleFps) {
     dominant: overall.dominant,
     dominantShare: overall.dominant ? overall.dominant_share[overall.dominant] : null,
     means: overall.mean_emotions,
+    leftOut: overall.faces_left_out || 0, // faces the summary did not count: not reliable
   };
 }
 

@@ -548,9 +548,14 @@ function draw(state, tMs) {
   for (const face of faces) {
     const colour = state.colours.get(face.track_id) || "#fff";
     const box = scaleBox(face.box, state.job.media.width, state.job.media.height, rect);
+    const reliable = !face.quality || face.quality.reliable;
     context.strokeStyle = colour;
+    // A face whose emotions cannot be trusted (small, blurred, turned, tilted) is drawn dashed and says why.
+    context.setLineDash(reliable ? [] : [6, 4]);
     context.strokeRect(box.x, box.y, box.w, box.h);
-    const label = `track ${face.track_id} · ${face.dominant}`;
+    context.setLineDash([]);
+    const label = reliable ? `track ${face.track_id} · ${face.dominant}`
+      : `track ${face.track_id} · ${face.dominant}? (${face.quality.unreliable_because.join(", ")})`;
     const labelWidth = context.measureText(label).width + 8;
     const top = box.y >= 18 ? box.y - 18 : box.y + box.h;
     context.fillStyle = colour;
@@ -559,6 +564,8 @@ function draw(state, tMs) {
     context.fillText(label, box.x + 3, top + 13);
   }
   canvas.dataset.boxes = JSON.stringify(faces.map((face) => ({ track_id: face.track_id, ...face.box })));
+  canvas.dataset.unreliable = JSON.stringify(faces.filter((face) => face.quality && !face.quality.reliable)
+    .map((face) => face.track_id));
   canvas.dataset.timeMs = String(frame ? frame.timestamp_ms : -1);
   $("clock").textContent = `${formatTime(tMs)} / ${formatTime(state.durationMs)}`;
   for (const cursor of document.querySelectorAll(".chart .cursor")) {
@@ -641,6 +648,9 @@ function figures(stats) {
   box.append(figure("time visible", formatTime(stats.visibleMs)), figure("first seen", formatTime(stats.firstMs)),
              figure("last seen", formatTime(stats.lastMs)),
              figure("mostly", stats.dominant ? `${stats.dominant} (${percent(stats.dominantShare)} of frames)` : "–"));
+  if (stats.leftOut) {
+    box.append(figure("left out", `${stats.leftOut} unreliable ${stats.leftOut === 1 ? "face" : "faces"}`));
+  }
   if (stats.means) {
     const means = element("div", { class: "means" });
     for (const label of palette.emotions) {

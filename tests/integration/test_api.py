@@ -134,6 +134,7 @@ def insert_results(job_id: str, frames: int, tracks_at: Callable[[int], list[int
     from sqlalchemy import insert
 
     from fervid.db import session_scope
+    from fervid.quality import face_quality
     from fervid.results import dominant
     from fervid.tables import Face, Frame
 
@@ -146,10 +147,15 @@ def insert_results(job_id: str, frames: int, tracks_at: Callable[[int], list[int
             emotions = emotions_for(track_id, index)
             box = {"x": 10 * track_id + k % 7, "y": 20 + face_index, "w": 64 + track_id, "h": 70 + track_id}
             score = 0.5 + (k % 50) / 100
+            # spread wide, so that some faces are not reliable whatever the thresholds
+            measured = {"sharpness": 5.0 + (k * 37) % 600, "yaw": float((k * 13) % 121 - 60),
+                        "roll": float((k * 7) % 61 - 30)}
             face_rows.append({"job_id": job_id, "frame_index": index, "face_index": face_index, "segment_index": 0,
-                              "local_track": track_id, "track_id": track_id, **box, "score": score, **emotions})
+                              "local_track": track_id, "track_id": track_id, **box, "score": score, **emotions,
+                              **measured})
+            quality = face_quality((box["x"], box["y"], box["w"], box["h"]), emotions, **measured)
             faces.append({"track_id": track_id, "box": box, "score": score, "emotions": emotions,
-                          "dominant": dominant(emotions)})
+                          "dominant": dominant(emotions), "quality": quality.to_dict()})
         items.append({"frame_index": index, "timestamp_ms": timestamp, "faces": faces})
     with session_scope() as session:
         if frame_rows:

@@ -146,7 +146,8 @@ def test_the_csv_has_one_row_per_face_and_one_per_empty_frame(api: Api) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
     assert response.text.splitlines()[0] == ("frame_index,timestamp_ms,track_id,x,y,w,h,score,angry,disgust,fear,"
-                                             "happy,sad,surprise,neutral,dominant")
+                                             "happy,sad,surprise,neutral,dominant,size_px,sharpness,yaw_deg,"
+                                             "roll_deg,top_probability,margin,reliable")
     rows = read_csv(response)
     assert len(rows) == sum(max(1, len(item["faces"])) for item in expected)
     flattened = [(item, face) for item in expected for face in (item["faces"] or [None])]
@@ -159,6 +160,10 @@ def test_the_csv_has_one_row_per_face_and_one_per_empty_frame(api: Api) -> None:
         assert int(row["track_id"]) == face["track_id"] and int(row["w"]) == face["box"]["w"]
         assert all(abs(float(row[label]) - face["emotions"][label]) < 1e-6 for label in EMOTIONS)
         assert row["dominant"] == face["dominant"]
+        quality = face["quality"]
+        assert int(row["size_px"]) == quality["size_px"] and float(row["yaw_deg"]) == quality["yaw_deg"]
+        assert float(row["sharpness"]) == quality["sharpness"] and float(row["roll_deg"]) == quality["roll_deg"]
+        assert abs(float(row["margin"]) - quality["margin"]) < 1e-4 and row["reliable"] == str(int(quality["reliable"]))
 
 
 def test_the_summary_averages_each_track_and_the_whole_job(api: Api) -> None:
@@ -168,16 +173,32 @@ def test_the_summary_averages_each_track_and_the_whole_job(api: Api) -> None:
 
     job_id = new_job(api)
     expected = insert_results(job_id, frames=250, tracks_at=two_people)
-    # when it is summarised
-    response = api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE)
-    # then each track's span, frame count and means match the rows, and overall averages every face
-    assert response.status_code == 200, response.text
-    body = response.json()
+    every_face = [(item, face) for item in expected for face in item["faces"]]
+    reliable = [(item, face) for item, face in every_face if face["quality"]["reliable"]]
+    assert 0 < len(reliable) < len(every_face)
+    # when it is summarised: by default over the reliable faces, and over every face when asked
+    for faces, all_faces in (("reliable", reliable), ("all", every_face)):
+        response = api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE, params={"faces": faces})
+        assert response.status_code == 200, response.text
+        check_summary(response.json(), all_faces, every_face if faces == "reliable" else all_faces)
+    assert api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json() == \
+        api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE, params={"faces": "reliable"}).json()
+    # and it is computed by SQL aggregates: a fixed number of queries, whatever the number of faces
+    with session_scope() as session, StatementCounter() as statements:
+        summary(session, job_id)
+    assert statements.count == 4
+
+
+def check_summary(body: dict[str, Any], all_faces: list[tuple[dict[str, Any], dict[str, Any]]],
+                  every_face: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Each track's span, frame count and means match the counted faces, overall averages them, and what was left
+    out of `every_face` is counted."""
     assert [track["track_id"] for track in body["tracks"]] == [1, 2]
-    all_faces = [(item, face) for item in expected for face in item["faces"]]
     for track in body["tracks"]:
         mine = [(item, face) for item, face in all_faces if face["track_id"] == track["track_id"]]
         assert track["frames"] == len(mine)
+        of_track = sum(face["track_id"] == track["track_id"] for _, face in every_face)
+        assert track["faces_left_out"] == of_track - len(mine)
         assert (track["first_ms"], track["last_ms"]) == (mine[0][0]["timestamp_ms"], mine[-1][0]["timestamp_ms"])
         means = {label: sum(face["emotions"][label] for _, face in mine) / len(mine) for label in EMOTIONS}
         assert track["mean_emotions"] == pytest.approx(means, abs=1e-9)
@@ -187,10 +208,7 @@ def test_the_summary_averages_each_track_and_the_whole_job(api: Api) -> None:
     overall = {label: sum(face["emotions"][label] for _, face in all_faces) / len(all_faces) for label in EMOTIONS}
     assert body["overall"]["mean_emotions"] == pytest.approx(overall, abs=1e-9)
     assert body["overall"]["dominant_share"] == pytest.approx(dominant_shares([f for _, f in all_faces]), abs=1e-12)
-    # and it is computed by SQL aggregates: a fixed number of queries, whatever the number of faces
-    with session_scope() as session, StatementCounter() as statements:
-        summary(session, job_id)
-    assert statements.count == 3
+    assert body["overall"]["faces_left_out"] == len(every_face) - len(all_faces)
 
 
 def dominant_shares(faces: list[dict[str, Any]]) -> dict[str, float]:
@@ -230,7 +248,8 @@ def test_a_job_without_faces_has_an_empty_summary(api: Api) -> None:
     insert_results(job_id, frames=10, tracks_at=lambda k: [])
     # when / then
     body = api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json()
-    assert body == {"tracks": [], "overall": {"mean_emotions": None, "dominant": None, "dominant_share": None}}
+    assert body == {"tracks": [], "overall": {"mean_emotions": None, "dominant": None, "dominant_share": None,
+                                              "faces_left_out": 0}}
 
 
 def png_size(content: bytes) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from models.detectors import Detection, FaceDetector
 from worker.media.decode import decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.probe import probe
-from worker.pipeline import Analyzer, build_analyzer, carried_faces
+from worker.pipeline import Analyzer, FaceFound, build_analyzer, carried_faces
 from worker.tracking import iou
 
 # The limits the settings default to, whatever the developer's environment says.
@@ -112,15 +112,17 @@ def test_many_faces_each_keep_their_own_track(analyzer: Analyzer, shared_dir: Pa
 
 def test_faces_of_skipped_frames_move_between_the_detected_ones() -> None:
     # given a face seen at two detected frames, one only at the first and one only at the second
-    earlier = [(0, (100, 50, 40, 40), 0.9), (1, (300, 50, 40, 40), 0.8)]
-    later = [(0, (120, 60, 44, 44), 0.7), (2, (500, 50, 40, 40), 0.9)]
+    earlier = [FaceFound(0, (100, 50, 40, 40), 0.9, (10.0, -4.0)), FaceFound(1, (300, 50, 40, 40), 0.8, (0.0, 0.0))]
+    later = [FaceFound(0, (120, 60, 44, 44), 0.7, (30.0, 4.0)), FaceFound(2, (500, 50, 40, 40), 0.9, None)]
 
     # when frames a quarter and three quarters of the way between them are filled in
     quarter, three_quarters = carried_faces(earlier, later, 0.25), carried_faces(earlier, later, 0.75)
 
-    # then the face seen twice moves in a straight line; the others are kept on their own half of the gap
-    assert quarter == [(0, (105, 52, 41, 41), pytest.approx(0.85)), (1, (300, 50, 40, 40), 0.8)]
-    assert three_quarters == [(0, (115, 58, 43, 43), pytest.approx(0.75)), (2, (500, 50, 40, 40), 0.9)]
+    # then the face seen twice moves (and turns) in a straight line; the others are kept on their own half of the gap
+    assert quarter == [FaceFound(0, (105, 52, 41, 41), pytest.approx(0.85), (15.0, -2.0)),
+                       FaceFound(1, (300, 50, 40, 40), 0.8, (0.0, 0.0))]
+    assert three_quarters == [FaceFound(0, (115, 58, 43, 43), pytest.approx(0.75), (25.0, 2.0)),
+                              FaceFound(2, (500, 50, 40, 40), 0.9, None)]
 
 
 class CountingDetector:
