@@ -99,6 +99,42 @@ def test_single_face_clip_gives_one_track_on_every_sampled_frame(
     assert face["dominant"] == max(face["emotions"], key=face["emotions"].get)
     summary = client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json()
     assert len(summary["tracks"]) == 1 and summary["tracks"][0]["frames"] == 12
+    # and every face is sharp, frontal and upright, so reliable and counted
+    quality = face["quality"]
+    assert quality["reliable"] and quality["sharpness"] > 1000 and abs(quality["yaw_deg"]) < 10
+    assert abs(quality["roll_deg"]) < 10 and quality["size_px"] > 200
+    assert summary["overall"]["faces_left_out"] == 0
+
+
+def test_a_blurred_face_is_found_but_not_trusted_and_left_out_of_the_summary(
+    service_env: ServiceEnv, client: TestClient, shared_dir: Path, tmp_path: Path
+) -> None:
+    # given the one-face clip blurred (a Gaussian of 4 px: YuNet still finds the face), and a worker
+    import av
+    import cv2
+
+    with av.open(str(shared_dir / "media" / "single_face.mp4")) as container:
+        frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)][:24]
+    blurred = tmp_path / "blurred.mp4"
+    with av.open(str(blurred), "w") as output:
+        stream = output.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for image in frames:
+            packet = stream.encode(av.VideoFrame.from_ndarray(cv2.GaussianBlur(image, (0, 0), 4), format="bgr24"))
+            output.mux(packet)
+        output.mux(stream.encode())
+    service_env.start_worker()
+    # when it is analysed
+    job_id = submit_file(client, blurred, sample_fps=5)
+    assert wait_finished(client, service_env, job_id)["status"] == "succeeded"
+    # then each face is in the timeline, marked not reliable because blurred
+    faces = [face for item in all_timeline_items(client, job_id) for face in item["faces"]]
+    assert len(faces) == 4 and all(face["quality"]["unreliable_because"] == ["blurred"] for face in faces)
+    # and the summary counts none of them, saying so, unless every face is asked for
+    summary = client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json()
+    assert summary["tracks"] == [] and summary["overall"]["faces_left_out"] == 4
+    every = client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE, params={"faces": "all"}).json()
+    assert len(every["tracks"]) == 1 and every["tracks"][0]["frames"] == 4
 
 
 def test_rabbitmq_works_as_the_broker_for_jobs_split_across_two_workers(
