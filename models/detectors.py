@@ -29,10 +29,20 @@ HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # from survive, and a 4K frame costs what a 720p one does.
 DETECT_MAX_SIDE = 960
 MIN_FACE_PIXELS = 16  # smaller faces carry too little for a 48x48-trained classifier
-# YuNet sees frames shrunk by this much more (`bench/detect_size.py`, models/MODEL_CARD.md): the classifier reads a
-# face from about 32 px in the frame (top-1 within 2.3 points of 48 px; at 24 px it loses 6), and YuNet found every
-# real face from 22 px at its input; 22 / 32 keeps those faces at under half the pixels.
+# YuNet sees large frames shrunk by this much more (`bench/detect_size.py`, models/MODEL_CARD.md): the classifier
+# reads a face from about 32 px in the frame (top-1 within 2.3 points of 48 px; at 24 px it loses 6), and YuNet found
+# every real face from 22 px at its input; 22 / 32 keeps those faces at under half the pixels. A frame is never
+# shrunk under YUNET_MIN_SIDE on its longer side: a small frame costs little at full size, and a large face in it
+# loses score when shrunk (`bench/detect_recall.py`).
 YUNET_INPUT_SCALE = 22 / 32
+YUNET_MIN_SIDE = 640
+
+
+def yunet_input_scale(height: int, width: int) -> float:
+    """The scale a frame of this size is given to YuNet at: at most DETECT_MAX_SIDE on its longer side, shrunk by
+    YUNET_INPUT_SCALE only as far as YUNET_MIN_SIDE, never enlarged."""
+    longer = max(height, width)
+    return min(1.0, DETECT_MAX_SIDE / longer, max(YUNET_INPUT_SCALE, YUNET_MIN_SIDE / longer))
 
 
 @dataclass(frozen=True)
@@ -54,14 +64,13 @@ class FaceDetector(Protocol):
         ...
 
 
-def _downscale(image: NDArray[np.uint8], most: float = 1.0) -> tuple[NDArray[np.uint8], float]:
-    """The frame as the detector gets it, at most `most` of its size, and the scale applied."""
+def _downscale(image: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
+    """The frame resized by `scale` (at most 1) for the detector."""
     height, width = image.shape[:2]
-    scale = min(most, DETECT_MAX_SIDE / max(height, width))
     if scale < 1.0:
         image = np.asarray(cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                                       interpolation=cv2.INTER_AREA), dtype=np.uint8)
-    return image, scale
+    return image
 
 
 def _to_detections(raw: list[tuple[float, float, float, float, float]], scale: float, shape: tuple[int, ...],
@@ -151,7 +160,11 @@ class YuNetDetector:
         self._outputs = [f"{head}_{stride}" for head in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES]
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        small, scale = _downscale(image, YUNET_INPUT_SCALE)
+        return self.detect_at(image, yunet_input_scale(*image.shape[:2]))
+
+    def detect_at(self, image: NDArray[np.uint8], scale: float) -> list[Detection]:
+        """`detect` with the frame given to YuNet at `scale` (benches compare scales)."""
+        small = _downscale(image, scale)
         height, width = small.shape[:2]
         # The strides need a multiple of 32: pad right and bottom with black, which moves no box.
         padded = np.zeros((3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
@@ -198,7 +211,8 @@ class HaarDetector:
                               code=DETECTOR_UNAVAILABLE)
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        small, scale = _downscale(image)
+        scale = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
+        small = _downscale(image, scale)
         grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
         boxes, _, weights = self._cascade.detectMultiScale3(
             grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24), outputRejectLevels=True

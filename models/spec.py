@@ -33,10 +33,12 @@ STEM_KEY = "fervid.stem"  # models.network.STEMS; absent: "imagenet", the stem o
 DATA_SHA_KEY = "fervid.data_sha256"
 GIT_COMMIT_KEY = "fervid.git_commit"
 PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
+PUBLIC_CROWD_KEY = "fervid.public_crowd"  # PublicTest agreement with the FER+ crowd majority, likewise
+FERPLUS_WEIGHT_KEY = "fervid.ferplus_weight"  # how much of the FER+ votes its training targets took (0: labels only)
 # How the initializers are stored: fp32 | fp16 | int8-scaled (`fervid export`), or int8 for a QDQ graph
 # (`fervid quantize`); absent in files from before it was written.
 WEIGHTS_KEY = "fervid.weights"
-PER_MEMBER_KEYS = (INIT_KEY, EPOCHS_KEY, PUBLIC_ACC_KEY, STEM_KEY)
+PER_MEMBER_KEYS = (INIT_KEY, EPOCHS_KEY, PUBLIC_ACC_KEY, STEM_KEY, PUBLIC_CROWD_KEY, FERPLUS_WEIGHT_KEY)
 
 
 @dataclass(frozen=True)

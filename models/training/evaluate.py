@@ -85,7 +85,7 @@ def checkpoint_predictor(checkpoint: Path, batch_size: int = DEFAULT_BATCH) -> t
 
     info = {"kind": "checkpoint", "path": str(checkpoint), "epochs_trained": loaded.epoch + 1,
             "input_size": loaded.input_size, "stem": loaded.stem, "init": loaded.config.get("init", "unknown"),
-            "best_public_recorded": loaded.best_public}
+            "public_acc_recorded": loaded.public_acc}
     return predict, info
 
 

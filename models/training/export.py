@@ -49,6 +49,7 @@ from models.network import LEGACY_STEM, EmotionResNet50
 from models.spec import (
     DATA_SHA_KEY,
     EPOCHS_KEY,
+    FERPLUS_WEIGHT_KEY,
     GIT_COMMIT_KEY,
     INIT_KEY,
     INPUT_SIZE_KEY,
@@ -58,6 +59,7 @@ from models.spec import (
     OUTPUT_KEY,
     PREPROCESS_KEY,
     PUBLIC_ACC_KEY,
+    PUBLIC_CROWD_KEY,
     STEM_KEY,
     TTA_KEY,
     VERSION_KEY,
@@ -83,7 +85,8 @@ class Checkpoint:
     state_dict: dict[str, Tensor]
     config: dict[str, Any]
     epoch: int  # zero-based epoch the checkpoint was saved after
-    best_public: float
+    public_acc: float  # the network's PublicTest top-1 as training measured it (no TTA)
+    public_crowd: float | None = None  # its agreement with the FER+ crowd majority there, when measured
     data_sha256: str | None = None  # known when the member is an earlier export, which records it
 
     @property
@@ -119,8 +122,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(state, dict) or "network" not in state:
         raise FervidError(f"{path} has no 'network' state dict; is it a `fervid train` checkpoint?",
                           code=INVALID_CHECKPOINT)
+    # Checkpoints from before each recorded its own figures hold the run's best, which best.pt's network is.
+    crowd = state.get("public_crowd", state.get("best_public_crowd"))
     return Checkpoint(path=path, state_dict=state["network"], config=dict(state.get("config", {})),
-                      epoch=int(state.get("epoch", -1)), best_public=float(state.get("best_public", float("nan"))))
+                      epoch=int(state.get("epoch", -1)),
+                      public_acc=float(state.get("public_acc") or state.get("best_public") or float("nan")),
+                      public_crowd=None if crowd is None else float(crowd))
 
 
 def _load_exported(path: Path) -> Checkpoint:
@@ -145,7 +152,9 @@ def _load_exported(path: Path) -> Checkpoint:
             state[key] = torch.from_numpy(numpy_helper.to_array(weights[key]).copy())
     config = {"init": meta.get(INIT_KEY, "unknown"), "input_size": int(meta.get(INPUT_SIZE_KEY, "64")), "stem": stem}
     return Checkpoint(path=path, state_dict=state, config=config, epoch=int(meta.get(EPOCHS_KEY, "0")) - 1,
-                      best_public=float(meta.get(PUBLIC_ACC_KEY, "nan")), data_sha256=meta.get(DATA_SHA_KEY))
+                      public_acc=float(meta.get(PUBLIC_ACC_KEY, "nan")),
+                      public_crowd=float(meta[PUBLIC_CROWD_KEY]) if PUBLIC_CROWD_KEY in meta else None,
+                      data_sha256=meta.get(DATA_SHA_KEY))
 
 
 def build_network(checkpoint: Checkpoint, network_type: type[EmotionResNet50] = EmotionResNet50) -> EmotionResNet50:
@@ -274,13 +283,17 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
                             native_size=(NATIVE_SIZE, NATIVE_SIZE))
     metadata = {
         LABELS_KEY: ",".join(EMOTIONS), PREPROCESS_KEY: preprocess.to_json(), OUTPUT_KEY: OUTPUT_NAME,
-        NAME_KEY: MODEL_NAME, VERSION_KEY: f"{dt.datetime.now(dt.UTC):%Y%m%d}-{digest[:8]}",
+        NAME_KEY: MODEL_NAME + ("-ferplus" if any(m.config.get("ferplus_weight") for m in members) else ""),
+        VERSION_KEY: f"{dt.datetime.now(dt.UTC):%Y%m%d}-{digest[:8]}",
         MEMBERS_KEY: str(len(members)), INIT_KEY: _member_values(members, lambda m: m.init),
         EPOCHS_KEY: _member_values(members, lambda m: m.epochs), INPUT_SIZE_KEY: str(size),
         STEM_KEY: _member_values(members, lambda m: m.stem),
         DATA_SHA_KEY: data_shas.pop(), GIT_COMMIT_KEY: git_commit(),
-        PUBLIC_ACC_KEY: _member_values(members, lambda m: f"{m.best_public:.4f}"), WEIGHTS_KEY: weights,
+        PUBLIC_ACC_KEY: _member_values(members, lambda m: f"{m.public_acc:.4f}"), WEIGHTS_KEY: weights,
+        FERPLUS_WEIGHT_KEY: _member_values(members, lambda m: f"{float(m.config.get('ferplus_weight') or 0):g}"),
     }
+    if all(member.public_crowd is not None for member in members):
+        metadata[PUBLIC_CROWD_KEY] = _member_values(members, lambda m: f"{m.public_crowd:.4f}")
     if tta:
         metadata[TTA_KEY] = "hflip"
     for key, value in metadata.items():

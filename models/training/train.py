@@ -297,13 +297,14 @@ def standing(config: TrainConfig, public_acc: float, public_crowd: float | None)
 
 
 def save_checkpoint(path: Path, network: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    epoch: int, step: int, best: Standing, ema: WeightAverage | None = None) -> None:
+                    epoch: int, step: int, best: Standing, own: Standing, ema: WeightAverage | None = None) -> None:
     """`network` in the checkpoint is the candidate (what export and evaluation read): the EMA's weights when the run
-    keeps one, whose raw training weights then travel beside it for `--resume`."""
+    keeps one, whose raw training weights then travel beside it for `--resume`. `own` is that network's PublicTest
+    standing (what export records), `best` the run's best so far (what `--resume` goes on from)."""
     payload: dict[str, Any] = {
         "network": (network if ema is None else ema.network).state_dict(), "optimizer": optimizer.state_dict(),
         "epoch": epoch, "step": step, "best_public": best.public_acc, "best_public_crowd": best.public_crowd,
-        "best_score": best.score,
+        "best_score": best.score, "public_acc": own.public_acc, "public_crowd": own.public_crowd,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
     }
     if ema is not None:
@@ -437,7 +438,7 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
         # best.pt starts as the network the continuation began from, so it never hands back a worse one (and
         # `--epochs 0` turns a network of an exported file into a checkpoint).
         best = start
-        save_checkpoint(best_path, network, optimizer, config, -1, step, best, ema)
+        save_checkpoint(best_path, network, optimizer, config, -1, step, best, best, ema)
     if resumed is not None:
         network.load_state_dict(resumed.get("training_network", resumed["network"]))
         if ema is not None:
@@ -517,11 +518,11 @@ def train(config: TrainConfig, after_epoch: Callable[[dict[str, Any]], None] | N
         print(json.dumps(record), flush=True)
         if epoch_standing.score > best.score:
             best = epoch_standing
-            save_checkpoint(best_path, network, optimizer, config, epoch, step, best, ema)
-        save_checkpoint(last_path, network, optimizer, config, epoch, step, best, ema)
+            save_checkpoint(best_path, network, optimizer, config, epoch, step, best, best, ema)
+        save_checkpoint(last_path, network, optimizer, config, epoch, step, best, epoch_standing, ema)
         if config.keep_epochs:
             save_checkpoint(config.out_dir / f"epoch-{epoch + 1:03d}.pt", network, optimizer, config, epoch, step,
-                            epoch_standing, ema)
+                            best, epoch_standing, ema)
         (config.out_dir / "history.json").write_text(json.dumps(
             {"data_sha256": data_sha, "select": config.select, "best": _figures(best), "history": config.history},
             indent=1))

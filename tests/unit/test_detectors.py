@@ -18,12 +18,12 @@ from fervid.errors import FervidError
 from fervid.settings import get_settings
 from models.detector_files import YUNET_FILENAME, fetch_yunet, plan_detector
 from models.detectors import (
-    YUNET_INPUT_SCALE,
     FaceDetector,
     HaarDetector,
     YuNetDetector,
     any_size_yunet,
     load_detector,
+    yunet_input_scale,
 )
 from models.network_io import Framing, crop_face
 from models.training.fer2013 import load_split
@@ -78,20 +78,21 @@ def test_yunet_on_onnx_runtime_finds_what_opencvs_own_yunet_finds(shared_dir: Pa
     found = faces = 0
     for frame in frames:
         # when both look at the frame as the detector shrinks it
-        small = cv2.resize(frame, None, fx=YUNET_INPUT_SCALE, fy=YUNET_INPUT_SCALE, interpolation=cv2.INTER_AREA) \
-            if max(frame.shape[:2]) * YUNET_INPUT_SCALE <= 960 else None
-        if small is None:
-            continue
+        scale = yunet_input_scale(*frame.shape[:2])
+        small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
         reference.setInputSize((small.shape[1], small.shape[0]))
         _, expected = reference.detect(small)
         expected = [] if expected is None else sorted(expected.tolist(), key=lambda f: (f[0], f[1]))
         ours = detector.detect(frame)
-        # then the same faces, boxes within the pixels of rounding back to the frame, the same scores
+        # then the same faces, boxes and five landmarks within the pixels of rounding back to the frame, the same
+        # scores
         assert len(ours) == len(expected)
-        for face, (x, y, w, h, *_rest) in zip(ours, expected, strict=True):
-            back = [x / YUNET_INPUT_SCALE, y / YUNET_INPUT_SCALE, w / YUNET_INPUT_SCALE, h / YUNET_INPUT_SCALE]
-            assert all(abs(a - b) <= 3.0 for a, b in zip(face.box, back, strict=True)), (face.box, back)
-            assert abs(face.score - min(1.0, _rest[-1])) < 2e-3  # two runtimes' float rounding
+        for face, (*reference_face, reference_score) in zip(ours, expected, strict=True):
+            back = [value / scale for value in reference_face]
+            assert all(abs(a - b) <= 3.0 for a, b in zip(face.box, back[:4], strict=True)), (face.box, back)
+            assert face.landmarks is not None
+            assert all(abs(a - b) <= 3.0 for a, b in zip(face.landmarks, back[4:14], strict=True))
+            assert abs(face.score - min(1.0, reference_score)) < 2e-3  # two runtimes' float rounding
         faces += len(ours)
         found += bool(ours)
     assert faces >= 40 and found >= 40  # the clips' face frames and the stills

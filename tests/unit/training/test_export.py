@@ -38,7 +38,7 @@ def write_checkpoint(path: Path, input_size: int = INPUT_SIZE, trained_looking: 
                 if tensor.is_floating_point() and tensor.ndim == 1:
                     tensor.add_(torch.rand(tensor.shape, generator=generator) * 0.1)
     save_checkpoint(path, network, build_optimizer(network, config), config, epoch=0, step=3,
-                    best=Standing(0.25, None, 0.25))
+                    best=Standing(0.25, None, 0.25), own=Standing(0.25, None, 0.25))
     return path
 
 
@@ -237,7 +237,7 @@ def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A different network: perturb every weight so the two members disagree.
     state["network"] = {key: value + 0.05 * torch.randn(value.shape, generator=generator)
                         if value.is_floating_point() else value for key, value in state["network"].items()}
-    state["best_public"] = 0.5
+    state["public_acc"] = 0.5
     torch.save(state, path)
     return path
 
@@ -295,7 +295,7 @@ def test_an_earlier_export_can_be_a_member(
     (probs,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["probs"], {"faces": batch})
 
     # then the member keeps the export's weights and provenance, and the ensemble averages what each computes
-    assert member.input_size == INPUT_SIZE and member.epoch == 0 and member.best_public == 0.25
+    assert member.input_size == INPUT_SIZE and member.epoch == 0 and member.public_acc == 0.25
     np.testing.assert_allclose(probs, (shipped + torch_probs(second_checkpoint, batch)) / 2, atol=1e-4)
 
 

@@ -10,7 +10,7 @@ import torch
 
 import models.training.train
 from models.network import EmotionResNet50
-from models.training.export import export_onnx
+from models.training.export import export_onnx, load_checkpoint
 from models.training.fer2013 import NO_MAJORITY, load_crowd_majority, load_ferplus_shares, load_split
 from models.training.train import Standing, TrainConfig, standing, train
 from tests.unit.training.test_export import write_checkpoint
@@ -277,7 +277,7 @@ def test_a_crowd_selected_run_records_both_figures_each_epoch_and_keeps_the_best
         tmp_path: Path, small_fer_file: Path) -> None:
     # given votes for the faces and a top-1 floor every epoch clears
     config = small_config(tmp_path / "crowd", small_fer_file, select="crowd", min_public_acc=0.0,
-                          ferplus=write_votes(tmp_path / "meta.npz", 96), keep_epochs=True)
+                          ferplus=write_votes(tmp_path / "meta.npz", 96), keep_epochs=True, ferplus_weight=0.6)
 
     # when the run trains two epochs
     best = train(config)
@@ -293,4 +293,11 @@ def test_a_crowd_selected_run_records_both_figures_each_epoch_and_keeps_the_best
     # and every epoch's checkpoint was kept, with its own figures
     for record in history:
         kept = torch.load(tmp_path / "crowd" / f"epoch-{record['epoch']:03d}.pt", weights_only=False)
-        assert kept["epoch"] + 1 == record["epoch"] and round(kept["best_public_crowd"], 4) == record["public_crowd"]
+        assert kept["epoch"] + 1 == record["epoch"] and round(kept["public_crowd"], 4) == record["public_crowd"]
+        assert round(kept["public_acc"], 4) == record["public_acc"]
+        assert load_checkpoint(tmp_path / "crowd" / f"epoch-{record['epoch']:03d}.pt").public_acc == kept["public_acc"]
+    # and an export says how the network was trained and what it scored, the crowd included
+    exported = export_onnx(tmp_path / "crowd" / "epoch-002.pt", tmp_path / "e2.onnx", tta=False, weights="fp32")
+    meta = {prop.key: prop.value for prop in onnx.load(str(exported)).metadata_props}
+    assert meta["fervid.ferplus_weight"] == "0.6" and meta["fervid.name"].endswith("-ferplus")
+    assert meta["fervid.public_crowd"] == f"{history[1]['public_crowd']:.4f}"
