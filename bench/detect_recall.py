@@ -7,7 +7,7 @@ The set: each real picture (the stills of ../shared/media, the middle frame of e
 portrait of Grace Hopper), scaled so that its largest face's box is S px (16 to 320), placed in a frame of 320x240 to
 1920x1080 with that face at the centre, against an edge, in a corner (the rest of the frame black), in colour and in
 grey: thousands of faces, many per size. A face is found when a detection overlaps where it was placed (IoU >= 0.5).
-Policies: the product's (`yunet_input_scale`), the earlier fixed 22/32 shrink, and full size (scale 1). Then the
+Policies: the product's (`detector_scale`), the earlier 22/32 shrink (to at most 960 px), 960 px, full size. Then the
 score threshold: recall at each threshold with the product's scale, and the false faces on every frame of the
 faceless clip (../shared/media/no_face.mp4) and the faceless parts of the others.
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.cpu_features import read_cpu_features  # noqa: E402
-from models.detectors import DETECT_MAX_SIDE, YUNET_INPUT_SCALE, YuNetDetector, yunet_input_scale  # noqa: E402
+from models.detectors import YUNET_SCORE_THRESHOLD, YuNetDetector, detector_scale  # noqa: E402
 from models.int8_check import portrait_image  # noqa: E402
 
 FACE_SIDES = (16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256, 320)
@@ -89,8 +89,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     detector = YuNetDetector(args.yunet, score_threshold=LOWEST)
-    policies = {"product": yunet_input_scale,
-                "fixed 22/32": lambda h, w: min(YUNET_INPUT_SCALE, DETECT_MAX_SIDE / max(h, w)),
+    policies = {"product": detector_scale,
+                # before 2026-12-05: shrunk by 22/32, to at most 960 px
+                "22/32, 960 px": lambda h, w: min(22 / 32, 960 / max(h, w)),
+                "960 px": lambda h, w: min(1.0, 960 / max(h, w)),
                 "full size": lambda h, w: 1.0}
     # policy -> face side -> [found at each threshold] per face
     found: dict[str, dict[int, list[list[bool]]]] = {name: {side: [] for side in FACE_SIDES} for name in policies}
@@ -113,14 +115,15 @@ def main() -> None:
                             detections = detector.detect_at(image, policy(*image.shape[:2]))
                             best = max((d.score for d in detections if iou(d.box, truth) >= 0.5), default=0.0)
                             found[name][side].append([best >= threshold for threshold in THRESHOLDS])
-    at_product = THRESHOLDS.index(detector.score_threshold) if detector.score_threshold in THRESHOLDS else 2
+    at_product = THRESHOLDS.index(YUNET_SCORE_THRESHOLD)
     report: dict[str, Any] = {"cpu": read_cpu_features().describe(), "thresholds": THRESHOLDS, "recall": {}}
     for name, by_side in found.items():
         rows = {side: np.asarray(values) for side, values in by_side.items() if values}
         report["recall"][name] = {side: [round(float(v), 4) for v in values.mean(axis=0)]
                                   for side, values in rows.items()}
         total = np.concatenate(list(rows.values()))
-        print(f"{name:>12}: recall at 0.7 over {len(total)} faces {total[:, at_product].mean():.2%}; by side "
+        print(f"{name:>13}: recall at {YUNET_SCORE_THRESHOLD} over {len(total)} faces "
+              f"{total[:, at_product].mean():.2%}; by side "
               + ", ".join(f"{side}: {values[:, at_product].mean():.0%}" for side, values in rows.items()), flush=True)
     # False faces: every frame of the faceless clip.
     false_faces = np.zeros(len(THRESHOLDS), np.int64)

@@ -25,24 +25,18 @@ from models.network_io import Framing
 log = logging.getLogger(__name__)
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
-# Detection runs on frames scaled so the longer side is at most this: faces big enough to read an emotion
-# from survive, and a 4K frame costs what a 720p one does.
-DETECT_MAX_SIDE = 960
+# Detection runs on frames scaled so the longer side is at most this, and never shrunk further: every real face YuNet
+# finds at full size from 28 px up is found at this size in frames up to 1280 px (720p), where the classifier reads
+# faces from 30 px (`bench/detect_recall.py`, models/MODEL_CARD.md "The detector at a size that keeps faces"); larger
+# frames (1080p, 4K) are shrunk to it, so their faces under about 45 px are found less often.
+DETECT_MAX_SIDE = 1280
 MIN_FACE_PIXELS = 16  # smaller faces carry too little for a 48x48-trained classifier
-# YuNet sees large frames shrunk by this much more (`bench/detect_size.py`, models/MODEL_CARD.md): the classifier
-# reads a face from about 32 px in the frame (top-1 within 2.3 points of 48 px; at 24 px it loses 6), and YuNet found
-# every real face from 22 px at its input; 22 / 32 keeps those faces at under half the pixels. A frame is never
-# shrunk under YUNET_MIN_SIDE on its longer side: a small frame costs little at full size, and a large face in it
-# loses score when shrunk (`bench/detect_recall.py`).
-YUNET_INPUT_SCALE = 22 / 32
-YUNET_MIN_SIDE = 640
+YUNET_SCORE_THRESHOLD = 0.7
 
 
-def yunet_input_scale(height: int, width: int) -> float:
-    """The scale a frame of this size is given to YuNet at: at most DETECT_MAX_SIDE on its longer side, shrunk by
-    YUNET_INPUT_SCALE only as far as YUNET_MIN_SIDE, never enlarged."""
-    longer = max(height, width)
-    return min(1.0, DETECT_MAX_SIDE / longer, max(YUNET_INPUT_SCALE, YUNET_MIN_SIDE / longer))
+def detector_scale(height: int, width: int) -> float:
+    """The scale a frame of this size is given to the detector at: at most DETECT_MAX_SIDE on its longer side."""
+    return min(1.0, DETECT_MAX_SIDE / max(height, width))
 
 
 @dataclass(frozen=True)
@@ -141,7 +135,7 @@ class YuNetDetector:
     # side and raised by 2.6 % of it, the median offset of FER-2013's own crop fitted on `train` faces.
     framing = Framing(side=0.96, dy=-0.026)
 
-    def __init__(self, model_path: Path, score_threshold: float = 0.7, nms_threshold: float = 0.3,
+    def __init__(self, model_path: Path, score_threshold: float = YUNET_SCORE_THRESHOLD, nms_threshold: float = 0.3,
                  reason: str = "", threads: int = 0, cache_dir: Path | None = None) -> None:
         self.model_path = model_path
         self.reason = reason or f"YuNet from {model_path}"
@@ -160,7 +154,7 @@ class YuNetDetector:
         self._outputs = [f"{head}_{stride}" for head in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES]
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        return self.detect_at(image, yunet_input_scale(*image.shape[:2]))
+        return self.detect_at(image, detector_scale(*image.shape[:2]))
 
     def detect_at(self, image: NDArray[np.uint8], scale: float) -> list[Detection]:
         """`detect` with the frame given to YuNet at `scale` (benches compare scales)."""
@@ -211,7 +205,7 @@ class HaarDetector:
                               code=DETECTOR_UNAVAILABLE)
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        scale = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
+        scale = detector_scale(*image.shape[:2])
         small = _downscale(image, scale)
         grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
         boxes, _, weights = self._cascade.detectMultiScale3(

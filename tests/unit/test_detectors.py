@@ -22,8 +22,8 @@ from models.detectors import (
     HaarDetector,
     YuNetDetector,
     any_size_yunet,
+    detector_scale,
     load_detector,
-    yunet_input_scale,
 )
 from models.network_io import Framing, crop_face
 from models.training.fer2013 import load_split
@@ -78,7 +78,7 @@ def test_yunet_on_onnx_runtime_finds_what_opencvs_own_yunet_finds(shared_dir: Pa
     found = faces = 0
     for frame in frames:
         # when both look at the frame as the detector shrinks it
-        scale = yunet_input_scale(*frame.shape[:2])
+        scale = detector_scale(*frame.shape[:2])
         small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
         reference.setInputSize((small.shape[1], small.shape[0]))
         _, expected = reference.detect(small)
