@@ -9,7 +9,7 @@ portrait of Grace Hopper), scaled so that its largest face's box is S px (16 to 
 grey: thousands of faces, many per size. A face is found when a detection overlaps where it was placed (IoU >= 0.5).
 Policies: the product's (`detector_scale`), the earlier 22/32 shrink (to at most 960 px), 960 px, full size. Then the
 score threshold: recall at each threshold with the product's scale, and the false faces on every frame of the
-faceless clip (../shared/media/no_face.mp4) and the faceless parts of the others.
+faceless clip (../shared/media/no_face.mp4).
 """
 
 from __future__ import annotations

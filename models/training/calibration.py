@@ -3,7 +3,9 @@ the model is right, stored in the model's metadata and applied by every backend 
 
 The temperature minimises the negative log-likelihood of PublicTest's labels under softmax(log(p) / T), where p is
 what jobs compute (TTA included); the expected calibration error (ECE, 15 equal-width confidence bins) is reported
-before and after on PrivateTest, which is read for the report only.
+before and after on PrivateTest, which is read for the report only: against FER-2013's labels, and with the FER+
+votes also against the crowd (`vote_calibration_error`: a face's top probability read as the share of its annotators
+who chose that emotion).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fervid.errors import DATA_NOT_FOUND, FervidError
 from models.network_io import temperature_scaled
 from models.spec import TEMPERATURE_KEY, read_model_spec
 from models.training.evaluate import onnx_predictor
-from models.training.fer2013 import load_split
+from models.training.fer2013 import load_ferplus_shares, load_split
 
 ECE_BINS = 15
 # The temperature is searched on a log scale within these bounds (read_model_spec accepts [0.05, 20]).
@@ -68,7 +70,23 @@ def expected_calibration_error(probs: NDArray[np.float32], labels: NDArray[np.in
     return float(error)
 
 
-def calibrate(model: Path, out: Path, data_path: Path) -> dict[str, Any]:
+def vote_calibration_error(probs: NDArray[np.float32], shares: NDArray[np.float32], bins: int = ECE_BINS) -> float:
+    """ECE with the crowd for truth: per confidence bin, |mean share of the annotators' votes that went to the
+    predicted emotion - mean confidence|, over the faces with votes (FER+ `load_ferplus_shares` rows)."""
+    voted = shares.sum(axis=1) > 0
+    probs, shares = probs[voted], shares[voted]
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    agreeing = shares[np.arange(len(probs)), predicted].astype(np.float64)
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    error = 0.0
+    for k in range(bins):
+        members = index == k
+        if members.any():
+            error += members.mean() * abs(agreeing[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def calibrate(model: Path, out: Path, data_path: Path, ferplus: Path | None = None) -> dict[str, Any]:
     """Writes `model` with the temperature fitted on PublicTest in its metadata to `out`; returns the report."""
     if not data_path.is_file():
         raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code=DATA_NOT_FOUND)
@@ -83,12 +101,17 @@ def calibrate(model: Path, out: Path, data_path: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"model": {**info, "path": str(model)}, "temperature": temperature,
                               "fitted_on": "public", "bins": ECE_BINS, "tta": spec.tta or "off"}
     for split in (public, private):
+        shares = load_ferplus_shares(ferplus, split.name) if ferplus is not None else None
+        if shares is not None and len(shares) != len(split):
+            raise FervidError(f"{ferplus} holds votes for {len(shares)} {split.name} faces, {data_path} has "
+                              f"{len(split)}: not the same FER-2013", code=DATA_NOT_FOUND)
         for stage, probs in (("before", raw[split.name]), ("after", calibrated[split.name])):
             report[f"{split.name}_{stage}"] = {
                 "ece": expected_calibration_error(probs, split.labels),
                 "nll": negative_log_likelihood(probs, split.labels),
                 "mean_confidence": float(probs.max(axis=1).mean()),
-                "accuracy": float((probs.argmax(axis=1) == split.labels).mean())}
+                "accuracy": float((probs.argmax(axis=1) == split.labels).mean()),
+                **({"ece_votes": vote_calibration_error(probs, shares)} if shares is not None else {})}
     graph = onnx.load(str(model))
     kept = [(prop.key, prop.value) for prop in graph.metadata_props if prop.key != TEMPERATURE_KEY]
     del graph.metadata_props[:]
@@ -104,7 +127,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"temperature {report['temperature']:g} (fitted on PublicTest, TTA {report['tta']})"]
     for split in ("public", "private"):
         before, after = report[f"{split}_before"], report[f"{split}_after"]
-        lines.append(f"{split:<8} ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL {before['nll']:.4f} -> "
+        votes = f", against the FER+ votes {before['ece_votes']:.4f} -> {after['ece_votes']:.4f}" \
+            if "ece_votes" in after else ""
+        lines.append(f"{split:<8} ECE {before['ece']:.4f} -> {after['ece']:.4f}{votes}, NLL {before['nll']:.4f} -> "
                      f"{after['nll']:.4f}, mean confidence {before['mean_confidence']:.3f} -> "
                      f"{after['mean_confidence']:.3f}, top-1 {after['accuracy']:.2%}")
     return "\n".join(lines) + "\n" + json.dumps(report["out"])
