@@ -88,13 +88,8 @@ def recall_by_input_size(detector: YuNetDetector, pictures: list[NDArray[np.uint
 
 
 def _detect_unfiltered(detector: YuNetDetector, image: NDArray[np.uint8]) -> list[Detection]:
-    """YuNet's own boxes, without the product's minimum face size (this bench measures where that should be)."""
-    detector._detector.setInputSize((image.shape[1], image.shape[0]))  # noqa: SLF001 - a bench of the detector
-    detector._input_size = (image.shape[1], image.shape[0])  # noqa: SLF001
-    _, faces = detector._detector.detect(image)  # noqa: SLF001
-    rows = faces if faces is not None else []
-    return [Detection((int(f[0]), int(f[1]), int(f[2]), int(f[3])), float(f[14])) for f in rows
-            if np.all(np.isfinite(f[:4]))]
+    """YuNet's boxes on the image as given (no further scaling); the product's 16 px minimum face still applies."""
+    return detector.detect_at(image, 1.0)
 
 
 def yunet_ms_per_frame(detector: YuNetDetector, frames: list[NDArray[np.uint8]], scale: float) -> float:
