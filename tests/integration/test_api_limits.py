@@ -300,7 +300,9 @@ def test_media_longer_than_its_reservation_takes_the_rest_of_the_day_at_prepare_
     from api.app import create_app
     from fervid.settings import get_settings
 
+    # a tenant of this test's own for alice-key: the session's database holds other tests' jobs of the day
     monkeypatch.setenv("FERVID_MAX_FRAMES_PER_DAY", "20")
+    monkeypatch.setenv("FERVID_API_KEYS", f"quota-{uuid.uuid4().hex[:8]}:alice-key")
     get_settings.cache_clear()
     client = TestClient(create_app())
     service_env.start_worker(extra={"FERVID_MAX_FRAMES_PER_DAY": "20"})

@@ -39,7 +39,7 @@ def test_results_cancel_and_delete_on_sqlite(api: Api) -> None:
     expected = insert_results(job_id, frames=40, tracks_at=lambda k: [1] if k % 4 else [])
     # when its results are read, then it is cancelled and deleted
     timeline = api.client.get(f"/v1/jobs/{job_id}/timeline", headers=ALICE, params={"limit": 1000}).json()
-    summary = api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE).json()
+    summary = api.client.get(f"/v1/jobs/{job_id}/summary", headers=ALICE, params={"faces": "all"}).json()
     csv_lines = api.client.get(f"/v1/jobs/{job_id}/timeline.csv", headers=ALICE).text.splitlines()
     cancelled = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE).json()
     deleted = api.client.delete(f"/v1/jobs/{job_id}", headers=ALICE)
