@@ -286,7 +286,7 @@ def test_an_upload_past_the_quota_is_refused_before_its_body_is_received(
             connection.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer carol-key\r\n"
                                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
                                f"Content-Length: {50 << 20}\r\n\r\n".encode() + head)
-            answer = connection.recv(65536).decode(errors="replace")
+            answer = read_answer(connection)
     # then it is refused at once, the rest never asked for, and nothing was stored
     assert answer.startswith("HTTP/1.1 429") and "quota_exceeded" in answer, answer[:500]
     assert not storage.exists() or not any(storage.rglob("*"))
@@ -343,3 +343,16 @@ def test_media_link_tokens_count_as_keys_do_failures_per_address_and_requests_pe
     # then each failure counts against it, and past the limit even the right link is refused
     assert guesses == [401, 401, 401, 429], guesses
     assert_too_many(api.client.get(link), "rate_limited")
+
+
+def read_answer(connection: socket.socket) -> str:
+    """An HTTP/1.1 answer's head and body (by its Content-Length), however the segments arrive."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += connection.recv(65536) or b"\r\n\r\n"
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := connection.recv(65536)):
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")

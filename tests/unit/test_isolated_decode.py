@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -136,7 +137,11 @@ def test_the_fork_server_sees_none_of_the_workers_secrets(monkeypatch: pytest.Mo
     # when a fork server starts (the parent of every decoder process) and decodes through it
     server = _ForkServer()
     try:
-        environment = Path(f"/proc/{server.process.pid}/environ").read_bytes()
+        # Read once it has exec'd: during the exec /proc/<pid>/environ is briefly empty (seen under load).
+        deadline, environment = time.monotonic() + 10, b""
+        while not environment and time.monotonic() < deadline:
+            environment = Path(f"/proc/{server.process.pid}/environ").read_bytes()
+            time.sleep(0.01)
     finally:
         server.close()
     media = write_video(tmp_path / "clip.mp4", frame_count=12)
