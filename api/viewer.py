@@ -36,6 +36,7 @@ from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.media_store import cached_download, is_remote, local_copy, storage_from_url
 from fervid.settings import Settings
+from fervid.tables import ACTIVE_JOB_STATUSES, JobStatus
 from fervid.sources import SourceFence, job_source_fence
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -81,8 +82,11 @@ def viewer_page() -> FileResponse:
 
 @page.get("/viewer/palette.json")
 def palette() -> dict[str, object]:
-    """The emotions in FER order and their colours: the page draws with the same palette as plot.png."""
-    return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS}
+    """The emotions in FER order and their colours (the page draws with the same palette as plot.png), and the job
+    statuses with those a job can still leave (the page polls and offers Cancel on those): the page keeps no list of
+    its own that could drift from the service's."""
+    return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS, "statuses": [str(s) for s in JobStatus],
+            "active_statuses": [str(s) for s in ACTIVE_JOB_STATUSES]}
 
 
 def media_tenant(request: Request, job_id: str,

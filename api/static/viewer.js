@@ -6,7 +6,8 @@ import {
 } from "./viewer-data.js";
 
 const KEY_STORAGE = "fervid.apiKey";
-const ACTIVE = new Set(["queued", "running"]);
+// The statuses a job can still leave, from the service (GET /viewer/palette.json), never a list of the page's own.
+let ACTIVE = new Set();
 const TRACK_COLOURS = ["#00a2d9", "#e6007e", "#2e9d3a", "#ff6a00", "#6f42c1", "#00897b", "#b08900", "#795548",
                        "#3f51b5", "#c2185b"];
 const SVG = "http://www.w3.org/2000/svg";
@@ -760,6 +761,7 @@ async function start() {
   window.addEventListener("resize", () => currentJob?.frames && draw(currentJob, currentJob.timeMs));
   try {
     palette = await (await fetch("/viewer/palette.json")).json();
+    ACTIVE = new Set(palette.active_statuses);
   } catch {
     showNotice("The page could not load its colours; reload it.");
   }

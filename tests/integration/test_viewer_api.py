@@ -60,7 +60,9 @@ def test_the_page_its_files_and_the_palette_are_served_without_a_key(client: Tes
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script type="module" src="/static/viewer.js">' in page.text
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert palette.json() == {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS}
+    assert palette.json() == {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS,
+                              "statuses": ["queued", "preparing", "running", "succeeded", "failed", "cancelled"],
+                              "active_statuses": ["queued", "preparing", "running"]}
 
 
 def test_media_answers_ranges_for_its_tenant_and_frame_stills_are_the_sampled_frames(

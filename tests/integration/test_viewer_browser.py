@@ -243,3 +243,33 @@ def test_media_the_browser_cannot_play_is_shown_as_stills_a_worker_renders_with_
     assert drawn(page)[1] == boxes_at(items, items[0]["timestamp_ms"])
     # and nothing failed on the way (the 202s it waited through are not failures)
     assert errors == [], errors
+
+
+def test_a_preparing_job_can_be_cancelled_and_is_followed_until_it_ends(
+    service_env: ServiceEnv, live_api: str, browser: Any, shared_dir: Path
+) -> None:
+    from playwright.sync_api import expect
+    from sqlalchemy import update
+
+    from fervid.db import session_scope
+    from fervid.tables import Job, JobStatus
+
+    # given alice's job, which a worker is preparing (set so here: no worker runs in this test)
+    with (shared_dir / "media" / "single_face.jpg").open("rb") as stream:
+        submitted = httpx.post(f"{live_api}/v1/jobs", headers=ALICE, files={"file": ("photo.jpg", stream)})
+    job_id = submitted.json()["job_id"]
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.preparing))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(live_api)
+    sign_in(page, "alice-key")
+    # then its row offers Cancel, as for any job still under way
+    row = page.locator(f"li.job[data-job-id='{job_id}']")
+    expect(row).to_have_attribute("data-status", "preparing")
+    # and its page says so and keeps following it: cancelled from the row, the page shows the end
+    page.goto(f"{live_api}/#/jobs/{job_id}")
+    expect(page.locator("#job-state")).to_contain_text("This job is preparing")
+    page.goto(live_api)
+    row.locator("button", has_text="Cancel").click()
+    expect(row).to_have_attribute("data-status", "cancelled", timeout=30_000)
+    expect(row.locator("button", has_text="Cancel")).to_have_count(0)
