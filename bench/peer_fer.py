@@ -148,7 +148,7 @@ def main() -> int:
     analyzer.analyze(decoded(plan[:4]))  # warm-up: first inference allocates, the fork server starts
     # Detection as the pipeline runs it: on the frames FERVID_DETECT_INTERVAL_MS picks, faces carried between.
     found = list(analyzer.found_faces(decode_planned_frames))
-    crops = [crop_face(image, box, analyzer.detector.framing) for _, image, faces in found for _, box, _ in faces]
+    crops = [crop_face(image, face.box, analyzer.detector.framing) for _, image, faces in found for face in faces]
 
     def classify_all() -> None:
         for start in range(0, len(crops), analyzer.batch_size):
