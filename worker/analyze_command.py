@@ -142,8 +142,13 @@ def print_summary(job_id: str, stream: TextIO) -> None:
     print(f"media    {job.filename}: {media['kind']} {media['width']}x{media['height']}, "
           f"{media['duration_ms'] / 1000:.2f} s, {media['frame_count']} frames; sampled {len(timeline)} "
           f"at {job.sample_fps:g} fps", file=stream)
+    left_out = summary["overall"]["faces_left_out"]
+    faces = f"{left_out} face{'' if left_out == 1 else 's'}"
     if not summary["tracks"]:
-        print("no faces found", file=stream)
+        print("no faces found" if not left_out else f"{faces} found, none reliable enough to summarise (small, "
+              "blurred, turned or tilted: each face's quality is in the timeline)", file=stream)
+    elif left_out:
+        print(f"{faces} not reliable (small, blurred, turned or tilted), left out of the figures below", file=stream)
     for track in summary["tracks"]:
         means = track["mean_emotions"]
         print(f"\nface #{track['track_id']}  {track['first_ms'] / 1000:.2f}-{track['last_ms'] / 1000:.2f} s, "

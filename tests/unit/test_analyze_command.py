@@ -75,3 +75,26 @@ def test_analyze_runs_the_shipped_int8_model_from_an_empty_model_cache(
     timeline = json.loads(result.stdout)["timeline"]
     assert len(timeline) == 12 and all(len(item["faces"]) == 1 for item in timeline)
     assert list((tmp_path / "model-cache").glob("int8-check-*.json"))
+
+
+def test_the_summary_says_when_the_faces_found_were_too_blurred_to_trust(
+    tmp_path: Path, yunet_path: Path, shared_dir: Path, fervid_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given the one-face photo blurred (a Gaussian of 6 px: YuNet still finds the face), analysed in process
+    import cv2
+
+    from fervid.settings import get_settings
+    from worker.analyze_command import analyze_file, print_summary
+
+    fervid_env.setenv("FERVID_DATABASE_URL", f"sqlite:///{tmp_path / 'embedded.db'}")
+    fervid_env.setenv("FERVID_DETECTOR_PATH", str(yunet_path))
+    get_settings.cache_clear()
+    blurred = tmp_path / "blurred.png"
+    cv2.imwrite(str(blurred), cv2.GaussianBlur(cv2.imread(str(shared_dir / "media" / "single_face.jpg")), (0, 0), 6))
+    job_id = analyze_file(blurred, 5.0, get_settings())
+    # when its summary is printed
+    print_summary(job_id, sys.stdout)
+    # then it does not claim there were no faces: it says the one found was left out, and why
+    out = capsys.readouterr().out
+    assert "no faces found" not in out and "1 face found, none reliable enough to summarise" in out
