@@ -58,15 +58,19 @@ def fit_temperature(probs: NDArray[np.float32], labels: NDArray[np.int64]) -> fl
 
 def expected_calibration_error(probs: NDArray[np.float32], labels: NDArray[np.int64], bins: int = ECE_BINS) -> float:
     """Sum over equal-width confidence bins of (faces in bin / faces) x |accuracy - mean confidence| in the bin."""
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
-    correct = (predicted == labels).astype(np.float64)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    return _binned_error(probs.max(axis=1), correct, bins)
+
+
+def _binned_error(confidence: NDArray[np.float32], agreement: NDArray[np.float64], bins: int) -> float:
+    """Over equal-width confidence bins, the face-weighted |mean agreement - mean confidence|."""
     # Bin k holds confidences in (k/bins, (k+1)/bins]; a confidence of exactly 0 cannot occur over 7 classes.
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     error = 0.0
     for k in range(bins):
         members = index == k
         if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+            error += members.mean() * abs(agreement[members].mean() - confidence[members].mean())
     return float(error)
 
 
@@ -75,15 +79,8 @@ def vote_calibration_error(probs: NDArray[np.float32], shares: NDArray[np.float3
     predicted emotion - mean confidence|, over the faces with votes (FER+ `load_ferplus_shares` rows)."""
     voted = shares.sum(axis=1) > 0
     probs, shares = probs[voted], shares[voted]
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
-    agreeing = shares[np.arange(len(probs)), predicted].astype(np.float64)
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    error = 0.0
-    for k in range(bins):
-        members = index == k
-        if members.any():
-            error += members.mean() * abs(agreeing[members].mean() - confidence[members].mean())
-    return float(error)
+    agreeing = shares[np.arange(len(probs)), probs.argmax(axis=1)].astype(np.float64)
+    return _binned_error(probs.max(axis=1), agreeing, bins)
 
 
 def calibrate(model: Path, out: Path, data_path: Path, ferplus: Path | None = None) -> dict[str, Any]:
