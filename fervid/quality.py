@@ -20,7 +20,7 @@ RELIABLE_TOP1_LOSS = 0.05
 # The box's longer side: 28 px 58.9 %, 32 px 63.5 % against 65.8 % at 48 px.
 MIN_SIZE_PX = 30
 # models.face_quality.sharpness: [320, 640) 62.1 %, [640, 1280) 66.2 % against 67.2 % unblurred (log-scale bin
-# centres). Real faces in the project's clips and stills measure 1,100-3,000.
+# centres). The sharp real clip's faces measure over 1,000 (tests/integration/test_end_to_end.py).
 MIN_SHARPNESS = 450.0
 # Degrees: yaw |20-30| 63.3 %, |30-40| 58.1 % (bin centres); roll 15 63.9 %, 20 61.1 %; against 67.2 %.
 MAX_ABS_YAW = 27.0
