@@ -22,8 +22,9 @@ from api.schemas import ErrorBody
 from fervid.db import session_scope
 from fervid.dispatch import waiting_tasks
 from fervid.errors import NOT_CONFIGURED, FervidError, Unauthorized
+from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus, SegmentStatus
 from fervid.queue import celery_app
-from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
+from fervid.tables import Job, Segment
 from fervid.utc import as_utc, utc_now
 
 log = logging.getLogger(__name__)

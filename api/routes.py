@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -61,7 +61,6 @@ from fervid.utc import utc_now
 from fervid.webhooks import (
     SIGNATURE_HEADER,
     SIGNATURE_TOLERANCE_S,
-    queue_webhook,
     signing_secrets,
     tenant_signing_keys,
 )
@@ -293,12 +292,11 @@ def get_plot(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     return Response(results.job_plot_png(session, jobs.get_job(session, tenant, job_id)), media_type="image/png")
 
 
-@v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
+@v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued, preparing or running job",
          responses={404: ERRORS[404], 409: {"model": ErrorBody, "description": "the job already finished"}})
-def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, background: BackgroundTasks) -> JobOut:
-    job = jobs.cancel_job(session, jobs.get_job(session, tenant, job_id))
-    background.add_task(queue_webhook, job.id)  # after the response, so after the commit; sent by a worker
-    return _job_out(session, job)
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobOut:
+    # The webhook it owes is sent once the cancel commits (fervid.lifecycle), by whichever worker takes it.
+    return _job_out(session, jobs.cancel_job(session, jobs.get_job(session, tenant, job_id)))
 
 
 @v1.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={404: ERRORS[404]},

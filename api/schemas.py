@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fervid.errors import InvalidRequest
 from fervid.labels import EMOTIONS
-from fervid.tables import JobStatus
+from fervid.lifecycle import JobStatus
 from fervid.utc import as_utc
 
 SOURCE_SCHEMES = ("file", "s3", "http", "https")

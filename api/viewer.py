@@ -34,10 +34,10 @@ from fervid.api_keys import key_digest
 from fervid.db import session_scope
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from fervid.media_store import cached_download, is_remote, local_copy, storage_from_url
 from fervid.settings import Settings
 from fervid.sources import SourceFence, job_source_fence
-from fervid.tables import ACTIVE_JOB_STATUSES, JobStatus
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once

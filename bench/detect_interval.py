@@ -38,7 +38,7 @@ from worker.media.limits import MediaLimits  # noqa: E402
 from worker.media.plan import PlannedFrame  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
-from worker.record_store import FrameRecord  # noqa: E402
+from worker.records import FrameRecord  # noqa: E402
 from worker.tracking import greedy_pairs, iou  # noqa: E402
 
 DEFAULT_CLIPS = ("single_face.mp4", "face_noface.mov", "noface_face.mov")

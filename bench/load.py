@@ -50,9 +50,10 @@ sys.path.insert(0, str(ROOT))
 from bench.media_factory import write_still, write_video  # noqa: E402
 from bench.store_bench import create_database, drop_database  # noqa: E402
 from fervid.db import session_scope  # noqa: E402
+from fervid.lifecycle import ACTIVE_JOB_STATUSES, SegmentStatus  # noqa: E402
 from fervid.migrate import upgrade  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
-from fervid.tables import ACTIVE_JOB_STATUSES, Frame, Job, Segment, SegmentStatus  # noqa: E402
+from fervid.tables import Frame, Job, Segment  # noqa: E402
 from fervid.webhooks import SIGNATURE_HEADER, tenant_signing_key, verify  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 

@@ -28,17 +28,20 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fervid import lifecycle  # noqa: E402
 from fervid.db import engine_for, session_scope  # noqa: E402
 from fervid.labels import EMOTIONS  # noqa: E402
+from fervid.lifecycle import JobStatus  # noqa: E402
 from fervid.migrate import upgrade  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
-from fervid.tables import Job, JobStatus, PlanRow  # noqa: E402
+from fervid.tables import Job, PlanRow  # noqa: E402
 from worker import record_store  # noqa: E402
 from worker.media.plan import MediaInfo  # noqa: E402
+from worker.records import FaceRecord, FrameRecord, ModelInfo  # noqa: E402
 
 ADMIN_URL = os.environ.get("FERVID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MEDIA = MediaInfo(kind="video", width=1920, height=1080, fps=30.0, duration_ms=0.0, frame_count=0, rotation=0)
-MODEL = record_store.ModelInfo(name="bench", version="0", backend="none", precision="fp32", detector="none")
+MODEL = ModelInfo(name="bench", version="0", backend="none", precision="fp32", detector="none")
 
 
 def admin_connection() -> psycopg.Connection[Any]:
@@ -63,7 +66,7 @@ def drop_database(url: str) -> None:
 Plan = list[PlanRow]
 
 
-def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], list[list[record_store.FrameRecord]]]:
+def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], list[list[FrameRecord]]]:
     """Plans and results: `faces` people side by side on every frame, sampled every 200 ms."""
     plans, results = [], []
     for segment in range(segments):
@@ -71,11 +74,11 @@ def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], l
         for step in range(frames):
             sample = segment * frames + step
             plan.append(PlanRow(sample * 6, sample * 200.0, sample * 3000, 0))
-            people = [record_store.FaceRecord(face_index=k, local_track=k,
+            people = [FaceRecord(face_index=k, local_track=k,
                                               box=(100 + 300 * k, 200 + step % 7, 120, 120),
                                               score=0.97, probs=[(k + e + step % 5 + 1) / 100.0 for e in range(7)])
                       for k in range(faces)]
-            records.append(record_store.FrameRecord(sample * 6, sample * 200.0, people))
+            records.append(FrameRecord(sample * 6, sample * 200.0, people))
         plans.append(plan)
         results.append(records)
     return plans, results
@@ -86,9 +89,10 @@ def new_job(plans: list[Plan]) -> str:
     with session_scope() as session:
         session.add(Job(id=job_id, tenant="bench", status=JobStatus.queued, source_uri="file:///bench.mp4",
                         sample_fps=5.0, warnings=[], created_at=datetime.now(UTC)))
-    record_store.start_job(job_id, MEDIA, plans, MODEL)
+    lifecycle.claim_prepare(job_id, "bench", retrying=False, max_attempts=3, stale_after_s=60)
+    record_store.start_job(job_id, "bench", MEDIA, plans, MODEL)
     for index in range(len(plans)):
-        record_store.claim_segment(job_id, index, "bench", max_attempts=3)
+        lifecycle.claim_segment(job_id, index, "bench", "bench", retrying=False, max_attempts=3, stale_after_s=60)
     return job_id
 
 
@@ -98,13 +102,13 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def store_all(job_id: str, results: list[list[record_store.FrameRecord]]) -> None:
+def store_all(job_id: str, results: list[list[FrameRecord]]) -> None:
     for index, records in enumerate(results):
-        if not record_store.store_segment(job_id, index, records, []):
+        if not record_store.store_segment(job_id, index, "bench", records, []):
             raise RuntimeError(f"segment {index} of the bench job was not stored")
 
 
-def copy_all(url: str, results: list[list[record_store.FrameRecord]], job_id: str | None = None,
+def copy_all(url: str, results: list[list[FrameRecord]], job_id: str | None = None,
              tables: tuple[str, str] = ("scratch_frames", "scratch_faces")) -> None:
     """The baseline: the same rows, one transaction and two COPYs per segment, nothing else."""
     job_id = job_id or str(uuid.uuid4())

@@ -16,26 +16,22 @@ import logging
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from fervid.db import lock_for_transaction, session_scope
+from fervid.lifecycle import (
+    PREPARE_IN_FLIGHT,
+    SEGMENT_IN_FLIGHT,
+    WAITING_PREPARE,
+    WAITING_SEGMENT,
+    mark_sent,
+    mark_unsent,
+)
 from fervid.queue import send_prepare, send_segment
-from fervid.tables import Job, JobStatus, Segment, SegmentStatus
-from fervid.utc import utc_now
+from fervid.tables import Job, Segment
 
 log = logging.getLogger(__name__)
-
-# A task waits until a dispatcher claims it by setting its enqueued_at; it is in flight from then until it ends.
-# Only running jobs' segments count: a cancelled job's segment may stay `running` after its worker stopped.
-WAITING_PREPARE = and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None))
-PREPARE_IN_FLIGHT = or_(and_(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None)),
-                        Job.status == JobStatus.preparing)
-WAITING_SEGMENT = and_(Job.status == JobStatus.running, Segment.status == SegmentStatus.pending,
-                       Segment.enqueued_at.is_(None))
-SEGMENT_IN_FLIGHT = and_(Job.status == JobStatus.running, or_(
-    and_(Segment.status == SegmentStatus.pending, Segment.enqueued_at.is_not(None)),
-    Segment.status == SegmentStatus.running))
 
 
 class WaitingTask(NamedTuple):
@@ -105,19 +101,9 @@ def _claim(session: Session, tenant: str, queue: str, room: int) -> list[Waiting
         .where(owned, WAITING_SEGMENT).order_by(Job.created_at, Job.id, Segment.index).limit(room))]
     chosen = sorted(prepares + segments, key=_send_order)[:room]
     # Guarded like every claim: a job cancelled since the select is left alone.
-    now = utc_now()
-    claimed_jobs: set[str] = set()
-    claimed_segments: set[tuple[str, int]] = set()
-    if job_ids := [task.job_id for task in chosen if task.segment_index is None]:
-        claimed_jobs = set(session.scalars(
-            update(Job).where(Job.id.in_(job_ids), WAITING_PREPARE)
-            .values(enqueued_at=now).returning(Job.id).execution_options(synchronize_session=False)))
-    if keys := [(task.job_id, task.segment_index) for task in chosen if task.segment_index is not None]:
-        claimed_segments = {(job_id, index) for job_id, index in session.execute(
-            update(Segment).where(tuple_(Segment.job_id, Segment.index).in_(keys),
-                                  Segment.status == SegmentStatus.pending, Segment.enqueued_at.is_(None))
-            .values(enqueued_at=now).returning(Segment.job_id, Segment.index)
-            .execution_options(synchronize_session=False))}
+    claimed_jobs, claimed_segments = mark_sent(
+        session, [task.job_id for task in chosen if task.segment_index is None],
+        [(task.job_id, task.segment_index) for task in chosen if task.segment_index is not None])
     return [task for task in chosen if (task.job_id in claimed_jobs if task.segment_index is None
                                         else (task.job_id, task.segment_index) in claimed_segments)]
 
@@ -143,14 +129,6 @@ def _send(session: Session, claimed: list[WaitingTask], queue: str) -> int:
 
 
 def _unclaim(session: Session, tasks: list[WaitingTask]) -> None:
-    # Guarded by status: a task that moved on (cancelled, or re-sent and started) is left as it is.
-    job_ids = [task.job_id for task in tasks if task.segment_index is None]
-    keys = [(task.job_id, task.segment_index) for task in tasks if task.segment_index is not None]
-    if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.queued)
-                        .values(enqueued_at=None).execution_options(synchronize_session=False))
-    if keys:
-        session.execute(update(Segment).where(tuple_(Segment.job_id, Segment.index).in_(keys),
-                                              Segment.status == SegmentStatus.pending)
-                        .values(enqueued_at=None).execution_options(synchronize_session=False))
+    mark_unsent(session, [task.job_id for task in tasks if task.segment_index is None],
+                [(task.job_id, task.segment_index) for task in tasks if task.segment_index is not None])
     session.commit()

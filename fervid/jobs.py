@@ -10,17 +10,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fervid import audit
+from fervid import audit, lifecycle
 from fervid.db import lock_for_transaction
 from fervid.dispatch import dispatch
 from fervid.errors import QUOTA_EXCEEDED, Conflict, NotFound, TooManyRequests
+from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from fervid.media_store import Storage
 from fervid.settings import TenantQuota
-from fervid.tables import ACTIVE_JOB_STATUSES, Job, JobStatus, Segment, SegmentStatus
+from fervid.tables import Job, Segment
 from fervid.utc import as_utc, iso_utc, utc_now
 
 log = logging.getLogger(__name__)
@@ -214,25 +215,14 @@ def list_jobs(session: Session, tenant: str, *, limit: int, status: str | None =
 
 
 def cancel_job(session: Session, job: Job) -> Job:
-    """queued/running -> cancelled and its pending segments with it; a finished job is a Conflict.
-
-    The status change is one conditional UPDATE, so a worker finishing the job at the same moment wins or loses
-    cleanly instead of being overwritten."""
-    changed = session.scalar(
-        update(Job).where(Job.id == job.id, Job.status.in_(ACTIVE_JOB_STATUSES))
-        .values(status=JobStatus.cancelled, finished_at=utc_now())
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    )
-    if changed is None:
+    """queued, preparing or running -> cancelled (lifecycle.cancel); a finished job is a Conflict. The move is one
+    guarded UPDATE, so a worker finishing the job at the same moment wins or loses cleanly; its webhook is owed in
+    the same transaction and sent once it commits."""
+    if not lifecycle.cancel(session, job.id):
         session.rollback()
         session.refresh(job)
-        raise Conflict(f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled")
-    session.execute(
-        update(Segment).where(Segment.job_id == job.id, Segment.status == SegmentStatus.pending)
-        .values(status=SegmentStatus.cancelled)
-        .execution_options(synchronize_session=False)
-    )
+        raise Conflict(f"job {job.id} is already {job.status}; only queued, preparing or running jobs can be "
+                       "cancelled")
     session.commit()
     session.refresh(job)
     return job

@@ -30,6 +30,7 @@ from fervid.errors import (
 from fervid.netpolicy import DeadlinePassed, NonPublicAddress, RefusedDestination, non_public_address, open_public
 from fervid.settings import Settings
 from fervid.sources import SourceFence, held_file
+from fervid.stopping import Stopped, StopSignal
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -183,12 +184,14 @@ def storage_from_url(url: str) -> Storage:
     raise ValueError(f"FERVID_STORAGE_URL must be file:///dir or s3://bucket/prefix, not {url!r}")
 
 
-def _copy_paced(response: http.client.HTTPResponse, target: BinaryIO, limits: DownloadLimits) -> None:
+def _copy_paced(response: http.client.HTTPResponse, target: BinaryIO, limits: DownloadLimits,
+                stop: StopSignal) -> None:
     """Copies an http(s) body, failing a source slower than `limits.min_bytes_per_s` (the deadline is
     open_public's): read1 returns what has arrived, so a dripping source is measured rather than waited on."""
     started = time.monotonic()
     written = 0
     while chunk := response.read1(CHUNK):
+        stop.check()
         written += len(chunk)
         if written > limits.max_bytes:
             raise PayloadTooLarge(f"the source exceeds the {limits.max_bytes >> 20} MB limit (FERVID_MAX_DOWNLOAD_MB)")
@@ -199,7 +202,7 @@ def _copy_paced(response: http.client.HTTPResponse, target: BinaryIO, limits: Do
                              f"the minimum of {limits.min_bytes_per_s / 1024:g} KiB/s (FERVID_DOWNLOAD_MIN_RATE_KBPS)")
 
 
-def _download(uri: str, target: BinaryIO, limits: DownloadLimits) -> None:
+def _download(uri: str, target: BinaryIO, limits: DownloadLimits, stop: StopSignal) -> None:
     parsed = urlparse(uri)
     try:
         if parsed.scheme == "s3":
@@ -210,8 +213,8 @@ def _download(uri: str, target: BinaryIO, limits: DownloadLimits) -> None:
             if (address := non_public_address(uri, limits.allow_private)) is not None:
                 raise NonPublicAddress(parsed.hostname or "", address)
             with open_public(uri, timeout=30, allow_private=limits.allow_private,
-                             deadline_s=limits.deadline_s) as response:
-                _copy_paced(response, target, limits)
+                             deadline_s=limits.deadline_s, stop=stop) as response:
+                _copy_paced(response, target, limits, stop)
         else:
             raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
                              "use file://, s3:// or http(s)://")
@@ -220,7 +223,7 @@ def _download(uri: str, target: BinaryIO, limits: DownloadLimits) -> None:
     except RefusedDestination as error:  # a private address (maybe after a redirect or rebinding), or not http(s)
         log.warning("source %s refused: %r (%s)", uri, error, getattr(error, "address", ""))
         raise MediaError(SOURCE_NOT_ALLOWED, str(error)) from error
-    except MediaError:
+    except (MediaError, Stopped):
         raise
     except DeadlinePassed as error:  # names no address: the deadline is the tenant's to know
         raise MediaError(SOURCE_UNAVAILABLE, f"the source did not arrive within {limits.deadline_s:g} s "
@@ -277,14 +280,16 @@ def _cached_name(uri: str, cache_key: str) -> str:
 
 @contextmanager
 def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
-               fence: SourceFence | None) -> Iterator[Path]:
+               fence: SourceFence | None, stop: StopSignal | None = None) -> Iterator[Path]:
     """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://.
 
     Remote sources are downloaded; with a `cache_key` (the job id) the download is kept in this machine's
     download cache, so the segments of one job that land on one worker fetch the media once. A source a tenant
     named comes with its tenant's `fence` (`job_source_fence`): a file is then read only through `held_file`, an
-    s3:// key only inside the tenant's prefixes. None: the upload store's own URIs, and the operator's CLI.
+    s3:// key only inside the tenant's prefixes. None: the upload store's own URIs, and the operator's CLI. A
+    download ends with Stopped within moments of `stop` being set.
     """
+    stop = stop or StopSignal()
     parsed = urlparse(uri)
     if fence is not None and parsed.scheme in ("", "file"):
         with held_file(uri, fence) as path:
@@ -302,7 +307,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
     limits = DownloadLimits.from_settings(settings)
     if cache_key is None:
         with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
-            _download(uri, cast(BinaryIO, spool), limits)
+            _download(uri, cast(BinaryIO, spool), limits, stop)
             spool.flush()
             yield Path(spool.name)
         return
@@ -312,7 +317,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
     target = directory / name
     with FileLock(str(directory / f"{name}.lock")):  # workers on one machine download a job's media once
         if not target.exists():
-            _write_whole(target, lambda stream: _download(uri, stream, limits))
+            _write_whole(target, lambda stream: _download(uri, stream, limits, stop))
         os.utime(target)  # recently used: pruned last
     _prune_downloads(directory, settings.download_cache_mb << 20, keep=target)
     yield target

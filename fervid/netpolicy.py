@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import urljoin, urlparse
 
+from fervid.stopping import StopSignal
+
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 # Prefixes that carry an IPv4 address inside IPv6 and reach whatever it names through a gateway: `is_global` calls
 # some of them public, yet NAT64 and 6to4 relays forward to the embedded (possibly private) IPv4 address.
@@ -68,8 +70,10 @@ class _Deadline:
         self.deadline_at = deadline_at
         self.expired = False
         self._timers: list[threading.Timer] = []
+        self._sockets: list[socket.socket] = []
 
     def arm(self, sock: socket.socket) -> None:
+        self._sockets.append(sock)
         if self.deadline_at is None:
             return
         timer = threading.Timer(max(0.0, self.deadline_at - time.monotonic()), self._cut, [sock])
@@ -85,6 +89,12 @@ class _Deadline:
         self.expired = True
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+    def cut_all(self) -> None:
+        """Shuts every connection down now (the exchange was stopped), waking a read blocked on one."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def cancel(self) -> None:
         for timer in self._timers:
@@ -225,21 +235,23 @@ def _opener(allow_private: bool, deadline: _Deadline) -> urllib.request.OpenerDi
 
 @contextlib.contextmanager
 def open_public(request: str | urllib.request.Request, timeout: float, allow_private: bool,
-                deadline_s: float | None = None) -> Iterator[http.client.HTTPResponse]:
+                deadline_s: float | None = None, stop: StopSignal | None = None) -> Iterator[http.client.HTTPResponse]:
     """urllib's urlopen for http(s) only, redirects included (ForbiddenScheme otherwise), where every connection
     must reach a public address unless `allow_private` (FERVID_ALLOW_PRIVATE_URLS); NonPublicAddress otherwise.
     Proxy variables (HTTP_PROXY, HTTPS_PROXY, ...) are ignored: connections go to the target, whose address is what
     is checked.
 
     `timeout` bounds each read; `deadline_s` bounds the whole exchange, reading the response inside the block
-    included: past it the connection is cut and DeadlinePassed raised."""
+    included: past it the connection is cut and DeadlinePassed raised. Once `stop` is set the connection is cut and
+    Stopped raised."""
     url = request.full_url if isinstance(request, urllib.request.Request) else request
     scheme = urlparse(url).scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise ForbiddenScheme(scheme)
     deadline = _Deadline(None if deadline_s is None else time.monotonic() + deadline_s)
     try:
-        with _opener(allow_private, deadline).open(request, timeout=timeout) as response:
+        with (stop or StopSignal()).waking(deadline.cut_all), \
+                _opener(allow_private, deadline).open(request, timeout=timeout) as response:
             yield response
     except (OSError, http.client.HTTPException, ValueError) as error:
         if deadline.expired:

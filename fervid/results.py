@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 
 from fervid.db import session_scope
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.lifecycle import ACTIVE_JOB_STATUSES
 from fervid.quality import face_quality, reliable_face
-from fervid.tables import ACTIVE_JOB_STATUSES, EMOTION_COLUMNS, Face, Frame, Job, PlanRow, ResultCache, Segment
+from fervid.tables import EMOTION_COLUMNS, Face, Frame, Job, PlanRow, ResultCache, Segment
 from fervid.utc import utc_now
 
 MAX_PLOT_TRACKS = 8

@@ -104,9 +104,6 @@ class Settings(BaseSettings):
     # killed and the delivery counts as one attempt.
     segment_time_limit_s: Annotated[float, Field(ge=0.0)] = 0.0
     prepare_time_limit_s: Annotated[float, Field(ge=0.0)] = 0.0
-    # Test seam, never set in production: "prepare:NAME" or "segment:NAME" makes a worker process exit at once
-    # (os._exit) on a job whose uploaded filename is NAME, there; the crash-every-time file of the tests.
-    test_crash_on: str = ""
     webhook_timeout_s: float = 5.0  # per read
     webhook_deadline_s: Annotated[float, Field(gt=0.0)] = 15.0  # per attempt, the whole exchange
     # Sign webhooks (X-Fervid-Signature) with keys per tenant derived from these: "kid:secret,kid:secret", the first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -38,26 +37,6 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"  # its prepare is sent (or about to be)
-    preparing = "preparing"  # a worker is fetching and probing its media, heartbeating jobs.heartbeat_at
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-# The statuses a job can still change from (and be cancelled in); the others are terminal.
-ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.preparing, JobStatus.running)
-
-
-class SegmentStatus(enum.StrEnum):
-    pending = "pending"
-    running = "running"
-    done = "done"
-    cancelled = "cancelled"
 
 
 class PlanRow(NamedTuple):
@@ -96,7 +75,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
+    status: Mapped[str] = mapped_column(String(16))  # fervid.lifecycle.JobStatus; only fervid.lifecycle moves it
     source_uri: Mapped[str] = mapped_column(Text)  # where workers read the media (storage URI or user URI)
     stored_media_key: Mapped[str | None] = mapped_column(Text)  # set for uploads: deleted with the job
     stored_media_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the upload's size, for the tenant's quota
@@ -133,6 +112,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     prepare_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # prepares claimed
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the preparing worker's liveness
+    # The delivery that holds the job's prepare, until it lets go (None: no prepare runs); fervid.lifecycle.
+    prepare_token: Mapped[str | None] = mapped_column(String(64))
 
     segments: Mapped[list[Segment]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Segment.index"
@@ -155,12 +136,13 @@ class Segment(Base):
     start_ms: Mapped[float] = mapped_column(Float)
     end_ms: Mapped[float] = mapped_column(Float)
     plan: Mapped[list[PlanRow]] = mapped_column(PlanColumn)  # the frames this segment samples, from the probe
-    status: Mapped[str] = mapped_column(String(16), default=SegmentStatus.pending)
+    status: Mapped[str] = mapped_column(String(16))  # fervid.lifecycle.SegmentStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     frames_done: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(String(64))  # the delivery that runs it (fervid.lifecycle)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     job: Mapped[Job] = relationship(back_populates="segments")
@@ -280,3 +262,20 @@ class AuditEvent(Base):
     client: Mapped[str | None] = mapped_column(String(64))  # the client's address
 
     __table_args__ = (Index("ix_audit_events_tenant_at", "tenant", "at"),)
+
+
+class WebhookEvent(Base):
+    """A job-finished event owed to the job's webhook_url: written in the transaction that ends the job, so the
+    event outlives a crash or a flushed broker between that commit and its sending (fervid.lifecycle)."""
+
+    __tablename__ = "webhook_events"
+
+    event_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the same on every attempt
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)  # a job ends once
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the next attempt's time
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # its message's, None: not sent yet
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # None while owed; delivered | dropped | failed
+
+    __table_args__ = (Index("ix_webhook_events_outcome_due", "outcome", "due_at"),)

@@ -1,9 +1,10 @@
 """Job-finished webhooks: a small JSON POST, retried a few times, never able to fail the job.
 
-They go out from a Celery queue of their own (`webhook_queue`), one attempt per task run, each under a total
-deadline (FERVID_WEBHOOK_DEADLINE_S) and retried on RETRY_DELAYS_S, so a receiver that drips its answer holds
-neither the API nor a worker's analysis. Every attempt of one event carries the same `event_id`, so a receiver
-can drop duplicates.
+A job's end owes its webhook in the same transaction (fervid.lifecycle's outbox, which also sends it). They go out
+from a Celery queue of their own (`webhook_queue`), one attempt per task run, each under a total deadline
+(FERVID_WEBHOOK_DEADLINE_S); a failed attempt is due again after the next of RETRY_DELAYS_S, so a receiver that
+drips its answer holds neither the API nor a worker's analysis. Every attempt of one event carries the same
+`event_id`, so a receiver can drop duplicates.
 
 With signing secrets set (FERVID_WEBHOOK_SECRETS="v2:<secret>,v1:<secret>", the first signs; or the single
 FERVID_WEBHOOK_SECRET, key id v1), every POST is signed for its tenant: `X-Fervid-Signature: t=<unix seconds>,
@@ -24,7 +25,6 @@ import logging
 import re
 import time
 import urllib.request
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,7 +33,6 @@ from functools import lru_cache
 from fervid.api_keys import check_key_strength
 from fervid.db import session_scope
 from fervid.netpolicy import RefusedDestination, non_public_address, open_public
-from fervid.queue import send_webhook
 from fervid.settings import Settings
 from fervid.tables import Job
 
@@ -126,16 +125,6 @@ class Delivery(Enum):
     delivered = "delivered"
     failed = "failed"  # refused, timed out, answered 4xx/5xx or garbage: worth another attempt
     dropped = "dropped"  # no webhook, a job gone, or a URL that can never be delivered to: never retried
-
-
-def queue_webhook(job_id: str) -> None:
-    """Sends the job-finished event of a job with a webhook_url to its webhook queue (a new event id)."""
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None or not job.webhook_url:
-            return
-        queue = job.queue
-    send_webhook(job_id, uuid.uuid4().hex, queue)
 
 
 def deliver(job_id: str, event_id: str, settings: Settings) -> Delivery:

@@ -21,11 +21,12 @@ from fervid.db import session_scope
 from fervid.errors import DEMO_MEDIA_MISSING, JOB_FAILED, FervidError, InvalidRequest
 from fervid.jobs import job_to_dict
 from fervid.labels import EMOTIONS
+from fervid.lifecycle import JobStatus
 from fervid.migrate import upgrade
 from fervid.settings import Settings, get_settings
-from fervid.tables import Job, JobStatus
+from fervid.tables import Job
 from fervid.utc import utc_now
-from worker import pipeline
+from worker import pipeline, runner
 from worker.layout import usable_cores, with_thread_share
 
 LOCAL_TENANT = "local"
@@ -46,8 +47,9 @@ def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progres
                         source_uri=path.resolve().as_uri(), filename=path.name, sample_fps=sample_fps, warnings=[],
                         created_at=utc_now()))
     # The operator named the file: no tenant's locations apply.
-    indices = pipeline.prepare_job(job_id, analyzer.model_info, settings, operator_source=True)
-    job = pipeline.load_job(job_id)
+    token = uuid.uuid4().hex  # this process's claim on the job's work
+    indices = runner.prepare(job_id, token, analyzer.model_info, settings, operator_source=True)
+    job = runner.load_job(job_id)
     assert job is not None
     with tqdm(total=job.frames_total or 0, unit="frame", desc=path.name, file=sys.stderr,
               disable=not show_progress or not indices) as bar:
@@ -57,12 +59,12 @@ def analyze_file(path: Path, sample_fps: float, settings: Settings, show_progres
             def advance(done: int, start: int = segment_start) -> None:
                 bar.update(start + done - bar.n)
 
-            pipeline.process_segment(job_id, index, analyzer, settings, on_frames=advance, operator_source=True)
+            runner.run_segment(job_id, index, token, analyzer, settings, on_frames=advance, operator_source=True)
     return job_id
 
 
 def job_failure(job_id: str) -> FervidError | None:
-    job = pipeline.load_job(job_id)
+    job = runner.load_job(job_id)
     if job is None or job.status == JobStatus.succeeded:
         return None
     return FervidError(job.error_message or f"the job ended {job.status}", code=job.error_code or JOB_FAILED)

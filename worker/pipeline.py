@@ -1,46 +1,32 @@
-"""The pipeline as plain functions: sample frames -> detect faces -> track -> classify -> store.
+"""The analysis: decoded frames -> detect faces -> track -> classify -> records, with no database or broker.
 
-Celery tasks (worker/tasks.py) and the in-process `fervid analyze` both call these; nothing here needs a broker.
+worker.runner runs it on a claimed segment and stores what it returns.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from fervid.db import session_scope
-from fervid.errors import MediaError
-from fervid.media_store import local_copy
 from fervid.settings import Settings
-from fervid.sources import job_source_fence
-from fervid.tables import Job, JobStatus, PlanRow
-from fervid.worker_status import WorkerStatus
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
 from models.detectors import Detection, FaceDetector, load_detector
 from models.face_quality import head_pose, sharpness
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
-from worker import record_store
 from worker.layout import DETECTOR_THREADS
-from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated
-from worker.media.limits import MediaLimits
-from worker.media.plan import MediaInfo, PlannedFrame, split_plan
+from worker.media.plan import PlannedFrame
 from worker.prefetch import Prefetched
+from worker.records import FaceRecord, FrameRecord, ModelInfo
 from worker.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -97,15 +83,15 @@ class Analyzer:
     detect_interval_ms: float = 0.0
 
     @property
-    def model_info(self) -> record_store.ModelInfo:
+    def model_info(self) -> ModelInfo:
         spec = self.classifier.spec
         backend = self.classifier.backend
-        return record_store.ModelInfo(name=spec.name, version=spec.version, backend=backend.name,
+        return ModelInfo(name=spec.name, version=spec.version, backend=backend.name,
                                       precision=backend.precision, detector=self.detector.name)
 
     def analyze(self, frames: Iterable[tuple[PlannedFrame, NDArray[np.uint8]]],
                 on_progress: Callable[[int], bool] | None = None,
-                warnings: list[str] | None = None) -> list[record_store.FrameRecord]:
+                warnings: list[str] | None = None) -> list[FrameRecord]:
         """Runs detection and tracking frame by frame and classification on batches gathered across frames, the
         three overlapped: frames are decoded ahead on one thread, and batches are classified on another while the
         next ones are detected. Records come out in frame order.
@@ -118,7 +104,7 @@ class Analyzer:
         what is returned must not be stored (the job was cancelled or taken over). A frame with more than
         `max_faces` faces keeps its largest, and `warnings` (appended) says so once.
         """
-        records: list[record_store.FrameRecord] = []
+        records: list[FrameRecord] = []
         pending: list[_PendingFrame] = []
         classified: deque[tuple[list[_PendingFrame], Future[NDArray[np.float32]]]] = deque()  # in frame order
 
@@ -133,11 +119,11 @@ class Analyzer:
                     face_records = []
                     for face_index, (face, crop) in enumerate(zip(faces, crops, strict=True)):
                         yaw, roll = face.pose if face.pose is not None else (None, None)
-                        face_records.append(record_store.FaceRecord(
+                        face_records.append(FaceRecord(
                             face_index=face_index, local_track=face.track, box=face.box, score=face.score,
                             probs=probs[row].tolist(), sharpness=sharpness(crop), yaw=yaw, roll=roll))
                         row += 1
-                    records.append(record_store.FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
+                    records.append(FrameRecord(planned.frame_index, planned.timestamp_ms, face_records))
                 if on_progress is not None and not on_progress(len(records)):
                     return False
             return True
@@ -244,139 +230,3 @@ def build_analyzer(settings: Settings) -> Analyzer:
              settings.classify_batch)
     return Analyzer(load_detector(settings, DETECTOR_THREADS), EmotionClassifier(spec, backend),
                     settings.classify_batch, settings.max_faces_per_frame, settings.detect_interval_ms)
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def worker_status(analyzer: Analyzer) -> WorkerStatus:
-    """What this process runs, as /readyz shows it."""
-    model = analyzer.model_info
-    return WorkerStatus(name=worker_name(), detector=model.detector, detector_reason=analyzer.detector.reason,
-                        backend=model.backend, precision=model.precision, model_name=model.name,
-                        model_version=model.version)
-
-
-def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:
-    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order, f.keyframe_pos) for f in plan]
-
-
-def from_plan_rows(rows: list[PlanRow]) -> list[PlannedFrame]:
-    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order, r.keyframe_pos)
-            for r in rows]
-
-
-def load_job(job_id: str) -> Job | None:
-    with session_scope() as session:
-        return session.get(Job, job_id)
-
-
-def probe_segments(path: Path, job: Job, settings: Settings) -> tuple[MediaInfo, list[list[PlannedFrame]]]:
-    decoder = DecoderLimits(settings.decode_memory_mb, settings.prepare_soft_limit_s())
-    info, plan = probe_isolated(path, job.sample_fps, MediaLimits.from_settings(settings), decoder)
-    return info, split_plan(plan, settings.segment_seconds * 1000.0)
-
-
-def crash_if_test_file(stage: str, job: Job, settings: Settings) -> None:
-    """The test seam FERVID_TEST_CRASH_ON="<stage>:<filename>": this process dies here, as a decoder crash would."""
-    if settings.test_crash_on and job.filename and settings.test_crash_on == f"{stage}:{job.filename}":
-        log.error("job %s: FERVID_TEST_CRASH_ON=%s: exiting", job.id, settings.test_crash_on)
-        os._exit(70)
-
-
-@contextmanager
-def prepare_heartbeats(job_id: str, interval_s: float) -> Iterator[None]:
-    """Refreshes the preparing job's heartbeat every `interval_s` from a thread while the block runs (a long
-    download or probe), so the reaper does not hand the prepare to another worker."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval_s):
-            try:
-                if not record_store.prepare_heartbeat(job_id):
-                    return
-            except Exception:  # a database blip: the next beat tries again
-                log.warning("job %s: prepare heartbeat failed", job_id, exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"fervid-prepare-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def job_media(job: Job, settings: Settings, operator_source: bool) -> AbstractContextManager[Path]:
-    """The job's media as a local path, read inside its tenant's locations (FERVID_FILE_URI_ROOTS ...) unless
-    `operator_source`: `fervid analyze` reads the file its operator named."""
-    fence = None if operator_source else job_source_fence(job, settings)
-    return local_copy(job.source_uri, settings, cache_key=job.id, fence=fence)
-
-
-def prepare_job(job_id: str, model: record_store.ModelInfo, settings: Settings, *,
-                operator_source: bool = False) -> list[int]:
-    """Probes the job's media and creates its segments; returns the segments to process.
-
-    Bad media fails the job with its code; nothing raises for it.
-    """
-    job = load_job(job_id)
-    if job is None:
-        return []
-    try:
-        with prepare_heartbeats(job_id, settings.stale_after_s / 4), \
-                job_media(job, settings, operator_source) as path:
-            crash_if_test_file("prepare", job, settings)
-            media, segments = probe_segments(path, job, settings)
-    except MediaError as error:
-        log.info("job %s failed: %s: %s", job_id, error.code, error.message)
-        record_store.fail_job(job_id, error.code, error.message)
-        return []
-    return record_store.start_job(job_id, media, [to_plan_rows(s) for s in segments], model,
-                                  None if operator_source else settings.tenant_quota())
-
-
-def process_segment(job_id: str, index: int, analyzer: Analyzer, settings: Settings,
-                    on_frames: Callable[[int], None] | None = None, *, operator_source: bool = False) -> bool:
-    """Analyzes and stores one segment; returns True when this call ended the job (completed it, or failed it for
-    bad media), so the caller sends its webhook.
-
-    `on_frames(frames_done)` reports this segment's progress (the CLI's progress bar)."""
-    job = load_job(job_id)
-    if job is None or job.status != JobStatus.running:
-        return False
-    warnings: list[str] = []
-
-    last_beat = -HEARTBEAT_INTERVAL_S
-
-    def on_progress(frames_done: int) -> bool:
-        nonlocal last_beat
-        if on_frames is not None:
-            on_frames(frames_done)
-        if time.monotonic() - last_beat < HEARTBEAT_INTERVAL_S:
-            return True  # a commit per report would cost more than the frames between (SQLite syncs each one)
-        last_beat = time.monotonic()
-        return record_store.heartbeat(job_id, index, frames_done)
-
-    try:
-        # The media is fetched before the claim: a long download must not look like a dead worker to the reaper.
-        with job_media(job, settings, operator_source) as path:
-            rows = record_store.claim_segment(job_id, index, worker_name(), settings.max_attempts)
-            if rows is None:
-                if record_store.fail_exhausted_segment(job_id, index, settings.max_attempts):
-                    return True
-                # Done already (a redelivery): finish the job in case the worker that stored it died first.
-                return record_store.finish_job_if_complete(job_id)
-            crash_if_test_file("segment", job, settings)
-            plan = from_plan_rows(rows)
-            decoder = DecoderLimits(settings.decode_memory_mb, settings.segment_soft_limit_s())
-            frames = IsolatedDecode(path, plan, warnings, settings.max_pixels, decoder)
-            records = analyzer.analyze(frames, on_progress, warnings)
-    except MediaError as error:
-        return record_store.fail_job(job_id, error.code, error.message)
-    if len(records) < len(plan) and not record_store.heartbeat(job_id, index, len(records)):
-        return False  # stopped early: cancelled, deleted or taken over
-    if not record_store.store_segment(job_id, index, records, warnings):
-        return False
-    return record_store.finish_job_if_complete(job_id)

@@ -1,5 +1,6 @@
-"""The reaper: re-sends work whose message or worker was lost, finishes jobs whose finisher was lost, and sends
-waiting work that no dispatch sent (fervid.dispatch: its sender died, or a deleted job freed its tenant's room).
+"""The reaper: re-sends work whose message or worker was lost, finishes jobs whose finisher was lost, sends the
+webhooks still owed (fervid.lifecycle's outbox), and sends waiting work that no dispatch sent (fervid.dispatch: its
+sender died, or a deleted job freed its tenant's room).
 
 Work that has had FERVID_MAX_ATTEMPTS deliveries is not re-sent: its job fails processing_failed, so a file that
 kills every worker it reaches ends instead of being redelivered forever.
@@ -12,20 +13,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 
+from fervid import lifecycle
 from fervid.db import session_scope
 from fervid.dispatch import dispatch_waiting
-from fervid.errors import PROCESSING_FAILED
-from fervid.queue import send_prepare, send_segment
+from fervid.queue import send_prepare, send_segment, send_webhook
 from fervid.settings import Settings
-from fervid.tables import Job, JobStatus, Segment, SegmentStatus
-from fervid.utc import utc_now
-from fervid.webhooks import queue_webhook
-from worker.record_store import exhausted_message, fail_job, finish_job_if_complete
+from fervid.tables import Job
+from worker.record_store import finish_job_if_complete
 from worker.retention import retention_pass
 
 log = logging.getLogger(__name__)
@@ -40,77 +39,38 @@ class ReapReport:
     stale_prepares: int = 0  # preparing, but their worker stopped heartbeating: back to queued and re-sent
     exhausted_jobs: int = 0  # stale work that had its FERVID_MAX_ATTEMPTS: the job failed processing_failed
     dispatched: int = 0  # waiting tasks (never sent) sent now, where their tenant had room
+    webhooks: int = 0  # owed webhook events whose message was never sent or lost: sent (again)
 
     @property
     def total(self) -> int:
         return (self.stale_segments + self.lost_segments + self.queued_jobs + self.finished_jobs
-                + self.stale_prepares + self.exhausted_jobs + self.dispatched)
+                + self.stale_prepares + self.exhausted_jobs + self.dispatched + self.webhooks)
 
 
-def reap_once(settings: Settings, now: datetime | None = None) -> ReapReport:
-    """One pass; the re-sends happen after the claiming transaction commits."""
-    now = now or utc_now()
-    stale_before = now - timedelta(seconds=settings.stale_after_s)
-    lost_before = now - timedelta(seconds=settings.requeue_after_s)
-    running_jobs = select(Job.id).where(Job.status == JobStatus.running)
-    max_attempts = settings.max_attempts
-    stale_segment = and_(Segment.status == SegmentStatus.running, Segment.job_id.in_(running_jobs),
-                         or_(Segment.heartbeat_at < stale_before, Segment.heartbeat_at.is_(None)))
+def reap_once(settings: Settings, judge_staleness: bool = True) -> ReapReport:
+    """One pass on the database's clock; the re-sends happen after the claiming transaction commits.
+
+    `judge_staleness` False skips the stale work: after the database was unreachable, heartbeats that could not be
+    written are stale without their workers being gone (start_reaper_thread waits one FERVID_STALE_AFTER_S)."""
     with session_scope() as session:
-        stale = session.execute(
-            update(Segment).where(stale_segment, Segment.attempts < max_attempts)
-            .values(status=SegmentStatus.pending, worker=None, enqueued_at=now)
-            .returning(Segment.job_id, Segment.index).execution_options(synchronize_session=False)
-        ).all()
-    with session_scope() as session:
-        exhausted_segments = session.execute(
-            select(Segment.job_id, Segment.index).where(stale_segment, Segment.attempts >= max_attempts)).all()
-    exhausted = [job_id for job_id, index in exhausted_segments
-                 if fail_job(job_id, PROCESSING_FAILED, exhausted_message(f"segment {index}", max_attempts))]
-    stale_prepare = and_(Job.status == JobStatus.preparing,
-                         or_(Job.heartbeat_at < stale_before, Job.heartbeat_at.is_(None)))
-    with session_scope() as session:
-        # Back to queued: the prepare re-sent below claims it again, counting one more attempt.
-        stale_prepares = session.scalars(
-            update(Job).where(stale_prepare, Job.prepare_attempts < max_attempts)
-            .values(status=JobStatus.queued, enqueued_at=now)
-            .returning(Job.id).execution_options(synchronize_session=False)
-        ).all()
-    with session_scope() as session:
-        exhausted += session.scalars(
-            update(Job).where(stale_prepare, Job.prepare_attempts >= max_attempts)
-            .values(status=JobStatus.failed, error_code=PROCESSING_FAILED, finished_at=now,
-                    error_message=exhausted_message("fetching and probing the media", max_attempts))
-            .returning(Job.id).execution_options(synchronize_session=False)
-        ).all()
-    # Sent long ago and not started: the message was lost (never sent, enqueued_at NULL, is waiting: see below).
-    with session_scope() as session:
-        lost = session.execute(
-            update(Segment).where(Segment.status == SegmentStatus.pending, Segment.enqueued_at < lost_before,
-                                  Segment.job_id.in_(running_jobs))
-            .values(enqueued_at=now)
-            .returning(Segment.job_id, Segment.index).execution_options(synchronize_session=False)
-        ).all()
-    with session_scope() as session:
-        queued = session.scalars(
-            update(Job).where(Job.status == JobStatus.queued, Job.enqueued_at < lost_before)
-            .values(enqueued_at=now)
-            .returning(Job.id).execution_options(synchronize_session=False)
-        ).all()
-    queues = _queues({job_id for job_id, _ in [*stale, *lost]} | set(queued) | set(stale_prepares))
-    for job_id, index in [*stale, *lost]:
+        now = lifecycle.database_now(session)
+        stale_segments, stale_prepares, exhausted = lifecycle.requeue_stale(
+            session, now, settings.stale_after_s, settings.max_attempts) if judge_staleness else ([], [], [])
+        lost_segments, lost_prepares = lifecycle.resend_lost(session, now, settings.requeue_after_s)
+        owed_webhooks = lifecycle.claim_owed_webhooks(session, now, settings.requeue_after_s)
+        complete = lifecycle.complete_running_jobs(session)
+    queues = _queues({job_id for job_id, _ in [*stale_segments, *lost_segments]}
+                     | set(lost_prepares) | set(stale_prepares))
+    for job_id, index in [*stale_segments, *lost_segments]:
         send_segment(job_id, index, queues.get(job_id, settings.queue))
-    for job_id in [*queued, *stale_prepares]:
+    for job_id in [*lost_prepares, *stale_prepares]:
         send_prepare(job_id, queues.get(job_id, settings.queue))
-    for job_id in exhausted:
-        queue_webhook(job_id)
-    finished = 0
-    for job_id in _complete_running_jobs():
-        if finish_job_if_complete(job_id):
-            finished += 1
-            queue_webhook(job_id)
+    for job_id, event_id, queue in owed_webhooks:
+        send_webhook(job_id, event_id, queue)
+    finished = sum(finish_job_if_complete(job_id) for job_id in complete)
     dispatched = dispatch_waiting(settings.tasks_per_tenant)
-    return ReapReport(len(stale), len(lost), len(queued), finished, len(stale_prepares), len(exhausted), dispatched)
+    return ReapReport(len(stale_segments), len(lost_segments), len(lost_prepares), finished, len(stale_prepares),
+                      len(exhausted), dispatched, len(owed_webhooks))
 
 
 def _queues(job_ids: set[str]) -> dict[str, str]:
@@ -122,33 +82,27 @@ def _queues(job_ids: set[str]) -> dict[str, str]:
                                                                    .where(Job.id.in_(job_ids)))}
 
 
-def _complete_running_jobs() -> list[str]:
-    """Running jobs whose segments exist and are all done: their last worker stored but did not finish."""
-    with session_scope() as session:
-        has_segments = select(Segment.job_id).where(Segment.job_id == Job.id).exists()
-        unfinished = select(Segment.job_id).where(Segment.job_id == Job.id, Segment.status != SegmentStatus.done)
-        return list(session.scalars(select(Job.id).where(Job.status == JobStatus.running, has_segments,
-                                                         ~unfinished.exists())))
-
-
 def start_reaper_thread(settings: Settings) -> threading.Event:
     """Runs reap_once every `settings.reaper_interval_s` in a daemon thread until the returned event is set."""
     interval_s = settings.reaper_interval_s
     stop = threading.Event()
 
     def loop() -> None:
+        reachable_since: float | None = None  # since when the database has answered every pass
         while not stop.wait(interval_s):
+            reachable_since = reachable_since or time.monotonic()
             try:
-                report = reap_once(settings)
+                report = reap_once(settings, time.monotonic() - reachable_since >= settings.stale_after_s)
                 expired, swept = retention_pass(settings)
             except Exception:  # a database or broker outage: logged, and the next pass tries again
                 log.exception("reaper pass failed; retrying in %.0f s", interval_s)
+                reachable_since = None
                 continue
             if report.total:
                 log.info("reaper: re-sent %d stale and %d lost segments, %d queued jobs and %d stale prepares; "
-                         "finished %d jobs; failed %d out of attempts; sent %d waiting tasks", report.stale_segments,
-                         report.lost_segments, report.queued_jobs, report.stale_prepares, report.finished_jobs,
-                         report.exhausted_jobs, report.dispatched)
+                         "finished %d jobs; failed %d out of attempts; sent %d waiting tasks and %d owed webhooks",
+                         report.stale_segments, report.lost_segments, report.queued_jobs, report.stale_prepares,
+                         report.finished_jobs, report.exhausted_jobs, report.dispatched, report.webhooks)
             if expired or swept:
                 log.info("retention: deleted %d expired jobs and %d cached downloads", expired, swept)
 

@@ -1,90 +1,34 @@
-"""The job's records in the database: segments, idempotent bulk storage of results, completion with track stitching.
+"""The job's records in the database: its segments, idempotent bulk storage of results, track stitching.
 
-Delivery is at-least-once, so every function here is one transaction whose effect is the same however often it
-runs; guards live inside the UPDATE statements themselves, so they hold on PostgreSQL and on SQLite alike.
+The moves of the job and its segments are fervid.lifecycle's; this module writes what they carry. Delivery is
+at-least-once, so every function here is one transaction whose effect is the same however often it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    ColumnElement,
-    CursorResult,
-    Executable,
-    Table,
-    Update,
-    and_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
+from fervid import lifecycle
 from fervid.db import session_scope
-from fervid.errors import PROCESSING_FAILED, QUOTA_EXCEEDED
+from fervid.errors import QUOTA_EXCEEDED
 from fervid.jobs import room_for_more_frames
 from fervid.labels import EMOTIONS
+from fervid.lifecycle import SegmentStatus
 from fervid.settings import TenantQuota
-from fervid.tables import ACTIVE_JOB_STATUSES, Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
-from fervid.utc import utc_now
+from fervid.tables import Face, Frame, Job, PlanRow, Segment, Track
 from worker import stitch
 from worker.media.plan import MediaInfo
+from worker.records import FrameRecord, ModelInfo
 
-OPEN_SEGMENT_STATUSES = (SegmentStatus.pending, SegmentStatus.running)
 # Provisional faces.track_id: -(segment_index * this + local_track + 1), negative so it never equals a global id.
 # 10,000 fits the 32-bit column for 214,748 segments: more than a FERVID_MAX_DURATION_S of 6 h at 1 s segments.
 PROVISIONAL_TRACKS_PER_SEGMENT = 10_000
 FRAME_COLUMNS = ("job_id", "frame_index", "timestamp_ms", "segment_index")
 FACE_COLUMNS = ("job_id", "frame_index", "face_index", "segment_index", "local_track", "track_id", "x", "y", "w", "h",
                 "score", *EMOTIONS, "sharpness", "yaw", "roll")
-
-
-@dataclass(frozen=True)
-class FaceRecord:
-    face_index: int
-    local_track: int
-    box: tuple[int, int, int, int]  # x, y, w, h
-    score: float
-    probs: Sequence[float]  # 7 values in FER order (fervid.labels.EMOTIONS)
-    sharpness: float | None = None  # models.face_quality.sharpness of the classifier's crop
-    yaw: float | None = None  # degrees, from the detector's landmarks (None: a detector without them)
-    roll: float | None = None
-
-
-@dataclass(frozen=True)
-class FrameRecord:
-    frame_index: int
-    timestamp_ms: float
-    faces: list[FaceRecord]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    backend: str
-    precision: str  # what the backend computes in: "int8" | "fp32" | "fp16"
-    detector: str  # the face detector: "yunet" | "haar"
-
-
-def _update(entity: type[Job] | type[Segment]) -> Update:
-    # Sessions here never hold loaded records, so there is nothing to synchronise.
-    return update(entity).execution_options(synchronize_session=False)
-
-
-def _rowcount(session: Session, statement: Executable) -> int:
-    return cast(CursorResult[Any], session.execute(statement)).rowcount
-
-
-def _job_is_running(job_id: str) -> ColumnElement[bool]:
-    return select(Job.id).where(Job.id == job_id, Job.status == JobStatus.running).exists()
 
 
 def provisional_track_id(segment_index: int, local_track: int) -> int:
@@ -104,128 +48,43 @@ def _segment_rows(job_id: str, segment_plans: list[list[PlanRow]]) -> list[dict[
     return rows
 
 
-def start_job(job_id: str, media: MediaInfo, segment_plans: list[list[PlanRow]], model: ModelInfo,
+def start_job(job_id: str, token: str, media: MediaInfo, segment_plans: list[list[PlanRow]], model: ModelInfo,
               quota: TenantQuota | None = None) -> list[int]:
-    """Marks the job running with its media and model and creates its segments once; returns the segments to send.
+    """Moves the job from preparing to running (lifecycle.start_running) with its media, model and segments, if the
+    prepare of `token` still holds it; returns the segments to send.
 
-    A redelivered prepare creates nothing twice: segments that exist are kept as they are. [] when the job is
-    cancelled, finished or gone; a job with nothing left to analyse is finished here. A job whose media samples more
-    frames than it reserved at submission takes the rest from its tenant's day under `quota`, or fails
-    quota_exceeded when there is no room: the day's frames never pass the quota.
+    [] when the job moved on (cancelled, taken over) or is gone; a job with nothing left to analyse is finished here.
+    A job whose media samples more frames than it reserved at submission takes the rest from its tenant's day under
+    `quota`, or fails quota_exceeded when there is no room: the day's frames never pass the quota.
     """
-    now = utc_now()
     frames_total = sum(len(plan) for plan in segment_plans)
     with session_scope() as session:
         job = session.get(Job, job_id)
         if quota is not None and job is not None and job.frames_reserved is not None \
                 and frames_total > job.frames_reserved and not room_for_more_frames(session, job, frames_total, quota):
             more = frames_total - job.frames_reserved
-            _fail(session, job_id, QUOTA_EXCEEDED,
-                  f"the media samples {frames_total} frames at {job.sample_fps:g} fps, {more} more than its "
-                  "submission reserved, and your last 24 h have no room for them (FERVID_MAX_FRAMES_PER_DAY); "
-                  "submit it again with its max_duration_s, or later")
+            lifecycle.fail(session, job_id, QUOTA_EXCEEDED,
+                           f"the media samples {frames_total} frames at {job.sample_fps:g} fps, {more} more than "
+                           "its submission reserved, and your last 24 h have no room for them "
+                           "(FERVID_MAX_FRAMES_PER_DAY); submit it again with its max_duration_s, or later")
             return []
         # Locks the job row (PostgreSQL), so two prepares of one job run one after the other.
-        started = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
-            status=JobStatus.running, started_at=func.coalesce(Job.started_at, now),
-            media_kind=media.kind, width=media.width, height=media.height, fps=media.fps,
-            duration_ms=media.duration_ms, frame_count=media.frame_count,
-            frames_total=frames_total,
-            model_name=model.name, model_version=model.version, model_backend=model.backend,
-            model_precision=model.precision, model_detector=model.detector))
-        if not started:
+        if not lifecycle.start_running(
+                session, job_id, token, media_kind=media.kind, width=media.width, height=media.height, fps=media.fps,
+                duration_ms=media.duration_ms, frame_count=media.frame_count, frames_total=frames_total,
+                model_name=model.name, model_version=model.version, model_backend=model.backend,
+                model_precision=model.precision, model_detector=model.detector):
             return []
-        existing_plans = session.scalars(select(Segment.plan).where(Segment.job_id == job_id)).all()
-        if existing_plans:
-            # A redelivered prepare that planned differently (other settings) must not mix two segmentations.
-            session.execute(_update(Job).where(Job.id == job_id).values(
-                frames_total=sum(len(plan) for plan in existing_plans)))
-        elif segment_plans:
+        # The move and the segments are one transaction: a prepare that moved the job has written them.
+        if segment_plans:
             session.execute(insert(Segment), _segment_rows(job_id, segment_plans))
         open_indices = list(session.scalars(
-            select(Segment.index).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
+            select(Segment.index).where(Segment.job_id == job_id,
+                                        Segment.status.in_(lifecycle.OPEN_SEGMENT_STATUSES))
             .order_by(Segment.index)))
         if not open_indices:
-            _finish(session, job_id, now)
+            _finish(session, job_id)
         return open_indices
-
-
-def fail_job(job_id: str, code: str, message: str) -> bool:
-    """Ends a queued or running job as failed with an error code; its unfinished segments are cancelled.
-
-    True when this call ended the job (False: it had already ended, or is gone)."""
-    with session_scope() as session:
-        return _fail(session, job_id, code, message)
-
-
-def _fail(session: Session, job_id: str, code: str, message: str) -> bool:
-    failed = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
-        status=JobStatus.failed, error_code=code, error_message=message, finished_at=utc_now()))
-    if failed:
-        session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status.in_(OPEN_SEGMENT_STATUSES))
-                        .values(status=SegmentStatus.cancelled))
-    return failed == 1
-
-
-def exhausted_message(what: str, attempts: int) -> str:
-    """The error message of a job failed PROCESSING_FAILED after `attempts` deliveries of its `what`."""
-    return (f"{what} stopped or outlasted a worker on each of its {attempts} attempts (FERVID_MAX_ATTEMPTS), so "
-            "it is not tried again; check that the file plays, or send a shorter or re-encoded copy")
-
-
-def claim_prepare(job_id: str, retrying: bool) -> bool:
-    """Takes a queued job's prepare for this worker: preparing, one more attempt, a first heartbeat.
-
-    False when there is nothing to do: another worker prepares it (a redelivered message), or it moved on. The
-    reaper sends a prepare whose heartbeat stopped back to queued, or fails the job once its attempts are spent.
-    `retrying`: the task's own retry after a transient error, which keeps the claim it made.
-    """
-    statuses = (JobStatus.queued, JobStatus.preparing) if retrying else (JobStatus.queued,)
-    with session_scope() as session:
-        return _rowcount(session, _update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(
-            status=JobStatus.preparing, heartbeat_at=utc_now(),
-            prepare_attempts=Job.prepare_attempts + (0 if retrying else 1))) == 1
-
-
-def prepare_heartbeat(job_id: str) -> bool:
-    """Records that the job's prepare is alive; False when it is no longer preparing (cancelled, taken over)."""
-    with session_scope() as session:
-        return _rowcount(session, _update(Job).where(Job.id == job_id, Job.status == JobStatus.preparing)
-                         .values(heartbeat_at=utc_now())) == 1
-
-
-def claim_segment(job_id: str, index: int, worker: str, max_attempts: int) -> list[PlanRow] | None:
-    """Takes a segment of a running job for `worker` and returns its plan; None when there is nothing to do, or
-    when the segment has had its `max_attempts` (see fail_exhausted_segment)."""
-    with session_scope() as session:
-        return session.execute(
-            _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
-                                   Segment.status.in_(OPEN_SEGMENT_STATUSES), Segment.attempts < max_attempts,
-                                   _job_is_running(job_id))
-            .values(status=SegmentStatus.running, attempts=Segment.attempts + 1, heartbeat_at=utc_now(), worker=worker,
-                    frames_done=0)
-            .returning(Segment.plan)
-        ).scalar_one_or_none()
-
-
-def fail_exhausted_segment(job_id: str, index: int, max_attempts: int) -> bool:
-    """Fails the job PROCESSING_FAILED when its segment is unfinished after `max_attempts` claims; True when this
-    call ended the job."""
-    with session_scope() as session:
-        exhausted = session.scalar(select(Segment.index).where(
-            Segment.job_id == job_id, Segment.index == index, Segment.status.in_(OPEN_SEGMENT_STATUSES),
-            Segment.attempts >= max_attempts))
-    if exhausted is None:
-        return False
-    return fail_job(job_id, PROCESSING_FAILED, exhausted_message(f"segment {index}", max_attempts))
-
-
-def heartbeat(job_id: str, index: int, frames_done: int) -> bool:
-    """Records liveness and progress; False when the caller should stop (job not running, segment not running)."""
-    with session_scope() as session:
-        return _rowcount(session, _update(Segment).where(
-            Segment.job_id == job_id, Segment.index == index, Segment.status == SegmentStatus.running,
-            _job_is_running(job_id)).values(heartbeat_at=utc_now(), frames_done=frames_done)) == 1
 
 
 def _result_rows(job_id: str, index: int, plan: list[PlanRow],
@@ -272,21 +131,15 @@ def _bulk_insert(session: Session, frame_rows: list[tuple[Any, ...]], face_rows:
             session.execute(insert(cast(Table, table)), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
-def store_segment(job_id: str, index: int, frames: list[FrameRecord], warnings: list[str]) -> bool:
-    """Replaces the segment's frames and faces with `frames` and marks it done, in one transaction.
-
-    Storing the same results twice leaves the same rows. False, with nothing written, when the job is not running
-    (gone, cancelled, failed or already finished) or the segment was cancelled.
+def store_segment(job_id: str, index: int, token: str, frames: list[FrameRecord], warnings: list[str]) -> bool:
+    """Replaces the segment's frames and faces with `frames` and marks it done (lifecycle.complete_segment), in one
+    transaction. Storing the same results twice leaves the same rows. False, with nothing written, when `token` no
+    longer holds the segment of a running job (cancelled, failed, taken over, gone).
     """
     with session_scope() as session:
         # A share lock on the job row (PostgreSQL): the job cannot be finished, and its faces stitched, meanwhile.
         session.execute(select(Job.id).where(Job.id == job_id).with_for_update(read=True))
-        plan = session.execute(
-            _update(Segment).where(Segment.job_id == job_id, Segment.index == index,
-                                   Segment.status != SegmentStatus.cancelled, _job_is_running(job_id))
-            .values(status=SegmentStatus.done, frames_done=len(frames), warnings=list(warnings), heartbeat_at=utc_now())
-            .returning(Segment.plan)
-        ).scalar_one_or_none()
+        plan = lifecycle.complete_segment(session, job_id, index, token, len(frames), warnings)
         if plan is None:
             return False
         frame_rows, face_rows = _result_rows(job_id, index, plan, frames)
@@ -328,12 +181,9 @@ def _track_spans(session: Session, job_id: str) -> list[stitch.TrackSpan]:
             for row in session.execute(query)]
 
 
-def _finish(session: Session, job_id: str, now: datetime) -> bool:
-    """The guarded completion: succeeds the running job whose segments are all done, then stitches its tracks."""
-    unfinished = select(Segment.job_id).where(Segment.job_id == job_id, Segment.status != SegmentStatus.done).exists()
-    won = _rowcount(session, _update(Job).where(Job.id == job_id, Job.status == JobStatus.running, ~unfinished)
-                    .values(status=JobStatus.succeeded, finished_at=now))
-    if not won:
+def _finish(session: Session, job_id: str) -> bool:
+    """Succeeds the running job whose segments are all done (lifecycle.succeed), then stitches its tracks."""
+    if not lifecycle.succeed(session, job_id):
         return False
     stitching = stitch.stitch(_track_spans(session, job_id))
     if stitching.global_ids:
@@ -351,7 +201,8 @@ def _finish(session: Session, job_id: str, now: datetime) -> bool:
     for segment_warnings in session.scalars(select(Segment.warnings).where(Segment.job_id == job_id)
                                             .order_by(Segment.index)):
         merged += [warning for warning in segment_warnings or [] if warning not in merged]
-    session.execute(_update(Job).where(Job.id == job_id).values(warnings=merged))
+    session.execute(update(Job).where(Job.id == job_id).values(warnings=merged)
+                    .execution_options(synchronize_session=False))
     # The results are final now; their summary and plot are cached by the first read (fervid.results), not here:
     # drawing the plot costs a second or two that a worker, or `fervid analyze`, whose plot nobody may ask for,
     # would spend on every job.
@@ -365,7 +216,7 @@ def finish_job_if_complete(job_id: str) -> bool:
     finished job, get False.
     """
     with session_scope() as session:
-        return _finish(session, job_id, utc_now())
+        return _finish(session, job_id)
 
 
 def job_progress(job_id: str) -> tuple[int, int | None]:

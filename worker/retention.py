@@ -13,9 +13,10 @@ from fervid.audit import JOB_EXPIRED
 from fervid.db import session_scope
 from fervid.download_sweep import sweep_download_cache
 from fervid.jobs import delete_job
+from fervid.lifecycle import ACTIVE_JOB_STATUSES
 from fervid.media_store import storage_from_url
 from fervid.settings import Settings
-from fervid.tables import ACTIVE_JOB_STATUSES, Job
+from fervid.tables import Job
 from fervid.utc import utc_now
 
 log = logging.getLogger(__name__)

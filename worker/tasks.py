@@ -1,4 +1,4 @@
-"""Celery tasks: thin, they take ids and call the plain pipeline functions.
+"""Celery tasks: thin, they take ids and call worker.runner, which runs the work under fervid.lifecycle.
 
 The settings enter here once per worker: `fervid worker` calls `configure_worker` before the pool forks, so every
 forked child inherits the same settings (with the inference thread split for its process) and builds its
@@ -14,28 +14,29 @@ imported by the pool processes, when they start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import redis.exceptions
-import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init
-from kombu.exceptions import OperationalError as BrokerError
 
+from fervid import lifecycle
 from fervid.db import get_engine
 from fervid.dispatch import dispatch_for_job
-from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED, DiskFull
+from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK, STILL_TASK, WEBHOOK_TASK, celery_app
 from fervid.settings import Settings, get_settings
-from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver, queue_webhook
-from fervid.worker_status import start_publishing
+from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver
+from fervid.worker_status import WorkerStatus, start_publishing
 from models.detector_files import find_or_fetch_yunet
 from models.spec import DEFAULT_MODEL_PATH
-from worker import record_store
+from worker import runner
 from worker.layout import WorkerLayout, usable_cores
 from worker.model_checks import check_int8_apart
 from worker.reaper import start_reaper_thread
+from worker.runner import TRANSIENT
 
 if TYPE_CHECKING:
     from worker import pipeline
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 app = celery_app()
 
-# Errors that pass by themselves (a database restart, a dropped connection, a broker blip): retried with backoff.
-# A full disk too: an outage of the machine, not the media's fault (its job would fail source_unavailable otherwise).
-TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, redis.exceptions.ConnectionError,
-             redis.exceptions.TimeoutError, BrokerError, ConnectionError, DiskFull)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True,
          "max_retries": 12}
 
@@ -124,86 +121,76 @@ def _load_models(**_: Any) -> None:
     layout = _layout()
     log.info("inference threads: %d (of %d usable cores, concurrency %d)", layout.settings.inference_threads,
              layout.usable_cores, layout.concurrency)
-    from worker import pipeline
 
     _analyzer()  # once per worker process, before its first task
-    start_publishing(pipeline.worker_status(_analyzer()), _settings().reaper_interval_s)
+    start_publishing(_worker_status(_analyzer()), _settings().reaper_interval_s)
     # Here, not in the main process: a thread there could hold a lock (logging's, a connection pool's) at the moment
     # Celery forks a replacement pool process, which would then wait on it for ever. Reapers claim their rows
     # atomically, so one per pool process is safe.
     start_reaper_thread(_settings())
 
 
+def _worker_status(analyzer: pipeline.Analyzer) -> WorkerStatus:
+    """What this process runs, as /readyz shows it."""
+    model = analyzer.model_info
+    return WorkerStatus(name=runner.worker_name(), detector=model.detector, detector_reason=analyzer.detector.reason,
+                        backend=model.backend, precision=model.precision, model_name=model.name,
+                        model_version=model.version)
+
+
 def _fail_unexpected(job_id: str, error: Exception) -> None:
     log.exception("job %s: unexpected error", job_id)
-    record_store.fail_job(job_id, INTERNAL_ERROR, f"the worker hit an unexpected error ({type(error).__name__}); "
-                          "retry the job, and report it if it happens again")
-    queue_webhook(job_id)
+    lifecycle.fail_job(job_id, INTERNAL_ERROR, f"the worker hit an unexpected error ({type(error).__name__}); "
+                       "retry the job, and report it if it happens again")
 
 
 def _fail_slow(job_id: str, what: str, limit_s: float) -> None:
     log.warning("job %s: %s passed its soft time limit of %.0f s", job_id, what, limit_s)
-    record_store.fail_job(job_id, PROCESSING_FAILED, f"{what} took longer than its limit of {limit_s:.0f} s; send "
-                          "a shorter or re-encoded copy of the media")
-    queue_webhook(job_id)
+    lifecycle.fail_job(job_id, PROCESSING_FAILED, f"{what} took longer than its limit of {limit_s:.0f} s; send "
+                       "a shorter or re-encoded copy of the media")
+
+
+@contextmanager
+def _failing_job(job_id: str, what: str, soft_limit_s: float) -> Iterator[None]:
+    """Ends the job for an error the runner does not: past the soft time limit, or unexpected. A transient error
+    raises on, for the task's retry."""
+    try:
+        yield
+    except TRANSIENT:
+        raise
+    except SoftTimeLimitExceeded:
+        _fail_slow(job_id, what, soft_limit_s)
+    except Exception as error:
+        _fail_unexpected(job_id, error)
 
 
 @app.task(name=PREPARE_TASK, bind=True, **RETRY)
 def prepare_job(self: Task, job_id: str) -> None:
     settings = _settings()
-    # Not claimed: another worker prepares it (this is a redelivery), or the job moved on.
-    if record_store.claim_prepare(job_id, retrying=bool(self.request.retries)):
-        _prepare(job_id, settings)
+    with _failing_job(job_id, "fetching and probing the media", settings.prepare_soft_limit_s()):
+        runner.prepare(job_id, self.request.id, _analyzer().model_info, settings,
+                       retrying=bool(self.request.retries))
     # However it ended, the tenant may have room now: its next waiting tasks (this job's segments first) go out.
     dispatch_for_job(job_id, settings.tasks_per_tenant)
-
-
-def _prepare(job_id: str, settings: Settings) -> None:
-    from worker import pipeline
-
-    try:
-        indices = pipeline.prepare_job(job_id, _analyzer().model_info, settings)
-    except TRANSIENT:
-        raise
-    except SoftTimeLimitExceeded:
-        _fail_slow(job_id, "fetching and probing the media", settings.prepare_soft_limit_s())
-        return
-    except Exception as error:
-        _fail_unexpected(job_id, error)
-        return
-    if not indices:
-        queue_webhook(job_id)  # only a failed (or vanished) job gets here without segments
 
 
 @app.task(name=SEGMENT_TASK, bind=True, **RETRY)
 def process_segment(self: Task, job_id: str, index: int) -> None:
     settings = _settings()
-    if _process_segment(job_id, index, settings):
-        queue_webhook(job_id)
+    with _failing_job(job_id, f"segment {index}", settings.segment_soft_limit_s()):
+        runner.run_segment(job_id, index, self.request.id, _analyzer(), settings,
+                           retrying=bool(self.request.retries))
     dispatch_for_job(job_id, settings.tasks_per_tenant)  # this task's room, to the tenant's next waiting task
 
 
-def _process_segment(job_id: str, index: int, settings: Settings) -> bool:
-    """pipeline.process_segment: True when this call finished the job, so its webhook is to be sent."""
-    from worker import pipeline
-
-    try:
-        return pipeline.process_segment(job_id, index, _analyzer(), settings)
-    except TRANSIENT:
-        raise
-    except SoftTimeLimitExceeded:
-        _fail_slow(job_id, f"segment {index}", settings.segment_soft_limit_s())
-    except Exception as error:
-        _fail_unexpected(job_id, error)
-    return False
-
-
-@app.task(name=WEBHOOK_TASK, bind=True, max_retries=len(RETRY_DELAYS_S))
-def send_job_webhook(self: Task, job_id: str, event_id: str) -> None:
-    """One attempt per run; a failed one is retried on RETRY_DELAYS_S with the same event id."""
-    delivery = deliver(job_id, event_id, _settings())
-    if delivery is Delivery.failed and self.request.retries < len(RETRY_DELAYS_S):
-        raise self.retry(countdown=RETRY_DELAYS_S[self.request.retries])
+@app.task(name=WEBHOOK_TASK)
+def send_job_webhook(job_id: str, event_id: str) -> None:
+    """One attempt at an owed event (fervid.lifecycle's outbox), recorded there; a failed one is due again after the
+    next of RETRY_DELAYS_S and sent by a reaper, so a flushed broker loses no retry."""
+    if lifecycle.webhook_owed(event_id):
+        delivery = deliver(job_id, event_id, _settings())
+        lifecycle.record_webhook_attempt(event_id, None if delivery is Delivery.failed else delivery.value,
+                                         RETRY_DELAYS_S)
 
 
 @app.task(name=STILL_TASK, **RETRY)

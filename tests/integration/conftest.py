@@ -21,6 +21,8 @@ import redis
 
 from tests.conftest import build_tiny_classifier
 
+PROCESS_HOOKS = Path(__file__).resolve().parents[1] / "process_hooks"
+
 
 @dataclass
 class ServiceEnv:
@@ -31,14 +33,20 @@ class ServiceEnv:
     logs: list[Path] = field(default_factory=list)
 
     def start_worker(self, concurrency: int = 1, extra: dict[str, str] | None = None,
-                     prefix: tuple[str, ...] = (), queues: str | None = None) -> subprocess.Popen[bytes]:
-        """`fervid worker`; `prefix` runs it under another command (e.g. `taskset -c 0`); `queues` is its --queues."""
+                     prefix: tuple[str, ...] = (), queues: str | None = None,
+                     crash_on: str = "", crash_once: bool = False) -> subprocess.Popen[bytes]:
+        """`fervid worker`; `prefix` runs it under another command (e.g. `taskset -c 0`); `queues` is its --queues;
+        `crash_on` "<stage>:<filename>" makes it die there (tests/process_hooks/sitecustomize.py), once per job with
+        `crash_once`."""
         log_path = Path(self.values["FERVID_TEST_LOG_DIR"]) / f"worker-{len(self.workers)}.log"
         log = log_path.open("wb")
+        python_path = os.pathsep.join(filter(None, [str(PROCESS_HOOKS), os.environ.get("PYTHONPATH", "")]))
+        hooks = {"PYTHONPATH": python_path, "FERVID_TEST_CRASH_ON": crash_on,
+                 "FERVID_TEST_CRASH_ONCE": "1" if crash_once else ""} if crash_on else {}
         process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "fervid.cli", "worker", "--concurrency", str(concurrency),
              "--loglevel", "INFO", *(("--queues", queues) if queues else ())],
-            env={**os.environ, **self.values, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.values, **(extra or {}), **hooks}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a test can SIGKILL the worker and its children
         )
         self.workers.append(process)

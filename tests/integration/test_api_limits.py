@@ -165,8 +165,9 @@ def test_a_tenant_past_its_frames_of_the_day_waits_until_the_oldest_job_is_a_day
     from sqlalchemy import update
 
     from fervid.db import session_scope
+    from fervid.lifecycle import JobStatus
     from fervid.settings import get_settings
-    from fervid.tables import Job, JobStatus
+    from fervid.tables import Job
     from fervid.utc import utc_now
 
     fervid_env.setenv("FERVID_MAX_FRAMES_PER_DAY", "1000")
@@ -201,7 +202,8 @@ def test_concurrent_submissions_never_pass_the_active_jobs_quota_together(
     from sqlalchemy import func, select
 
     from fervid.db import session_scope
-    from fervid.tables import ACTIVE_JOB_STATUSES, Job
+    from fervid.lifecycle import ACTIVE_JOB_STATUSES
+    from fervid.tables import Job
 
     fervid_env.setenv("FERVID_MAX_ACTIVE_JOBS", "3")
     url = str(request.getfixturevalue("pg_url" if kind == "postgresql" else "sqlite_url"))

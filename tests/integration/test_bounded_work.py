@@ -1,8 +1,7 @@
 """Bounded work: a file that kills every worker it reaches fails the job after FERVID_MAX_ATTEMPTS deliveries.
 
 Real `fervid worker` processes on the real Redis and PostgreSQL. The crash is the documented test seam
-FERVID_TEST_CRASH_ON (the worker process calls os._exit where a decoder crash would kill it); production never
-sets it.
+tests/process_hooks (the worker process calls os._exit where a decoder crash would kill it), loaded only by tests.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ def crashes(env: ServiceEnv) -> int:
 def test_a_file_that_kills_every_worker_fails_after_max_attempts(
         service_env: ServiceEnv, client: TestClient, shared_dir: Path, redis_url: str, stage: str) -> None:
     # given a worker that dies (os._exit) at `stage` of this one file, every time
-    service_env.start_worker(concurrency=1, extra={"FERVID_TEST_CRASH_ON": f"{stage}:{CRASH_FILE}"})
+    service_env.start_worker(concurrency=1, crash_on=f"{stage}:{CRASH_FILE}")
     # when the file is submitted
     job_id = submit(client, shared_dir / "media" / "single_face.mp4", CRASH_FILE)
     # then the job fails processing_failed within a bounded time, after exactly FERVID_MAX_ATTEMPTS crashes

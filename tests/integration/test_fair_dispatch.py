@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from fervid import lifecycle
 from fervid.db import session_scope
 from fervid.dispatch import dispatch
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK
@@ -45,8 +46,8 @@ def test_a_tenant_has_at_most_its_window_sent_and_its_oldest_job_goes_first(queu
     assert sent(redis_url, queue) == [(PREPARE_TASK, [alice[0]]), (PREPARE_TASK, [alice[1]]), (PREPARE_TASK, [bob])]
     assert [load_job(job_id).enqueued_at is None for job_id in alice] == [False, False, True, True]
     # and when alice's first job is prepared into two segments, its room goes to them before her later jobs
-    assert record_store.claim_prepare(alice[0], retrying=False)
-    assert record_store.start_job(alice[0], MEDIA, make_plans(2, 3), MODEL) == [0, 1]
+    assert lifecycle.claim_prepare(alice[0], "delivery", retrying=False, max_attempts=3, stale_after_s=60)
+    assert record_store.start_job(alice[0], "delivery", MEDIA, make_plans(2, 3), MODEL) == [0, 1]
     assert dispatch_now("alice", queue, 2) == 1
     assert sent(redis_url, queue)[3:] == [(SEGMENT_TASK, [alice[0], 0])]
     # and a full window sends nothing more

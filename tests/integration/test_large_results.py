@@ -20,7 +20,7 @@ from fervid.labels import EMOTIONS
 from fervid.tables import Job, ResultCache
 from fervid.utc import utc_now
 from tests.integration.test_api import ALICE, Api, running_api, submit_uri
-from tests.integration.test_record_store import FRAME_MS, MEDIA, MODEL, make_plans, records
+from tests.integration.test_record_store import FRAME_MS, claim, make_plans, records, start, store
 from worker import record_store
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,13 @@ def crowd_job(api: Api, finish: bool = True) -> str:
     """A job of SEGMENTS x FRAMES_PER_SEGMENT frames of FACES faces, stored (and finished) as workers do it."""
     job_id = str(submit_uri(api).json()["job_id"])
     plans = make_plans(SEGMENTS, FRAMES_PER_SEGMENT)
-    assert record_store.start_job(job_id, MEDIA, plans, MODEL) == list(range(SEGMENTS))
+    assert start(job_id, plans) == list(range(SEGMENTS))
     for index, plan in enumerate(plans):
-        assert record_store.claim_segment(job_id, index, "test-worker", max_attempts=3) == plan
+        assert claim(job_id, index, "test-worker") == plan
         stored_last = index == SEGMENTS - 1
         if stored_last and not finish:
             break
-        assert record_store.store_segment(job_id, index, records(plan, crowd), [])
+        assert store(job_id, index, records(plan, crowd), [])
     assert record_store.finish_job_if_complete(job_id) is finish
     return job_id
 
@@ -242,9 +242,9 @@ def test_a_time_window_of_a_long_job_is_read_through_the_frame_time_index(pg_api
     api = pg_api
     job_id = str(submit_uri(api).json()["job_id"])
     plans = make_plans(1, 3000)
-    record_store.start_job(job_id, MEDIA, plans, MODEL)
-    record_store.claim_segment(job_id, 0, "test-worker", max_attempts=3)
-    assert record_store.store_segment(job_id, 0, records(plans[0], lambda k: []), [])
+    start(job_id, plans)
+    claim(job_id, 0, "test-worker")
+    assert store(job_id, 0, records(plans[0], lambda k: []), [])
     with get_engine().connect() as connection:
         connection.execute(text("ANALYZE frames"))
         connection.commit()

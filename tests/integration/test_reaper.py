@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,13 +12,14 @@ import pytest
 import redis
 from sqlalchemy import update
 
+from fervid import lifecycle
 from fervid.db import session_scope
+from fervid.lifecycle import JobStatus, SegmentStatus
 from fervid.queue import PREPARE_TASK, SEGMENT_TASK
 from fervid.settings import get_settings
-from fervid.tables import Job, JobStatus, Segment, SegmentStatus
+from fervid.tables import Job, Segment
 from tests.integration.conftest import sent, wait_for
 from tests.integration.test_record_store import load_job, make_job, process, started_job
-from worker import record_store
 from worker.reaper import ReapReport, reap_once, start_reaper_thread
 
 pytestmark = pytest.mark.integration
@@ -34,8 +36,9 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     # given a running job with a segment of each kind, a cancelled job with a stale segment, and queued jobs
     now = datetime.now(UTC)
     job_id, _ = started_job(segments=5)
-    set_segment(job_id, 0, status=SegmentStatus.running, heartbeat_at=now - LONG_AGO, worker="dead:1")
-    set_segment(job_id, 1, status=SegmentStatus.running, heartbeat_at=now, worker="alive:1")
+    set_segment(job_id, 0, status=SegmentStatus.running, heartbeat_at=now - LONG_AGO, worker="dead:1",
+                claim_token="dead:1")
+    set_segment(job_id, 1, status=SegmentStatus.running, heartbeat_at=now, worker="alive:1", claim_token="alive:1")
     set_segment(job_id, 2, enqueued_at=now - LONG_AGO)
     set_segment(job_id, 3, enqueued_at=now)
     set_segment(job_id, 4, status=SegmentStatus.done, heartbeat_at=now - LONG_AGO)
@@ -47,8 +50,8 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     never_sent = make_job(created_at=now - LONG_AGO)  # waiting: the API died between committing and sending it
     make_job(enqueued_at=now)
     # when the reaper runs, and runs again right away
-    first = reap_once(get_settings(), now)
-    second = reap_once(get_settings(), now)
+    first = reap_once(get_settings())
+    second = reap_once(get_settings())
     # then the stale and the lost segments and the lost job were re-sent, and the waiting job sent, once
     assert first == ReapReport(stale_segments=1, lost_segments=1, queued_jobs=1, finished_jobs=0, dispatched=1)
     assert second == ReapReport()
@@ -58,9 +61,10 @@ def test_reaper_resends_stale_and_lost_work_and_leaves_fresh_work_alone(queue: s
     assert sorted(m for m in messages if m[0] == PREPARE_TASK) == sorted([(PREPARE_TASK, [lost_job]),
                                                                           (PREPARE_TASK, [never_sent])])
     # and the stale segment is pending again, so its old worker's next heartbeat tells it to stop
-    assert record_store.heartbeat(job_id, 0, 3) is False
-    assert record_store.heartbeat(job_id, 1, 3) is True
-    assert record_store.claim_segment(job_id, 0, "alive:2", max_attempts=3) is not None
+    assert lifecycle.segment_heartbeat(job_id, 0, "dead:1", 3) is False
+    assert lifecycle.segment_heartbeat(job_id, 1, "alive:1", 3) is True
+    assert lifecycle.claim_segment(job_id, 0, "alive:2", "alive:2", retrying=False, max_attempts=3,
+                                   stale_after_s=60) is not None
 
 
 def test_waiting_segments_are_sent_by_the_next_pass_as_far_as_their_tenants_window_allows(
@@ -125,14 +129,17 @@ def test_reaper_thread_survives_a_database_outage(queue: str, redis_url: str, da
     fervid_env.setenv("FERVID_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
     get_settings.cache_clear()
     caplog.set_level(logging.INFO, logger="worker.reaper")
-    stop = start_reaper_thread(get_settings().model_copy(update={"reaper_interval_s": 0.2}))
+    stop = start_reaper_thread(get_settings().model_copy(update={"reaper_interval_s": 0.2, "stale_after_s": 3.0}))
     try:
         # when the pass fails, and then the database is back
         wait_for(lambda: "reaper pass failed" in caplog.text, timeout=60)
         fervid_env.setenv("FERVID_DATABASE_URL", database)
         get_settings.cache_clear()
-        # then the thread carries on and re-sends the stale segment
-        wait_for(lambda: sent(redis_url, queue), timeout=60)
+        back = time.monotonic()
+        # then the thread carries on and re-sends the stale segment, but only once the database has answered for
+        # FERVID_STALE_AFTER_S: heartbeats its outage kept from being written are not a dead worker's
+        wait_for(lambda: sent(redis_url, queue), timeout=60, interval=0.05)
+        assert time.monotonic() - back >= 2.5
     finally:
         stop.set()
     assert sent(redis_url, queue) == [(SEGMENT_TASK, [job_id, 0])]
@@ -167,7 +174,7 @@ def test_reaper_fails_work_that_had_its_attempts_and_resends_a_stalled_prepare(q
     spent = make_job(status=JobStatus.preparing, heartbeat_at=now - LONG_AGO, prepare_attempts=max_attempts)
     alive = make_job(status=JobStatus.preparing, heartbeat_at=now, prepare_attempts=max_attempts)
     # when the reaper runs
-    report = reap_once(get_settings(), now)
+    report = reap_once(get_settings())
     # then the spent work failed its jobs with processing_failed, and the stalled prepare is queued again
     assert report == ReapReport(stale_prepares=1, exhausted_jobs=2)
     for job_id in (crashing, spent):
@@ -177,6 +184,6 @@ def test_reaper_fails_work_that_had_its_attempts_and_resends_a_stalled_prepare(q
     assert load_job(stalled).status == JobStatus.queued
     assert load_job(alive).status == JobStatus.preparing
     # and a prepare claims the queued job once, counting its attempt
-    assert record_store.claim_prepare(stalled, retrying=False) is True
-    assert record_store.claim_prepare(stalled, retrying=False) is False
+    assert lifecycle.claim_prepare(stalled, "delivery-1", retrying=False, max_attempts=3, stale_after_s=60) is True
+    assert lifecycle.claim_prepare(stalled, "delivery-2", retrying=False, max_attempts=3, stale_after_s=60) is False
     assert load_job(stalled).prepare_attempts == 2

@@ -6,19 +6,21 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
+from fervid import lifecycle
 from fervid.db import session_scope
+from fervid.lifecycle import JobStatus, SegmentStatus
 from fervid.settings import get_settings
-from fervid.tables import Face, Frame, Job, JobStatus, PlanRow, Segment, SegmentStatus, Track
+from fervid.tables import Face, Frame, Job, PlanRow, Segment, Track
 from worker import record_store
 from worker.media.plan import MediaInfo
-from worker.record_store import FaceRecord, FrameRecord, ModelInfo
+from worker.records import FaceRecord, FrameRecord, ModelInfo
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +83,34 @@ def one_face(frame_index: int) -> list[tuple[int, tuple[int, int, int, int]]]:
     return [(0, LEFT)]
 
 
+PREPARE_TOKEN = "prepare-delivery"
+CLAIMS: dict[tuple[str, int], str] = {}  # (job, segment) -> the token of its last claim here
+
+
+def start(job_id: str, plans: list[list[PlanRow]]) -> list[int]:
+    """A prepare's end: claimed by one delivery, which then starts the job with its segments."""
+    lifecycle.claim_prepare(job_id, PREPARE_TOKEN, retrying=False, max_attempts=3, stale_after_s=60)
+    return record_store.start_job(job_id, PREPARE_TOKEN, MEDIA, plans, MODEL)
+
+
+def claim(job_id: str, index: int, worker: str) -> list[PlanRow] | None:
+    """A segment claimed by one delivery per worker (the worker's name is its token)."""
+    CLAIMS[(job_id, index)] = worker
+    return lifecycle.claim_segment(job_id, index, worker, worker, retrying=False, max_attempts=3, stale_after_s=60)
+
+
+def store(job_id: str, index: int, frames: list[FrameRecord], warnings: list[str]) -> bool:
+    return record_store.store_segment(job_id, index, CLAIMS.get((job_id, index), "unclaimed"), frames, warnings)
+
+
+def beat(job_id: str, index: int, frames_done: int) -> bool:
+    return lifecycle.segment_heartbeat(job_id, index, CLAIMS.get((job_id, index), "unclaimed"), frames_done)
+
+
 def started_job(segments: int = 3, frames_per_segment: int = 10, **fields: Any) -> tuple[str, list[list[PlanRow]]]:
     job_id = make_job(**fields)
     plans = make_plans(segments, frames_per_segment)
-    assert record_store.start_job(job_id, MEDIA, plans, MODEL) == list(range(segments))
+    assert start(job_id, plans) == list(range(segments))
     return job_id, plans
 
 
@@ -112,17 +138,15 @@ def load_job(job_id: str) -> Job:
 
 
 def cancel(job_id: str) -> None:
-    """What the API does on DELETE/cancel: the job and its open segments are cancelled."""
+    """What the API does on cancel."""
     with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.cancelled))
-        session.execute(update(Segment).where(Segment.job_id == job_id, Segment.status != SegmentStatus.done)
-                        .values(status=SegmentStatus.cancelled))
+        assert lifecycle.cancel(session, job_id)
 
 
 def process(job_id: str, index: int, plan: list[PlanRow], boxes: Callable[[int], Any] = one_face,
             warnings: list[str] | None = None) -> bool:
-    assert record_store.claim_segment(job_id, index, "test-worker", max_attempts=3) == plan
-    return record_store.store_segment(job_id, index, records(plan, boxes), warnings or [])
+    assert claim(job_id, index, "test-worker") == plan
+    return store(job_id, index, records(plan, boxes), warnings or [])
 
 
 def test_start_job_creates_the_segments_once(database: str) -> None:
@@ -130,11 +154,12 @@ def test_start_job_creates_the_segments_once(database: str) -> None:
     job_id = make_job()
     plans = make_plans(3, 4)
     # when prepare runs, and is delivered again (the second time with a different segmentation)
-    first = record_store.start_job(job_id, MEDIA, plans, MODEL)
+    first = start(job_id, plans)
     started_at = load_job(job_id).started_at
-    again = record_store.start_job(job_id, MEDIA, make_plans(2, 6), MODEL)
-    # then the segments and frames_total are those of the first prepare, and the job started once
-    assert first == again == [0, 1, 2]
+    again = start(job_id, make_plans(2, 6))
+    # then the segments and frames_total are those of the first prepare, the job started once, and the redelivery
+    # (whose claim found the job running) started nothing
+    assert first == [0, 1, 2] and again == []
     job = load_job(job_id)
     assert job.status == JobStatus.running and job.started_at == started_at
     assert (job.media_kind, job.width, job.height, job.frame_count, job.frames_total) == ("video", 640, 360, 150, 12)
@@ -151,77 +176,87 @@ def test_start_job_returns_nothing_for_a_cancelled_job_and_finishes_an_empty_one
     cancelled, empty = make_job(JobStatus.cancelled), make_job()
     # when prepare runs on each
     # then the cancelled job stays cancelled with no segments, the empty one succeeds with nothing to send
-    assert record_store.start_job(cancelled, MEDIA, make_plans(2, 3), MODEL) == []
+    assert start(cancelled, make_plans(2, 3)) == []
     assert load_job(cancelled).status == JobStatus.cancelled and segment_states(cancelled) == []
-    assert record_store.start_job(empty, MEDIA, [], MODEL) == []
+    assert start(empty, []) == []
     assert load_job(empty).status == JobStatus.succeeded and record_store.job_progress(empty) == (0, 0)
 
 
-def test_storing_a_segment_twice_leaves_identical_rows(database: str) -> None:
-    # given a segment claimed by two workers (a redelivered message) and stored by one of them
+def test_a_second_delivery_while_one_runs_claims_nothing_and_spends_no_attempt(database: str) -> None:
+    # given a segment claimed by one delivery
     job_id, plans = started_job()
     results = records(plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
-    claims = [record_store.claim_segment(job_id, 1, "host:1", max_attempts=3),
-              record_store.claim_segment(job_id, 1, "host:2", max_attempts=3)]
-    assert claims == [plans[1], plans[1]]
-    assert record_store.store_segment(job_id, 1, results, [])
+    assert claim(job_id, 1, "host:1") == plans[1]
+    # when a second delivery of it arrives while the first runs (the reaper re-sent a message that was only slow)
+    second = lifecycle.claim_segment(job_id, 1, "host:2", "host:2", retrying=False, max_attempts=3, stale_after_s=60)
+    # then it gets nothing, spends nothing, and the first stores once; storing again changes nothing
+    assert second is None and segment_states(job_id)[1] == (1, SegmentStatus.running, 1)
+    assert store(job_id, 1, results, [])
     first = result_rows(job_id)
-    # when the other worker stores the same results
-    assert record_store.store_segment(job_id, 1, results, [])
-    # then the rows are exactly the same, with no duplicates
+    assert store(job_id, 1, results, []) is False
     assert result_rows(job_id) == first
     assert len(first[0]) == 10 and len(first[1]) == 20
-    assert segment_states(job_id)[1] == (1, SegmentStatus.done, 2)
+    assert segment_states(job_id)[1] == (1, SegmentStatus.done, 1)
 
 
-def test_storing_again_replaces_the_segment_whole(database: str) -> None:
-    # given a segment, claimed twice, stored with two faces per frame next to a stored neighbour
+def test_a_stale_segment_is_taken_over_and_its_old_owner_can_no_longer_write(database: str) -> None:
+    # given a segment whose first owner stopped heartbeating two minutes ago, next to a stored neighbour
     job_id, plans = started_job()
     assert process(job_id, 0, plans[0])
-    record_store.claim_segment(job_id, 1, "host:1", max_attempts=3)
-    assert process(job_id, 1, plans[1], lambda frame: [(0, LEFT), (1, RIGHT)])
     neighbour = [row for row in result_rows(job_id)[1] if row[3] == 0]
-    # when the other claimant stores it with one face per frame
-    assert record_store.store_segment(job_id, 1, records(plans[1], one_face), [])
-    # then no face of the first write is left and the neighbour is untouched
+    assert claim(job_id, 1, "host:1") == plans[1]
+    with session_scope() as session:
+        session.execute(update(Segment).where(Segment.job_id == job_id, Segment.index == 1)
+                        .values(heartbeat_at=datetime.now(UTC) - timedelta(minutes=2)))
+    # when another delivery claims it
+    assert claim(job_id, 1, "host:2") == plans[1]
+    # then the old owner's heartbeat and results are refused, the new owner's stored, the neighbour untouched
+    assert lifecycle.segment_heartbeat(job_id, 1, "host:1", 3) is False
+    assert record_store.store_segment(job_id, 1, "host:1", records(plans[1], one_face), []) is False
+    assert store(job_id, 1, records(plans[1], lambda frame: [(0, LEFT), (1, RIGHT)]), [])
     frames, faces = result_rows(job_id)
     assert len(frames) == 20
     assert [row for row in faces if row[3] == 0] == neighbour
-    assert len([row for row in faces if row[3] == 1]) == 10
+    assert len([row for row in faces if row[3] == 1]) == 20
+    assert segment_states(job_id)[1] == (1, SegmentStatus.done, 2)
 
 
 def test_store_after_cancel_returns_false_and_writes_nothing(database: str) -> None:
     # given a claimed segment whose job is then cancelled
     job_id, plans = started_job()
-    assert record_store.claim_segment(job_id, 0, "test-worker", max_attempts=3) == plans[0]
+    assert claim(job_id, 0, "test-worker") == plans[0]
     cancel(job_id)
     # when the worker stores its results
-    stored = record_store.store_segment(job_id, 0, records(plans[0], one_face), [])
+    stored = store(job_id, 0, records(plans[0], one_face), [])
     # then nothing is written and the worker is told to stop
     assert stored is False
     assert result_rows(job_id) == ([], [])
+    assert beat(job_id, 0, 5) is False
+    assert claim(job_id, 1, "test-worker") is None
+    # and the segment counts as running until its worker lets it go, then it is cancelled
+    assert [state for _, state, _ in segment_states(job_id)] == [SegmentStatus.running, SegmentStatus.cancelled,
+                                                                  SegmentStatus.cancelled]
+    lifecycle.release_segment(job_id, 0, "test-worker")
     assert segment_states(job_id)[0][1] == SegmentStatus.cancelled
-    assert record_store.heartbeat(job_id, 0, 5) is False
-    assert record_store.claim_segment(job_id, 1, "test-worker", max_attempts=3) is None
 
 
 def test_store_for_a_deleted_or_failed_job_returns_false(database: str) -> None:
     # given a failed job and a job id that does not exist
     job_id, plans = started_job()
-    record_store.fail_job(job_id, "decode_error", "the frames cannot be decoded")
+    lifecycle.fail_job(job_id, "decode_error", "the frames cannot be decoded")
     # when results arrive for them / then nothing is stored
-    assert record_store.store_segment(job_id, 0, records(plans[0], one_face), []) is False
-    assert record_store.store_segment(str(uuid.uuid4()), 0, records(plans[0], one_face), []) is False
+    assert store(job_id, 0, records(plans[0], one_face), []) is False
+    assert store(str(uuid.uuid4()), 0, records(plans[0], one_face), []) is False
     assert result_rows(job_id) == ([], [])
 
 
 def test_frames_outside_the_plan_are_refused_and_nothing_is_written(database: str) -> None:
     # given a claimed segment
     job_id, plans = started_job()
-    record_store.claim_segment(job_id, 0, "test-worker", max_attempts=3)
+    claim(job_id, 0, "test-worker")
     # when the results carry a frame of another segment
     with pytest.raises(ValueError, match="not in the plan"):
-        record_store.store_segment(job_id, 0, records(plans[0] + plans[1][:1], one_face), [])
+        store(job_id, 0, records(plans[0] + plans[1][:1], one_face), [])
     # then the transaction left nothing behind
     assert result_rows(job_id) == ([], [])
     assert segment_states(job_id)[0][1] == SegmentStatus.running
@@ -231,30 +266,30 @@ def test_claim_and_heartbeat_follow_the_segment(database: str) -> None:
     # given a running job
     job_id, plans = started_job(segments=2)
     # when a segment is claimed, beats, and is stored
-    assert record_store.claim_segment(job_id, 0, "host:1", max_attempts=3) == plans[0]
-    assert record_store.heartbeat(job_id, 0, 4) is True
+    assert claim(job_id, 0, "host:1") == plans[0]
+    assert beat(job_id, 0, 4) is True
     with session_scope() as session:
         segment = session.get(Segment, (job_id, 0))
         assert segment is not None
         assert (segment.status, segment.worker, segment.attempts, segment.frames_done) == ("running", "host:1", 1, 4)
-    assert record_store.store_segment(job_id, 0, records(plans[0], one_face), [])
+    assert store(job_id, 0, records(plans[0], one_face), [])
     # then a done segment is not claimed again and its heartbeat says stop; an unknown one neither
-    assert record_store.claim_segment(job_id, 0, "host:2", max_attempts=3) is None
-    assert record_store.heartbeat(job_id, 0, 10) is False
-    assert record_store.claim_segment(job_id, 7, "host:2", max_attempts=3) is None
+    assert claim(job_id, 0, "host:2") is None
+    assert beat(job_id, 0, 10) is False
+    assert claim(job_id, 7, "host:2") is None
 
 
 def test_fail_job_is_terminal_and_only_from_active_states(database: str) -> None:
     # given a running job with a claimed segment
     job_id, plans = started_job(segments=2)
-    record_store.claim_segment(job_id, 0, "host:1", max_attempts=3)
+    claim(job_id, 0, "host:1")
     # when it fails, and a late second failure arrives
-    record_store.fail_job(job_id, "decode_error", "the frames of this video cannot be decoded")
-    record_store.fail_job(job_id, "internal_error", "late")
-    # then the first failure stands, with its time, and no segment is left open
+    lifecycle.fail_job(job_id, "decode_error", "the frames of this video cannot be decoded")
+    lifecycle.fail_job(job_id, "internal_error", "late")
+    # then the first failure stands, with its time, and no segment is left open but the one its worker still holds
     job = load_job(job_id)
     assert (job.status, job.error_code) == (JobStatus.failed, "decode_error") and job.finished_at is not None
-    assert {state for _, state, _ in segment_states(job_id)} == {SegmentStatus.cancelled}
+    assert [state for _, state, _ in segment_states(job_id)] == [SegmentStatus.running, SegmentStatus.cancelled]
     assert record_store.finish_job_if_complete(job_id) is False
 
 
@@ -263,11 +298,11 @@ def test_progress_sums_the_segments(database: str) -> None:
     job_id = make_job()
     assert record_store.job_progress(job_id) == (0, None)
     plans = make_plans(3, 10)
-    record_store.start_job(job_id, MEDIA, plans, MODEL)
+    start(job_id, plans)
     # when one segment is stored and another reports progress
     assert process(job_id, 0, plans[0])
-    record_store.claim_segment(job_id, 1, "host:1", max_attempts=3)
-    record_store.heartbeat(job_id, 1, 4)
+    claim(job_id, 1, "host:1")
+    beat(job_id, 1, 4)
     # then progress is their sum out of every planned frame
     assert record_store.job_progress(job_id) == (14, 30)
     assert record_store.job_progress(str(uuid.uuid4())) == (0, None)
@@ -288,7 +323,7 @@ def test_the_job_finishes_only_when_every_segment_is_stored(database: str) -> No
     assert record_store.job_progress(job_id) == (30, 30)
     # and a late duplicate of a segment cannot rewrite a finished job
     before = result_rows(job_id)
-    assert record_store.store_segment(job_id, 1, records(plans[1], lambda frame: []), []) is False
+    assert store(job_id, 1, records(plans[1], lambda frame: []), []) is False
     assert result_rows(job_id) == before
 
 
@@ -297,7 +332,7 @@ def test_two_workers_finishing_the_last_two_segments_at_once_succeed_the_job_onc
         # given a job with two claimed segments
         job_id, plans = started_job(segments=2, frames_per_segment=20)
         for index in (0, 1):
-            record_store.claim_segment(job_id, index, f"host:{index}", max_attempts=3)
+            claim(job_id, index, f"host:{index}")
         barrier = threading.Barrier(2)
         outcomes: dict[int, bool | BaseException] = {}
 
@@ -305,7 +340,7 @@ def test_two_workers_finishing_the_last_two_segments_at_once_succeed_the_job_onc
                            barrier: threading.Barrier = barrier, outcomes: dict[int, Any] = outcomes) -> None:
             try:
                 barrier.wait(timeout=30)
-                assert record_store.store_segment(job_id, index, records(plans[index], one_face), [])
+                assert store(job_id, index, records(plans[index], one_face), [])
                 outcomes[index] = record_store.finish_job_if_complete(job_id)
             except BaseException as error:  # reported by the main thread
                 outcomes[index] = error
@@ -375,19 +410,24 @@ def test_finishing_merges_segment_warnings_into_the_job(database: str) -> None:
                                          "frame 140 was empty"]
 
 
-def test_a_segment_whose_media_is_gone_ends_the_job_for_its_webhook(
+def test_a_segment_whose_media_is_gone_fails_the_job_and_owes_its_webhook(
     database: str, fervid_env: pytest.MonkeyPatch, tiny_model_path: Path
 ) -> None:
-    # given a running job whose uploaded media vanished after it was planned
+    # given a running job with a webhook whose uploaded media vanished after it was planned
     from fervid.settings import get_settings
-    from worker import pipeline
+    from fervid.tables import WebhookEvent
+    from worker import pipeline, runner
 
     fervid_env.setenv("FERVID_MODEL_PATH", str(tiny_model_path))
+    fervid_env.setenv("FERVID_BROKER_URL", "redis://127.0.0.1:1/0")  # no broker: the owed event waits in the outbox
     get_settings.cache_clear()
-    job_id, _ = started_job(segments=2, stored_media_key="gone/media")
+    job_id, _ = started_job(segments=2, stored_media_key="gone/media", webhook_url="https://example.com/hook")
     # when a worker processes one of its segments
-    ended = pipeline.process_segment(job_id, 1, pipeline.build_analyzer(get_settings()), get_settings())
-    # then that call ended the job (so the task sends the job's webhook), failed with the reason
+    runner.run_segment(job_id, 1, "delivery-1", pipeline.build_analyzer(get_settings()), get_settings())
+    # then the job failed with the reason, and its one webhook event is owed
     job = load_job(job_id)
-    assert ended is True and (job.status, job.error_code) == (JobStatus.failed, "source_unavailable")
-    assert record_store.fail_job(job_id, "internal_error", "late") is False
+    assert (job.status, job.error_code) == (JobStatus.failed, "source_unavailable")
+    assert lifecycle.fail_job(job_id, "internal_error", "late") is False
+    with session_scope() as session:
+        owed = session.execute(select(WebhookEvent.job_id, WebhookEvent.outcome)).all()
+    assert [tuple(row) for row in owed if row[0] == job_id] == [(job_id, None)]

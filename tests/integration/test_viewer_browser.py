@@ -252,7 +252,8 @@ def test_a_preparing_job_can_be_cancelled_and_is_followed_until_it_ends(
     from sqlalchemy import update
 
     from fervid.db import session_scope
-    from fervid.tables import Job, JobStatus
+    from fervid.lifecycle import JobStatus
+    from fervid.tables import Job
 
     # given alice's job, which a worker is preparing (set so here: no worker runs in this test)
     with (shared_dir / "media" / "single_face.jpg").open("rb") as stream:

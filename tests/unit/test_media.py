@@ -35,7 +35,7 @@ from worker.media.decode import REORDER_DEPTH, decode_planned
 from worker.media.limits import MediaLimits
 from worker.media.plan import PlannedFrame, split_plan
 from worker.media.probe import probe
-from worker.pipeline import from_plan_rows, to_plan_rows
+from worker.runner import from_plan_rows, to_plan_rows
 
 # The limits the settings default to, whatever the developer's environment says.
 LIMITS = MediaLimits.from_settings(Settings.model_construct())

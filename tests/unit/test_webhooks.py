@@ -21,9 +21,10 @@ import pytest
 from fervid import webhooks
 from fervid.api_keys import WeakKeyError
 from fervid.db import session_scope
+from fervid.lifecycle import JobStatus
 from fervid.migrate import upgrade
 from fervid.settings import get_settings
-from fervid.tables import Job, JobStatus
+from fervid.tables import Job
 from tests.unit.test_netpolicy import ConnectionCounter, RedirectingServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
+from fervid.stopping import StopSignal
 from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame
 
@@ -55,11 +56,11 @@ class DecoderLimits:
     cpu_s: float  # CPU seconds, all threads together (the stage's soft time limit)
 
 
-def probe_isolated(path: Path, sample_fps: float, limits: MediaLimits,
-                   decoder: DecoderLimits) -> tuple[MediaInfo, list[PlannedFrame]]:
-    """`worker.media.probe.probe` in a decoder process."""
+def probe_isolated(path: Path, sample_fps: float, limits: MediaLimits, decoder: DecoderLimits,
+                   stop: StopSignal | None = None) -> tuple[MediaInfo, list[PlannedFrame]]:
+    """`worker.media.probe.probe` in a decoder process, killed (Stopped) once `stop` is set."""
     with _DecoderProcess({"op": "probe", "path": str(path), "sample_fps": sample_fps, "limits": asdict(limits)},
-                         decoder) as child:
+                         decoder) as child, (stop or StopSignal()).waking(child.kill):
         result = child.result()
     return MediaInfo(**result["info"]), [PlannedFrame(*row) for row in result["plan"]]
 
