@@ -17,13 +17,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis.exceptions
-import sqlalchemy.exc
-from kombu.exceptions import OperationalError as BrokerError
-
 from fervid import lifecycle
 from fervid.db import session_scope
-from fervid.errors import DiskFull, MediaError
+from fervid.errors import MediaError
 from fervid.media_store import local_copy
 from fervid.settings import Settings
 from fervid.sources import job_source_fence
@@ -34,16 +30,13 @@ from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated
 from worker.media.limits import MediaLimits
 from worker.media.plan import MediaInfo, PlannedFrame, split_plan
 from worker.records import ModelInfo
+from worker.transient import TRANSIENT
 
 if TYPE_CHECKING:
     from worker.pipeline import Analyzer
 
 log = logging.getLogger(__name__)
 
-# Errors that pass by themselves (a database restart, a dropped connection, a broker blip): the task is retried with
-# backoff and keeps its claim. A full disk too: an outage of the machine, not the media's fault.
-TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, redis.exceptions.ConnectionError,
-             redis.exceptions.TimeoutError, BrokerError, ConnectionError, DiskFull)
 # How often running work writes its heartbeat and progress, which is also how soon it sees that it must stop.
 HEARTBEAT_INTERVAL_S = 1.0
 

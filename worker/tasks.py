@@ -32,11 +32,10 @@ from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver
 from fervid.worker_status import WorkerStatus, start_publishing
 from models.detector_files import find_or_fetch_yunet
 from models.spec import DEFAULT_MODEL_PATH
-from worker import runner
 from worker.layout import WorkerLayout, usable_cores
 from worker.model_checks import check_int8_apart
 from worker.reaper import start_reaper_thread
-from worker.runner import TRANSIENT
+from worker.transient import TRANSIENT
 
 if TYPE_CHECKING:
     from worker import pipeline
@@ -132,6 +131,9 @@ def _load_models(**_: Any) -> None:
 
 def _worker_status(analyzer: pipeline.Analyzer) -> WorkerStatus:
     """What this process runs, as /readyz shows it."""
+
+    from worker import runner
+
     model = analyzer.model_info
     return WorkerStatus(name=runner.worker_name(), detector=model.detector, detector_reason=analyzer.detector.reason,
                         backend=model.backend, precision=model.precision, model_name=model.name,
@@ -166,6 +168,9 @@ def _failing_job(job_id: str, what: str, soft_limit_s: float) -> Iterator[None]:
 
 @app.task(name=PREPARE_TASK, bind=True, **RETRY)
 def prepare_job(self: Task, job_id: str) -> None:
+
+    from worker import runner
+
     settings = _settings()
     with _failing_job(job_id, "fetching and probing the media", settings.prepare_soft_limit_s()):
         runner.prepare(job_id, self.request.id, _analyzer().model_info, settings,
@@ -176,6 +181,9 @@ def prepare_job(self: Task, job_id: str) -> None:
 
 @app.task(name=SEGMENT_TASK, bind=True, **RETRY)
 def process_segment(self: Task, job_id: str, index: int) -> None:
+
+    from worker import runner
+
     settings = _settings()
     with _failing_job(job_id, f"segment {index}", settings.segment_soft_limit_s()):
         runner.run_segment(job_id, index, self.request.id, _analyzer(), settings,
