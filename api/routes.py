@@ -54,7 +54,6 @@ from fervid.errors import (
 from fervid.media_store import storage_from_url
 from fervid.queue import celery_app
 from fervid.settings import Settings
-from fervid.sources import SourceFence
 from fervid.tables import Job
 from fervid.upload_check import HEAD_BYTES, not_media_reason
 from fervid.utc import utc_now
@@ -203,7 +202,7 @@ async def submit_job(request: Request, tenant: TenantDep, session: SessionDep, s
     elif content_type == "application/json":
         spec = _validated(JobFromUri, await read_json(request))
         # file:// and s3:// sources read what the workers can read: only inside the tenant's own locations.
-        SourceFence.from_settings(settings, tenant).check(spec.source_uri)
+        settings.source_fence(tenant).check(spec.source_uri)
         job, created = await run_in_threadpool(
             lambda: jobs.create_job(session, tenant=tenant, queue=settings.queue, source_uri=spec.source_uri,
                                     sample_fps=spec.sample_fps, tasks_per_tenant=settings.tasks_per_tenant,

@@ -37,7 +37,7 @@ from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from fervid.media_store import cached_download, is_remote, local_copy, storage_from_url
 from fervid.settings import Settings
-from fervid.sources import SourceFence, job_source_fence
+from fervid.sources import SourceFence
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_LINK_TTL_S = 6 * 3600  # the longest video the service accepts, played through once
@@ -190,4 +190,4 @@ class JobSource:
 def _job_source(session: Session, tenant: str, job_id: str, settings: Settings) -> JobSource:
     job = jobs.get_job(session, tenant, job_id)
     return JobSource(job.source_uri, job.filename or PurePosixPath(urlparse(job.source_uri).path).name,
-                     job.media_kind, job_source_fence(job, settings))
+                     job.media_kind, settings.job_source_fence(job))

@@ -285,7 +285,7 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
 
     Remote sources are downloaded; with a `cache_key` (the job id) the download is kept in this machine's
     download cache, so the segments of one job that land on one worker fetch the media once. A source a tenant
-    named comes with its tenant's `fence` (`job_source_fence`): a file is then read only through `held_file`, an
+    named comes with its tenant's `fence` (`Settings.job_source_fence`): a file is read only through `held_file`, an
     s3:// key only inside the tenant's prefixes. None: the upload store's own URIs, and the operator's CLI. A
     download ends with Stopped within moments of `stop` being set.
     """

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
 import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fervid.sources import parse_locations
+from fervid.sources import SourceFence, parse_locations
+
+if TYPE_CHECKING:
+    from fervid.tables import Job
 
 DATA_DIR = Path(platformdirs.user_data_dir("fervid"))
 CACHE_DIR = Path(platformdirs.user_cache_dir("fervid"))
@@ -125,6 +128,15 @@ class Settings(BaseSettings):
 
     def tenant_quota(self) -> TenantQuota:
         return TenantQuota(self.max_active_jobs, self.max_stored_mb << 20, self.max_frames_per_day)
+
+    def source_fence(self, tenant: str) -> SourceFence:
+        """The locations the tenant's sources may lie in (FERVID_FILE_URI_ROOTS, FERVID_S3_SOURCE_PREFIXES)."""
+        return SourceFence.for_tenant(tenant, self.file_uri_roots, self.s3_source_prefixes, self.storage_url)
+
+    def job_source_fence(self, job: Job) -> SourceFence | None:
+        """The fence of the job's source: its tenant's, unless the source is the job's own upload (the store's URI,
+        written by the API), which no fence holds."""
+        return None if job.stored_media_key else self.source_fence(job.tenant)
     # GET /metrics (Prometheus) answers only with this bearer token; empty: metrics are off.
     metrics_token: str = ""
 

@@ -19,14 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
 from fervid.errors import SOURCE_NOT_ALLOWED, MediaError
-
-if TYPE_CHECKING:
-    from fervid.settings import Settings
-    from fervid.tables import Job
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +130,6 @@ class SourceFence:
                       if (location := _location(entry.replace(TENANT_PLACEHOLDER, tenant))) is not None)
         return cls(roots, _location(storage_url))
 
-    @classmethod
-    def from_settings(cls, settings: Settings, tenant: str) -> SourceFence:
-        return cls.for_tenant(tenant, settings.file_uri_roots, settings.s3_source_prefixes, settings.storage_url)
-
     def admits(self, uri: str) -> bool:
         """Whether the tenant may name `uri`, read as written. http(s) sources are fenced where they are fetched
         (public addresses only), so they pass here."""
@@ -160,12 +152,6 @@ class SourceFence:
     def check(self, uri: str) -> None:
         if not self.admits(uri):
             raise source_refused()
-
-
-def job_source_fence(job: Job, settings: Settings) -> SourceFence | None:
-    """The fence of the job's source: its tenant's, unless the source is the job's own upload (the store's URI,
-    written by the API), which no fence holds."""
-    return None if job.stored_media_key else SourceFence.from_settings(settings, job.tenant)
 
 
 @contextmanager

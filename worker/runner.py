@@ -22,7 +22,6 @@ from fervid.db import session_scope
 from fervid.errors import MediaError
 from fervid.media_store import local_copy
 from fervid.settings import Settings
-from fervid.sources import job_source_fence
 from fervid.stopping import Stopped, StopSignal
 from fervid.tables import Job, PlanRow
 from worker import record_store
@@ -81,7 +80,7 @@ def job_media(job: Job, settings: Settings, operator_source: bool,
               stop: StopSignal | None = None) -> AbstractContextManager[Path]:
     """The job's media as a local path, read inside its tenant's locations (FERVID_FILE_URI_ROOTS ...) unless
     `operator_source`: `fervid analyze` reads the file its operator named."""
-    fence = None if operator_source else job_source_fence(job, settings)
+    fence = None if operator_source else settings.job_source_fence(job)
     return local_copy(job.source_uri, settings, cache_key=job.id, fence=fence, stop=stop)
 
 

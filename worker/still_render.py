@@ -20,7 +20,6 @@ from fervid.db import session_scope
 from fervid.errors import DECODE_ERROR, MediaError
 from fervid.media_store import local_copy, storage_from_url
 from fervid.settings import Settings
-from fervid.sources import job_source_fence
 from fervid.stills import JPEG_QUALITY, MAX_STILL_BYTES, still_failure_key, still_key
 from fervid.tables import Job
 from worker.media.isolated import DecoderLimits, IsolatedDecode
@@ -37,7 +36,7 @@ def render_still(job_id: str, frame_index: int, settings: Settings, cpu_s: float
         planned = results.planned_frame(session, job_id, frame_index) if job is not None else None
         if job is None or planned is None:
             return
-        uri, fence = job.source_uri, job_source_fence(job, settings)
+        uri, fence = job.source_uri, settings.job_source_fence(job)
     storage = storage_from_url(settings.storage_url)
     try:
         with local_copy(uri, settings, cache_key=job_id, fence=fence) as path:

@@ -215,3 +215,48 @@ def test_a_worker_whose_clock_is_two_minutes_behind_finishes_its_jobs(
     with session_scope() as session:
         attempts = session.scalars(select(Segment.attempts).where(Segment.job_id.in_(jobs))).all()
     assert set(attempts) == {1}
+
+
+class FramesAtAWalk:
+    """An analyzer that takes 0.3 s a frame and never asks whether to stop: only the runner killing its decoder ends
+    its loop early."""
+
+    def analyze(self, frames: Any, on_progress: Any, warnings: list[str]) -> list[Any]:
+        for _ in frames:
+            time.sleep(0.3)
+        return []
+
+
+def test_a_cancelled_segment_stops_decoding_within_a_second_and_lets_go(
+        service_env: ServiceEnv, client: TestClient, shared_dir: Path) -> None:
+    # given a job prepared here with one long segment, running in a thread on an analyzer that never checks
+    from fervid.db import session_scope
+    from fervid.lifecycle import SegmentStatus
+    from fervid.settings import get_settings
+    from fervid.tables import Segment
+    from worker import runner
+    from worker.records import ModelInfo
+
+    job_id = submit_file(client, shared_dir / "media" / "single_face.mp4", sample_fps=10)
+    settings = get_settings().model_copy(update={"segment_seconds": 600.0})
+    assert runner.prepare(job_id, "prepare", ModelInfo("tiny", "0", "ort-cpu", "fp32", "yunet"), settings) == [0]
+    ended = threading.Event()
+    def run() -> None:
+        runner.run_segment(job_id, 0, "delivery", FramesAtAWalk(), settings)  # type: ignore[arg-type]
+        ended.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(2.0)
+    assert not ended.is_set()
+    # when the job is cancelled
+    cancelled_at = time.monotonic()
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=ALICE).json()["status"] == "cancelled"
+    # then the segment stops within about a heartbeat and lets its claim go
+    assert ended.wait(5.0)
+    stopped_s = time.monotonic() - cancelled_at
+    thread.join()
+    with session_scope() as session:
+        segment = session.get(Segment, (job_id, 0))
+        assert segment is not None and segment.status == SegmentStatus.cancelled and segment.claim_token is None
+    assert stopped_s < 1.0 + runner.HEARTBEAT_INTERVAL_S, stopped_s

@@ -200,7 +200,7 @@ def test_local_copy_fences_file_and_s3_sources_of_a_tenant(fervid_env: pytest.Mo
     fervid_env.setenv("FERVID_FILE_URI_ROOTS", f"{media}/{{tenant}}")
     fervid_env.setenv("FERVID_S3_SOURCE_PREFIXES", "s3://videos/{tenant}")
     get_settings.cache_clear()
-    alice = SourceFence.from_settings(get_settings(), "alice")
+    alice = get_settings().source_fence("alice")
     # when a worker reads her own file, bob's file and bob's s3 key for her job
     with local_copy((media / "alice" / "clip.mp4").as_uri(), get_settings(), cache_key="job", fence=alice) as path:
         assert path.read_bytes() == b"alice's bytes"
