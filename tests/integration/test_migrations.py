@@ -17,7 +17,8 @@ from fervid.migrate import downgrade, upgrade
 from fervid.tables import Base
 
 pytestmark = pytest.mark.integration
-TABLES = {"jobs", "segments", "frames", "faces", "tracks", "workers", "audit_events", "result_caches"}
+TABLES = {"jobs", "segments", "frames", "faces", "tracks", "workers", "audit_events", "result_caches",
+          "webhook_events"}
 
 
 def schema_difference(url: str) -> list[object]:
