@@ -129,14 +129,15 @@ def _end(session: Session, job_id: str, status: JobStatus, *guards: ColumnElemen
     """Moves an active job to the end `status` (under `guards`) and records its owed webhook; True when it moved.
     Pending segments are cancelled; running ones keep counting until their worker lets them go."""
     now = database_now(session)
-    queue = session.scalar(update(Job).where(Job.id == job_id, Job.status.in_(JOB_MOVES_INTO[status]), *guards)
-                           .values(status=status, finished_at=now, **values).returning(Job.queue)
-                           .execution_options(synchronize_session=False))
-    if queue is None:
+    ended = session.execute(_update(Job).where(Job.id == job_id, Job.status.in_(JOB_MOVES_INTO[status]), *guards)
+                            .values(status=status, finished_at=now, **values)
+                            .returning(Job.queue, Job.webhook_url)).first()
+    if ended is None:
         return False
+    queue, webhook_url = ended
     session.execute(_update(Segment).where(Segment.job_id == job_id, Segment.status == SegmentStatus.pending)
                     .values(status=SegmentStatus.cancelled))
-    if session.scalar(select(Job.webhook_url).where(Job.id == job_id)):
+    if webhook_url:
         event_id = uuid.uuid4().hex
         # sent_at now: this process sends it after the commit; the reapers re-send it if that send is lost.
         session.execute(insert(WebhookEvent).values(event_id=event_id, job_id=job_id, created_at=now, due_at=now,

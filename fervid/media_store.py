@@ -184,14 +184,12 @@ def storage_from_url(url: str) -> Storage:
     raise ValueError(f"FERVID_STORAGE_URL must be file:///dir or s3://bucket/prefix, not {url!r}")
 
 
-def _copy_paced(response: http.client.HTTPResponse, target: BinaryIO, limits: DownloadLimits,
-                stop: StopSignal) -> None:
+def _copy_paced(response: http.client.HTTPResponse, target: BinaryIO, limits: DownloadLimits) -> None:
     """Copies an http(s) body, failing a source slower than `limits.min_bytes_per_s` (the deadline is
     open_public's): read1 returns what has arrived, so a dripping source is measured rather than waited on."""
     started = time.monotonic()
     written = 0
     while chunk := response.read1(CHUNK):
-        stop.check()
         written += len(chunk)
         if written > limits.max_bytes:
             raise PayloadTooLarge(f"the source exceeds the {limits.max_bytes >> 20} MB limit (FERVID_MAX_DOWNLOAD_MB)")
@@ -214,7 +212,7 @@ def _download(uri: str, target: BinaryIO, limits: DownloadLimits, stop: StopSign
                 raise NonPublicAddress(parsed.hostname or "", address)
             with open_public(uri, timeout=30, allow_private=limits.allow_private,
                              deadline_s=limits.deadline_s, stop=stop) as response:
-                _copy_paced(response, target, limits, stop)
+                _copy_paced(response, target, limits)
         else:
             raise MediaError(SOURCE_UNAVAILABLE, f"unsupported source URI scheme {parsed.scheme!r}; "
                              "use file://, s3:// or http(s)://")
