@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                  "INT8 copy of a model for ONNX Runtime on the CPU or for TensorRT"),
     "engines": ("models.commands.engines", "TensorRT engines: build / list / clear"),
     "doctor": ("models.commands.doctor", "which inference backend each option would be here, and why"),
+    "config-docs": ("fervid.config_docs", "write docs/configuration.md from the Settings class"),
 }
 
 
