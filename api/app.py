@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from api.annotated import annotated_v1
 from api.auth import keys_of
 from api.errors import install_error_handlers
 from api.media_links import redact_tokens_in_access_log
@@ -58,6 +59,7 @@ def create_app() -> FastAPI:
                                 {"name": "health", "description": "liveness and readiness probes (no key); metrics"}])
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(annotated_v1)
     app.include_router(health)
     app.include_router(metrics)
     install_viewer(app)  # the page at / and its routes

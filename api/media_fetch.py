@@ -38,46 +38,47 @@ class _Failure:
 class MediaFetcher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: dict[str, str] = {}  # job id -> tenant
+        self._waiting: dict[str, str] = {}  # "<job id> <uri>" -> tenant
         self._failures: dict[str, _Failure] = {}
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="media-fetch")
 
     def request(self, tenant: str, job_id: str, uri: str, settings: Settings, fence: SourceFence | None) -> None:
-        """Starts fetching the job's media unless that is under way; raises the last fetch's error if it failed
-        within FAILURE_KEPT_S, TooManyRequests when too many fetches wait."""
+        """Starts fetching `uri` (the job's media, or a file a worker stored for it) unless that is under way; raises
+        the last fetch's error if it failed within FAILURE_KEPT_S, TooManyRequests when too many fetches wait."""
+        fetch = f"{job_id} {uri}"
         with self._lock:
-            failure = self._failures.get(job_id)
+            failure = self._failures.get(fetch)
             if failure is not None and time.monotonic() - failure.at < FAILURE_KEPT_S:
                 raise failure.error
-            self._failures.pop(job_id, None)
-            if job_id in self._waiting:
+            self._failures.pop(fetch, None)
+            if fetch in self._waiting:
                 return
             tenants_waiting = sum(1 for owner in self._waiting.values() if owner == tenant)
             if len(self._waiting) >= MAX_WAITING or tenants_waiting >= MAX_WAITING_PER_TENANT:
                 raise TooManyRequests("the API is fetching other media for the viewer; retry in a moment",
                                       retry_after_s=RETRY_AFTER_S)
-            self._waiting[job_id] = tenant
-        self._pool.submit(self._fetch, job_id, uri, settings, fence)
+            self._waiting[fetch] = tenant
+        self._pool.submit(self._fetch, fetch, job_id, uri, settings, fence)
 
-    def _fetch(self, job_id: str, uri: str, settings: Settings, fence: SourceFence | None) -> None:
+    def _fetch(self, fetch: str, job_id: str, uri: str, settings: Settings, fence: SourceFence | None) -> None:
         try:
             with local_copy(uri, settings, cache_key=job_id, fence=fence):
                 pass  # in the download cache now, where the media route finds it
         except FervidError as error:
-            self._fail(job_id, error)
+            self._fail(fetch, error)
         except Exception:
-            log.exception("job %s: fetching its media for the viewer failed", job_id)
-            self._fail(job_id, FervidError("the media could not be fetched", code=INTERNAL_ERROR))
+            log.exception("job %s: fetching %s for the viewer failed", job_id, uri)
+            self._fail(fetch, FervidError("the media could not be fetched", code=INTERNAL_ERROR))
         finally:
             with self._lock:
-                self._waiting.pop(job_id, None)
+                self._waiting.pop(fetch, None)
 
-    def _fail(self, job_id: str, error: FervidError) -> None:
+    def _fail(self, fetch: str, error: FervidError) -> None:
         with self._lock:
             now = time.monotonic()
             for stale in [key for key, failure in self._failures.items() if now - failure.at >= FAILURE_KEPT_S]:
                 del self._failures[stale]
-            self._failures[job_id] = _Failure(error, now)
+            self._failures[fetch] = _Failure(error, now)
 
 
 media_fetcher = MediaFetcher()  # one per API process: its threads are the bound

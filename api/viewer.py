@@ -33,7 +33,7 @@ from fervid import jobs, results
 from fervid.api_keys import key_digest
 from fervid.db import session_scope
 from fervid.errors import NotFound, Unauthorized
-from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.labels import EMOTION_COLOURS, EMOTIONS, TRACK_COLOURS
 from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from fervid.media_store import cached_download, is_remote, local_copy, storage_from_url
 from fervid.settings import Settings
@@ -82,10 +82,11 @@ def viewer_page() -> FileResponse:
 
 @page.get("/viewer/palette.json")
 def palette() -> dict[str, object]:
-    """The emotions in FER order and their colours (the page draws with the same palette as plot.png), and the job
-    statuses with those a job can still leave (the page polls and offers Cancel on those): the page keeps no list of
-    its own that could drift from the service's."""
-    return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS, "statuses": [str(s) for s in JobStatus],
+    """The emotions in FER order and their colours (the page draws with the same palette as plot.png), the tracks'
+    colours (as annotated videos draw them), and the job statuses with those a job can still leave (the page polls
+    and offers Cancel on those): the page keeps no list of its own that could drift from the service's."""
+    return {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS, "track_colours": list(TRACK_COLOURS),
+            "statuses": [str(s) for s in JobStatus],
             "active_statuses": [str(s) for s in ACTIVE_JOB_STATUSES]}
 
 
@@ -133,18 +134,27 @@ def _not_yet(status: str, retry_after_s: int) -> JSONResponse:
 def get_media(job_id: str, tenant: Annotated[str, Depends(media_tenant)], settings: SettingsDep) -> Response:
     with session_scope() as session:
         source = _job_source(session, tenant, job_id, settings)
-    media_type = served_media_type(source.name, source.media_kind)
-    if is_remote(source.uri):
-        # Served from this machine's download cache once a background fetch put it there (api/media_fetch.py).
-        path = cached_download(source.uri, settings, job_id)
+    return stored_file_response(tenant, job_id, source.uri, settings, fence=source.fence,
+                                media_type=served_media_type(source.name, source.media_kind))
+
+
+def stored_file_response(tenant: str, job_id: str, uri: str, settings: Settings, *, media_type: str,
+                         fence: SourceFence | None = None, download_name: str | None = None) -> Response:
+    """A file of the job's (its media, or one a worker stored for it) with HTTP Range: remote ones from this
+    machine's download cache once a background fetch put it there (api/media_fetch.py), 202 until then."""
+    # With a download name, FileResponse says attachment with it (quoted as RFC 6266 asks, whatever the name holds).
+    headers = {name: value for name, value in MEDIA_HEADERS.items()
+               if download_name is None or name != "Content-Disposition"}
+    if is_remote(uri):
+        path = cached_download(uri, settings, job_id)
         if path is None:
-            media_fetcher.request(tenant, job_id, source.uri, settings, source.fence)
+            media_fetcher.request(tenant, job_id, uri, settings, fence)
             return _not_yet("fetching", FETCH_RETRY_AFTER_S)
-        return FileResponse(path, media_type=media_type, headers=MEDIA_HEADERS)
+        return FileResponse(path, media_type=media_type, headers=headers, filename=download_name)
     # A file: the store's own, or one the tenant named, held open (held_file) until the response is sent.
     held = ExitStack()
-    path = held.enter_context(local_copy(source.uri, settings, cache_key=job_id, fence=source.fence))
-    return HeldFileResponse(held, path, media_type=media_type, headers=MEDIA_HEADERS)
+    path = held.enter_context(local_copy(uri, settings, cache_key=job_id, fence=fence))
+    return HeldFileResponse(held, path, media_type=media_type, headers=headers, filename=download_name)
 
 
 def served_media_type(name: str, media_kind: str | None) -> str:

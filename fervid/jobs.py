@@ -21,7 +21,7 @@ from fervid.errors import QUOTA_EXCEEDED, Conflict, NotFound, TooManyRequests
 from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from fervid.media_store import Storage
 from fervid.settings import TenantQuota
-from fervid.tables import Job, Segment
+from fervid.tables import AnnotatedVideo, Job, Segment
 from fervid.utc import as_utc, iso_utc, utc_now
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ _FRAMES_COUNTED = case(
 @dataclass(frozen=True)
 class TenantUsage:
     active_jobs: int
-    stored_bytes: int
+    stored_bytes: int  # uploads and annotated videos
     day_frames: int  # sampled, or reserved until prepared, by the jobs of the last 24 h (_FRAMES_COUNTED)
     day_reserved: int  # of those, reserved by jobs not prepared yet
     oldest_of_day: datetime | None
@@ -125,7 +125,10 @@ def tenant_usage(session: Session, tenant: str) -> TenantUsage:
         func.coalesce(func.sum(Job.frames_reserved).filter(unprepared, Job.created_at >= day_ago), 0),
         func.min(Job.created_at).filter(Job.created_at >= day_ago),
     ).where(Job.tenant == tenant)).one()
-    return TenantUsage(int(active or 0), int(stored or 0), int(frames or 0), int(reserved or 0), oldest)
+    annotated = session.scalar(select(func.coalesce(func.sum(AnnotatedVideo.stored_bytes), 0)).join(Job).where(
+        Job.tenant == tenant))
+    return TenantUsage(int(active or 0), int(stored or 0) + int(annotated or 0), int(frames or 0), int(reserved or 0),
+                       oldest)
 
 
 def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_bytes: int, new_frames: int) -> None:

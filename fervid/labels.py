@@ -10,3 +10,7 @@ EMOTION_COLOURS: dict[str, str] = {
     "sad": "#1f77b4", "surprise": "#ff7f0e", "neutral": "#9e9e9e",
 }
 assert tuple(EMOTION_COLOURS) == EMOTIONS
+
+# The colour of each track, in the order of the job's track ids: the viewer's boxes and charts, and annotated videos.
+TRACK_COLOURS: tuple[str, ...] = ("#00a2d9", "#e6007e", "#2e9d3a", "#ff6a00", "#6f42c1", "#00897b", "#b08900",
+                                  "#795548", "#3f51b5", "#c2185b")

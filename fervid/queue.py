@@ -14,6 +14,7 @@ PREPARE_TASK = "fervid.prepare_job"
 SEGMENT_TASK = "fervid.process_segment"
 WEBHOOK_TASK = "fervid.send_webhook"
 STILL_TASK = "fervid.render_still"
+ANNOTATED_TASK = "fervid.render_annotated"
 
 # Longer than any segment can take: Redis redelivers an unacknowledged message only after this.
 VISIBILITY_TIMEOUT_S = 6 * 3600
@@ -76,6 +77,13 @@ def stills_queue(queue: str) -> str:
 def send_render_still(job_id: str, frame_index: int, queue: str) -> None:
     celery_app().send_task(STILL_TASK, args=[job_id, frame_index], queue=stills_queue(queue),
                            retry_policy=SEND_RETRY_POLICY)
+
+
+def send_render_annotated(job_id: str, token: str, queue: str, soft_limit_s: float, hard_limit_s: float) -> None:
+    """On the job queue itself: a render takes a worker process about as long as the job's analysis did. Its time
+    limits go with the message (they follow the video's duration)."""
+    celery_app().send_task(ANNOTATED_TASK, args=[job_id, token], queue=queue, soft_time_limit=soft_limit_s,
+                           time_limit=hard_limit_s, retry_policy=SEND_RETRY_POLICY)
 
 
 def send_webhook(job_id: str, event_id: str, queue: str) -> None:

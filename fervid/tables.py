@@ -279,3 +279,22 @@ class WebhookEvent(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))  # None while owed; delivered | dropped | failed
 
     __table_args__ = (Index("ix_webhook_events_outcome_due", "outcome", "due_at"),)
+
+
+class AnnotatedVideo(Base):
+    """A job's annotated video (fervid.annotated): asked for through the API, rendered by a worker into the job's
+    folder of the media store, deleted with the job."""
+
+    __tablename__ = "annotated_videos"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # fervid.annotated.RenderStatus
+    token: Mapped[str] = mapped_column(String(32))  # the render asked for last: only it may write the row
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # its worker's liveness
+    frames_done: Mapped[int] = mapped_column(Integer, default=0)
+    frames_total: Mapped[int | None] = mapped_column(Integer)
+    stored_uri: Mapped[str | None] = mapped_column(Text)  # once ready
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)  # counted in the tenant's stored bytes
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)

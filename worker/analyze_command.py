@@ -27,6 +27,7 @@ from fervid.settings import Settings, get_settings
 from fervid.tables import Job
 from fervid.utc import utc_now
 from worker import pipeline, runner
+from worker.annotate import write_annotated
 from worker.layout import usable_cores, with_thread_share
 
 LOCAL_TENANT = "local"
@@ -89,14 +90,22 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=5.0, help="frames sampled per second (default 5)")
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    parser.add_argument("--annotate", type=Path, default=None, metavar="OUT.mp4",
+                        help="also write the video with each face's box, track id and emotions drawn on it")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    job_id = analyze_file(args.path, args.fps, get_settings(), show_progress=not args.no_progress)
+    settings = get_settings()
+    if args.annotate is not None and args.annotate.suffix.lower() != ".mp4":
+        raise InvalidRequest(f"--annotate writes an MP4: name a file ending in .mp4, not {args.annotate}")
+    job_id = analyze_file(args.path, args.fps, settings, show_progress=not args.no_progress)
     failure = job_failure(job_id)
     if failure is not None:
         raise failure
+    if args.annotate is not None:
+        frames = write_annotated(args.path, args.annotate, job_id, settings, threads=usable_cores())
+        print(f"wrote {args.annotate} ({frames} frames)", file=sys.stderr)
     if args.out is None:
         write_output(job_id, args.format, sys.stdout)
     else:

@@ -26,7 +26,7 @@ from fervid import lifecycle
 from fervid.db import get_engine
 from fervid.dispatch import dispatch_for_job
 from fervid.errors import INTERNAL_ERROR, PROCESSING_FAILED
-from fervid.queue import PREPARE_TASK, SEGMENT_TASK, STILL_TASK, WEBHOOK_TASK, celery_app
+from fervid.queue import ANNOTATED_TASK, PREPARE_TASK, SEGMENT_TASK, STILL_TASK, WEBHOOK_TASK, celery_app
 from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver
 from fervid.worker_status import WorkerStatus, start_publishing
@@ -213,3 +213,14 @@ def render_frame_still(job_id: str, frame_index: int) -> None:
     except SoftTimeLimitExceeded:
         record_failure(job_id, frame_index, PROCESSING_FAILED, f"decoding frame {frame_index} took longer than its "
                        f"limit of {settings.segment_soft_limit_s():.0f} s", settings)
+
+
+@app.task(name=ANNOTATED_TASK, bind=True, **RETRY)
+def render_annotated_video(self: Task, job_id: str, token: str) -> None:
+    """An annotated video (fervid/annotated.py): its time limits come with the message, from the video's duration."""
+    from worker.annotate import fail_slow, render_job_video
+
+    try:
+        render_job_video(job_id, token, _settings(), threads=_settings().inference_threads + 1)
+    except SoftTimeLimitExceeded:
+        fail_slow(job_id, token, self.request.timelimit[1] or 0.0)

@@ -8,14 +8,12 @@ import {
 const KEY_STORAGE = "fervid.apiKey";
 // The statuses a job can still leave, from the service (GET /viewer/palette.json), never a list of the page's own.
 let ACTIVE = new Set();
-const TRACK_COLOURS = ["#00a2d9", "#e6007e", "#2e9d3a", "#ff6a00", "#6f42c1", "#00897b", "#b08900", "#795548",
-                       "#3f51b5", "#c2185b"];
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { width: 1000, height: 100 };
 const VIDEO_START_TIMEOUT_MS = 8000;
 
 const $ = (id) => document.getElementById(id);
-let palette = { emotions: [], colours: {} };
+let palette = { emotions: [], colours: {}, track_colours: ["#fff"] };
 let pollTimer = null;
 let currentJob = null; // the open job view's state
 
@@ -321,7 +319,7 @@ async function openJob(jobId) {
   state.intervalMs = 1000 / job.sample_fps;
   state.times = state.frames.map((frame) => frame.timestamp_ms);
   state.tracks = tracksOf(state.frames);
-  [...state.tracks.keys()].forEach((trackId, i) => state.colours.set(trackId, TRACK_COLOURS[i % TRACK_COLOURS.length]));
+  [...state.tracks.keys()].forEach((trackId, i) => state.colours.set(trackId, palette.track_colours[i % palette.track_colours.length]));
   const last = state.times.length ? state.times[state.times.length - 1] : 0;
   state.durationMs = Math.max(job.media.duration_ms || 0, last + state.intervalMs);
   $("job-state").hidden = true;
