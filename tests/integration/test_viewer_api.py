@@ -21,7 +21,7 @@ from PIL import Image
 from api.stills import MAX_PENDING_PER_TENANT, ask_for_still, forget_pending
 from bench.media_factory import HEIGHT, WIDTH, read_index, write_joined_recordings
 from fervid.errors import TooManyRequests
-from fervid.labels import EMOTION_COLOURS, EMOTIONS
+from fervid.labels import EMOTION_COLOURS, EMOTIONS, TRACK_COLOURS
 from tests.conftest import FileServer
 from tests.integration.conftest import ServiceEnv, wait_for
 from tests.integration.test_api import closed_port, fervid_api_process
@@ -61,6 +61,7 @@ def test_the_page_its_files_and_the_palette_are_served_without_a_key(client: Tes
     assert '<script type="module" src="/static/viewer.js">' in page.text
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert palette.json() == {"emotions": list(EMOTIONS), "colours": EMOTION_COLOURS,
+                              "track_colours": list(TRACK_COLOURS),
                               "statuses": ["queued", "preparing", "running", "succeeded", "failed", "cancelled"],
                               "active_statuses": ["queued", "preparing", "running"]}
 
