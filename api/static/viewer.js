@@ -300,6 +300,7 @@ async function openJob(jobId) {
   $("job-title").textContent = job.filename || job.job_id;
   $("job-status").textContent = job.status;
   $("job-status").className = `status ${job.status}`;
+  $("download-annotated").hidden = !(job.status === "succeeded" && job.media.kind === "video");
   if (job.status !== "succeeded") {
     const { frames_done: done, frames_total: total } = job.progress;
     $("job-state").textContent = job.error ? `This job ${job.status}: ${job.error.code}: ${job.error.message}` :
@@ -691,7 +692,10 @@ async function download(kind) {
   const base = state.job.filename ? state.job.filename.replace(/\.[^.]*$/, "") : state.jobId;
   let blob;
   try {
-    if (kind === "json") {
+    if (kind === "mp4") {
+      blob = await annotatedVideo(state);
+      if (!blob) return;
+    } else if (kind === "json") {
       const body = { job: state.job, summary: state.summary, timeline: state.frames };
       blob = new Blob([JSON.stringify(body, null, 2)], { type: "application/json" });
     } else {
@@ -702,11 +706,37 @@ async function download(kind) {
     return;
   }
   const url = URL.createObjectURL(blob);
-  const link = element("a", { href: url, download: `${base}.${kind}` });
+  const link = element("a", { href: url, download: kind === "mp4" ? `${base}-annotated.mp4` : `${base}.${kind}` });
   document.body.append(link);
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// The annotated video, once a worker has rendered it: the button shows how far it is meanwhile. Null when the
+// page moved to another job while it waited.
+async function annotatedVideo(state) {
+  const button = $("download-annotated");
+  button.disabled = true;
+  try {
+    for (;;) {
+      const response = await fetchWithKey(`/v1/jobs/${state.jobId}/annotated.mp4`, {});
+      if (response.status !== 202 && response.status !== 429) {
+        if (!response.ok) throw await apiError(response);
+        return await response.blob();
+      }
+      if (response.status === 202) {
+        const { frames_done: done, frames_total: total } = await response.json();
+        button.textContent = total ? `Rendering ${Math.floor((100 * done) / total)} %` : "Rendering…";
+      }
+      const waitS = Math.min(Number(response.headers.get("Retry-After")) || 1, 30);
+      await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+      if (state !== currentJob) return null;
+    }
+  } finally {
+    button.disabled = false;
+    button.textContent = "Annotated video";
+  }
 }
 
 // --- small DOM helpers -----------------------------------------------------------------------------------------

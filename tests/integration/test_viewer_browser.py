@@ -17,6 +17,7 @@ import pytest
 
 from fervid.labels import EMOTIONS
 from tests.integration.conftest import ServiceEnv, wait_for
+from tests.unit.test_annotate import decoded_frames
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +167,15 @@ def test_a_tenant_follows_an_upload_and_reads_its_faces_in_sync_and_another_sees
     assert stepped_boxes == boxes_at(items, stepped_ms)
     page.locator("#smoothing").check()  # smoothing redraws the charts without an error
     expect(charts.first.locator("path")).to_have_count(len(EMOTIONS))
+
+    # when she downloads the annotated video, then a worker renders it and the page saves it under the clip's name
+    with page.expect_download(timeout=JOB_TIMEOUT_MS) as download:
+        page.click("#download-annotated")
+    assert download.value.suggested_filename == "single_face-annotated.mp4"
+    download.value.save_as(tmp_path / "annotated.mp4")
+    assert len(decoded_frames(tmp_path / "annotated.mp4")) == len(decoded_frames(shared_dir / "media" /
+                                                                                  "single_face.mp4"))
+    expect(page.locator("#download-annotated")).to_have_text("Annotated video")
     page.screenshot(path=str(tmp_path / "job-1280x800.png"), full_page=True)
     mode = "video" if page.locator("#video").is_visible() else "frame stills"
 
@@ -189,6 +199,7 @@ def test_a_tenant_follows_an_upload_and_reads_its_faces_in_sync_and_another_sees
     (item,) = timeline(live_api, photo_id)
     expect(page.locator("#faces .face")).to_have_count(len(item["faces"]))
     expect(page.locator("#faces .face").first.locator(".bars span")).to_have_count(len(EMOTIONS))
+    expect(page.locator("#download-annotated")).to_be_hidden()  # a photo has no video to annotate
     expect(overlay).to_have_attribute("data-time-ms", "0")
     assert drawn(page)[1] == boxes_at([item], 0.0)
     assert errors == [], errors
