@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -130,6 +131,25 @@ class Client:
         """The timeline as CSV, one row per face."""
         return self._request("GET", f"/v1/jobs/{_job_id(job)}/timeline.csv")[1]
 
+    def annotated_video(self, job: JobRef, target: str | Path, *, timeout_s: float | None = None) -> Path:
+        """Writes the job's annotated video (its frames with each face's box and emotions drawn on) to `target`, once
+        a worker has rendered it: the first call asks for it. TimeoutError past `timeout_s`."""
+        target = Path(target)
+        partial = target.with_name(f"{target.name}.part")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            with partial.open("wb") as sink:
+                status, body = self._request("GET", f"/v1/jobs/{_job_id(job)}/annotated.mp4", sink=sink)
+            if status == 200:
+                return partial.replace(target)
+            partial.unlink()
+            rendering = json.loads(body)  # 202: a worker renders it
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the annotated video of job {_job_id(job)} is still rendering after "
+                                   f"{timeout_s:g} s ({rendering['frames_done']} of "
+                                   f"{rendering['frames_total'] or '?'} frames)")
+            time.sleep(min(float(rendering.get("retry_after_s", 2)), self.longest_wait_s))
+
     def cancel(self, job: JobRef) -> Job:
         return Job.from_json(self._json("POST", f"/v1/jobs/{_job_id(job)}/cancel"))
 
@@ -163,9 +183,9 @@ class Client:
 
     def _request(self, method: str, path: str, body: bytes | Callable[[], Iterable[bytes]] | None = None,
                  content_type: str | None = None, *, length: int | None = None,
-                 retry: bool = True) -> tuple[int, bytes]:
+                 retry: bool = True, sink: BinaryIO | None = None) -> tuple[int, bytes]:
         """(status, body) of a success; ApiError otherwise, after retrying what may pass (429, 5xx, a dropped
-        connection) when `retry`."""
+        connection) when `retry`. With a `sink`, a 200's body is written there instead (and b"" returned)."""
         headers = {"Authorization": f"Bearer {self.key}", "Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -176,7 +196,12 @@ class Client:
             request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)  # type: ignore[arg-type]
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
-                    return answer.status, answer.read()
+                    if sink is None or answer.status != 200:
+                        return answer.status, answer.read()
+                    sink.seek(0)
+                    sink.truncate()  # what an attempt cut short wrote
+                    shutil.copyfileobj(answer, sink, 1 << 20)
+                    return answer.status, b""
             except urllib.error.HTTPError as answer:
                 error = _api_error(answer)
                 if not retry or error.status not in RETRY_STATUSES or attempt == self.attempts:

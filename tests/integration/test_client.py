@@ -21,6 +21,7 @@ from bench.media_factory import write_video
 from fervid.client import ApiError, Client
 from tests.integration.conftest import ServiceEnv, wait_for
 from tests.integration.test_api import fervid_api_process
+from tests.unit.test_annotate import decoded_frames
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def job_count(client: Client) -> int:
 
 
 def test_the_client_submits_waits_and_reads_every_page_of_a_timeline(
-        service_env: ServiceEnv, live_api: str, shared_dir: Path) -> None:
+        service_env: ServiceEnv, live_api: str, shared_dir: Path, tmp_path: Path) -> None:
     # given a client with alice's key, and a worker
     service_env.start_worker()
     client = Client(live_api, "alice-key")
@@ -64,6 +65,10 @@ def test_the_client_submits_waits_and_reads_every_page_of_a_timeline(
     assert len(frames) == 12
     assert len(client.csv(done).decode().splitlines()) == 1 + sum(len(frame["faces"]) for frame in frames)
     assert client.summary(done)["tracks"]
+    # and the annotated video is written whole once a worker rendered it
+    video = client.annotated_video(done, tmp_path / "annotated.mp4", timeout_s=180)
+    assert len(decoded_frames(video)) == len(decoded_frames(shared_dir / "media" / "single_face.mp4"))
+    assert not (tmp_path / "annotated.mp4.part").exists()
     # and errors come back with the service's code; delete removes the job
     with pytest.raises(ApiError) as missing:
         client.job("00000000-0000-0000-0000-000000000000")
