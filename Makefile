@@ -19,7 +19,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -rs --durations=15 tests
 
-# Each benchmark prints ratios against a baseline measured in the same run; see README "Where figures come from".
+# Each benchmark prints ratios against a baseline measured in the same run; see bench/README.md.
 bench: install
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/store_bench.py

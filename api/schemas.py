@@ -164,7 +164,7 @@ class FaceQualityOut(BaseModel):
     top_probability: float = Field(description="the most probable emotion's (calibrated) probability")
     margin: float = Field(description="the top probability less the second")
     reliable: bool = Field(description="every measure in the range where the classifier stays accurate "
-                                       "(README, Face quality); summaries and the plot use reliable faces")
+                                       "(docs/api.md, Face quality); summaries and the plot use reliable faces")
     unreliable_because: list[Literal["small", "blurred", "turned", "tilted"]]
 
 

@@ -105,7 +105,7 @@ def sign(keys: Sequence[tuple[str, bytes]], body: bytes, timestamp: int) -> str:
 
 def verify(keys: Mapping[str, bytes], header: str, body: bytes, now: float,
            tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
-    """What a receiver runs (README shows the same in a few lines): True when `header` signs `body` under one of
+    """What a receiver runs (docs/api.md shows the same in a few lines): True when `header` signs `body` under one of
     `keys` (kid -> key) within `tolerance_s` of `now`."""
     fields = [part.partition("=")[::2] for part in header.split(",")]
     stamps = [value for name, value in fields if name == "t"]

@@ -121,7 +121,7 @@ NEW_SECRET, OLD_SECRET = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 
 def readme_verify() -> Callable[[dict[str, bytes], str, bytes], bool]:
     """The receiver's `verify` exactly as README.md shows it, so the documented procedure is the one tested."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "api.md").read_text()
     (snippet,) = re.findall(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.DOTALL)
     namespace: dict[str, object] = {}
     exec(snippet, namespace)  # noqa: S102 - our own README
