@@ -32,6 +32,7 @@ from fervid.settings import Settings  # noqa: E402
 from worker.analyze_command import analyze_file, job_failure  # noqa: E402
 from worker.annotate import write_annotated  # noqa: E402
 from worker.layout import usable_cores  # noqa: E402
+from worker.media.limits import MediaLimits  # noqa: E402
 
 SOURCE = SHARED / "media" / "single_face.mp4"
 SOURCE_SECONDS = 2.4
@@ -72,7 +73,8 @@ def main() -> int:
                 raise failure
             out = folder / f"annotated-{run}.mp4"
             started = time.perf_counter()
-            write_annotated(clip, out, job_id, settings, threads=usable_cores())
+            write_annotated(clip, out, job_id, MediaLimits.from_settings(settings), settings.decode_memory_mb,
+                            threads=usable_cores())
             render_s = time.perf_counter() - started
             assert frame_count_and_size(out) == expected, (frame_count_and_size(out), expected)
             ratios.append(render_s / analysis_s)

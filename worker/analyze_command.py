@@ -29,6 +29,7 @@ from fervid.utc import utc_now
 from worker import pipeline, runner
 from worker.annotate import write_annotated
 from worker.layout import usable_cores, with_thread_share
+from worker.media.limits import MediaLimits
 
 LOCAL_TENANT = "local"
 
@@ -104,7 +105,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     if failure is not None:
         raise failure
     if args.annotate is not None:
-        frames = write_annotated(args.path, args.annotate, job_id, settings, threads=usable_cores())
+        frames = write_annotated(args.path, args.annotate, job_id, MediaLimits.from_settings(settings),
+                                 settings.decode_memory_mb, threads=usable_cores())
         print(f"wrote {args.annotate} ({frames} frames)", file=sys.stderr)
     if args.out is None:
         write_output(job_id, args.format, sys.stdout)

@@ -44,25 +44,25 @@ PRESET = "veryfast"  # about as fast as decoding on two cores, files a third lar
 HEARTBEAT_S = 2.0
 
 
-def write_annotated(source: Path, target: Path, job_id: str, settings: Settings, threads: int,
-                    on_frames: Callable[[int, int], bool] = lambda done, total: True) -> int:
-    """Writes the job's annotated video of `source` (its media) to `target`; returns the frames written.
-    `on_frames(done, total)` is called every HEARTBEAT_S: False stops the render (Stopped)."""
+def write_annotated(source: Path, target: Path, job_id: str, limits: MediaLimits, decode_memory_mb: int,
+                    threads: int, on_frames: Callable[[int, int], bool] = lambda done, total: True) -> int:
+    """Writes the job's annotated video of `source` (its media) to `target` on `threads` threads; returns the frames
+    written. `on_frames(done, total)` is called every HEARTBEAT_S: False stops the render (Stopped)."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
             raise Stopped()
         interval_ms, duration_ms = 1000.0 / job.sample_fps, job.duration_ms
         track_ids = list(session.scalars(select(Face.track_id).where(Face.job_id == job_id).distinct()))
-    decoder = DecoderLimits(settings.decode_memory_mb, annotated.render_limits_s(duration_ms)[0])
-    info, plan = probe_isolated(source, EVERY_FRAME_FPS, MediaLimits.from_settings(settings), decoder)
+    decoder = DecoderLimits(decode_memory_mb, annotated.render_limits_s(duration_ms)[0])
+    info, plan = probe_isolated(source, EVERY_FRAME_FPS, limits, decoder)
     if info.kind != "video" or not plan:
         raise MediaError(UNSUPPORTED_MEDIA, "the media is a still image: its faces are in the timeline, and the "
                          "viewer draws them")
     painter = FacePainter(info.width, info.height, track_ids)
     rate = Fraction(info.fps or 25.0).limit_denominator(1001)
     warnings: list[str] = []
-    frames = IsolatedDecode(source, plan, warnings, settings.max_pixels, decoder)
+    frames = IsolatedDecode(source, plan, warnings, limits.max_pixels, decoder)
     with _timeline_samples(job_id) as samples, _Mp4Writer(target, info.width, info.height, rate, threads) as writer:
         timeline = FaceTimeline(samples, interval_ms)
         written, beaten = 0, time.monotonic()
@@ -143,8 +143,8 @@ def render_job_video(job_id: str, token: str, settings: Settings, threads: int) 
         with local_copy(uri, settings, cache_key=job_id, fence=fence) as source, \
                 tempfile.TemporaryDirectory(prefix="fervid-annotate-") as folder:
             target = Path(folder) / "annotated.mp4"
-            write_annotated(source, target, job_id, settings, threads,
-                            on_frames=lambda done, total: annotated.heartbeat(job_id, token, done, total))
+            write_annotated(source, target, job_id, MediaLimits.from_settings(settings), settings.decode_memory_mb,
+                            threads, on_frames=lambda done, total: annotated.heartbeat(job_id, token, done, total))
             size = target.stat().st_size
             with target.open("rb") as stream:
                 stored_uri = storage.save(key, stream, annotated.max_annotated_bytes(duration_ms))
