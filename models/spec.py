@@ -29,7 +29,7 @@ MEMBERS_KEY = "fervid.members"  # networks whose probabilities the graph average
 INIT_KEY = "fervid.init"
 EPOCHS_KEY = "fervid.epochs"  # epochs the network has trained in all
 INPUT_SIZE_KEY = "fervid.input_size"
-STEM_KEY = "fervid.stem"  # models.network.STEMS; absent: "imagenet", the stem of every model exported before it
+STEM_KEY = "fervid.stem"  # one of STEMS; absent: LEGACY_STEM, the stem of every model exported before it
 DATA_SHA_KEY = "fervid.data_sha256"
 GIT_COMMIT_KEY = "fervid.git_commit"
 PUBLIC_ACC_KEY = "fervid.public_acc"  # PublicTest top-1 recorded by training (no TTA)
@@ -39,6 +39,13 @@ FERPLUS_WEIGHT_KEY = "fervid.ferplus_weight"  # how much of the FER+ votes its t
 # (`fervid quantize`); absent in files from before it was written.
 WEIGHTS_KEY = "fervid.weights"
 PER_MEMBER_KEYS = (INIT_KEY, EPOCHS_KEY, PUBLIC_ACC_KEY, STEM_KEY, PUBLIC_CROWD_KEY, FERPLUS_WEIGHT_KEY)
+
+# The network's first layers (models.training.network builds them): imagenet: torchvision's 7x7 stride-2 convolution
+# and 3x3 stride-2 max-pool (input / 4 at layer1); small: a 3x3 stride-1 convolution, no pool (input / 1);
+# small-pool: the same with the max-pool (input / 2).
+STEMS = ("imagenet", "small", "small-pool")
+# What a model without a recorded stem has: every network trained before stems were a choice.
+LEGACY_STEM = "imagenet"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 For verification where TensorRT is absent (fp16 parity, GPU throughput); `auto` never chooses it. The exporter
 names each ONNX initializer after its torch state_dict key (members.<i>.<key> in an ensemble), so the weights load
-by name.
+by name. torch and the training bench's network (models.training.network) are imported only inside the functions
+that need them: the runtime never imports torch otherwise (a contract in pyproject.toml's [tool.importlinter]).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from numpy.typing import NDArray
 
 from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
 from models.graph_rewrites import restore_fp32_weights
-from models.spec import STEM_KEY, read_model_spec
+from models.spec import LEGACY_STEM, STEM_KEY, read_model_spec
 
 
 def probe(name: str) -> BackendProbe:
@@ -70,7 +71,7 @@ class TorchCudaBackend:
         import onnx
         import torch
 
-        from models.network import EmotionResNet50
+        from models.training.network import EmotionResNet50
 
         spec = read_model_spec(model_path)
         members = spec.members
@@ -87,7 +88,7 @@ class TorchCudaBackend:
         model = onnx.load(str(model_path))
         weights = onnx_weights(model)
         stored_stems = {prop.key: prop.value for prop in model.metadata_props}.get(STEM_KEY, "")
-        stems = stored_stems.split(",") if stored_stems else ["imagenet"] * members  # files before the key
+        stems = stored_stems.split(",") if stored_stems else [LEGACY_STEM] * members  # files before the key
         self.networks = []
         for member in range(members):
             network = EmotionResNet50(num_classes=len(spec.labels), in_channels=spec.preprocess.channels,

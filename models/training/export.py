@@ -45,7 +45,6 @@ from models.graph_rewrites import (
     restore_fp32_weights,
     store_weights,
 )
-from models.network import LEGACY_STEM, EmotionResNet50
 from models.spec import (
     DATA_SHA_KEY,
     EPOCHS_KEY,
@@ -54,6 +53,7 @@ from models.spec import (
     INIT_KEY,
     INPUT_SIZE_KEY,
     LABELS_KEY,
+    LEGACY_STEM,
     MEMBERS_KEY,
     NAME_KEY,
     OUTPUT_KEY,
@@ -67,6 +67,7 @@ from models.spec import (
     Preprocess,
 )
 from models.training.fer2013 import load_split
+from models.training.network import EmotionResNet50
 from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
 
 MODEL_NAME = "fervid-resnet50-fer2013"
@@ -95,7 +96,7 @@ class Checkpoint:
 
     @property
     def stem(self) -> str:
-        """models.network.STEMS; checkpoints from before stems were a choice hold the imagenet one."""
+        """models.spec.STEMS; checkpoints from before stems were a choice hold the imagenet one."""
         return str(self.config.get("stem") or LEGACY_STEM)
 
     @property

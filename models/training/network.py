@@ -4,7 +4,7 @@ Two kinds of stem feed the same bottleneck stages: torchvision's (7x7 stride 2 +
 their 197-224 px inputs) and a stem for small faces (3x3 stride 1 at the native 48 px, with or without the max-pool),
 which keeps 48x48 (or 24x24) maps at layer1 where the ImageNet stem leaves 12x12 of a 48 px face.
 
-Imports torch: only training, export and the torch backend use this module.
+Imports torch: only training, export and (lazily) the torch-cuda backend use this module.
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from models.spec import LEGACY_STEM, STEMS
+
 STAGE_BLOCKS = (3, 4, 6, 3)  # ResNet50
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
 STEM_WIDTH = 64
-# imagenet: torchvision's 7x7 stride-2 convolution and 3x3 stride-2 max-pool (input / 4 at layer1);
-# small: a 3x3 stride-1 convolution, no pool (input / 1); small-pool: the same with the max-pool (input / 2).
-STEMS = ("imagenet", "small", "small-pool")
-# What a model without a recorded stem has: every network trained before stems were a choice.
-LEGACY_STEM = "imagenet"
 
 
 class Bottleneck(nn.Module):

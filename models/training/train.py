@@ -24,7 +24,7 @@ from fervid.errors import INVALID_REQUEST, FervidError
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.cpu_features import read_cpu_features
-from models.network import LEGACY_STEM, STEMS, EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
+from models.spec import LEGACY_STEM, STEMS
 from models.training.augment import (
     AUGMENTATIONS,
     affine_augment,
@@ -36,6 +36,7 @@ from models.training.augment import (
 from models.training.distill import OnnxTeacher, distillation_loss
 from models.training.ema import WeightAverage
 from models.training.fer2013 import NO_MAJORITY, Split, load_crowd_majority, load_ferplus_shares, load_split
+from models.training.network import EmotionResNet50, load_imagenet_state_dict, set_shallow_frozen
 from models.training.precision import choose_precision
 from models.training.quantize import draw_faces
 from models.training.warm_start import ExportedNetwork, exported_member, warm_start_network
@@ -81,7 +82,7 @@ class TrainConfig:
     out_dir: Path
     data: Path  # FER-2013 .npz
     init: str = "scratch"  # scratch | imagenet | model
-    # models.network.STEMS; "": the init's (scratch: SCRATCH_STEM, imagenet: imagenet, model: the file's)
+    # models.spec.STEMS; "": the init's (scratch: SCRATCH_STEM, imagenet: imagenet, model: the file's)
     stem: str = ""
     imagenet_weights: str | None = None  # path or URL of a torchvision ResNet50 state dict
     init_model: Path | None = None  # init "model": an exported fervid model (any storage, INT8 included) ...

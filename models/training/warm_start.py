@@ -24,8 +24,18 @@ from torch import Tensor, nn
 from fervid.errors import INVALID_MODEL, INVALID_REQUEST, FervidError
 from fervid.labels import EMOTIONS
 from models.graph_rewrites import float_graph
-from models.network import LEGACY_STEM, STEMS, EmotionResNet50
-from models.spec import DATA_SHA_KEY, EPOCHS_KEY, INIT_KEY, MEMBERS_KEY, PREPROCESS_KEY, STEM_KEY, Preprocess
+from models.spec import (
+    DATA_SHA_KEY,
+    EPOCHS_KEY,
+    INIT_KEY,
+    LEGACY_STEM,
+    MEMBERS_KEY,
+    PREPROCESS_KEY,
+    STEM_KEY,
+    STEMS,
+    Preprocess,
+)
+from models.training.network import EmotionResNet50
 
 # Names ONNX Runtime's quantizer gives a folded weight or bias and the constant a DequantizeLinear yields (once per
 # quantization: a file re-quantized from an INT8 one has it twice); the state-dict key sits in between.
@@ -56,7 +66,7 @@ class ExportedNetwork:
     state_dict: dict[str, Tensor]
     folded: list[str]  # BatchNorms whose statistics were folded away: their `bias` holds b', the rest is fresh
     input_size: int
-    stem: str  # models.network.STEMS, from the file's metadata (absent: the imagenet stem of older exports)
+    stem: str  # models.spec.STEMS, from the file's metadata (absent: the imagenet stem of older exports)
     init: str  # the network's own provenance, from the file's metadata
     epochs: int
     data_sha256: str | None

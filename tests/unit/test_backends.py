@@ -170,8 +170,8 @@ def resnet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from fervid.labels import EMOTIONS
-    from models.network import EmotionResNet50
     from models.spec import LABELS_KEY, NAME_KEY, OUTPUT_KEY, PREPROCESS_KEY, Preprocess
+    from models.training.network import EmotionResNet50
 
     torch.manual_seed(0)
     network = EmotionResNet50().eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.network import STEMS
+from models.spec import STEMS
 from models.training.augment import AUGMENTATIONS
 from models.training.commands.data_paths import DEFAULT_DATA_PATH, DEFAULT_FERPLUS_PATH
 from models.training.precision import PRECISIONS

@@ -16,9 +16,9 @@ import torch
 from fervid.errors import FervidError
 from fervid.labels import EMOTIONS
 from models.cpu_features import CpuFeatures
-from models.network import EmotionResNet50
 from models.training.augment import mix_batch, pad_crop_augment, random_erase, tencrop_views
 from models.training.export import build_network, export_onnx, load_checkpoint
+from models.training.network import EmotionResNet50
 from models.training.precision import choose_precision
 from models.training.train import TrainConfig, predict_probs, resolve_recipe, to_input, train
 from models.training.warm_start import exported_member

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import models.training.train
-from models.network import EmotionResNet50
 from models.training.export import export_onnx, load_checkpoint
 from models.training.fer2013 import NO_MAJORITY, load_crowd_majority, load_ferplus_shares, load_split
+from models.training.network import EmotionResNet50
 from models.training.train import Standing, TrainConfig, standing, train
 from tests.unit.training.test_export import write_checkpoint
 
