@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.shared_data import SHARED, with_shared_yunet  # noqa: E402
+from fervid.sampling import PlannedFrame  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.detectors import Detection, FaceDetector  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
-from worker.media.plan import PlannedFrame  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
 from worker.records import FrameRecord  # noqa: E402

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.media_factory import write_looped_clip  # noqa: E402
 from bench.shared_data import SHARED, with_shared_yunet  # noqa: E402
+from fervid.sampling import PlannedFrame  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.network_io import crop_face  # noqa: E402
@@ -38,7 +39,6 @@ from worker.layout import usable_cores, with_thread_share  # noqa: E402
 from worker.media.decode import decode_planned  # noqa: E402
 from worker.media.isolated import DecoderLimits, IsolatedDecode  # noqa: E402
 from worker.media.limits import MediaLimits  # noqa: E402
-from worker.media.plan import PlannedFrame  # noqa: E402
 from worker.media.probe import probe  # noqa: E402
 from worker.pipeline import build_analyzer  # noqa: E402
 

@@ -33,8 +33,9 @@ from fervid.db import engine_for, session_scope  # noqa: E402
 from fervid.labels import EMOTIONS  # noqa: E402
 from fervid.lifecycle import JobStatus  # noqa: E402
 from fervid.migrate import upgrade  # noqa: E402
+from fervid.sampling import PlannedFrame  # noqa: E402
 from fervid.settings import get_settings  # noqa: E402
-from fervid.tables import Job, PlanRow  # noqa: E402
+from fervid.tables import Job  # noqa: E402
 from worker import record_store  # noqa: E402
 from worker.media.plan import MediaInfo  # noqa: E402
 from worker.records import FaceRecord, FrameRecord, ModelInfo  # noqa: E402
@@ -63,7 +64,7 @@ def drop_database(url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
 
 
-Plan = list[PlanRow]
+Plan = list[PlannedFrame]
 
 
 def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], list[list[FrameRecord]]]:
@@ -73,7 +74,8 @@ def synthetic_job(segments: int, frames: int, faces: int) -> tuple[list[Plan], l
         plan, records = [], []
         for step in range(frames):
             sample = segment * frames + step
-            plan.append(PlanRow(sample * 6, sample * 200.0, sample * 3000, 0))
+            plan.append(PlannedFrame(frame_index=sample * 6, timestamp_ms=sample * 200.0, pts=sample * 3000,
+                                     keyframe_pts=0))
             people = [FaceRecord(face_index=k, local_track=k,
                                               box=(100 + 300 * k, 200 + step % 7, 120, 120),
                                               score=0.97, probs=[(k + e + step % 5 + 1) / 100.0 for e in range(7)])

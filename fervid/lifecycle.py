@@ -57,7 +57,8 @@ from sqlalchemy.orm import Session
 from fervid.db import session_scope
 from fervid.errors import PROCESSING_FAILED
 from fervid.queue import send_webhook
-from fervid.tables import Job, PlanRow, Segment, WebhookEvent
+from fervid.sampling import PlannedFrame
+from fervid.tables import Job, Segment, WebhookEvent
 from fervid.utc import utc_now
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def release_prepare(job_id: str, token: str) -> None:
 # --- segments ----------------------------------------------------------------------------------------------------
 
 def claim_segment(job_id: str, index: int, token: str, worker: str, *, retrying: bool, max_attempts: int,
-                  stale_after_s: float) -> list[PlanRow] | None:
+                  stale_after_s: float) -> list[PlannedFrame] | None:
     """Takes a segment of a running job for the delivery `token` and returns its plan; None when there is nothing
     to do. Taken as claim_prepare takes a prepare: pending, stale, or held by this same delivery (one more
     attempt), or kept by its own retry. A segment whose attempts are spent fails its job here."""
@@ -249,7 +250,7 @@ def claim_segment(job_id: str, index: int, token: str, worker: str, *, retrying:
                                                          Segment.claim_token == token)
                                   .values(heartbeat_at=now).returning(Segment.plan))
             if plan is not None:
-                return cast(list[PlanRow], plan)
+                return cast(list[PlannedFrame], plan)
         free = or_(Segment.status == SegmentStatus.pending, and_(Segment.status == SegmentStatus.running, or_(
             Segment.claim_token == token, Segment.heartbeat_at.is_(None),
             Segment.heartbeat_at < now - timedelta(seconds=stale_after_s))))
@@ -258,7 +259,7 @@ def claim_segment(job_id: str, index: int, token: str, worker: str, *, retrying:
             claim_token=token, frames_done=0).returning(Segment.plan))
         if plan is None and session.scalar(select(Segment.index).where(*this, free)) is not None:
             fail(session, job_id, PROCESSING_FAILED, exhausted_message(f"segment {index}", max_attempts))
-        return cast(list[PlanRow] | None, plan)
+        return cast(list[PlannedFrame] | None, plan)
 
 
 def segment_heartbeat(job_id: str, index: int, token: str, frames_done: int) -> bool:
@@ -271,9 +272,9 @@ def segment_heartbeat(job_id: str, index: int, token: str, frames_done: int) -> 
 
 
 def complete_segment(session: Session, job_id: str, index: int, token: str, frames_done: int,
-                     warnings: list[str]) -> list[PlanRow] | None:
+                     warnings: list[str]) -> list[PlannedFrame] | None:
     """running -> done if `token` still holds the segment of a running job; its plan, or None (nothing written)."""
-    return cast(list[PlanRow] | None, session.scalar(_update(Segment).where(
+    return cast(list[PlannedFrame] | None, session.scalar(_update(Segment).where(
         Segment.job_id == job_id, Segment.index == index, Segment.status == SegmentStatus.running,
         Segment.claim_token == token, _job_is_running(job_id))
         .values(status=SegmentStatus.done, frames_done=frames_done, warnings=list(warnings), claim_token=None,

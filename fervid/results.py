@@ -17,7 +17,8 @@ from fervid.db import session_scope
 from fervid.labels import EMOTION_COLOURS, EMOTIONS
 from fervid.lifecycle import ACTIVE_JOB_STATUSES
 from fervid.quality import face_quality, reliable_face
-from fervid.tables import EMOTION_COLUMNS, Face, Frame, Job, PlanRow, ResultCache, Segment
+from fervid.sampling import PlannedFrame
+from fervid.tables import EMOTION_COLUMNS, Face, Frame, Job, ResultCache, Segment
 from fervid.utc import utc_now
 
 MAX_PLOT_TRACKS = 8
@@ -376,10 +377,10 @@ def render_plot_png(series: Sequence[TrackSeries], title: str, sample_interval_m
     return buffer.getvalue()
 
 
-def planned_frame(session: Session, job_id: str, frame_index: int) -> PlanRow | None:
+def planned_frame(session: Session, job_id: str, frame_index: int) -> PlannedFrame | None:
     """An analysed frame's place in the media (pts, keyframe), from the plan of the one segment that sampled it; None
     if it was not sampled, or is not analysed yet."""
     plan = session.scalar(select(Segment.plan).join(Frame, and_(Frame.job_id == Segment.job_id,
                                                                 Frame.segment_index == Segment.index))
                           .where(Frame.job_id == job_id, Frame.frame_index == frame_index))
-    return next((row for row in plan or () if row.frame_index == frame_index), None)
+    return next((planned for planned in plan or () if planned.frame_index == frame_index), None)

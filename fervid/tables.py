@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -25,6 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fervid.labels import EMOTIONS
+from fervid.sampling import PlanJson, PlannedFrame, plan_from_json, plan_to_json
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -39,35 +40,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class PlanRow(NamedTuple):
-    """One sampled frame of a segment's plan as the probe made it (worker.media.plan.PlannedFrame), stored."""
-
-    frame_index: int
-    timestamp_ms: float
-    pts: int
-    keyframe_pts: int
-    by_order: bool = False
-    keyframe_pos: int = -1  # timed by order: where the keyframe's packet starts in the file (-1: from the start)
-
-
-class PlanColumn(TypeDecorator[list[PlanRow]]):
-    """A segment's plan as JSON: [[frame_index, timestamp_ms, pts, keyframe_pts, by_order, keyframe_pos], ...]."""
+class PlanColumn(TypeDecorator[list[PlannedFrame]]):
+    """A segment's plan in its JSON form (fervid.sampling.plan_to_json); the rows earlier releases wrote read too."""
 
     impl = JSON
     cache_ok = True
 
-    def process_bind_param(self, value: list[PlanRow] | None, dialect: Dialect) -> list[list[float | int]] | None:
-        if value is None:
-            return None
-        return [[row.frame_index, row.timestamp_ms, row.pts, row.keyframe_pts, int(row.by_order), row.keyframe_pos]
-                for row in value]
+    def process_bind_param(self, value: list[PlannedFrame] | None, dialect: Dialect) -> PlanJson | None:
+        return None if value is None else plan_to_json(value)
 
-    def process_result_value(self, value: list[list[Any]] | None, dialect: Dialect) -> list[PlanRow] | None:
-        if value is None:
-            return None
-        # Rows stored before by_order existed have four fields, before keyframe_pos five.
-        return [PlanRow(int(row[0]), float(row[1]), int(row[2]), int(row[3]), len(row) > 4 and bool(row[4]),
-                        int(row[5]) if len(row) > 5 else -1) for row in value]
+    def process_result_value(self, value: PlanJson | None, dialect: Dialect) -> list[PlannedFrame] | None:
+        return None if value is None else plan_from_json(value)
 
 
 class Job(Base):
@@ -135,7 +118,7 @@ class Segment(Base):
     index: Mapped[int] = mapped_column("segment_index", Integer, primary_key=True)
     start_ms: Mapped[float] = mapped_column(Float)
     end_ms: Mapped[float] = mapped_column(Float)
-    plan: Mapped[list[PlanRow]] = mapped_column(PlanColumn)  # the frames this segment samples, from the probe
+    plan: Mapped[list[PlannedFrame]] = mapped_column(PlanColumn)  # the frames this segment samples, from the probe
     status: Mapped[str] = mapped_column(String(16))  # fervid.lifecycle.SegmentStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     frames_done: Mapped[int] = mapped_column(Integer, default=0)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from fervid.sampling import PlannedFrame
 from fervid.settings import Settings
 from models.backends import BackendOptions, select_backend
 from models.classifier import EmotionClassifier
@@ -24,7 +25,6 @@ from models.face_quality import head_pose, sharpness
 from models.network_io import crop_face
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
 from worker.layout import DETECTOR_THREADS
-from worker.media.plan import PlannedFrame
 from worker.prefetch import Prefetched
 from worker.records import FaceRecord, FrameRecord, ModelInfo
 from worker.tracking import FaceTracker

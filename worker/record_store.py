@@ -17,8 +17,9 @@ from fervid.errors import QUOTA_EXCEEDED
 from fervid.jobs import room_for_more_frames
 from fervid.labels import EMOTIONS
 from fervid.lifecycle import SegmentStatus
+from fervid.sampling import PlannedFrame
 from fervid.settings import TenantQuota
-from fervid.tables import Face, Frame, Job, PlanRow, Segment, Track
+from fervid.tables import Face, Frame, Job, Segment, Track
 from worker import stitch
 from worker.media.plan import MediaInfo
 from worker.records import FrameRecord, ModelInfo
@@ -38,7 +39,7 @@ def provisional_track_id(segment_index: int, local_track: int) -> int:
     return -(segment_index * PROVISIONAL_TRACKS_PER_SEGMENT + local_track + 1)
 
 
-def _segment_rows(job_id: str, segment_plans: list[list[PlanRow]]) -> list[dict[str, Any]]:
+def _segment_rows(job_id: str, segment_plans: list[list[PlannedFrame]]) -> list[dict[str, Any]]:
     rows = []
     for index, plan in enumerate(segment_plans):
         # The range of sampled timestamps the segment covers (0..0 for an empty plan).
@@ -48,7 +49,7 @@ def _segment_rows(job_id: str, segment_plans: list[list[PlanRow]]) -> list[dict[
     return rows
 
 
-def start_job(job_id: str, token: str, media: MediaInfo, segment_plans: list[list[PlanRow]], model: ModelInfo,
+def start_job(job_id: str, token: str, media: MediaInfo, segment_plans: list[list[PlannedFrame]], model: ModelInfo,
               quota: TenantQuota | None = None) -> list[int]:
     """Moves the job from preparing to running (lifecycle.start_running) with its media, model and segments, if the
     prepare of `token` still holds it; returns the segments to send.
@@ -87,10 +88,10 @@ def start_job(job_id: str, token: str, media: MediaInfo, segment_plans: list[lis
         return open_indices
 
 
-def _result_rows(job_id: str, index: int, plan: list[PlanRow],
+def _result_rows(job_id: str, index: int, plan: list[PlannedFrame],
                  frames: list[FrameRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Rows in FRAME_COLUMNS / FACE_COLUMNS order, with plain Python numbers (results may carry numpy scalars)."""
-    planned = {row.frame_index for row in plan}
+    planned = {frame.frame_index for frame in plan}
     frame_rows: list[tuple[Any, ...]] = []
     face_rows: list[tuple[Any, ...]] = []
     for frame in frames:

@@ -21,13 +21,14 @@ from fervid import lifecycle
 from fervid.db import session_scope
 from fervid.errors import MediaError
 from fervid.media_store import local_copy
+from fervid.sampling import PlannedFrame
 from fervid.settings import Settings
 from fervid.stopping import Stopped, StopSignal
-from fervid.tables import Job, PlanRow
+from fervid.tables import Job
 from worker import record_store
 from worker.media.isolated import DecoderLimits, IsolatedDecode, probe_isolated
 from worker.media.limits import MediaLimits
-from worker.media.plan import MediaInfo, PlannedFrame, split_plan
+from worker.media.plan import MediaInfo, split_plan
 from worker.records import ModelInfo
 from worker.transient import TRANSIENT
 
@@ -91,15 +92,6 @@ def probe_segments(path: Path, job: Job, settings: Settings,
     return info, split_plan(plan, settings.segment_seconds * 1000.0)
 
 
-def to_plan_rows(plan: list[PlannedFrame]) -> list[PlanRow]:
-    return [PlanRow(f.frame_index, f.timestamp_ms, f.pts, f.keyframe_pts, f.by_order, f.keyframe_pos) for f in plan]
-
-
-def from_plan_rows(rows: list[PlanRow]) -> list[PlannedFrame]:
-    return [PlannedFrame(r.frame_index, r.timestamp_ms, r.pts, r.keyframe_pts, r.by_order, r.keyframe_pos)
-            for r in rows]
-
-
 @contextmanager
 def _letting_go(release: Callable[[], None]) -> Iterator[None]:
     """Lets go of the claim however the block ends, except by a transient error: the task's retry keeps it."""
@@ -136,8 +128,8 @@ def prepare(job_id: str, token: str, model: ModelInfo, settings: Settings, *, re
             log.info("job %s failed: %s: %s", job_id, error.code, error.message)
             lifecycle.fail_job(job_id, error.code, error.message)
             return []
-        return record_store.start_job(job_id, token, media, [to_plan_rows(s) for s in segments], model,
-                               None if operator_source else settings.tenant_quota())
+        return record_store.start_job(job_id, token, media, segments, model,
+                                      None if operator_source else settings.tenant_quota())
 
 
 def run_segment(job_id: str, index: int, token: str, analyzer: Analyzer, settings: Settings, *,
@@ -171,7 +163,7 @@ def run_segment(job_id: str, index: int, token: str, analyzer: Analyzer, setting
                 return
             with _letting_go(lambda: lifecycle.release_segment(job_id, index, token)):
                 decoder = DecoderLimits(settings.decode_memory_mb, settings.segment_soft_limit_s())
-                frames = IsolatedDecode(path, from_plan_rows(plan), warnings, settings.max_pixels, decoder)
+                frames = IsolatedDecode(path, plan, warnings, settings.max_pixels, decoder)
                 with heartbeats(lambda: lifecycle.segment_heartbeat(job_id, index, token, frames_done)) as stop, \
                         stop.waking(frames.cancel):
                     records = analyzer.analyze(frames, on_progress, warnings)

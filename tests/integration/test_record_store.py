@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import JSON, func, select, type_coerce, update
 
 from fervid import lifecycle
 from fervid.db import session_scope
 from fervid.lifecycle import JobStatus, SegmentStatus
+from fervid.results import planned_frame
+from fervid.sampling import PlannedFrame
 from fervid.settings import get_settings
-from fervid.tables import Face, Frame, Job, PlanRow, Segment, Track
+from fervid.tables import Face, Frame, Job, Segment, Track
 from worker import record_store
 from worker.media.plan import MediaInfo
 from worker.records import FaceRecord, FrameRecord, ModelInfo
@@ -52,14 +54,15 @@ def make_job(status: JobStatus = JobStatus.queued, tenant: str = "alice", **fiel
     return job_id
 
 
-def make_plans(segments: int, frames_per_segment: int) -> list[list[PlanRow]]:
-    """Plan rows timed by their pts, segment after segment."""
+def make_plans(segments: int, frames_per_segment: int) -> list[list[PlannedFrame]]:
+    """Plans timed by their pts, segment after segment."""
     plans = []
     for segment in range(segments):
         rows = []
         for step in range(frames_per_segment):
             sample = segment * frames_per_segment + step
-            rows.append(PlanRow(sample * 5, sample * FRAME_MS, sample * 5 * 512, (sample * 5 // 50) * 50 * 512))
+            rows.append(PlannedFrame(frame_index=sample * 5, timestamp_ms=sample * FRAME_MS, pts=sample * 5 * 512,
+                                     keyframe_pts=(sample * 5 // 50) * 50 * 512))
         plans.append(rows)
     return plans
 
@@ -69,14 +72,14 @@ def probs(seed: int) -> list[float]:
     return [value / sum(raw) for value in raw]
 
 
-def records(plan: list[PlanRow], boxes: Callable[[int], list[tuple[int, tuple[int, int, int, int]]]]
+def records(plan: list[PlannedFrame], boxes: Callable[[int], list[tuple[int, tuple[int, int, int, int]]]]
             ) -> list[FrameRecord]:
     """A FrameRecord per planned frame; `boxes(frame_index)` gives that frame's (local_track, box) faces."""
-    return [FrameRecord(frame_index=row.frame_index, timestamp_ms=row.timestamp_ms,
+    return [FrameRecord(frame_index=planned.frame_index, timestamp_ms=planned.timestamp_ms,
                         faces=[FaceRecord(face_index=i, local_track=track, box=box, score=0.9,
-                                          probs=probs(row.frame_index + i))
-                               for i, (track, box) in enumerate(boxes(row.frame_index))])
-            for row in plan]
+                                          probs=probs(planned.frame_index + i))
+                               for i, (track, box) in enumerate(boxes(planned.frame_index))])
+            for planned in plan]
 
 
 def one_face(frame_index: int) -> list[tuple[int, tuple[int, int, int, int]]]:
@@ -87,13 +90,13 @@ PREPARE_TOKEN = "prepare-delivery"
 CLAIMS: dict[tuple[str, int], str] = {}  # (job, segment) -> the token of its last claim here
 
 
-def start(job_id: str, plans: list[list[PlanRow]]) -> list[int]:
+def start(job_id: str, plans: list[list[PlannedFrame]]) -> list[int]:
     """A prepare's end: claimed by one delivery, which then starts the job with its segments."""
     lifecycle.claim_prepare(job_id, PREPARE_TOKEN, retrying=False, max_attempts=3, stale_after_s=60)
     return record_store.start_job(job_id, PREPARE_TOKEN, MEDIA, plans, MODEL)
 
 
-def claim(job_id: str, index: int, worker: str) -> list[PlanRow] | None:
+def claim(job_id: str, index: int, worker: str) -> list[PlannedFrame] | None:
     """A segment claimed by one delivery per worker (the worker's name is its token)."""
     CLAIMS[(job_id, index)] = worker
     return lifecycle.claim_segment(job_id, index, worker, worker, retrying=False, max_attempts=3, stale_after_s=60)
@@ -107,7 +110,7 @@ def beat(job_id: str, index: int, frames_done: int) -> bool:
     return lifecycle.segment_heartbeat(job_id, index, CLAIMS.get((job_id, index), "unclaimed"), frames_done)
 
 
-def started_job(segments: int = 3, frames_per_segment: int = 10, **fields: Any) -> tuple[str, list[list[PlanRow]]]:
+def started_job(segments: int = 3, frames_per_segment: int = 10, **fields: Any) -> tuple[str, list[list[PlannedFrame]]]:
     job_id = make_job(**fields)
     plans = make_plans(segments, frames_per_segment)
     assert start(job_id, plans) == list(range(segments))
@@ -143,7 +146,7 @@ def cancel(job_id: str) -> None:
         assert lifecycle.cancel(session, job_id)
 
 
-def process(job_id: str, index: int, plan: list[PlanRow], boxes: Callable[[int], Any] = one_face,
+def process(job_id: str, index: int, plan: list[PlannedFrame], boxes: Callable[[int], Any] = one_face,
             warnings: list[str] | None = None) -> bool:
     assert claim(job_id, index, "test-worker") == plan
     return store(job_id, index, records(plan, boxes), warnings or [])
@@ -279,6 +282,34 @@ def test_claim_and_heartbeat_follow_the_segment(database: str) -> None:
     assert claim(job_id, 7, "host:2") is None
 
 
+def test_plans_stored_by_earlier_releases_still_read(database: str) -> None:
+    # given a running job whose segments' plans are stored as earlier releases stored them: positional rows of
+    # four values (before by_order), five (before keyframe_pos), and six (by order, from a restart point)
+    job_id, _ = started_job(segments=3, frames_per_segment=2)
+    stored = [[[0, 0.0, 0, 0], [5, 200.0, 2560, 0]],
+              [[10, 400.0, 5120, 0, 0], [15, 600.0, 7680, 0, 0]],
+              [[20, 800.0, 20, 18, 1, 4096], [25, 1000.0, 25, 18, 1, 4096]]]
+    with session_scope() as session:
+        for index, rows in enumerate(stored):
+            session.execute(update(Segment).where(Segment.job_id == job_id, Segment.index == index)
+                            .values(plan=type_coerce(rows, JSON)))  # the raw JSON, past PlanColumn
+    # when workers claim the segments, and the API looks up a stored frame's place for its still
+    plans = [claim(job_id, index, "old-rows") for index in range(3)]
+    assert plans[2] is not None and store(job_id, 2, records(plans[2], one_face), [])
+    with session_scope() as session:
+        still = planned_frame(session, job_id, 25)
+    # then each frame reads whole, the fields its release did not write at their defaults
+    assert plans == [
+        [PlannedFrame(frame_index=0, timestamp_ms=0.0, pts=0, keyframe_pts=0),
+         PlannedFrame(frame_index=5, timestamp_ms=200.0, pts=2560, keyframe_pts=0)],
+        [PlannedFrame(frame_index=10, timestamp_ms=400.0, pts=5120, keyframe_pts=0),
+         PlannedFrame(frame_index=15, timestamp_ms=600.0, pts=7680, keyframe_pts=0)],
+        [PlannedFrame(frame_index=20, timestamp_ms=800.0, pts=20, keyframe_pts=18, by_order=True, keyframe_pos=4096),
+         PlannedFrame(frame_index=25, timestamp_ms=1000.0, pts=25, keyframe_pts=18, by_order=True,
+                      keyframe_pos=4096)]]
+    assert still == plans[2][1]
+
+
 def test_fail_job_is_terminal_and_only_from_active_states(database: str) -> None:
     # given a running job with a claimed segment
     job_id, plans = started_job(segments=2)
@@ -336,7 +367,7 @@ def test_two_workers_finishing_the_last_two_segments_at_once_succeed_the_job_onc
         barrier = threading.Barrier(2)
         outcomes: dict[int, bool | BaseException] = {}
 
-        def finish_segment(index: int, job_id: str = job_id, plans: list[list[PlanRow]] = plans,
+        def finish_segment(index: int, job_id: str = job_id, plans: list[list[PlannedFrame]] = plans,
                            barrier: threading.Barrier = barrier, outcomes: dict[int, Any] = outcomes) -> None:
             try:
                 barrier.wait(timeout=30)

@@ -29,13 +29,13 @@ from bench.media_factory import (
     write_video,
 )
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
+from fervid.sampling import PlannedFrame, plan_from_json, plan_to_json
 from fervid.settings import Settings
-from fervid.tables import PlanColumn, PlanRow
+from fervid.tables import PlanColumn
 from worker.media.decode import REORDER_DEPTH, decode_planned
 from worker.media.limits import MediaLimits
-from worker.media.plan import PlannedFrame, split_plan
+from worker.media.plan import split_plan
 from worker.media.probe import probe
-from worker.runner import from_plan_rows, to_plan_rows
 
 # The limits the settings default to, whatever the developer's environment says.
 LIMITS = MediaLimits.from_settings(Settings.model_construct())
@@ -187,20 +187,22 @@ def test_a_plan_survives_its_trip_through_the_database(tmp_path: Path) -> None:
     # given plans timed by timestamps and by order
     timed = probe(write_video(tmp_path / "clip.mp4", frame_count=24), 5, LIMITS)[1]
     ordered = probe(write_joined_recordings(tmp_path / "joined.ts", parts=2, frame_count=24), 5, LIMITS)[1]
-    # when stored as segment rows and read back, also as rows written before `by_order` or `keyframe_pos` existed
+    # when stored in the segments.plan column and read back, also as rows written before `by_order` or
+    # `keyframe_pos` existed, and sent to a decoder process and back
     # then they come back unchanged
-    assert from_plan_rows(stored_and_read(to_plan_rows(timed))) == timed
-    assert from_plan_rows(stored_and_read(to_plan_rows(ordered))) == ordered
+    assert stored_and_read(timed) == timed
+    assert stored_and_read(ordered) == ordered
     assert all(frame.by_order for frame in ordered) and not any(frame.by_order for frame in timed)
     assert any(frame.keyframe_pos > 0 for frame in ordered)
-    assert from_plan_rows(stored_and_read(to_plan_rows(timed), fields=4)) == timed
-    assert from_plan_rows(stored_and_read(to_plan_rows(timed), fields=5)) == timed
+    assert stored_and_read(timed, fields=4) == timed
+    assert stored_and_read(timed, fields=5) == timed
+    assert plan_from_json(json.loads(json.dumps(plan_to_json(ordered)))) == ordered
 
 
-def stored_and_read(rows: list[PlanRow], fields: int = 6) -> list[PlanRow]:
-    """Rows through the segments.plan column's JSON, each cut to its first `fields` values as stored."""
+def stored_and_read(plan: list[PlannedFrame], fields: int = 6) -> list[PlannedFrame]:
+    """A plan through the segments.plan column's JSON, each frame cut to its first `fields` values as stored."""
     column, dialect = PlanColumn(), sqlite.dialect()
-    stored = json.loads(json.dumps(column.process_bind_param(rows, dialect)))
+    stored = json.loads(json.dumps(column.process_bind_param(plan, dialect)))
     read = column.process_result_value([row[:fields] for row in stored], dialect)
     assert read is not None
     return read
@@ -536,7 +538,7 @@ def test_decoding_bad_input_raises_only_media_errors(tmp_path: Path) -> None:
     png = write_still(tmp_path / "still.png")
     cut = tmp_path / "cut.png"
     cut.write_bytes(png.read_bytes()[:60])
-    frame = PlannedFrame(0, 0.0, 0, 0)
+    frame = PlannedFrame(frame_index=0, timestamp_ms=0.0, pts=0, keyframe_pts=0)
     # when / then the noise is unsupported, and the cut image probes but cannot be decoded
     with pytest.raises(MediaError) as caught:
         decode_all(noise, [frame])

@@ -25,10 +25,11 @@ from bench.media_factory import (
     write_video,
 )
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
+from fervid.sampling import PlannedFrame
 from fervid.settings import Settings
 from worker.media.decode import decode_planned
 from worker.media.limits import MediaLimits
-from worker.media.plan import PlannedFrame, split_plan
+from worker.media.plan import split_plan
 from worker.media.probe import probe
 from worker.media.stills import MAX_JPEG_SCANS
 
@@ -58,7 +59,7 @@ def test_a_progressive_jpeg_of_many_empty_scans_is_refused_before_its_pixels_are
     # when it is probed, and its one frame decoded (a segment re-checks what it opens)
     message = refused(bomb, MEDIA_TOO_LARGE)
     with pytest.raises(MediaError) as caught:
-        decoded(bomb, [PlannedFrame(0, 0.0, 0, 0)])
+        decoded(bomb, [PlannedFrame(frame_index=0, timestamp_ms=0.0, pts=0, keyframe_pts=0)])
     # then both refuse it, naming the scans, and no pixel was decoded
     assert bomb.stat().st_size < 4000
     assert f"over {MAX_JPEG_SCANS} scans" in message and caught.value.code == MEDIA_TOO_LARGE

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench.media_factory import write_still, write_video
+from fervid.sampling import PlannedFrame, plan_from_json, plan_to_json
 from fervid.settings import Settings
 from worker.media.limits import MediaLimits
-from worker.media.plan import MediaInfo, PlannedFrame, split_plan
+from worker.media.plan import MediaInfo, split_plan
 from worker.media.probe import probe
 
 # The limits the settings default to, whatever the developer's environment says.
@@ -113,7 +115,8 @@ def test_sample_fps_must_be_positive(tmp_path: Path, sample_fps: float) -> None:
 
 
 def planned(times_ms: list[float]) -> list[PlannedFrame]:
-    return [PlannedFrame(index, t, index * 10, 0) for index, t in enumerate(times_ms)]
+    return [PlannedFrame(frame_index=index, timestamp_ms=t, pts=index * 10, keyframe_pts=0)
+            for index, t in enumerate(times_ms)]
 
 
 def test_split_plan_cuts_consecutive_time_ranges_covering_every_frame_once() -> None:
@@ -140,3 +143,19 @@ def test_split_plan_of_nothing_is_no_segments_and_the_length_must_be_positive() 
     assert split_plan([], 1000.0) == []
     with pytest.raises(ValueError, match="segment_ms"):
         split_plan(planned([0.0]), 0)
+
+
+def test_a_planned_frame_is_read_from_the_rows_every_release_wrote() -> None:
+    # given one frame as plan_to_json writes it, and as releases before `by_order` (4 values) and before
+    # `keyframe_pos` (5 values) stored it
+    frame = PlannedFrame(frame_index=12, timestamp_ms=480.0, pts=6144, keyframe_pts=5120, by_order=True,
+                         keyframe_pos=9000)
+    (row,) = plan_to_json([frame])
+    # when read back
+    read = plan_from_json([row, row[:4], [12, 480.0, 6144, 5120, 1]])
+    # then the fields a row lacks take their defaults, and a row of another length is refused, not guessed at
+    assert row == [12, 480.0, 6144, 5120, 1, 9000]
+    assert read == [frame, replace(frame, by_order=False, keyframe_pos=-1), replace(frame, keyframe_pos=-1)]
+    for bad in ([12, 480.0, 6144], [*row, 0]):
+        with pytest.raises(ValueError, match="4 to 6 values"):
+            plan_from_json([bad])

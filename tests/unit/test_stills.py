@@ -13,11 +13,11 @@ from PIL import Image
 
 from bench.media_factory import HEIGHT, WIDTH, read_index, write_joined_recordings, write_still, write_video
 from fervid.errors import MEDIA_TOO_LARGE, MediaError
+from fervid.sampling import PlannedFrame
 from fervid.settings import Settings
 from worker.media.decode import decode_planned
 from worker.media.isolated import DecoderLimits
 from worker.media.limits import MediaLimits
-from worker.media.plan import PlannedFrame
 from worker.media.probe import probe
 from worker.still_render import still_jpeg
 

@@ -12,10 +12,10 @@ import av.error
 import numpy as np
 from numpy.typing import NDArray
 
+from fervid.sampling import PlannedFrame
 from worker.media.geometry import Display, pixel_aspect
 from worker.media.index import decoded, packets, video_stream
 from worker.media.limits import check_pixels, file_size
-from worker.media.plan import PlannedFrame
 from worker.media.sniff import open_container, open_container_at
 from worker.media.stills import decode_animation, decode_still, is_pillow_animation, open_pillow
 

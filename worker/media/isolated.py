@@ -32,9 +32,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
+from fervid.sampling import PlannedFrame, plan_from_json, plan_to_json
 from fervid.stopping import StopSignal
 from worker.media.limits import MediaLimits
-from worker.media.plan import MediaInfo, PlannedFrame
+from worker.media.plan import MediaInfo
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,7 @@ def probe_isolated(path: Path, sample_fps: float, limits: MediaLimits, decoder: 
     with _DecoderProcess({"op": "probe", "path": str(path), "sample_fps": sample_fps, "limits": asdict(limits)},
                          decoder) as child, (stop or StopSignal()).waking(child.kill):
         result = child.result()
-    return MediaInfo(**result["info"]), [PlannedFrame(*row) for row in result["plan"]]
-
-
-def plan_rows(plan: list[PlannedFrame]) -> list[list[Any]]:
-    """The plan as JSON rows, its fields in order (dataclasses.astuple deep-copies each value: slow for long plans)."""
-    return [list(vars(frame).values()) for frame in plan]
+    return MediaInfo(**result["info"]), plan_from_json(result["plan"])
 
 
 class IsolatedDecode:
@@ -85,7 +81,8 @@ class IsolatedDecode:
     def __iter__(self) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
         if not self.plan or self._cancelled.is_set():
             return
-        request = {"op": "decode", "path": str(self.path), "plan": plan_rows(self.plan), "max_pixels": self.max_pixels}
+        request = {"op": "decode", "path": str(self.path), "plan": plan_to_json(self.plan),
+                   "max_pixels": self.max_pixels}
         with _DecoderProcess(request, self.decoder) as child:
             self._child = child
             if self._cancelled.is_set():  # cancelled while it started

@@ -20,10 +20,10 @@ from typing import IO, Any, NoReturn
 from PIL import Image
 
 from fervid.errors import MEDIA_TOO_LARGE, MediaError
+from fervid.sampling import plan_from_json, plan_to_json
 from worker.media.decode import decode_planned
-from worker.media.isolated import ERROR, FRAME, FRAME_HEADER, LENGTH, NUMBER, RESULT, plan_rows
+from worker.media.isolated import ERROR, FRAME, FRAME_HEADER, LENGTH, NUMBER, RESULT
 from worker.media.limits import MediaLimits
-from worker.media.plan import PlannedFrame
 from worker.media.probe import probe
 
 log = logging.getLogger("worker.media.isolated_main")
@@ -91,9 +91,9 @@ def _answer(request: dict[str, Any], answers: IO[bytes]) -> None:
     path = Path(request["path"])
     if request["op"] == "probe":
         info, plan = probe(path, request["sample_fps"], MediaLimits(**request["limits"]))
-        _send_json(answers, RESULT, {"info": vars(info), "plan": plan_rows(plan)})
+        _send_json(answers, RESULT, {"info": vars(info), "plan": plan_to_json(plan)})
         return
-    plan = [PlannedFrame(*row) for row in request["plan"]]
+    plan = plan_from_json(request["plan"])
     positions = {frame.frame_index: position for position, frame in enumerate(plan)}
     warnings: list[str] = []
     for planned, image in decode_planned(path, plan, warnings, request["max_pixels"]):

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from fervid.sampling import PlannedFrame
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -21,20 +23,6 @@ class MediaInfo:
 
 
 @dataclass(frozen=True)
-class PlannedFrame:
-    frame_index: int  # index of the frame in presentation order (0-based), counted over the whole stream
-    timestamp_ms: float  # container timestamp relative to the first frame
-    pts: int  # the stream pts (in stream time_base) used to seek/match while decoding; 0 for images
-    keyframe_pts: int  # pts of the last keyframe at or before this frame (for the seek decision)
-    # Timed by order: the stream has no timestamps, or ones that repeat or jump back (recordings joined end to
-    # end); `pts` is then the frame's position in decoding output order, and decoding counts frames, never seeks:
-    # `keyframe_pts` is the position of the keyframe it starts from (0: the first frame), `keyframe_pos` where
-    # that keyframe's packet starts in the file (-1: unknown, decode from the start).
-    by_order: bool = False
-    keyframe_pos: int = -1
-
-
-@dataclass(frozen=True)
 class StreamIndex:
     """What demuxing the video stream's packets tells, in presentation order."""
 
@@ -43,7 +31,7 @@ class StreamIndex:
     first_pts: int
     end_pts: Fraction  # the last frame's pts plus its duration, in stream time_base units
     time_base: Fraction
-    by_order: bool = False  # frame_pts count frames in output order (see PlannedFrame.by_order)
+    by_order: bool = False  # frame_pts count frames in output order (see fervid.sampling.PlannedFrame)
     keyframe_pos: list[int] = field(default_factory=list)  # by order: the file offset of each keyframe, or -1
 
 
@@ -61,7 +49,8 @@ def plan_frames(index: StreamIndex, duration_s: Fraction, sample_fps: float) -> 
         pts = index.frame_pts[position]
         time_s = (pts - index.first_pts) * index.time_base
         keyframe_pts, keyframe_pos = _keyframe_before(index, pts)
-        plan.append(PlannedFrame(position, float(time_s * 1000), pts, keyframe_pts, index.by_order, keyframe_pos))
+        plan.append(PlannedFrame(frame_index=position, timestamp_ms=float(time_s * 1000), pts=pts,
+                                 keyframe_pts=keyframe_pts, by_order=index.by_order, keyframe_pos=keyframe_pos))
         # Every k up to the selected frame's time selects it again: jump to the first k past it.
         k = math.floor(time_s * rate) + 1
     return plan

@@ -9,11 +9,12 @@ from pathlib import Path
 from PIL import Image
 
 from fervid.errors import DECODE_ERROR, EMPTY_MEDIA, MediaError
+from fervid.sampling import PlannedFrame
 from worker.media.exif import EXIF_MIRRORED, EXIF_ROTATION, exif_orientation
 from worker.media.geometry import Display, pixel_aspect
 from worker.media.index import header_duration_s, index_stream, video_stream
 from worker.media.limits import MediaLimits, check_decoded_pixels, check_duration, check_pixels, file_size
-from worker.media.plan import MediaInfo, PlannedFrame, plan_frames
+from worker.media.plan import MediaInfo, plan_frames
 from worker.media.sniff import open_container
 from worker.media.stills import is_pillow_animation, open_pillow, probe_animation
 
@@ -40,7 +41,7 @@ def _probe_still(image: Image.Image) -> tuple[MediaInfo, list[PlannedFrame]]:
     if rotation in (90, 270):
         width, height = height, width
     info = MediaInfo("image", width, height, None, 0.0, 1, rotation, orientation in EXIF_MIRRORED)
-    return info, [PlannedFrame(0, 0.0, 0, 0)]
+    return info, [PlannedFrame(frame_index=0, timestamp_ms=0.0, pts=0, keyframe_pts=0)]
 
 
 def _probe_video(path: Path, sample_fps: float, limits: MediaLimits) -> tuple[MediaInfo, list[PlannedFrame]]:

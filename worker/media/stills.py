@@ -15,8 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, MediaError
 from fervid.pixels import rgb_image
+from fervid.sampling import PlannedFrame
 from worker.media.limits import MediaLimits, check_decoded_pixels, check_duration, pixel_limit_error
-from worker.media.plan import MediaInfo, PlannedFrame, StreamIndex, plan_frames
+from worker.media.plan import MediaInfo, StreamIndex, plan_frames
 
 # HEIC/HEIF photos (phones' default) open as stills: libheif assembles the tile grid phones write and applies
 # the rotation and mirror properties; FFmpeg would see one tile as a one-frame video.
