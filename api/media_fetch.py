@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fervid.errors import INTERNAL_ERROR, FervidError, TooManyRequests
-from fervid.media_store import local_copy
+from fervid.media_store import Downloads, local_copy
 from fervid.settings import Settings
 from fervid.sources import SourceFence
 
@@ -62,7 +62,7 @@ class MediaFetcher:
 
     def _fetch(self, fetch: str, job_id: str, uri: str, settings: Settings, fence: SourceFence | None) -> None:
         try:
-            with local_copy(uri, settings, cache_key=job_id, fence=fence):
+            with local_copy(uri, Downloads.from_settings(settings), cache_key=job_id, fence=fence):
                 pass  # in the download cache now, where the media route finds it
         except FervidError as error:
             self._fail(fetch, error)

@@ -35,7 +35,7 @@ from fervid.db import session_scope
 from fervid.errors import NotFound, Unauthorized
 from fervid.labels import EMOTION_COLOURS, EMOTIONS, TRACK_COLOURS
 from fervid.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
-from fervid.media_store import cached_download, is_remote, local_copy, storage_from_url
+from fervid.media_store import Downloads, cached_download, is_remote, local_copy, storage_from_url
 from fervid.settings import Settings
 from fervid.sources import SourceFence
 
@@ -146,14 +146,14 @@ def stored_file_response(tenant: str, job_id: str, uri: str, settings: Settings,
     headers = {name: value for name, value in MEDIA_HEADERS.items()
                if download_name is None or name != "Content-Disposition"}
     if is_remote(uri):
-        path = cached_download(uri, settings, job_id)
+        path = cached_download(uri, settings.download_cache_dir, job_id)
         if path is None:
             media_fetcher.request(tenant, job_id, uri, settings, fence)
             return _not_yet("fetching", FETCH_RETRY_AFTER_S)
         return FileResponse(path, media_type=media_type, headers=headers, filename=download_name)
     # A file: the store's own, or one the tenant named, held open (held_file) until the response is sent.
     held = ExitStack()
-    path = held.enter_context(local_copy(uri, settings, cache_key=job_id, fence=fence))
+    path = held.enter_context(local_copy(uri, Downloads.from_settings(settings), cache_key=job_id, fence=fence))
     return HeldFileResponse(held, path, media_type=media_type, headers=headers, filename=download_name)
 
 

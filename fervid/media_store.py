@@ -57,6 +57,20 @@ class DownloadLimits:
                    settings.download_min_rate_kbps * 1024)
 
 
+@dataclass(frozen=True)
+class Downloads:
+    """Where a machine keeps the remote sources it fetches (its download cache) and the limits of each fetch."""
+
+    cache_dir: Path
+    cache_bytes: int  # the cache's budget: least recently used downloads go first
+    limits: DownloadLimits
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Downloads:
+        return cls(settings.download_cache_dir, settings.download_cache_mb << 20,
+                   DownloadLimits.from_settings(settings))
+
+
 class Storage(Protocol):
     def save(self, key: str, stream: BinaryIO, max_bytes: int) -> str:
         """Copies `stream` in chunks under `key`; returns the URI workers read. Over `max_bytes`: PayloadTooLarge."""
@@ -265,9 +279,9 @@ def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme not in ("", "file")
 
 
-def cached_download(uri: str, settings: Settings, cache_key: str) -> Path | None:
+def cached_download(uri: str, cache_dir: Path, cache_key: str) -> Path | None:
     """This machine's cached download of the remote source `uri` (`local_copy` with `cache_key`), if it has one."""
-    target = settings.download_cache_dir / _cached_name(uri, cache_key)
+    target = cache_dir / _cached_name(uri, cache_key)
     return target if target.is_file() else None
 
 
@@ -277,7 +291,7 @@ def _cached_name(uri: str, cache_key: str) -> str:
 
 
 @contextmanager
-def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
+def local_copy(uri: str, downloads: Downloads, cache_key: str | None = None, *,
                fence: SourceFence | None, stop: StopSignal | None = None) -> Iterator[Path]:
     """A local path for any source URI a worker can read: file://, a bare path, s3://, http(s)://.
 
@@ -302,14 +316,14 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
         yield path
         return
     suffix = Path(parsed.path).suffix[:16]
-    limits = DownloadLimits.from_settings(settings)
+    limits = downloads.limits
     if cache_key is None:
         with tempfile.NamedTemporaryFile(suffix=suffix) as spool:
             _download(uri, cast(BinaryIO, spool), limits, stop)
             spool.flush()
             yield Path(spool.name)
         return
-    directory = settings.download_cache_dir
+    directory = downloads.cache_dir
     directory.mkdir(parents=True, exist_ok=True)
     name = _cached_name(uri, cache_key)
     target = directory / name
@@ -317,5 +331,5 @@ def local_copy(uri: str, settings: Settings, cache_key: str | None = None, *,
         if not target.exists():
             _write_whole(target, lambda stream: _download(uri, stream, limits, stop))
         os.utime(target)  # recently used: pruned last
-    _prune_downloads(directory, settings.download_cache_mb << 20, keep=target)
+    _prune_downloads(directory, downloads.cache_bytes, keep=target)
     yield target

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from fervid import annotated, results
 from fervid.db import session_scope
 from fervid.errors import DECODE_ERROR, PROCESSING_FAILED, UNSUPPORTED_MEDIA, FervidError, MediaError
-from fervid.media_store import local_copy, storage_from_url
+from fervid.media_store import Downloads, local_copy, storage_from_url
 from fervid.settings import Settings
 from fervid.stopping import Stopped
 from fervid.tables import Face, Job
@@ -140,7 +140,7 @@ def render_job_video(job_id: str, token: str, settings: Settings, threads: int) 
     storage = storage_from_url(settings.storage_url)
     key = annotated.annotated_key(job_id)
     try:
-        with local_copy(uri, settings, cache_key=job_id, fence=fence) as source, \
+        with local_copy(uri, Downloads.from_settings(settings), cache_key=job_id, fence=fence) as source, \
                 tempfile.TemporaryDirectory(prefix="fervid-annotate-") as folder:
             target = Path(folder) / "annotated.mp4"
             write_annotated(source, target, job_id, MediaLimits.from_settings(settings), settings.decode_memory_mb,

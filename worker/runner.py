@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fervid import lifecycle
 from fervid.db import session_scope
 from fervid.errors import MediaError
-from fervid.media_store import local_copy
+from fervid.media_store import Downloads, local_copy
 from fervid.sampling import PlannedFrame
 from fervid.settings import Settings
 from fervid.stopping import Stopped, StopSignal
@@ -82,7 +82,7 @@ def job_media(job: Job, settings: Settings, operator_source: bool,
     """The job's media as a local path, read inside its tenant's locations (FERVID_FILE_URI_ROOTS ...) unless
     `operator_source`: `fervid analyze` reads the file its operator named."""
     fence = None if operator_source else settings.job_source_fence(job)
-    return local_copy(job.source_uri, settings, cache_key=job.id, fence=fence, stop=stop)
+    return local_copy(job.source_uri, Downloads.from_settings(settings), cache_key=job.id, fence=fence, stop=stop)
 
 
 def probe_segments(path: Path, job: Job, settings: Settings,

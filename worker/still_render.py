@@ -18,7 +18,7 @@ import cv2
 from fervid import results
 from fervid.db import session_scope
 from fervid.errors import DECODE_ERROR, MediaError
-from fervid.media_store import local_copy, storage_from_url
+from fervid.media_store import Downloads, local_copy, storage_from_url
 from fervid.sampling import PlannedFrame
 from fervid.settings import Settings
 from fervid.stills import JPEG_QUALITY, MAX_STILL_BYTES, still_failure_key, still_key
@@ -39,7 +39,7 @@ def render_still(job_id: str, frame_index: int, settings: Settings, cpu_s: float
         uri, fence = job.source_uri, settings.job_source_fence(job)
     storage = storage_from_url(settings.storage_url)
     try:
-        with local_copy(uri, settings, cache_key=job_id, fence=fence) as path:
+        with local_copy(uri, Downloads.from_settings(settings), cache_key=job_id, fence=fence) as path:
             jpeg = still_jpeg(path, planned, settings.max_pixels, DecoderLimits(settings.decode_memory_mb, cpu_s))
         storage.save(still_key(job_id, frame_index), io.BytesIO(jpeg), MAX_STILL_BYTES)
     except MediaError as error:

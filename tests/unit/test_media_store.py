@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fervid.errors import MediaError
-from fervid.media_store import local_copy
+from fervid.media_store import Downloads, local_copy
 from fervid.settings import get_settings
 
 
@@ -40,6 +40,11 @@ class CountingServer:
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
+def downloads() -> Downloads:
+    """The download cache and limits of the settings as the test set them."""
+    return Downloads.from_settings(get_settings())
+
+
 @pytest.fixture
 def server() -> Iterator[CountingServer]:
     running = CountingServer(b"x" * 4096)
@@ -52,9 +57,9 @@ def test_a_job_downloads_its_media_once_per_machine(fervid_env: pytest.MonkeyPat
     uri = f"{server.base}/clip.mp4"
     # when segments of one job read it three times, and another job once
     for _ in range(3):
-        with local_copy(uri, get_settings(), cache_key="job-1", fence=None) as path:
+        with local_copy(uri, downloads(), cache_key="job-1", fence=None) as path:
             assert path.read_bytes() == b"x" * 4096
-    with local_copy(uri, get_settings(), cache_key="job-2", fence=None) as path:
+    with local_copy(uri, downloads(), cache_key="job-2", fence=None) as path:
         assert path.stat().st_size == 4096
     # then job-1 fetched it once, job-2 once more
     assert server.hits[0] == 2
@@ -66,7 +71,7 @@ def test_the_download_cache_keeps_within_its_budget(fervid_env: pytest.MonkeyPat
     get_settings.cache_clear()
     # when several jobs download
     for job in range(4):
-        with local_copy(f"{server.base}/clip.mp4", get_settings(), cache_key=f"job-{job}", fence=None) as path:
+        with local_copy(f"{server.base}/clip.mp4", downloads(), cache_key=f"job-{job}", fence=None) as path:
             assert path.exists()  # the file in use is never pruned
     # then only the most recent download is kept
     kept = [p for p in get_settings().download_cache_dir.iterdir() if p.suffix == ".mp4"]
@@ -76,7 +81,7 @@ def test_the_download_cache_keeps_within_its_budget(fervid_env: pytest.MonkeyPat
 def test_unreadable_sources_are_media_errors(fervid_env: pytest.MonkeyPatch, server: CountingServer,
                                              tmp_path: Path) -> None:
     for uri in (f"{server.base}/missing.txt", (tmp_path / "absent.mp4").as_uri(), "ftp://host/clip.mp4"):
-        with pytest.raises(MediaError) as failed, local_copy(uri, get_settings(), cache_key="job", fence=None):
+        with pytest.raises(MediaError) as failed, local_copy(uri, downloads(), cache_key="job", fence=None):
             pass
         assert failed.value.code == "source_unavailable"
 
@@ -95,7 +100,7 @@ def test_an_unreachable_source_names_nothing_of_the_network(fervid_env: pytest.M
         # when jobs name them as sources
         for port in (closed_port, banner.port):
             with pytest.raises(MediaError) as failed, local_copy(f"http://127.0.0.1:{port}/clip.mp4",
-                                                                 get_settings(), cache_key=f"job-{port}", fence=None):
+                                                                 downloads(), cache_key=f"job-{port}", fence=None):
                 pass
             assert failed.value.code == "source_unavailable"
             messages.append(failed.value.message)
@@ -143,7 +148,7 @@ def test_a_dripping_source_fails_at_its_deadline(fervid_env: pytest.MonkeyPatch,
     started = time.monotonic()
     try:
         # when a worker fetches it, then it fails source_unavailable at the deadline, not when the source stops
-        with pytest.raises(MediaError) as failed, local_copy(f"{server.base}/clip.mp4", get_settings(),
+        with pytest.raises(MediaError) as failed, local_copy(f"{server.base}/clip.mp4", downloads(),
                                                              cache_key=cache_key, fence=None):
             pass
     finally:
@@ -163,7 +168,7 @@ def test_a_full_disk_is_its_own_retriable_error_not_an_unreadable_source(
     fervid_env.setenv("FERVID_DOWNLOAD_CACHE_DIR", str(full_disk))
     get_settings.cache_clear()
     # when a job's media is fetched
-    with pytest.raises(DiskFull) as full, local_copy(f"{server.base}/clip.mp4", get_settings(), cache_key="job-1",
+    with pytest.raises(DiskFull) as full, local_copy(f"{server.base}/clip.mp4", downloads(), cache_key="job-1",
                                                      fence=None):
         pass
     # then the error says the disk is full (a code workers retry), not that the source could not be read

@@ -14,10 +14,15 @@ import pytest
 
 from fervid import netpolicy
 from fervid.errors import MediaError
-from fervid.media_store import local_copy
+from fervid.media_store import Downloads, local_copy
 from fervid.netpolicy import non_public_address
 from fervid.settings import get_settings
 from tests.unit.test_media_store import CountingServer
+
+
+def downloads() -> Downloads:
+    """The download cache and limits of the settings as the test set them."""
+    return Downloads.from_settings(get_settings())
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def test_a_loopback_source_is_refused_before_any_request(strict: pytest.MonkeyPa
     try:
         # when a job names it as its source
         source = f"{server.base}/clip.mp4"
-        with pytest.raises(MediaError) as refused, local_copy(source, get_settings(), cache_key="job", fence=None):
+        with pytest.raises(MediaError) as refused, local_copy(source, downloads(), cache_key="job", fence=None):
             pass
         # then it is refused with its own code and the server never saw a request
         assert refused.value.code == "source_not_allowed" and server.hits[0] == 0
@@ -157,7 +162,7 @@ def test_a_redirect_off_http_is_never_followed(fervid_env: pytest.MonkeyPatch, l
     redirector = RedirectingServer(target)
     try:
         # when a job reads it
-        with pytest.raises(MediaError) as refused, local_copy(f"{redirector.base}/clip.mp4", get_settings(),
+        with pytest.raises(MediaError) as refused, local_copy(f"{redirector.base}/clip.mp4", downloads(),
                                                               cache_key="job", fence=None):
             pass
     finally:
@@ -208,7 +213,7 @@ def test_dns_rebinding_reaches_nothing(strict: pytest.MonkeyPatch, listener: Con
 
     # when a job's source names it
     with pytest.raises(MediaError) as refused, local_copy(f"http://media.rebind.test:{listener.port}/clip.mp4",
-                                                          get_settings(), cache_key="job", fence=None):
+                                                          downloads(), cache_key="job", fence=None):
         pass
 
     # then the check passed on the first answer, yet the connection, made to the addresses it checked itself, was

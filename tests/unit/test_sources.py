@@ -13,9 +13,14 @@ import pytest
 
 from fervid.api_keys import KeyRing
 from fervid.errors import MediaError
-from fervid.media_store import local_copy
+from fervid.media_store import Downloads, local_copy
 from fervid.settings import Settings, get_settings
 from fervid.sources import SOURCE_REFUSED_TEXT, SourceFence, held_file, parse_locations
+
+
+def downloads() -> Downloads:
+    """The download cache and limits of the settings as the test set them."""
+    return Downloads.from_settings(get_settings())
 
 
 @pytest.fixture
@@ -202,11 +207,11 @@ def test_local_copy_fences_file_and_s3_sources_of_a_tenant(fervid_env: pytest.Mo
     get_settings.cache_clear()
     alice = get_settings().source_fence("alice")
     # when a worker reads her own file, bob's file and bob's s3 key for her job
-    with local_copy((media / "alice" / "clip.mp4").as_uri(), get_settings(), cache_key="job", fence=alice) as path:
+    with local_copy((media / "alice" / "clip.mp4").as_uri(), downloads(), cache_key="job", fence=alice) as path:
         assert path.read_bytes() == b"alice's bytes"
     # then only her own is read; the s3 key is refused before any request is made
     def read(uri: str) -> bytes:
-        with local_copy(uri, get_settings(), cache_key="job", fence=alice) as path:
+        with local_copy(uri, downloads(), cache_key="job", fence=alice) as path:
             return path.read_bytes()
 
     refused(lambda: read((media / "bob" / "secret.mp4").as_uri()))
