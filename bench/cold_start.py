@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/cold_start.py [--repeat 3] [--skip-compose] [--skip-worker]
 
-worker:  a fresh `fervid worker` (shipped INT8 model, YuNet from ../shared, an EMPTY model cache, so the INT8 check
-         and YuNet's any-size rewrite run first) on the local Redis and a scratch PostgreSQL database, its first job
+worker:  a fresh `fervid worker` (shipped INT8 model, YuNet from ../shared, an EMPTY model cache, so YuNet's any-size
+         rewrite runs first) on the local Redis and a scratch PostgreSQL database, its first job
          (../shared/media/single_face.jpg) queued before it starts; timed from the process's start to the job's
          finished_at. Baseline: the same worker started again on the cache the cold one left.
 compose: `docker compose up -d --scale worker=2` with the images built (built first, untimed; YuNet served from

@@ -27,9 +27,9 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.portrait import portrait_image  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
 from models.detectors import YUNET_SCORE_THRESHOLD, YuNetDetector, detector_scale  # noqa: E402
-from models.int8_check import portrait_image  # noqa: E402
 
 FACE_SIDES = (16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256, 320)
 FRAMES = ((320, 240), (480, 360), (640, 360), (640, 480), (1280, 720), (1920, 1080))

@@ -56,7 +56,7 @@ def iou(a: tuple[int, int, int, int], b: tuple[float, float, float, float]) -> f
 
 
 def real_pictures(media: Path) -> list[NDArray[np.uint8]]:
-    from models.int8_check import portrait_image
+    from bench.portrait import portrait_image
 
     pictures = [portrait_image()]
     for path in sorted(media.glob("*")):

@@ -6,8 +6,7 @@ analyzer from them when it starts.
 
 The main process forks the pool, so it never loads the pipeline or an ML runtime: they start thread pools (OpenBLAS,
 ONNX Runtime and OpenCV at import, OpenCV's workers at first use) whose locks a forked child inherits without the
-threads that would release them; a pool process hung for ever in `cv2.setNumThreads` that way. Model work the
-main process needs done before the pool starts (the INT8 check) runs in a spawned process; the pipeline is
+threads that would release them; a pool process hung for ever in `cv2.setNumThreads` that way. The pipeline is
 imported by the pool processes, when they start.
 """
 
@@ -31,9 +30,7 @@ from fervid.settings import Settings, get_settings
 from fervid.webhooks import RETRY_DELAYS_S, Delivery, deliver
 from fervid.worker_status import WorkerStatus, start_publishing
 from models.detector_files import find_or_fetch_yunet
-from models.spec import DEFAULT_MODEL_PATH
 from worker.layout import WorkerLayout, usable_cores
-from worker.model_checks import check_int8_apart
 from worker.reaper import start_reaper_thread
 from worker.transient import TRANSIENT
 
@@ -87,17 +84,6 @@ def _fetch_detector(**_: Any) -> None:
     # In the main process, before the pool starts: its processes then find YuNet cached (or this attempt's failure)
     # instead of each downloading within the few seconds Celery gives a pool process to come up.
     find_or_fetch_yunet(_settings())
-
-
-@worker_init.connect
-def _check_int8(**_: Any) -> None:
-    # The INT8 self-check takes seconds on a cold cache, past the few seconds Celery gives a pool process to come up:
-    # run once before the pool starts, in a process of its own (it starts thread pools; this one forks), its verdict
-    # is remembered in the model cache, where every pool process then reads it.
-    settings = _settings()
-    if settings.backend in ("auto", "ort-cpu"):
-        check_int8_apart(settings.model_path or DEFAULT_MODEL_PATH, settings.model_cache_dir,
-                         settings.inference_threads)
 
 
 @worker_init.connect

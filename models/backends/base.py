@@ -53,11 +53,9 @@ class BackendOptions:
     """What backends take from the settings; built at the edge (`from_settings`) and passed to `create`."""
 
     threads: int  # intra-op threads (ONNX Runtime); 0: the runtime's own choice
-    model_cache_dir: Path  # where the INT8 check's verdict is remembered
     engine_cache_dir: Path  # TensorRT engines
     tensorrt_precision: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BackendOptions:
-        return cls(settings.inference_threads, settings.model_cache_dir, settings.engine_cache_dir,
-                   settings.tensorrt_precision)
+        return cls(settings.inference_threads, settings.engine_cache_dir, settings.tensorrt_precision)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from models.backends.base import BackendOptions, BackendProbe, BackendUnavailable
+from models.int8_check import read_int8_weights
 from models.spec import WEIGHTS_KEY, read_metadata
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def create(name: str, model_path: Path, max_batch: int, options: BackendOptions)
     threads = options.threads
     if name == "ort-cpu":
         return OrtBackend(model_path, [CPU_PROVIDER], max_batch, threads,
-                          as_float=not int8_trusted(model_path, options.model_cache_dir, threads))
+                          as_float=not int8_cannot_saturate(model_path))
     backend = OrtBackend(model_path, [CUDA_PROVIDER, CPU_PROVIDER], max_batch, threads)
     # onnxruntime-gpu falls back to the CPU silently when CUDA cannot start (no device, driver mismatch).
     if backend.name != "ort-cuda":
@@ -97,15 +98,18 @@ def create(name: str, model_path: Path, max_batch: int, options: BackendOptions)
     return backend
 
 
-def int8_trusted(model_path: Path, cache_dir: Path, threads: int = 0) -> bool:
-    """Whether this CPU's integer kernels compute what the file's float graph does (`models.int8_check`); a file
-    that is not quantized has nothing to distrust. Said once in the log when they do not."""
+def int8_cannot_saturate(model_path: Path) -> bool:
+    """Whether the file's integer kernels compute the same on every CPU (`models.int8_check`); a file that is not
+    quantized has no integer kernels. Said once in the log when they may not."""
     if not is_quantized(model_path):
         return True
-    from models.int8_check import cached_int8_check
+    stat = model_path.stat()
+    return _int8_cannot_saturate(model_path.resolve(), stat.st_size, stat.st_mtime_ns)
 
-    check = cached_int8_check(model_path, cache_dir, threads)
-    if not check.trusted:
-        log.warning("classifier %s on this CPU (%s): %s; `fervid doctor` shows the CPU's features",
-                    model_path.name, check.cpu, check.describe())
-    return check.trusted
+
+@functools.cache
+def _int8_cannot_saturate(model_path: Path, size: int, mtime_ns: int) -> bool:
+    weights = read_int8_weights(model_path)
+    if not weights.cannot_saturate:
+        log.warning("classifier %s: %s", model_path.name, weights.describe())
+    return weights.cannot_saturate

@@ -1,7 +1,7 @@
 """`fervid doctor`: for each inference backend, whether it can run on this machine, which one would be used, and
-why; which face detector workers would run and why (without downloading it); the CPU's features and whether its
-integer kernels compute the INT8 model as its float graph does (checked once per model, CPU and onnxruntime, then
-remembered). No engine is built. Exits 1 when the configured backend cannot run."""
+why; which face detector workers would run and why (without downloading it); the CPU's features, and whether the
+INT8 model's weights are narrow enough that its integer kernels cannot saturate on any CPU (the check workers run
+when they load it). No engine is built. Exits 1 when the configured backend cannot run."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from models.backends.ort import is_quantized
 from models.cpu_features import read_cpu_features
 from models.detector_files import plan_detector
 from models.engine_cache import EngineCache
+from models.int8_check import read_int8_weights
 from models.spec import DEFAULT_MODEL_PATH
 
 
@@ -53,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     missing = "" if model_path.is_file() else " (missing: set FERVID_MODEL_PATH or run `fervid export`)"
     print(f"model: {model_path}{missing}")
     if not missing and is_quantized(model_path):
-        from models.int8_check import cached_int8_check
-
-        print(f"int8 on this CPU: {cached_int8_check(model_path, settings.model_cache_dir).describe()}")
+        print(f"int8: {read_int8_weights(model_path).describe()}")
     # From files and settings only: the doctor never downloads.
     try:
         detector = plan_detector(settings.detector_path, settings.model_cache_dir, settings.detector_url).describe()

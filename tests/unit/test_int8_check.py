@@ -1,147 +1,128 @@
-"""The INT8 classifier against its own float graph, on the CPU the tests run on, and the worker's fallback."""
+"""The check workers run when they load an INT8 classifier (models/int8_check.py): weights within 7 bits run the
+integer kernels, wider ones (or ones it cannot read) the float graph, on every CPU."""
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from models.backends.base import BackendOptions
 from models.backends.ort import create
 from models.cpu_features import read_cpu_features
-from models.detectors import HaarDetector
-from models.int8_check import (
-    AGREEMENT_FLOOR,
-    NON_SATURATING_WEIGHT_PEAK,
-    PORTRAIT_FACE,
-    cached_int8_check,
-    check_faces,
-    decided_agreement,
-    int8_weight_peak,
-    portrait_image,
-    run_int8_check,
-)
+from models.int8_check import NON_SATURATING_WEIGHT_PEAK, read_int8_weights
 from models.spec import DEFAULT_MODEL_PATH, read_model_spec
-from models.training.quantize import quantize_int8
+from models.training.quantize import Target, quantize_int8
+from tests.conftest import build_tiny_classifier
 
 
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    inter = max(0, x1 - x0) * max(0, y1 - y0)
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
-@pytest.fixture
-def tiny_int8_path(tiny_model_path: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def tiny_int8(tmp_path_factory: pytest.TempPathFactory) -> dict[Target, Path]:
+    """The tiny classifier quantized by `fervid quantize`'s code for each target: cpu (7-bit weights) and tensorrt
+    (8-bit weights, as a file quantized elsewhere might have them)."""
+    folder = tmp_path_factory.mktemp("int8")
+    tiny = build_tiny_classifier(folder / "tiny.onnx")
     faces = np.random.default_rng(1).integers(0, 256, (64, 48, 48), dtype=np.uint8)
-    preprocess = read_model_spec(tiny_model_path).preprocess
-    return quantize_int8(tiny_model_path, tmp_path / "tiny-int8.onnx", faces, preprocess)
-
-
-def test_the_check_faces_sit_where_the_cascade_finds_the_portraits_face() -> None:
-    # when the detector that ships with OpenCV looks at the portrait
-    (found, *_) = HaarDetector().detect(portrait_image())
-
-    # then the fixed box the check faces are framed on is that face
-    assert iou(found.box, PORTRAIT_FACE) > 0.8
-
-
-def test_the_check_faces_are_the_same_every_time_and_varied() -> None:
-    # when
-    faces = check_faces.__wrapped__()
-
-    # then
-    assert faces.shape == (256, 48, 48) and faces.dtype == np.uint8
-    np.testing.assert_array_equal(faces, check_faces.__wrapped__())
-    assert faces.reshape(len(faces), -1).mean(axis=1).std() > 10  # lit differently, not one face 256 times
+    preprocess = read_model_spec(tiny).preprocess
+    return {target: quantize_int8(tiny, folder / f"{target}.onnx", faces, preprocess, target)
+            for target in ("cpu", "tensorrt")}
 
 
 def test_the_shipped_model_cannot_saturate_16_bit_sums() -> None:
     # given the shipped artifact: x86 CPUs without VNNI add pairs of u8 x s8 products in int16, which 7-bit
     # weights keep from overflowing whatever the input (2 x 255 x 64 <= 32767); this holds on every CPU
-    peak = int8_weight_peak(onnx.load(str(DEFAULT_MODEL_PATH)))
+    weights = read_int8_weights(DEFAULT_MODEL_PATH)
+
+    # then every one of its 53 convolutions' and its classifier's weights was read, and bounded
+    assert weights.tensors == 54 and 0 < weights.peak <= NON_SATURATING_WEIGHT_PEAK
+    assert weights.cannot_saturate and "INT8 kept" in weights.describe()
+
+
+def test_the_cpu_target_writes_7_bit_weights_and_tensorrt_8_bit(tiny_int8: dict[Target, Path]) -> None:
+    # when
+    cpu, tensorrt = read_int8_weights(tiny_int8["cpu"]), read_int8_weights(tiny_int8["tensorrt"])
 
     # then
-    assert 0 < peak <= NON_SATURATING_WEIGHT_PEAK
+    assert cpu.tensors == 1 and cpu.cannot_saturate
+    assert tensorrt.peak == 127 and not tensorrt.cannot_saturate
+    assert "8-bit weights" in tensorrt.describe() and "float graph" in tensorrt.describe()
 
 
-def test_the_shipped_model_computes_here_what_its_float_graph_does() -> None:
-    # when the worker's start-up check runs on the CPU the tests run on
-    check = run_int8_check(DEFAULT_MODEL_PATH)
-
-    # then the fused integer kernels agree with the float graph on the faces the float graph decides
-    assert check.faces >= 200
-    assert check.agreement >= AGREEMENT_FLOOR, check.describe()
-    assert check.trusted and check.cpu == read_cpu_features().describe()
-
-
-def test_the_cpu_target_writes_7_bit_weights_and_tensorrt_8_bit(tiny_model_path: Path, tmp_path: Path) -> None:
-    # given
-    spec = read_model_spec(tiny_model_path)
-    faces = np.random.default_rng(1).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+def test_one_weight_at_the_full_8_bit_range_is_enough_to_refuse(tiny_int8: dict[Target, Path],
+                                                                 tmp_path: Path) -> None:
+    # given a copy of the 7-bit file with one weight edited to -128
+    model = onnx.load(str(tiny_int8["cpu"]))
+    dequantized = {node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    (weight,) = [init for init in model.graph.initializer
+                 if init.data_type == TensorProto.INT8 and init.name in dequantized]
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[len(values.flat) // 2] = -128
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, tmp_path / "edited.onnx")
 
     # when
-    cpu = quantize_int8(tiny_model_path, tmp_path / "cpu.onnx", faces, spec.preprocess, "cpu")
-    trt = quantize_int8(tiny_model_path, tmp_path / "trt.onnx", faces, spec.preprocess, "tensorrt")
+    weights = read_int8_weights(tmp_path / "edited.onnx")
 
     # then
-    assert int8_weight_peak(onnx.load(str(cpu))) <= NON_SATURATING_WEIGHT_PEAK
-    assert int8_weight_peak(onnx.load(str(trt))) == 127
+    assert weights.peak == 128 and not weights.cannot_saturate
 
 
-def test_near_ties_do_not_count_against_agreement() -> None:
-    # given float outputs: one face decided (0.7 vs 0.2), one a near-tie (0.41 vs 0.40)
-    as_float = np.array([[0.7, 0.2, 0.1], [0.41, 0.40, 0.19]], np.float32)
-    fused = np.array([[0.6, 0.3, 0.1], [0.39, 0.42, 0.19]], np.float32)  # the tie flips, the decided face holds
+def test_a_weight_the_graph_quantizes_while_loading_counts_as_one_that_may_saturate(tmp_path: Path) -> None:
+    # given a QDQ graph whose weight is stored in float and quantized by a QuantizeLinear: ONNX Runtime folds it into
+    # int8 weights of whatever range the scale gives when it builds the session, which the file does not show
+    scale = numpy_helper.from_array(np.array(0.01, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "zero")
+    weight = numpy_helper.from_array(np.full((4, 2), 1.27, np.float32), "weight")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["weight", "scale", "zero"], ["wq"]),
+             helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              initializer=[scale, zero, weight])
+    onnx.save(helper.make_model(graph), tmp_path / "folded.onnx")
+
+    # when
+    weights = read_int8_weights(tmp_path / "folded.onnx")
 
     # then
-    assert decided_agreement(fused, as_float) == (1.0, 1)
-    assert decided_agreement(fused[::-1].copy(), as_float)[0] == 0.0  # a decided face that flips counts
+    assert not weights.cannot_saturate and "quantized while the session loads" in weights.describe()
 
 
-def test_the_check_is_run_once_per_model_and_cpu(tiny_int8_path: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    # given a check already run here
-    first = cached_int8_check(tiny_int8_path, tmp_path / "cache")
+def test_a_worker_runs_the_float_graph_of_a_file_that_may_saturate_and_says_so_once(
+        tiny_int8: dict[Target, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # given a file with 8-bit weights, right on this CPU if it has VNNI, wrong on one without
+    options = BackendOptions(threads=0, engine_cache_dir=tmp_path / "engines", tensorrt_precision="fp16")
 
-    # when a later worker start asks again
-    monkeypatch.setattr("models.int8_check.run_int8_check", lambda *_: pytest.fail("checked twice"))
-    again = cached_int8_check(tiny_int8_path, tmp_path / "cache")
+    # when a worker builds its CPU backend for it, twice (a classifier rebuilt in the same process)
+    with caplog.at_level(logging.WARNING, logger="models.backends.ort"):
+        backends = [create("ort-cpu", tiny_int8["tensorrt"], 16, options) for _ in range(2)]
+
+    # then it computes in float, whatever this CPU is, says why once, and still classifies
+    assert [backend.precision for backend in backends] == ["fp32", "fp32"]
+    (warning,) = [message for message in caplog.messages if "tensorrt.onnx" in message]
+    assert "8-bit weights" in warning and "float graph" in warning
+    np.testing.assert_allclose(backends[0].run(np.zeros((2, 1, 16, 16), np.float32)).sum(axis=1), 1.0, atol=1e-5)
+    # and the 7-bit file keeps its integer kernels
+    assert create("ort-cpu", tiny_int8["cpu"], 16, options).precision == "int8"
+
+
+def test_the_doctor_gives_the_shipped_models_verdict(fervid_env: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # given the CLI as users run it, on the shipped model
+    from fervid.cli import main
+
+    # when
+    main(["doctor"])
 
     # then
-    assert again == first and first.trusted
-
-
-def test_a_worker_runs_the_float_graph_where_the_int8_check_failed(
-        tiny_int8_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # given the check's record for this CPU says the fused kernels disagreed. No CPU here miscomputes (the ones that
-    # do lack VNNI), so the record stands in for that CPU's result; the code path after it is the real one.
-    from models.backends.base import BackendOptions
-
-    options = BackendOptions(threads=0, model_cache_dir=tmp_path / "model-cache", engine_cache_dir=tmp_path / "engines",
-                             tensorrt_precision="fp16")
-    cache = options.model_cache_dir
-    good = cached_int8_check(tiny_int8_path, cache)
-    (record,) = cache.glob("int8-check-*.json")
-    record.write_text(json.dumps(asdict(replace(good, agreement=0.73))))
-
-    # when the worker builds its CPU backend
-    with caplog.at_level(logging.WARNING):
-        backend = create("ort-cpu", tiny_int8_path, 16, options)
-
-    # then it computes in float, says why once, and still classifies
-    assert backend.precision == "fp32"
-    assert any("73.0%" in message and "float graph" in message for message in caplog.messages)
-    batch = np.zeros((2, 1, 16, 16), np.float32)
-    np.testing.assert_allclose(backend.run(batch).sum(axis=1), 1.0, atol=1e-5)
-    # and with the record as this CPU really measured it, INT8 is kept
-    record.write_text(json.dumps(asdict(good)))
-    assert create("ort-cpu", tiny_int8_path, 16, options).precision == "int8"
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("int8: ")]
+    assert "7-bit weights" in line and "cannot saturate int16 on any CPU; INT8 kept" in line
 
 
 def test_cpu_features_name_what_decides_the_integer_kernels(tmp_path: Path) -> None:
