@@ -22,8 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from fervid.labels import EMOTIONS  # noqa: E402
 from models.cpu_features import read_cpu_features  # noqa: E402
+from models.training.loss import weighted_cross_entropy  # noqa: E402
 from models.training.network import EmotionResNet50  # noqa: E402
-from models.training.train import STEM_RECIPES, TrainConfig, build_optimizer, weighted_cross_entropy  # noqa: E402
+from models.training.optimizer import build_optimizer  # noqa: E402
+from models.training.recipe import STEM_RECIPES, TrainConfig  # noqa: E402
 
 BASELINE = ("imagenet", "fp32", True)
 

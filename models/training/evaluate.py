@@ -1,7 +1,7 @@
 """Evaluation (`fervid eval`): top-1, macro-F1, per-class scores and confusion matrices on PublicTest / PrivateTest.
 
 ONNX models run through the runtime path jobs use (read_model_spec -> preprocess_faces -> OrtBackend);
-checkpoints through training's own evaluation (models.training.train.predict_probs, fp32). `--int8` also quantizes
+checkpoints through training's own evaluation (models.training.predict.predict_probs, fp32). `--int8` also quantizes
 (calibrated on `train` faces only) and reports the accuracy change and the CPU speed-up measured in the same run.
 `--against OTHER.onnx` scores another model on the same faces, and says whether the difference is more than chance
 (the faces only one of the two gets right, McNemar's exact test): how a candidate is weighed against the shipped one.
@@ -75,7 +75,7 @@ def onnx_predictor(model: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predic
 def checkpoint_predictor(checkpoint: Path, batch_size: int = DEFAULT_BATCH) -> tuple[Predict, dict[str, Any]]:
     # Imported here: evaluating an ONNX model needs no torch.
     from models.training.export import build_network, load_checkpoint
-    from models.training.train import predict_probs
+    from models.training.predict import predict_probs
 
     loaded = load_checkpoint(checkpoint)
     network = build_network(loaded)

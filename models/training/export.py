@@ -68,7 +68,7 @@ from models.spec import (
 )
 from models.training.fer2013 import load_split
 from models.training.network import EmotionResNet50
-from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
+from models.training.predict import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, to_input
 
 MODEL_NAME = "fervid-resnet50-fer2013"
 OPSET = 17

@@ -16,7 +16,7 @@ from models.network_io import preprocess_faces
 from models.spec import Preprocess, read_model_spec
 from models.training.export import build_network, export_onnx, load_checkpoint
 from models.training.fer2013 import load_split
-from models.training.train import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, predict_probs, to_input
+from models.training.predict import NATIVE_SIZE, PIXEL_MEAN, PIXEL_STD, predict_probs, to_input
 from tests.unit.training.test_export import write_checkpoint
 
 

@@ -9,7 +9,8 @@ from models.spec import STEMS
 from models.training.augment import AUGMENTATIONS
 from models.training.commands.data_paths import DEFAULT_DATA_PATH, DEFAULT_FERPLUS_PATH
 from models.training.precision import PRECISIONS
-from models.training.train import SCRATCH_STEM, SELECTIONS, TrainConfig, train
+from models.training.recipe import SCRATCH_STEM, SELECTIONS, TrainConfig
+from models.training.train import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

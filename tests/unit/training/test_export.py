@@ -11,13 +11,17 @@ import torch
 from onnx import TensorProto
 
 import models.training.export
+import models.training.initial_network
 from fervid.cli import main as fervid_main
 from fervid.files import sha256_file
 from fervid.labels import EMOTIONS
 from models.graph_rewrites import FP32_SUFFIX, restore_fp32_weights, store_weights
 from models.spec import read_model_spec
+from models.training.checkpoint import save_checkpoint
 from models.training.export import build_network, export_onnx, load_checkpoint
-from models.training.train import Standing, TrainConfig, build_optimizer, resolve_recipe, save_checkpoint
+from models.training.optimizer import build_optimizer
+from models.training.recipe import TrainConfig, resolve_recipe
+from models.training.selection import Standing
 
 INPUT_SIZE = 32
 
@@ -29,7 +33,7 @@ def write_checkpoint(path: Path, input_size: int = INPUT_SIZE, trained_looking: 
     config = resolve_recipe(TrainConfig(out_dir=path.parent, data=path.parent / "fer2013.npz", stem=stem,
                                         input_size=input_size, epochs=3))
     torch.manual_seed(0)
-    network = models.training.train.build_network(config)
+    network = models.training.initial_network.build_network(config)
     if trained_looking:
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():

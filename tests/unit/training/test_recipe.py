@@ -20,7 +20,9 @@ from models.training.augment import mix_batch, pad_crop_augment, random_erase, t
 from models.training.export import build_network, export_onnx, load_checkpoint
 from models.training.network import EmotionResNet50
 from models.training.precision import choose_precision
-from models.training.train import TrainConfig, predict_probs, resolve_recipe, to_input, train
+from models.training.predict import predict_probs, to_input
+from models.training.recipe import TrainConfig, resolve_recipe
+from models.training.train import train
 from models.training.warm_start import exported_member
 from tests.unit.training.conftest import write_fer_file
 from tests.unit.training.test_export import write_checkpoint

@@ -8,11 +8,16 @@ import onnx
 import pytest
 import torch
 
+import models.training.checkpoint
+import models.training.initial_network
 import models.training.train
 from models.training.export import export_onnx, load_checkpoint
 from models.training.fer2013 import NO_MAJORITY, load_crowd_majority, load_ferplus_shares, load_split
+from models.training.loss import training_targets, weighted_cross_entropy
 from models.training.network import EmotionResNet50
-from models.training.train import Standing, TrainConfig, standing, train
+from models.training.recipe import TrainConfig
+from models.training.selection import Standing, standing
+from models.training.train import train
 from tests.unit.training.test_export import write_checkpoint
 
 Weights = dict[str, torch.Tensor]
@@ -41,7 +46,7 @@ def unbroken_and_resumed(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch
     unbroken = load_weights(root / "unbroken" / "last.pt")
 
     # The second run dies right after saving last.pt for epoch one, as a killed process would.
-    save_checkpoint = models.training.train.save_checkpoint
+    save_checkpoint = models.training.checkpoint.save_checkpoint
 
     def save_then_die(path: Path, *args: object, **kwargs: object) -> None:
         save_checkpoint(path, *args, **kwargs)  # type: ignore[arg-type]
@@ -81,7 +86,7 @@ def test_resume_restores_everything_but_the_dropout_rng(
     tmp_path: Path, small_fer_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a network without dropout, the one consumer of the global RNG during training
-    build_network = models.training.train.build_network
+    build_network = models.training.initial_network.build_network
 
     def without_dropout(config: TrainConfig, train_faces: np.ndarray | None = None,
                         data_sha256: str = "") -> EmotionResNet50:
@@ -166,8 +171,8 @@ def test_the_weighted_loss_on_one_hot_targets_is_pytorchs_class_weighted_cross_e
     weight = torch.rand(7, generator=generator) + 0.5
 
     # when the loss is computed on the labels as one-hot distributions
-    targets = models.training.train.training_targets(labels.numpy(), None, 0.0, 0.0, 7)
-    loss = models.training.train.weighted_cross_entropy(logits, targets[torch.arange(16)], weight)
+    targets = training_targets(labels.numpy(), None, 0.0, 0.0, 7)
+    loss = weighted_cross_entropy(logits, targets[torch.arange(16)], weight)
 
     # then it is what the usual class-weighted cross-entropy gives
     torch.testing.assert_close(loss, torch.nn.CrossEntropyLoss(weight=weight)(logits, labels))
@@ -179,7 +184,7 @@ def test_ferplus_votes_blend_into_the_targets_of_faces_that_have_them() -> None:
     shares = np.array([[0, 0, 0, 0, 0.75, 0, 0.25], [0] * 7], dtype=np.float32)
 
     # when the targets take 0.4 of the votes, with 0.07 label smoothing over the 7 classes
-    targets = models.training.train.training_targets(labels, shares, 0.4, 0.07, 7).numpy()
+    targets = training_targets(labels, shares, 0.4, 0.07, 7).numpy()
 
     # then the first target is 0.6 label + 0.4 votes, the second the label alone, both smoothed
     np.testing.assert_allclose(targets[0], 0.93 * np.array([0.6, 0, 0, 0, 0.3, 0, 0.1]) + 0.01, rtol=1e-6)

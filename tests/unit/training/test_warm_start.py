@@ -15,8 +15,8 @@ from fervid.errors import FervidError
 from models.graph_rewrites import dequantize_qdq
 from models.spec import read_model_spec
 from models.training.export import export_onnx, load_checkpoint
+from models.training.predict import to_input
 from models.training.quantize import quantize_int8
-from models.training.train import to_input
 from models.training.warm_start import exported_member, warm_start_network
 from tests.unit.training.test_export import INPUT_SIZE, write_checkpoint
 
