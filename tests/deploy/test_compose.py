@@ -4,6 +4,7 @@ with a webhook, the results in every form, a busy worker killed and Redis and Po
 
 from __future__ import annotations
 
+import io
 import secrets
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import av
 import pytest
 
 from bench.media_factory import write_looped_clip
@@ -108,7 +110,7 @@ def test_a_fresh_stack_analyses_an_upload_sends_its_signed_webhook_and_serves_ev
         receiver.server.shutdown()
     print(f"first result {first_result_s:.1f} s after `docker compose up`")
 
-    # and the results read in every form: timeline, summary, CSV, plot, viewer page, a frame still
+    # and the results read in every form: timeline, summary, CSV, plot, viewer page, a frame still, the annotated video
     frames = all_frames(stack.api, job_id)
     assert len(frames) == job["progress"]["frames_total"] == 10  # 2.4 s at 4 fps
     assert all(frame["faces"] for frame in frames)
@@ -127,6 +129,16 @@ def test_a_fresh_stack_analyses_an_upload_sends_its_signed_webhook_and_serves_ev
 
     jpeg = wait_until(still, 120, stack.compose.logs)
     assert isinstance(jpeg, bytes) and jpeg.startswith(b"\xff\xd8")
+
+    def annotated() -> bytes | None:  # 202 while a worker renders it, then the MP4 the worker stored
+        status, video, _ = stack.api.request("GET", f"/v1/jobs/{job_id}/annotated.mp4")
+        assert status in (200, 202), (status, video[:300])
+        return video if status == 200 else None
+
+    video = wait_until(annotated, 180, stack.compose.logs)
+    assert isinstance(video, bytes) and video[4:8] == b"ftyp"
+    with av.open(io.BytesIO(video)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 72  # every frame of the 2.4 s clip at 30 fps
 
     # and every container says it is healthy: the API, and each worker once its pool process loaded its models
     def all_healthy() -> bool:
