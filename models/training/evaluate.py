@@ -192,17 +192,7 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
                    against: Path | None = None, ferplus: Path | None = None) -> dict[str, Any]:
     """Evaluates one checkpoint or ONNX model; writes DIR/metrics.json and the confusion PNGs; returns the report.
     With `ferplus` (the FER+ votes), also the agreement with the crowd majority on each split's clear faces."""
-    if (checkpoint is None) == (onnx_model is None):
-        raise FervidError("give exactly one of --checkpoint or --onnx", code=INVALID_REQUEST)
-    if tta not in TTA_CHOICES:
-        raise FervidError(f"--tta must be one of {tuple(TTA_CHOICES)}, not {tta!r}", code=INVALID_REQUEST)
-    unknown = [name for name in splits if name not in EVAL_SPLITS]
-    if unknown or not splits:
-        raise FervidError(f"--splits must name some of {EVAL_SPLITS}, not {list(splits)}", code=INVALID_REQUEST)
-    if int8 and calibration_size <= 0:
-        raise FervidError("--calibration-size must be positive", code=INVALID_REQUEST)
-    if not data_path.is_file():
-        raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code=DATA_NOT_FOUND)
+    _check_options(checkpoint, onnx_model, data_path, splits, tta, int8, calibration_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     if ferplus is not None and not ferplus.is_file():
         raise FervidError(f"FER+ votes file {ferplus} not found; pass --ferplus PATH to fer2013_meta.npz",
@@ -237,15 +227,7 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
                                         for split, modes in comparisons.items()}}
     if int8:
         with tempfile.TemporaryDirectory(prefix="fervid-eval-") as work:
-            if onnx_model is not None:
-                fp32_onnx, fp32_label = onnx_model, str(onnx_model)
-            else:
-                from models.training.export import export_onnx
-
-                assert checkpoint is not None
-                fp32_onnx = export_onnx(checkpoint, Path(work) / "fp32.onnx", tta=False, weights="fp32",
-                                        data_path=data_path)
-                fp32_label = f"fp32 export of {checkpoint} (temporary)"
+            fp32_onnx, fp32_label = _fp32_onnx(checkpoint, onnx_model, Path(work), data_path)
             faces = calibration_faces(data_path, calibration_size)
             report["int8"], table["int8"] = _int8_section(
                 fp32_onnx, results, loaded, tta_modes, faces, out_dir, batch_size, fp32_label)
@@ -255,6 +237,33 @@ def run_evaluation(*, checkpoint: Path | None = None, onnx_model: Path | None = 
         for mode, comparison in modes.items():
             print(format_comparison(split, mode, comparison, str(against)))
     return report
+
+
+def _check_options(checkpoint: Path | None, onnx_model: Path | None, data_path: Path, splits: Sequence[str],
+                   tta: str, int8: bool, calibration_size: int) -> None:
+    if (checkpoint is None) == (onnx_model is None):
+        raise FervidError("give exactly one of --checkpoint or --onnx", code=INVALID_REQUEST)
+    if tta not in TTA_CHOICES:
+        raise FervidError(f"--tta must be one of {tuple(TTA_CHOICES)}, not {tta!r}", code=INVALID_REQUEST)
+    unknown = [name for name in splits if name not in EVAL_SPLITS]
+    if unknown or not splits:
+        raise FervidError(f"--splits must name some of {EVAL_SPLITS}, not {list(splits)}", code=INVALID_REQUEST)
+    if int8 and calibration_size <= 0:
+        raise FervidError("--calibration-size must be positive", code=INVALID_REQUEST)
+    if not data_path.is_file():
+        raise FervidError(f"data file {data_path} not found; pass --data PATH to fer2013.npz", code=DATA_NOT_FOUND)
+
+
+def _fp32_onnx(checkpoint: Path | None, onnx_model: Path | None, work: Path, data_path: Path) -> tuple[Path, str]:
+    """The fp32 ONNX model `--int8` quantizes, and how the report names it: the given one, or a checkpoint's export
+    into `work`."""
+    if onnx_model is not None:
+        return onnx_model, str(onnx_model)
+    from models.training.export import export_onnx
+
+    assert checkpoint is not None
+    fp32_onnx = export_onnx(checkpoint, work / "fp32.onnx", tta=False, weights="fp32", data_path=data_path)
+    return fp32_onnx, f"fp32 export of {checkpoint} (temporary)"
 
 
 def format_comparison(split: str, mode: str, comparison: PairedComparison, other: str) -> str:

@@ -254,6 +254,28 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
 
     Raises FervidError (code export_mismatch) and writes nothing when the ONNX probabilities drift past tolerance.
     """
+    members, data_sha = _export_members(checkpoints, weights, data_path)
+    size = members[0].input_size
+    networks = [build_network(member, _ProbabilityNetwork) for member in members]
+    network: torch.nn.Module = networks[0] if len(networks) == 1 else _Ensemble(networks).eval()
+    model = _to_onnx(network, size)
+    try:
+        store_weights(model, weights)
+    except WeightStorageError as error:
+        raise FervidError(str(error), code=EXPORT_FAILED) from error
+    metadata = _export_metadata(members, size, weights_digest(network.state_dict()), data_sha, weights, tta)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    _save_verified(model, network, out, size, weights, data_path)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {metadata[NAME_KEY]} {metadata[VERSION_KEY]}, "
+          f"{len(members)} network{'s' if len(members) > 1 else ''})", flush=True)
+    return out
+
+
+def _export_members(checkpoints: Path | list[Path], weights: WeightFormat,
+                    data_path: Path | None) -> tuple[list[Checkpoint], str]:
+    """The checkpoints an export joins, once they are known to make one model, and the sha256 of their training data."""
     paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
     if not paths:
         raise FervidError("export needs at least one checkpoint", code=INVALID_REQUEST)
@@ -271,15 +293,12 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
     if len(data_shas) > 1:
         raise FervidError(f"ensemble members were trained on different data files ({', '.join(sorted(data_shas))})",
                           code=INVALID_REQUEST)
-    networks = [build_network(member, _ProbabilityNetwork) for member in members]
-    network: torch.nn.Module = networks[0] if len(networks) == 1 else _Ensemble(networks).eval()
-    model = _to_onnx(network, size)
-    try:
-        store_weights(model, weights)
-    except WeightStorageError as error:
-        raise FervidError(str(error), code=EXPORT_FAILED) from error
+    return members, data_shas.pop()
 
-    digest = weights_digest(network.state_dict())
+
+def _export_metadata(members: list[Checkpoint], size: int, digest: str, data_sha: str, weights: WeightFormat,
+                     tta: bool) -> dict[str, str]:
+    """What the exported file says about itself (models.spec's keys): how to feed it and how it was made."""
     preprocess = Preprocess(size=(size, size), channels=1, scale=1 / 255, mean=(PIXEL_MEAN,), std=(PIXEL_STD,),
                             native_size=(NATIVE_SIZE, NATIVE_SIZE))
     metadata = {
@@ -289,7 +308,7 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
         MEMBERS_KEY: str(len(members)), INIT_KEY: _member_values(members, lambda m: m.init),
         EPOCHS_KEY: _member_values(members, lambda m: m.epochs), INPUT_SIZE_KEY: str(size),
         STEM_KEY: _member_values(members, lambda m: m.stem),
-        DATA_SHA_KEY: data_shas.pop(), GIT_COMMIT_KEY: git_commit(),
+        DATA_SHA_KEY: data_sha, GIT_COMMIT_KEY: git_commit(),
         PUBLIC_ACC_KEY: _member_values(members, lambda m: f"{m.public_acc:.4f}"), WEIGHTS_KEY: weights,
         FERPLUS_WEIGHT_KEY: _member_values(members, lambda m: f"{float(m.config.get('ferplus_weight') or 0):g}"),
     }
@@ -297,10 +316,12 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
         metadata[PUBLIC_CROWD_KEY] = _member_values(members, lambda m: f"{m.public_crowd:.4f}")
     if tta:
         metadata[TTA_KEY] = "hflip"
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
+    return metadata
 
+
+def _save_verified(model: onnx.ModelProto, network: torch.nn.Module, out: Path, size: int, weights: WeightFormat,
+                   data_path: Path | None) -> None:
+    """Writes `model` to `out` only once ONNX Runtime's probabilities on it match PyTorch's within tolerance."""
     out.parent.mkdir(parents=True, exist_ok=True)
     pending = out.with_name(out.name + ".tmp")
     onnx.save(model, pending)
@@ -320,6 +341,3 @@ def export_onnx(checkpoints: Path | list[Path], out: Path, *, tta: bool, weights
         pending.replace(out)
     finally:
         pending.unlink(missing_ok=True)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {metadata[NAME_KEY]} {metadata[VERSION_KEY]}, "
-          f"{len(members)} network{'s' if len(members) > 1 else ''})", flush=True)
-    return out

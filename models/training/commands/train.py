@@ -15,6 +15,14 @@ from models.training.train import train
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(out_dir=Path("runs/resnet50"), data=DEFAULT_DATA_PATH, ferplus=DEFAULT_FERPLUS_PATH)
+    _add_start_arguments(parser, defaults)
+    _add_augmentation_arguments(parser, defaults)
+    _add_optimization_arguments(parser, defaults)
+    _add_target_and_selection_arguments(parser, defaults)
+    _add_run_arguments(parser, defaults)
+
+
+def _add_start_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     parser.add_argument("--out", type=Path, default=defaults.out_dir, help="run folder (checkpoints, history)")
     parser.add_argument("--data", type=Path, default=defaults.data)
     parser.add_argument("--init", choices=("scratch", "imagenet", "model"), default=defaults.init,
@@ -31,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=defaults.input_size,
                         help="network input, px (default: 48 for the small stems, 64 for imagenet, the file's for "
                              "--init model)")
+
+
+def _add_augmentation_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     parser.add_argument("--augmentation", choices=AUGMENTATIONS, default=None,
                         help="pad-crop: pad the face, random crop, flip (default for the small stems); affine: "
                              "random resized crop, rotation, flip, brightness/contrast (default for imagenet)")
@@ -39,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random erasing, per face (default: 0.5 for the small stems, 0 for imagenet)")
     parser.add_argument("--mixup-alpha", type=float, default=defaults.mixup_alpha, help="0: no mixup")
     parser.add_argument("--cutmix-alpha", type=float, default=defaults.cutmix_alpha, help="0: no CutMix")
+
+
+def _add_optimization_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -55,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="keep, evaluate and checkpoint an EMA of the weights as the candidate; 0: off "
                              "(default: 0.999 for the small stems, off for imagenet)")
+
+
+def _add_target_and_selection_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     parser.add_argument("--teacher", type=Path, default=None,
                         help="an exported model to distil from, run on the same augmented batch as the student")
     parser.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
@@ -68,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "majority among epochs whose top-1 stays at or above --min-public-acc")
     parser.add_argument("--min-public-acc", type=float, default=defaults.min_public_acc,
                         help="--select crowd: the PublicTest top-1 floor (default: the fer library's 65.4 %%)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--device", default=defaults.device, help="cpu or cuda")
