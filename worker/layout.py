@@ -14,6 +14,10 @@ from fervid.settings import Settings
 # One thread: YuNet's small convolutions gain little from more, and the classifier runs beside it on the others
 # (worker/pipeline.py overlaps them); processes, not threads, scale detection out.
 DETECTOR_THREADS = 1
+# One thread: the decoder shares the detector's core. Frame threads would also make damaged media decode differently
+# from run to run (error concealment races the threads that read the concealed frame) and a decoder process's memory
+# grow with the machine's cores (a frame and its context per thread, up to 16).
+DECODER_THREADS = 1
 
 
 def usable_cores() -> int:

@@ -51,7 +51,6 @@ def _decode_video(path: Path, plan: list[PlannedFrame], warnings: list[str],
         return
     with open_container(path) as container:
         stream = video_stream(container, max_pixels)
-        stream.thread_type = "AUTO"
         check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
         decoder = _PlanDecoder(container, stream, plan)
         yield from decoder.frames()
@@ -104,7 +103,6 @@ class _OrderDecoder:
     def frames(self, container: av.container.InputContainer, max_pixels: int,
                start: int) -> Iterator[tuple[PlannedFrame, NDArray[np.uint8]]]:
         stream = video_stream(container, max_pixels)
-        stream.thread_type = "AUTO"
         check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
         aspect = pixel_aspect(stream)
         stamp = position = start - 1

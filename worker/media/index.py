@@ -10,6 +10,7 @@ import av
 import av.error
 
 from fervid.errors import DECODE_ERROR, MEDIA_TOO_LARGE, UNSUPPORTED_MEDIA, MediaError
+from worker.layout import DECODER_THREADS
 from worker.media.plan import StreamIndex
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def video_stream(container: av.container.InputContainer, max_pixels: int) -> av.
                                             "decoder available (vector images such as SVG are not supported)")
     # The decoder refuses frames past the limit even where the container header understates them.
     stream.codec_context.options = {"max_pixels": str(max_pixels)}
+    stream.codec_context.thread_count = DECODER_THREADS
     return stream
 
 
