@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     decode_memory_mb: Annotated[int, Field(ge=64, description=(
         "memory one decoder process (a probe, or one segment's decoding, each in a process of its own) may allocate "
         "beyond what it was forked with; past it the job fails `media_too_large`. 8K HEVC with its reference frames "
-        "and frame threads fits"))] = 4096
+        "fits (decoders run on one thread)"))] = 4096
     max_download_mb: int = Field(default=4096, description=(
         "an http(s) source larger than this is refused (`media_too_large`) as it arrives"))
     download_deadline_s: Annotated[float, Field(gt=0.0, description=(

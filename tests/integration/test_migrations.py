@@ -18,7 +18,7 @@ from fervid.tables import Base
 
 pytestmark = pytest.mark.integration
 TABLES = {"jobs", "segments", "frames", "faces", "tracks", "workers", "audit_events", "result_caches",
-          "webhook_events"}
+          "webhook_events", "annotated_videos"}
 
 
 def schema_difference(url: str) -> list[object]:
