@@ -575,7 +575,7 @@ def test_the_openapi_document_describes_every_route(api: Api) -> None:
     # then every operation has a summary, /v1 ones declare the bearer scheme, and /docs serves
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     operations = [(path, op) for path, item in schema["paths"].items() for op in item.values()]
-    assert len(operations) == 16  # 13 job and health routes, and the viewer's media, media-link and frame still
+    assert len(operations) == 17  # 14 job and health routes (annotated.mp4 too), the media, media-link and still
     assert all(op.get("summary") for _, op in operations)
     assert all(op.get("security") for path, op in operations if path.startswith("/v1"))
     submit = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
