@@ -21,11 +21,12 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, func, select, update
 from sqlalchemy.orm import Session
 
-from fervid.db import session_scope
+from fervid.db import lock_for_transaction, session_scope
 from fervid.errors import QUOTA_EXCEEDED, TooManyRequests
 from fervid.jobs import tenant_usage
 from fervid.lifecycle import database_now
 from fervid.tables import AnnotatedVideo, Job
+from fervid.utc import as_utc
 
 # A tenant's renders at once: each takes a worker process for about as long as its job's analysis.
 MAX_RENDERS_PER_TENANT = 2
@@ -79,8 +80,10 @@ def _render(row: AnnotatedVideo, started: bool) -> Render:
 def request(session: Session, job: Job, stale_after_s: float, max_stored_bytes: int) -> Render:
     """The job's render, started when there is none or when its worker went quiet for `stale_after_s`. A new one
     is refused (TooManyRequests) while its tenant has MAX_RENDERS_PER_TENANT rendering, or stores its bytes quota."""
+    # Two first requests at once would both insert: the second waits here, then finds the first's row.
+    lock_for_transaction(session, f"annotated-video:{job.id}")
     now = database_now(session)
-    row = session.get(AnnotatedVideo, job.id, with_for_update=True)
+    row = session.get(AnnotatedVideo, job.id)
     if row is not None and not _quiet(row, now, stale_after_s):
         return _render(row, started=False)
     _refuse_past_quota(session, job.tenant, now, stale_after_s, max_stored_bytes)
@@ -99,7 +102,7 @@ def _quiet(row: AnnotatedVideo, now: Any, stale_after_s: float) -> bool:
     """A render whose worker has not been heard of for stale_after_s: its message or its worker was lost."""
     if row.status != RenderStatus.rendering:
         return False
-    last = row.heartbeat_at or row.requested_at
+    last = as_utc(row.heartbeat_at or row.requested_at)  # SQLite gives its times back without their zone
     return bool(last < now - timedelta(seconds=stale_after_s))
 
 

@@ -4,18 +4,25 @@ refused for jobs that have none, and finished by another worker when the first i
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from bench.media_factory import write_looped_clip
+from fervid import annotated
 from fervid.db import session_scope
 from fervid.jobs import tenant_usage
+from fervid.lifecycle import JobStatus
 from fervid.settings import get_settings
+from fervid.tables import Job
 from tests.integration.conftest import ServiceEnv, wait_for
 from tests.integration.test_end_to_end import ALICE, all_timeline_items, submit_file, wait_finished
+from tests.integration.test_record_store import make_job
 from tests.integration.test_viewer_api import BOB, ready
 from tests.unit.test_annotate import assert_boxes_drawn_as_the_timeline_says, decoded_frames
 
@@ -136,3 +143,25 @@ def test_a_render_whose_worker_is_killed_is_finished_by_another_worker(
     assert time.monotonic() - killed_at >= 3
     (tmp_path / "annotated.mp4").write_bytes(video.content)
     assert len(decoded_frames(tmp_path / "annotated.mp4")) == len(decoded_frames(clip))
+
+
+@pytest.mark.parametrize("clients", [2, 6])
+def test_first_requests_at_once_start_one_render(database: str, clients: int) -> None:
+    # given a succeeded video job with no annotated video yet, on PostgreSQL and on SQLite
+    job_id = make_job(JobStatus.succeeded, tenant=f"t-{uuid.uuid4().hex[:8]}", media_kind="video")
+    start = threading.Barrier(clients)
+
+    def ask() -> annotated.Render:
+        start.wait()
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return annotated.request(session, job, stale_after_s=60, max_stored_bytes=1 << 40)
+
+    # when that many clients ask for it at the same moment
+    with ThreadPoolExecutor(clients) as pool:
+        renders = list(pool.map(lambda _: ask(), range(clients)))
+
+    # then one of them started the render, and every one answers with that render's token
+    assert sum(render.started for render in renders) == 1
+    assert {render.token for render in renders} == {next(r.token for r in renders if r.started)}
