@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         "them. 0: every sampled frame. At 100 ms (every third frame of a 30 fps job; every frame at 10 fps or less) "
         "on the shared 26-30 fps clips: 99.1 % of the boxes, every matched face's top-1 emotion and every track's "
         "majority emotion kept, the analysis 2.2x as fast (`bench/detect_interval.py`)"))] = 100.0
+    detect_max_side: Annotated[int, Field(ge=320, le=8192, description=(
+        "frames go to the face detector at most this many pixels on their longer side, never shrunk further. At "
+        "1280, every real face YuNet finds at full size from 28 px up is found in frames up to 720p; 1080p frames are "
+        "shrunk, so their faces under about 45 px are found less often (recall 79.8 % against 81.9 % at full size on "
+        "the real-footage set, `bench/detect_recall.py`). 1920 keeps 1080p whole: a 1080p job at 5 fps then takes "
+        "about 1.4x as long (`bench/detect_max_side.py`; the model card, \"The detector at a size that keeps "
+        "faces\")"))] = 1280
     stale_after_s: float = Field(default=60.0, description=(
         "a running prepare or segment with no heartbeat for this long is taken over by the reaper; `/readyz` lists "
         "the workers that reported within it"))

@@ -25,18 +25,19 @@ from models.network_io import Framing
 log = logging.getLogger(__name__)
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
-# Detection runs on frames scaled so the longer side is at most this, and never shrunk further: every real face YuNet
-# finds at full size from 28 px up is found at this size in frames up to 1280 px (720p), where the classifier reads
-# faces from 30 px (`bench/detect_recall.py`, models/MODEL_CARD.md "The detector at a size that keeps faces"); larger
-# frames (1080p, 4K) are shrunk to it, so their faces under about 45 px are found less often.
+# Detection runs on frames scaled so the longer side is at most this (FERVID_DETECT_MAX_SIDE), and never shrunk
+# further: every real face YuNet finds at full size from 28 px up is found at this size in frames up to 1280 px
+# (720p), where the classifier reads faces from 30 px (`bench/detect_recall.py`, models/MODEL_CARD.md "The detector
+# at a size that keeps faces"); larger frames (1080p, 4K) are shrunk to it, so their faces under about 45 px are
+# found less often. 1920 keeps 1080p whole, at about 1.4x the time of a 1080p job (bench/detect_max_side.py).
 DETECT_MAX_SIDE = 1280
 MIN_FACE_PIXELS = 16  # smaller faces carry too little for a 48x48-trained classifier
 YUNET_SCORE_THRESHOLD = 0.7
 
 
-def detector_scale(height: int, width: int) -> float:
-    """The scale a frame of this size is given to the detector at: at most DETECT_MAX_SIDE on its longer side."""
-    return min(1.0, DETECT_MAX_SIDE / max(height, width))
+def detector_scale(height: int, width: int, max_side: int = DETECT_MAX_SIDE) -> float:
+    """The scale a frame of this size is given to the detector at: at most `max_side` on its longer side."""
+    return min(1.0, max_side / max(height, width))
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,9 @@ class YuNetDetector:
     framing = Framing(side=0.96, dy=-0.026)
 
     def __init__(self, model_path: Path, score_threshold: float = YUNET_SCORE_THRESHOLD, nms_threshold: float = 0.3,
-                 reason: str = "", threads: int = 0, cache_dir: Path | None = None) -> None:
-        self.model_path = model_path
+                 reason: str = "", threads: int = 0, cache_dir: Path | None = None,
+                 max_side: int = DETECT_MAX_SIDE) -> None:
+        self.model_path, self.max_side = model_path, max_side
         self.reason = reason or f"YuNet from {model_path}"
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
         options = ort.SessionOptions()
@@ -154,7 +156,7 @@ class YuNetDetector:
         self._outputs = [f"{head}_{stride}" for head in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES]
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        return self.detect_at(image, detector_scale(*image.shape[:2]))
+        return self.detect_at(image, detector_scale(image.shape[0], image.shape[1], self.max_side))
 
     def detect_at(self, image: NDArray[np.uint8], scale: float) -> list[Detection]:
         """`detect` with the frame given to YuNet at `scale` (benches compare scales)."""
@@ -196,8 +198,8 @@ class HaarDetector:
     name = "haar"
     framing = Framing(side=1.029)  # fitted as YuNet's
 
-    def __init__(self, reason: str = "the Haar cascade was asked for") -> None:
-        self.reason = reason
+    def __init__(self, reason: str = "the Haar cascade was asked for", max_side: int = DETECT_MAX_SIDE) -> None:
+        self.reason, self.max_side = reason, max_side
         path = Path(cv2.data.haarcascades) / HAAR_CASCADE  # type: ignore[attr-defined]
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
@@ -205,7 +207,7 @@ class HaarDetector:
                               code=DETECTOR_UNAVAILABLE)
 
     def detect(self, image: NDArray[np.uint8]) -> list[Detection]:
-        scale = detector_scale(*image.shape[:2])
+        scale = detector_scale(image.shape[0], image.shape[1], self.max_side)
         small = _downscale(image, scale)
         grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
         boxes, _, weights = self._cascade.detectMultiScale3(
@@ -223,9 +225,10 @@ def load_detector(settings: Settings, threads: int) -> FaceDetector:
     path, reason = find_or_fetch_yunet(settings)
     if path is not None:
         log.info("face detector: YuNet (%s)", reason)
-        return YuNetDetector(path, reason=reason, threads=threads, cache_dir=settings.model_cache_dir)
+        return YuNetDetector(path, reason=reason, threads=threads, cache_dir=settings.model_cache_dir,
+                             max_side=settings.detect_max_side)
     log.warning("face detector: falling back to the Haar cascade, which finds fewer faces than YuNet (%s); %s",
                 reason, WHAT_TO_DO)
-    return HaarDetector(reason=reason)
+    return HaarDetector(reason=reason, max_side=settings.detect_max_side)
 
 

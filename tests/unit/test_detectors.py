@@ -136,6 +136,39 @@ def test_detector_choice_follows_settings(fervid_env: pytest.MonkeyPatch, yunet_
     assert load_detector(get_settings(), threads=1).name == "yunet"
 
 
+def test_the_detectors_input_size_follows_the_setting_and_1920_keeps_a_1080p_frame_whole(
+    fervid_env: pytest.MonkeyPatch, shared_dir: Path, yunet_path: Path, tmp_path: Path
+) -> None:
+    # given the one-face photo's face made 32 px wide in a 1080p frame: YuNet finds it at full size, not at 2/3
+    photo = cv2.imread(str(shared_dir / "media" / "single_face.jpg"))
+    (face,) = YuNetDetector(yunet_path, cache_dir=tmp_path).detect(photo)
+    x, y, w, h = (int(v) for v in face.box)
+    side = 32
+    small = cv2.resize(photo[y:y + h, x:x + w], (side, round(side * h / w)), interpolation=cv2.INTER_AREA)
+    frame = np.full((1080, 1920, 3), 128, np.uint8)
+    frame[500:500 + small.shape[0], 900:900 + side] = small
+    fervid_env.setenv("FERVID_DETECTOR_PATH", str(yunet_path))
+    fervid_env.setenv("FERVID_MODEL_CACHE_DIR", str(tmp_path))
+    found = {}
+    for max_side in (1280, 1920):
+        # when the workers' detector is loaded with FERVID_DETECT_MAX_SIDE at that size
+        fervid_env.setenv("FERVID_DETECT_MAX_SIDE", str(max_side))
+        get_settings.cache_clear()
+        detector = load_detector(get_settings(), threads=1)
+        found[max_side] = [d.box for d in detector.detect(frame)]
+    # then the frame goes to it shrunk at 1280, where the small face is missed, and whole at 1920, where it is found
+    assert detector_scale(1080, 1920, 1280) < 1.0 and detector_scale(1080, 1920, 1920) == 1.0
+    assert found[1280] == []
+    assert len(found[1920]) == 1 and abs(found[1920][0][0] - 900) < side
+
+
+def test_the_settings_default_is_the_detectors() -> None:
+    from fervid.settings import Settings
+    from models.detectors import DETECT_MAX_SIDE
+
+    assert Settings.model_fields["detect_max_side"].default == DETECT_MAX_SIDE
+
+
 @pytest.fixture
 def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     """A loopback HTTP server for the files in its folder; it records each GET, and sends in 32 KiB pieces a few
