@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import _fields, _varint
+from models.spec import LENGTH_DELIMITED, VARINT, message_fields, walk_fields
 
 # The largest |int8 weight| whose u8 x s8 pair sums stay inside int16: 2 x 255 x 64 = 32,640 <= 32,767.
 NON_SATURATING_WEIGHT_PEAK = 64
@@ -61,30 +61,19 @@ class Int8Weights:
 def _tensor(data: mmap.mmap, start: int, end: int) -> tuple[str, int, tuple[int, int] | None]:
     """An initializer's name, data type and raw_data span (None when its values are stored another way)."""
     name, data_type, raw = "", 0, None
-    at = start
-    while at < end:  # models.spec._fields, with the varint fields kept (data_type is one)
-        tag, at = _varint(data, at)
-        number, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value, at = _varint(data, at)
-            data_type = value if number == _DATA_TYPE else data_type
-        elif wire_type == 2:
-            length, at = _varint(data, at)
-            if number == _NAME:
-                name = bytes(data[at : at + length]).decode()
-            elif number == _RAW_DATA:
-                raw = (at, at + length)
-            at += length
-        elif wire_type in (1, 5):
-            at += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"protobuf wire type {wire_type} is not one ONNX files use")
+    for number, wire_type, a, b in walk_fields(data, start, end):
+        if wire_type == VARINT and number == _DATA_TYPE:
+            data_type = a
+        elif wire_type == LENGTH_DELIMITED and number == _NAME:
+            name = bytes(data[a:b]).decode()
+        elif wire_type == LENGTH_DELIMITED and number == _RAW_DATA:
+            raw = (a, b)
     return name, data_type, raw
 
 
 def _node(data: mmap.mmap, start: int, end: int) -> tuple[str, list[str], list[str]]:
     """A node's op_type, inputs and outputs."""
-    texts = [(field, bytes(data[a:b]).decode()) for field, a, b in _fields(data, start, end)
+    texts = [(field, bytes(data[a:b]).decode()) for field, a, b in message_fields(data, start, end)
              if field in (_INPUT, _OUTPUT, _OP_TYPE)]
     return (next((text for field, text in texts if field == _OP_TYPE), ""),
             [text for field, text in texts if field == _INPUT], [text for field, text in texts if field == _OUTPUT])
@@ -96,8 +85,8 @@ def read_int8_weights(path: Path) -> Int8Weights:
     weight quantized while the session loads, one in a Constant node or not stored as raw bytes, uint8 weights) is
     not bounded here, and counts as one that may saturate."""
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        graph = next((start, end) for number, start, end in _fields(data, 0, len(data)) if number == _GRAPH)
-        parts = _fields(data, *graph)
+        graph = next((start, end) for number, start, end in message_fields(data, 0, len(data)) if number == _GRAPH)
+        parts = message_fields(data, *graph)
         initializers = {name: (data_type, raw) for name, data_type, raw in
                         (_tensor(data, start, end) for number, start, end in parts if number == _INITIALIZER)}
         nodes = [_node(data, start, end) for number, start, end in parts if number == _NODE]

@@ -116,29 +116,39 @@ def _varint(data: bytes | mmap.mmap, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes | mmap.mmap, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of the message in data[start:end]; the others
-    are skipped."""
+VARINT, LENGTH_DELIMITED = 0, 2  # protobuf wire types
+
+
+def walk_fields(data: bytes | mmap.mmap, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """(field number, wire type, a, b) of each varint and length-delimited field of the message in data[start:end]:
+    a varint's value as a (b = -1), a length-delimited field's span as data[a:b]; fixed-width fields are skipped."""
     fields = []
     at = start
     while at < end:
         tag, at = _varint(data, at)
         number, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            _, at = _varint(data, at)
+        if wire_type == VARINT:
+            value, at = _varint(data, at)
+            fields.append((number, wire_type, value, -1))
         elif wire_type == 1:
             at += 8
         elif wire_type == 5:
             at += 4
-        elif wire_type == 2:
+        elif wire_type == LENGTH_DELIMITED:
             length, at = _varint(data, at)
-            fields.append((number, at, at + length))
+            fields.append((number, wire_type, at, at + length))
             at += length
         else:
             raise ValueError(f"protobuf wire type {wire_type} is not one ONNX files use")
     if at != end:
         raise ValueError("truncated protobuf message")
     return fields
+
+
+def message_fields(data: bytes | mmap.mmap, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the message in data[start:end]."""
+    return [(number, a, b) for number, wire_type, a, b in walk_fields(data, start, end)
+            if wire_type == LENGTH_DELIMITED]
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -148,13 +158,13 @@ def read_metadata(path: Path) -> dict[str, str]:
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty, not an ONNX model")
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        top = _fields(data, 0, len(data))
+        top = message_fields(data, 0, len(data))
         if not any(number == _GRAPH_FIELD for number, _, _ in top):
             raise ValueError(f"{path} is not an ONNX model (no graph)")
         metadata = {}
         for number, start, end in top:
             if number == _METADATA_FIELD:
-                entry = {field: bytes(data[a:b]).decode() for field, a, b in _fields(data, start, end)}
+                entry = {field: bytes(data[a:b]).decode() for field, a, b in message_fields(data, start, end)}
                 metadata[entry.get(_ENTRY_KEY_FIELD, "")] = entry.get(_ENTRY_VALUE_FIELD, "")
         return metadata
 
