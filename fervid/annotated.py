@@ -112,7 +112,7 @@ def _refuse_past_quota(session: Session, tenant: str, now: Any, stale_after_s: f
     rendering = session.scalar(select(func.count()).select_from(AnnotatedVideo).join(Job).where(
         Job.tenant == tenant, AnnotatedVideo.status == RenderStatus.rendering,
         func.coalesce(AnnotatedVideo.heartbeat_at, AnnotatedVideo.requested_at) >= heard_since))
-    if rendering and rendering >= MAX_RENDERS_PER_TENANT:
+    if (rendering or 0) >= MAX_RENDERS_PER_TENANT:
         raise TooManyRequests(f"{rendering} annotated videos of yours are being rendered, the most at once; ask "
                               "again when one is ready", retry_after_s=RENDERS_RETRY_AFTER_S, code=QUOTA_EXCEEDED)
     stored = tenant_usage(session, tenant).stored_bytes
@@ -130,30 +130,27 @@ def _held(job_id: str, token: str) -> Any:
 
 
 def _write(job_id: str, token: str, **values: Any) -> bool:
+    """Updates the row with `values`, its worker heard of now; False when the render is not the token's."""
     with session_scope() as session:
-        if "heartbeat_at" in values:
-            values["heartbeat_at"] = database_now(session)
-        statement = update(AnnotatedVideo).where(_held(job_id, token)).values(**values)
+        statement = update(AnnotatedVideo).where(_held(job_id, token)).values(heartbeat_at=database_now(session),
+                                                                               **values)
         return bool(cast(CursorResult[Any], session.execute(
             statement.execution_options(synchronize_session=False))).rowcount)
 
 
 def heartbeat(job_id: str, token: str, frames_done: int, frames_total: int | None) -> bool:
     """False once the render is no longer this worker's (the job was deleted, or the render taken over)."""
-    return _write(job_id, token, heartbeat_at=None, frames_done=frames_done, frames_total=frames_total)
+    return _write(job_id, token, frames_done=frames_done, frames_total=frames_total)
 
 
 def finish(job_id: str, token: str, stored_uri: str, stored_bytes: int) -> bool:
-    return _write(job_id, token, status=RenderStatus.ready, stored_uri=stored_uri, stored_bytes=stored_bytes,
-                  heartbeat_at=None)
+    return _write(job_id, token, status=RenderStatus.ready, stored_uri=stored_uri, stored_bytes=stored_bytes)
 
 
 def fail(job_id: str, token: str, code: str, message: str) -> bool:
-    return _write(job_id, token, status=RenderStatus.failed, error_code=code, error_message=message,
-                  heartbeat_at=None)
+    return _write(job_id, token, status=RenderStatus.failed, error_code=code, error_message=message)
 
 
-def holds(job_id: str, token: str) -> bool:
-    with session_scope() as session:
-        return session.scalar(select(AnnotatedVideo.job_id).where(_held(job_id, token))) is not None
+def holds(session: Session, job_id: str, token: str) -> bool:
+    return session.scalar(select(AnnotatedVideo.job_id).where(_held(job_id, token))) is not None
 

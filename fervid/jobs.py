@@ -118,17 +118,16 @@ class TenantUsage:
 def tenant_usage(session: Session, tenant: str) -> TenantUsage:
     day_ago = utc_now() - timedelta(days=1)
     unprepared = and_(Job.frames_total.is_(None), Job.status.in_(ACTIVE_JOB_STATUSES))
+    annotated = select(func.coalesce(func.sum(AnnotatedVideo.stored_bytes), 0)).join(Job).where(
+        Job.tenant == tenant).scalar_subquery()
     active, stored, frames, reserved, oldest = session.execute(select(
         func.count().filter(Job.status.in_(ACTIVE_JOB_STATUSES)),
-        func.coalesce(func.sum(Job.stored_media_bytes), 0),
+        func.coalesce(func.sum(Job.stored_media_bytes), 0) + annotated,
         func.coalesce(func.sum(_FRAMES_COUNTED).filter(Job.created_at >= day_ago), 0),
         func.coalesce(func.sum(Job.frames_reserved).filter(unprepared, Job.created_at >= day_ago), 0),
         func.min(Job.created_at).filter(Job.created_at >= day_ago),
     ).where(Job.tenant == tenant)).one()
-    annotated = session.scalar(select(func.coalesce(func.sum(AnnotatedVideo.stored_bytes), 0)).join(Job).where(
-        Job.tenant == tenant))
-    return TenantUsage(int(active or 0), int(stored or 0) + int(annotated or 0), int(frames or 0), int(reserved or 0),
-                       oldest)
+    return TenantUsage(int(active or 0), int(stored or 0), int(frames or 0), int(reserved or 0), oldest)
 
 
 def refuse_past_quota(session: Session, tenant: str, quota: TenantQuota, new_bytes: int, new_frames: int) -> None:

@@ -312,12 +312,18 @@ def job_plot_png(session: Session, job: Job) -> bytes:
     return finished_results(session, job).plot_png
 
 
+# A track is absent between two of its samples further apart than this many sampling intervals (the plot, annotated
+# videos, and the viewer's own GAP_INTERVALS in api/static/viewer-data.js).
+GAP_INTERVALS = 1.5
+
+
 def track_runs(timestamps_ms: Sequence[float], sample_interval_ms: float) -> list[slice]:
-    """The stretches of a track's samples without a gap: a gap is more than 1.5 sampling intervals between two."""
+    """The stretches of a track's samples without a gap: a gap is more than GAP_INTERVALS sampling intervals
+    between two."""
     runs, start = [], 0
     for position in range(1, len(timestamps_ms) + 1):
         if position == len(timestamps_ms) or timestamps_ms[position] - timestamps_ms[position - 1] > \
-                1.5 * sample_interval_ms:
+                GAP_INTERVALS * sample_interval_ms:
             runs.append(slice(start, position))
             start = position
     return runs

@@ -142,7 +142,7 @@ def render_job_video(job_id: str, token: str, settings: Settings, threads: int) 
     reason; nothing when the render is no longer this token's (taken over, or the job deleted)."""
     with session_scope() as session:
         job = session.get(Job, job_id)
-        if job is None or not annotated.holds(job_id, token):
+        if job is None or not annotated.holds(session, job_id, token):
             return
         uri, fence, duration_ms = job.source_uri, settings.job_source_fence(job), job.duration_ms
     storage = storage_from_url(settings.storage_url)

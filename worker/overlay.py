@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fervid.labels import EMOTION_COLOURS, EMOTIONS, TRACK_COLOURS
+from fervid.results import GAP_INTERVALS
 
-GAP_INTERVALS = 1.5
 SLACK_MS = 1.0  # media clocks and container timestamps round differently
 
 
